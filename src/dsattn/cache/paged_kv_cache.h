@@ -1,0 +1,56 @@
+// The two paged caches of a DeepSeek-V3.2 attention stack: the MLA latent (576 bf16 per token)
+// and the indexer keys (128 e4m3 + one f32 scale = 132 bytes per token), for every layer,
+// sharing one page allocator and one block table per request.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "dsattn/cache/cache_format.h"
+#include "dsattn/cache/page_allocator.h"
+#include "dsattn/core/tensor.h"
+#include "dsattn/model/config.h"
+
+namespace dsattn {
+
+struct CacheOptions {
+  std::int64_t num_pages = 1024;
+  std::int64_t num_layers = 1;
+  Device device = Device::cpu();
+};
+
+// One layer's storage, addressed by slot = page · page_size + offset.
+struct LayerCacheView {
+  TensorView latent;      // [num_slots, kv_lora_rank + d_rope] bf16: [c_kv, k_pe]
+  TensorView index_keys;  // [num_slots, index_key_bytes(d_I)] u8
+  std::int64_t page_size = kPageSize;
+  std::int64_t num_pages = 0;
+};
+
+class PagedKvCache {
+ public:
+  PagedKvCache(const AttentionConfig& config, const CacheOptions& options);
+
+  std::int64_t page_size() const { return kPageSize; }
+  std::int64_t num_pages() const { return allocator_.num_pages(); }
+  std::int64_t free_pages() const { return allocator_.free_pages(); }
+  std::int64_t num_layers() const { return static_cast<std::int64_t>(latent_.size()); }
+  Device device() const { return device_; }
+  // Bytes per token across all layers (both caches).
+  std::int64_t bytes_per_token() const;
+
+  // Grows `table` so that it covers positions [0, tokens); all or nothing (CacheFull otherwise).
+  void reserve(BlockTable& table, std::int64_t tokens);
+  // Frees every page of `table`.
+  void release(BlockTable& table) { allocator_.release(table); }
+
+  LayerCacheView layer(std::int64_t index) const;
+
+ private:
+  Device device_;
+  PageAllocator allocator_;
+  std::vector<Tensor> latent_;
+  std::vector<Tensor> index_keys_;
+};
+
+}  // namespace dsattn

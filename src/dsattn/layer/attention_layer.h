@@ -1,0 +1,58 @@
+// One DeepSeek-V3.2 attention layer: projections -> planner -> path executors -> o_proj.
+#pragma once
+
+#include <vector>
+
+#include "dsattn/cache/paged_kv_cache.h"
+#include "dsattn/layer/batch.h"
+#include "dsattn/layer/layer_context.h"
+#include "dsattn/layer/planner.h"
+
+namespace dsattn {
+
+// Wall-clock seconds per stage of one forward.
+struct StageTimes {
+  double projections = 0;  // q, latent and indexer-key projections, cache writes
+  double dense_mha = 0;    // the dense MHA path (gather, kv_b_proj, attention)
+  double sparse_mla = 0;   // the sparse MLA path (indexer, top-k, absorb, attention, un-absorb)
+  double o_proj = 0;
+
+  double total() const { return projections + dense_mha + sparse_mla + o_proj; }
+  StageTimes& operator+=(const StageTimes& o);
+};
+
+struct ForwardResult {
+  std::vector<Path> paths;  // one per request, in the batch's order
+  StageTimes times;
+  // With ForwardOptions::record_topk: per request, the selected key positions of its rows
+  // ([extend_len, index_topk] i32, -1 = unused); undefined for requests on the dense path.
+  std::vector<Tensor> topk_positions;
+};
+
+struct ForwardOptions {
+  bool record_topk = false;
+};
+
+class AttentionLayer {
+ public:
+  AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy = {});
+
+  const AttentionConfig& config() const { return ctx_.config; }
+  const LayerWeights& weights() const { return ctx_.weights; }
+  const Policy& policy() const { return policy_; }
+  void set_policy(const Policy& policy) { policy_ = policy; }
+
+  // hidden_in, hidden_out: [batch.total_tokens(), hidden_size] bf16, packed by request (they
+  // may be the same tensor). Writes each request's new latents and indexer keys to `cache` at
+  // positions [prefix_len, prefix_len + extend_len). Every check (batch, tensors, policy) runs
+  // before anything is written, so a refused call leaves the cache and hidden_out untouched.
+  ForwardResult forward(const Batch& batch, const TensorView& hidden_in,
+                        const LayerCacheView& cache, const TensorView& hidden_out,
+                        const ForwardOptions& options = {}) const;
+
+ private:
+  LayerContext ctx_;
+  Policy policy_;
+};
+
+}  // namespace dsattn

@@ -1,0 +1,46 @@
+#include "dsattn/layer/attention_stack.h"
+
+#include "dsattn/core/random.h"
+#include "dsattn/ops/elementwise.h"
+#include "dsattn/ops/norm.h"
+
+namespace dsattn {
+
+AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int64_t num_layers,
+                                         std::uint64_t seed, Policy policy) {
+  if (num_layers <= 0) fail("num_layers must be positive, got {}", num_layers);
+  AttentionStack s;
+  for (std::int64_t l = 0; l < num_layers; ++l) {
+    s.layers_.emplace_back(config, LayerWeights::synthetic(config, seed + l), policy);
+    Tensor norm = Tensor::empty({config.hidden_size}, DType::bf16);
+    fill_uniform(norm, seed + l, /*stream=*/1000, 0.05f, 1.0f);
+    s.input_norms_.push_back(std::move(norm));
+  }
+  return s;
+}
+
+void AttentionStack::set_policy(const Policy& policy) {
+  for (AttentionLayer& l : layers_) l.set_policy(policy);
+}
+
+ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidden,
+                                      const PagedKvCache& cache) const {
+  if (cache.num_layers() < num_layers()) {
+    fail("cache must hold at least {} layers, got {}", num_layers(), cache.num_layers());
+  }
+  const std::int64_t T = hidden.size(0), D = hidden.size(1);
+  Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  ForwardResult total;
+  for (std::int64_t l = 0; l < num_layers(); ++l) {
+    ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
+                  normed);
+    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn);
+    ops::add(hidden, attn, hidden);
+    total.paths = std::move(r.paths);
+    total.times += r.times;
+  }
+  return total;
+}
+
+}  // namespace dsattn

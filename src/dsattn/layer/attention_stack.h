@@ -1,0 +1,30 @@
+// A stack of attention layers in a pre-norm residual stream, h <- h + Attn_l(RMSNorm_l(h)): the
+// attention half of a DeepSeek-V3.2 decoder, used by the workloads to run several layers.
+#pragma once
+
+#include <vector>
+
+#include "dsattn/layer/attention_layer.h"
+
+namespace dsattn {
+
+class AttentionStack {
+ public:
+  // Layer l gets synthetic weights from seed + l.
+  static AttentionStack synthetic(const AttentionConfig& config, std::int64_t num_layers,
+                                  std::uint64_t seed, Policy policy = {});
+
+  std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
+  const AttentionLayer& layer(std::int64_t l) const { return layers_[l]; }
+  void set_policy(const Policy& policy);
+
+  // hidden: [T, hidden_size] bf16, updated in place. Layer l uses cache.layer(l).
+  ForwardResult forward(const Batch& batch, const TensorView& hidden,
+                        const PagedKvCache& cache) const;
+
+ private:
+  std::vector<AttentionLayer> layers_;
+  std::vector<Tensor> input_norms_;  // [hidden_size] bf16 each
+};
+
+}  // namespace dsattn

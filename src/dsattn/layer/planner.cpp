@@ -1,0 +1,94 @@
+#include "dsattn/layer/planner.h"
+
+#include <charconv>
+
+#include "dsattn/core/error.h"
+
+namespace dsattn {
+
+std::string_view path_name(Path p) { return p == Path::dense_mha ? "dense_mha" : "sparse_mla"; }
+
+Policy Policy::parse(std::string_view text) {
+  Policy p;
+  if (text == "per-request") {
+    p.kind = Kind::per_request;
+  } else if (text == "mha") {
+    p.kind = Kind::mha;
+  } else if (text == "mla") {
+    p.kind = Kind::mla;
+  } else if (text == "threshold") {
+    p.kind = Kind::threshold;
+  } else if (text.starts_with("threshold=")) {
+    p.kind = Kind::threshold;
+    const std::string_view number = text.substr(10);
+    const auto [end, ec] =
+        std::from_chars(number.data(), number.data() + number.size(), p.threshold);
+    if (ec != std::errc() || end != number.data() + number.size() || p.threshold <= 0) {
+      fail("policy threshold=N needs a positive integer N, got '{}'", text);
+    }
+  } else {
+    fail("policy must be one of per-request, threshold, threshold=N, mha, mla; got '{}'", text);
+  }
+  return p;
+}
+
+std::string Policy::to_string() const {
+  switch (kind) {
+    case Kind::per_request:
+      return "per-request";
+    case Kind::threshold:
+      return threshold > 0 ? fmt::format("threshold={}", threshold) : "threshold";
+    case Kind::mha:
+      return "mha";
+    case Kind::mla:
+      return "mla";
+  }
+  return "?";
+}
+
+bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config) {
+  return request.context_len() <= config.index_topk;
+}
+
+std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
+                             const Policy& policy) {
+  const std::size_t n = batch.requests.size();
+  const bool decode = batch.mode == ForwardMode::decode;
+  switch (policy.kind) {
+    case Policy::Kind::mla:
+      return std::vector<Path>(n, Path::sparse_mla);
+    case Policy::Kind::mha:
+      for (std::size_t i = 0; i < n; ++i) {
+        const RequestInput& r = batch.requests[i];
+        if (!dense_mha_is_exact(r, config)) {
+          fail(
+              "policy mha is not exact for request {}: its context of {} tokens exceeds "
+              "index_topk {} (use per-request or mla)",
+              i, r.context_len(), config.index_topk);
+        }
+      }
+      return std::vector<Path>(n, Path::dense_mha);
+    case Policy::Kind::threshold: {
+      const std::int64_t limit = policy.threshold > 0 ? policy.threshold : config.index_topk;
+      if (limit > config.index_topk) {
+        fail("policy threshold={} exceeds index_topk {}: dense MHA would not be exact", limit,
+             config.index_topk);
+      }
+      bool all_short = !decode;
+      for (const RequestInput& r : batch.requests)
+        all_short = all_short && r.context_len() <= limit;
+      return std::vector<Path>(n, all_short ? Path::dense_mha : Path::sparse_mla);
+    }
+    case Policy::Kind::per_request: {
+      std::vector<Path> paths(n, Path::sparse_mla);
+      if (decode) return paths;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (dense_mha_is_exact(batch.requests[i], config)) paths[i] = Path::dense_mha;
+      }
+      return paths;
+    }
+  }
+  return {};
+}
+
+}  // namespace dsattn

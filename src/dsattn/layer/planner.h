@@ -1,0 +1,43 @@
+// The planner: which path computes each request.
+//
+// Dense MHA is exact for a request when every one of its queries sees at most index_topk keys,
+// i.e. prefix_len + extend_len <= index_topk: top-k then selects every earlier key. Sparse MLA is
+// exact always.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dsattn/layer/batch.h"
+
+namespace dsattn {
+
+enum class Path { dense_mha, sparse_mla };
+std::string_view path_name(Path p);
+
+struct Policy {
+  enum class Kind {
+    per_request,  // each request: dense MHA when exact, else sparse MLA (the default)
+    threshold,    // SGLang's rule: the whole batch takes dense MHA iff every context <= threshold
+    mha,          // dense MHA for every request; an error where it is not exact
+    mla,          // sparse MLA for every request
+  };
+  Kind kind = Kind::per_request;
+  std::int64_t threshold = 0;  // for Kind::threshold; 0 means index_topk
+
+  // Parses "per-request", "threshold", "threshold=N", "mha" or "mla".
+  static Policy parse(std::string_view text);
+  std::string to_string() const;
+};
+
+bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config);
+
+// One path per request, in the batch's order. Decode batches (one or a few tokens per request)
+// take sparse MLA under per-request and threshold: decode reads the cache once and MLA's 576
+// values per token beat MHA's decompressed keys. Throws InvalidArgument for a forced `mha` on a
+// request where it is not exact, and for threshold > index_topk.
+std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
+                             const Policy& policy);
+
+}  // namespace dsattn

@@ -1,0 +1,59 @@
+// The attention configuration of a DeepSeek-V3.2-class layer, with the model's values built in
+// and a reader for Hugging Face config.json files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace dsattn {
+
+// YaRN context extension (rope_scaling of type "yarn" in config.json).
+struct YarnScaling {
+  double factor = 40.0;
+  std::int64_t original_max_position_embeddings = 4096;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 1.0;
+  double mscale_all_dim = 1.0;
+};
+
+struct AttentionConfig {
+  std::int64_t hidden_size = 7168;  // D
+  std::int64_t num_heads = 128;     // H
+  std::int64_t q_lora_rank = 1536;
+  std::int64_t kv_lora_rank = 512;  // r: the cached latent c_kv
+  std::int64_t qk_nope_head_dim = 128;
+  std::int64_t qk_rope_head_dim = 64;
+  std::int64_t v_head_dim = 128;
+  std::int64_t index_n_heads = 64;    // H_I
+  std::int64_t index_head_dim = 128;  // d_I
+  std::int64_t index_topk = 2048;     // K
+  double rope_theta = 10000.0;
+  bool use_yarn = true;
+  YarnScaling yarn{};
+  double rms_norm_eps = 1e-6;
+  double index_layer_norm_eps = 1e-6;
+  std::int64_t max_position_embeddings = 163840;
+
+  std::int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Width of one cached token: [c_kv, k_pe].
+  std::int64_t latent_dim() const { return kv_lora_rank + qk_rope_head_dim; }
+  // (d_nope + d_rope)^-1/2 · m², with m the YaRN attention factor when YaRN is on.
+  double softmax_scale() const;
+  // YaRN's magnitude correction applied to cos/sin (1 for DeepSeek-V3.2's mscale = mscale_all_dim).
+  double rope_mscale() const;
+
+  // Throws ConfigError naming the first field whose value is impossible or unsupported.
+  void validate() const;
+
+  static AttentionConfig deepseek_v32() { return {}; }
+  // Fields absent from the JSON keep their DeepSeek-V3.2 values; present ones must have the right
+  // type and a possible value. `source` names the file in messages.
+  static AttentionConfig from_json_text(const std::string& text, const std::string& source);
+  static AttentionConfig from_json_file(const std::string& path);
+};
+
+// YaRN's attention factor: 0.1 · mscale · ln(factor) + 1 (1 when factor <= 1).
+double yarn_get_mscale(double factor, double mscale);
+
+}  // namespace dsattn

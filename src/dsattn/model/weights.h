@@ -1,0 +1,39 @@
+// The weights of one DeepSeek-V3.2 attention layer, named after the checkpoint's tensors
+// (model.layers.{i}.self_attn.*). Linear weights are [out_features, in_features], bf16.
+#pragma once
+
+#include <cstdint>
+
+#include "dsattn/core/tensor.h"
+#include "dsattn/model/config.h"
+
+namespace dsattn {
+
+struct LayerWeights {
+  Tensor q_a_proj;            // [q_lora_rank, hidden]
+  Tensor q_a_layernorm;       // [q_lora_rank]          RMSNorm weight
+  Tensor q_b_proj;            // [H * (d_nope + d_rope), q_lora_rank]
+  Tensor kv_a_proj_with_mqa;  // [kv_lora_rank + d_rope, hidden]
+  Tensor kv_a_layernorm;      // [kv_lora_rank]         RMSNorm weight
+  Tensor kv_b_proj;       // [H * (d_nope + d_v), kv_lora_rank]; head h: k_nope rows, then v rows
+  Tensor o_proj;          // [hidden, H * d_v]
+  Tensor indexer_wq_b;    // [H_I * d_I, q_lora_rank]
+  Tensor indexer_wk;      // [d_I, hidden]
+  Tensor indexer_k_norm;  // [d_I]                  LayerNorm weight
+  Tensor indexer_k_norm_bias;   // [d_I]                  LayerNorm bias
+  Tensor indexer_weights_proj;  // [H_I, hidden]
+
+  // Seeded synthetic weights. Projections are uniform with variance 1/fan_in, so every
+  // activation keeps unit RMS; o_proj is scaled down by `output_gain` so that a residual stack
+  // of many layers (x + attn(norm(x))) grows slowly. Same seed, same weights, on any machine.
+  static LayerWeights synthetic(const AttentionConfig& config, std::uint64_t seed,
+                                float output_gain = 0.5f);
+
+  // Throws InvalidArgument naming the first tensor whose shape or dtype does not fit `config`.
+  void validate(const AttentionConfig& config) const;
+  // A copy of every tensor on `device`.
+  LayerWeights to(Device device) const;
+  Device device() const { return q_a_proj.device(); }
+};
+
+}  // namespace dsattn

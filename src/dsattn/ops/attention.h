@@ -1,0 +1,25 @@
+// The attention cores of the two forms.
+#pragma once
+
+#include "dsattn/core/tensor.h"
+
+namespace dsattn::ops {
+
+// Dense causal attention over packed variable-length requests (the MHA form).
+// Request b owns query rows [cu_q[b], cu_q[b+1]) and key rows [cu_k[b], cu_k[b+1]), with
+// n_k >= n_q; query i may see keys j <= n_k - n_q + i (bottom-right alignment, so a cached
+// prefix is visible to every new query).
+//   q: [total_q, H, d_qk] bf16; k: [total_k, H, d_qk] bf16; v: [total_k, H, d_v] bf16;
+//   cu_q, cu_k: [batch + 1] i32 (CPU); out: [total_q, H, d_v] bf16
+void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& cu_q, const TensorView& cu_k, float scale,
+                       const TensorView& out);
+
+// Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent rows
+// named by its index list, with keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).
+//   q: [n, H, d_qk] bf16; kv_cache: [num_slots, d_qk] bf16; indices: [n, topk] i32 slots, -1 =
+//   unused; out: [n, H, d_v] bf16. A row with no valid index gets zeros.
+void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
+                float scale, const TensorView& out);
+
+}  // namespace dsattn::ops

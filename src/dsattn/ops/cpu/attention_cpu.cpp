@@ -1,0 +1,112 @@
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "dsattn/ops/cpu/cpu_ops.h"
+
+namespace dsattn::ops::cpu {
+
+namespace {
+
+// Copies head h of a [rows, H, d] bf16 view into a dense [rows, d] f32 matrix.
+void widen_head(const TensorView& t, std::int64_t row0, std::int64_t rows, std::int64_t h,
+                float* dst) {
+  const std::int64_t d = t.size(2);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    widen(t.ptr<bf16>() + (row0 + r) * t.stride(0) + h * t.stride(1), dst + r * d, d);
+  }
+}
+
+// In place: row i of s (n columns) becomes softmax over columns [0, visible[i]), zeros after.
+// Returns nothing; a row with no visible column becomes all zeros.
+void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std::int64_t* visible) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * n;
+    const std::int64_t v = std::clamp<std::int64_t>(visible[i], 0, n);
+    float max_v = -std::numeric_limits<float>::infinity();
+    for (std::int64_t j = 0; j < v; ++j) max_v = std::max(max_v, row[j]);
+    float sum = 0.0f;
+    for (std::int64_t j = 0; j < v; ++j) {
+      row[j] = std::exp(row[j] - max_v);
+      sum += row[j];
+    }
+    const float inv = v > 0 ? 1.0f / sum : 0.0f;
+    for (std::int64_t j = 0; j < v; ++j) row[j] *= inv;
+    for (std::int64_t j = v; j < n; ++j) row[j] = 0.0f;
+  }
+}
+
+}  // namespace
+
+void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& cu_q, const TensorView& cu_k, float scale,
+                       const TensorView& out) {
+  const std::int64_t batch = cu_q.size(0) - 1, heads = q.size(1);
+  const std::int64_t d_qk = q.size(2), d_v = v.size(2);
+  const std::int32_t* cq = cu_q.ptr<std::int32_t>();
+  const std::int32_t* ck = cu_k.ptr<std::int32_t>();
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const std::int64_t q0 = cq[b], nq = cq[b + 1] - cq[b];
+    const std::int64_t k0 = ck[b], nk = ck[b + 1] - ck[b];
+    if (nq == 0) continue;
+    std::vector<std::int64_t> visible(nq);
+    for (std::int64_t i = 0; i < nq; ++i) visible[i] = nk - nq + i + 1;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t h = 0; h < heads; ++h) {
+      std::vector<float> qh(nq * d_qk), kh(nk * d_qk), vh(nk * d_v), s(nq * nk), o(nq * d_v);
+      widen_head(q, q0, nq, h, qh.data());
+      widen_head(k, k0, nk, h, kh.data());
+      widen_head(v, k0, nk, h, vh.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d_qk, scale, qh.data(), d_qk,
+                  kh.data(), d_qk, 0.0f, s.data(), nk);
+      masked_softmax_rows(s.data(), nq, nk, visible.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d_v, nk, 1.0f, s.data(), nk,
+                  vh.data(), d_v, 0.0f, o.data(), d_v);
+      for (std::int64_t i = 0; i < nq; ++i) {
+        bf16* dst = out.ptr<bf16>() + (q0 + i) * out.stride(0) + h * out.stride(1);
+        for (std::int64_t j = 0; j < d_v; ++j) dst[j] = bf16::from_float(o[i * d_v + j]);
+      }
+    }
+  }
+}
+
+void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
+                float scale, const TensorView& out) {
+  const std::int64_t n = q.size(0), heads = q.size(1), d_qk = q.size(2), d_v = out.size(2);
+  const std::int64_t topk = indices.size(1);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int32_t* idx = indices.row<std::int32_t>(t);
+    std::vector<std::int32_t> slots;
+    slots.reserve(topk);
+    for (std::int64_t i = 0; i < topk; ++i) {
+      if (idx[i] >= 0) slots.push_back(idx[i]);
+    }
+    const std::int64_t m = static_cast<std::int64_t>(slots.size());
+    std::vector<float> qt(heads * d_qk), kv(std::max<std::int64_t>(m, 1) * d_qk), s(heads * m),
+        o(heads * d_v, 0.0f);
+    for (std::int64_t h = 0; h < heads; ++h) {
+      widen(q.ptr<bf16>() + t * q.stride(0) + h * q.stride(1), qt.data() + h * d_qk, d_qk);
+    }
+    for (std::int64_t j = 0; j < m; ++j)
+      widen(kv_cache.row<bf16>(slots[j]), kv.data() + j * d_qk, d_qk);
+    if (m > 0) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, heads, m, d_qk, scale, qt.data(), d_qk,
+                  kv.data(), d_qk, 0.0f, s.data(), m);
+      const std::vector<std::int64_t> visible(heads, m);
+      masked_softmax_rows(s.data(), heads, m, visible.data());
+      // Values are the first d_v columns of the cached rows (c_kv).
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, heads, d_v, m, 1.0f, s.data(), m,
+                  kv.data(), d_qk, 0.0f, o.data(), d_v);
+    }
+    for (std::int64_t h = 0; h < heads; ++h) {
+      bf16* dst = out.ptr<bf16>() + t * out.stride(0) + h * out.stride(1);
+      for (std::int64_t j = 0; j < d_v; ++j) dst[j] = bf16::from_float(o[h * d_v + j]);
+    }
+  }
+}
+
+}  // namespace dsattn::ops::cpu

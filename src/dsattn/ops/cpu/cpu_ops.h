@@ -1,0 +1,43 @@
+// The CPU backend: plain implementations of every op, f32 arithmetic over bf16/fp8 storage.
+// They are the oracle the CUDA kernels are checked against and the backend on machines without a
+// GPU. Arguments are validated by the dispatchers in ops/dispatch.cpp before these run.
+#pragma once
+
+#include "dsattn/ops/attention.h"
+#include "dsattn/ops/cache_ops.h"
+#include "dsattn/ops/elementwise.h"
+#include "dsattn/ops/gemm.h"
+#include "dsattn/ops/indexer.h"
+#include "dsattn/ops/norm.h"
+#include "dsattn/ops/quantize.h"
+#include "dsattn/ops/rope.h"
+#include "dsattn/ops/topk.h"
+
+namespace dsattn::ops::cpu {
+
+void add(const TensorView& a, const TensorView& b, const TensorView& out);
+void rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
+void layer_norm(const TensorView& x, const TensorView& weight, const TensorView& bias, float eps,
+                const TensorView& out);
+void apply_rope(const TensorView& x, const TensorView& positions, const RopeTable& table,
+                RopeLayout layout);
+void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout layout,
+          float alpha);
+void hadamard_rotate(const TensorView& x);
+void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale);
+void scatter_rows(const TensorView& rows, const TensorView& slots, const TensorView& cache);
+void gather_rows(const TensorView& cache, const TensorView& slots, const TensorView& out);
+void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
+                    const TensorView& key_cache, const TensorView& key_slots,
+                    const TensorView& scores);
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out);
+void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& cu_q, const TensorView& cu_k, float scale,
+                       const TensorView& out);
+void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
+                float scale, const TensorView& out);
+
+// Widens `n` bf16 values to f32 (shared by the ops that hand rows to BLAS).
+void widen(const bf16* src, float* dst, std::int64_t n);
+
+}  // namespace dsattn::ops::cpu

@@ -1,0 +1,84 @@
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "dsattn/ops/cpu/cpu_ops.h"
+
+namespace dsattn::ops::cpu {
+
+namespace {
+
+// Dequantises one cached key: d e4m3 values followed by d/128 f32 scales.
+void dequantize_key(const std::uint8_t* bytes, std::int64_t d, float* out) {
+  for (std::int64_t b = 0; b < d / kQuantBlock; ++b) {
+    float scale;
+    std::memcpy(&scale, bytes + d + 4 * b, 4);
+    for (std::int64_t j = b * kQuantBlock; j < (b + 1) * kQuantBlock; ++j) {
+      out[j] = fp8_e4m3::from_bits(bytes[j]).to_float() * scale;
+    }
+  }
+}
+
+}  // namespace
+
+void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
+                    const TensorView& key_cache, const TensorView& key_slots,
+                    const TensorView& scores) {
+  const std::int64_t n_q = q.size(0), heads = q.size(1), d = q.size(2);
+  const std::int64_t n_k = key_slots.size(0);
+  if (n_q == 0) return;
+  const std::int32_t* slots = key_slots.ptr<std::int32_t>();
+
+  std::vector<float> keys(static_cast<std::size_t>(std::max<std::int64_t>(n_k, 1) * d));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t s = 0; s < n_k; ++s) {
+    dequantize_key(key_cache.row<std::uint8_t>(slots[s]), d, keys.data() + s * d);
+  }
+
+  // Queries in chunks: logits = Q_chunk (rows = query·head) · Kᵀ, then the weighted ReLU sum.
+  const std::int64_t chunk = std::max<std::int64_t>(1, 4096 / heads);
+  std::vector<float> q_f32(static_cast<std::size_t>(chunk * heads * d));
+  std::vector<float> logits(
+      static_cast<std::size_t>(chunk * heads * std::max<std::int64_t>(n_k, 1)));
+  for (std::int64_t t0 = 0; t0 < n_q; t0 += chunk) {
+    const std::int64_t rows = std::min(chunk, n_q - t0);
+    for (std::int64_t t = 0; t < rows; ++t) {
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const std::uint8_t* src = q.ptr<std::uint8_t>() + (t0 + t) * q.stride(0) + h * q.stride(1);
+        const float* sc =
+            q_scale.ptr<float>() + (t0 + t) * q_scale.stride(0) + h * q_scale.stride(1);
+        float* dst = q_f32.data() + (t * heads + h) * d;
+        for (std::int64_t j = 0; j < d; ++j) {
+          dst[j] = fp8_e4m3::from_bits(src[j]).to_float() * sc[j / kQuantBlock];
+        }
+      }
+    }
+    if (n_k > 0) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, n_k, d, 1.0f, q_f32.data(),
+                  d, keys.data(), d, 0.0f, logits.data(), n_k);
+    }
+#pragma omp parallel for schedule(static)
+    for (std::int64_t t = 0; t < rows; ++t) {
+      const std::int64_t row = t0 + t;
+      const std::int64_t limit = n_k - n_q + row;  // last visible key position
+      const float* w = weights.ptr<float>() + row * weights.stride(0);
+      float* out = scores.row<float>(row);
+      for (std::int64_t s = 0; s < n_k; ++s) {
+        if (s > limit) {
+          out[s] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        float acc = 0.0f;
+        for (std::int64_t h = 0; h < heads; ++h) {
+          acc += w[h * weights.stride(1)] * std::max(logits[(t * heads + h) * n_k + s], 0.0f);
+        }
+        out[s] = acc;
+      }
+    }
+  }
+}
+
+}  // namespace dsattn::ops::cpu

@@ -1,0 +1,34 @@
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "dsattn/ops/cpu/cpu_ops.h"
+
+namespace dsattn::ops::cpu {
+
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  const std::int64_t rows = scores.size(0), k = out.size(1);
+  const std::int32_t* len = lengths.ptr<std::int32_t>();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* s = scores.row<float>(r);
+    std::int32_t* o = out.row<std::int32_t>(r);
+    const std::int64_t n = len[r];
+    std::vector<std::int32_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    // Higher score first; NaN below every number; equal scores: lower position first.
+    auto before = [s](std::int32_t a, std::int32_t b) {
+      const bool a_nan = std::isnan(s[a]), b_nan = std::isnan(s[b]);
+      if (a_nan != b_nan) return b_nan;
+      if (!a_nan && s[a] != s[b]) return s[a] > s[b];
+      return a < b;
+    };
+    const std::int64_t take = std::min(k, n);
+    std::partial_sort(order.begin(), order.begin() + take, order.end(), before);
+    for (std::int64_t i = 0; i < take; ++i) o[i] = order[i];
+    for (std::int64_t i = take; i < k; ++i) o[i] = -1;
+  }
+}
+
+}  // namespace dsattn::ops::cpu

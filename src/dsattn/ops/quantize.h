@@ -1,0 +1,21 @@
+// The indexer's activation transform: Walsh-Hadamard rotation, then FP8 e4m3 quantisation in
+// blocks of 128 with one f32 scale per block (DeepSeek-V3.2's rotate_activation and act_quant).
+#pragma once
+
+#include "dsattn/core/tensor.h"
+
+namespace dsattn::ops {
+
+inline constexpr std::int64_t kQuantBlock = 128;
+
+// x[r, :] <- H_n · x[r, :] · n^-1/2, with H_n the Sylvester-ordered Hadamard matrix.
+//   x: [rows, n] bf16, unit inner stride, n a power of two; in place, rounded to bf16
+void hadamard_rotate(const TensorView& x);
+
+// scale[r, b] = amax(x[r, block b]) / 448 (1 when the block is all zeros);
+// q[r, j] = e4m3(x[r, j] / scale[r, j / 128]), round to nearest even.
+//   x: [rows, n] bf16, n a multiple of 128; q: [rows, n] fp8_e4m3 (or u8); scale: [rows, n / 128]
+//   f32 q and scale may be strided by row (to write straight into a cache).
+void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale);
+
+}  // namespace dsattn::ops

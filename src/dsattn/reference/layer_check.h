@@ -1,0 +1,54 @@
+// Runs the layer on a batch under each policy and measures every output row against the float64
+// reference with the tolerance scheme of compare.h. Shared by `dsattn check` and the tests.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dsattn/layer/planner.h"
+#include "dsattn/reference/compare.h"
+
+namespace dsattn::reference {
+
+struct CheckRequest {
+  std::int64_t prefix_len = 0;  // prefilled (in chunks of at most `prefix_chunk`) before the check
+  std::int64_t extend_len = 1;
+};
+
+struct CheckCase {
+  AttentionConfig config;
+  std::vector<CheckRequest> requests;
+  ForwardMode mode = ForwardMode::prefill;
+  std::uint64_t seed = 0;
+  std::int64_t prefix_chunk = 1 << 30;
+
+  std::string to_string() const;
+};
+
+struct PolicyCheck {
+  std::string policy;
+  std::vector<Path> paths;
+  Comparison engine;  // this policy's output vs float64
+  Comparison plain;   // the plain bf16 implementation vs float64, on the same key sets
+  bool pass = false;
+  std::vector<double> output;  // [total rows * hidden], as doubles
+};
+
+struct CaseReport {
+  std::vector<PolicyCheck> checks;
+  // max |y_mha - y_mla| / max |y_mla| when both forced paths ran (dense MHA exact everywhere),
+  // else negative.
+  double mha_mla_relative_difference = -1;
+  bool pass = false;
+
+  std::string to_string() const;
+};
+
+// Checks `policies` (default: mla, per-request, and mha where it is exact for every request).
+CaseReport check_case(const CheckCase& c, std::vector<Policy> policies = {});
+
+// A small random configuration and batch, from `seed`.
+CheckCase random_case(std::uint64_t seed);
+
+}  // namespace dsattn::reference

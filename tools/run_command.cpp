@@ -1,0 +1,232 @@
+// dsattn run: the default workload through the layer under a policy, compared with every other
+// exact path on the same requests.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "commands.h"
+#include "dsattn/core/cuda_runtime.h"
+#include "workload.h"
+
+namespace dsattn::tools {
+
+namespace {
+
+struct RunOptions {
+  WorkloadSpec spec;
+  std::string policy = "per-request";
+  std::string device = "auto";
+  std::string config_path;
+  std::string json_path;
+  std::int64_t seed = 0;
+};
+
+// The CPU backend runs the workload scaled down so that it ends in well under a minute on two
+// cores; flags given explicitly are always honoured.
+constexpr WorkloadSpec kCpuScaledDefaults{4, 256, 0, 4, 1, 16384, 0};
+
+std::string paths_summary(const std::vector<Path>& paths) {
+  // Runs of equal paths: "0-3 dense_mha, 4 sparse_mla".
+  std::string out;
+  for (std::size_t i = 0; i < paths.size();) {
+    std::size_t j = i;
+    while (j + 1 < paths.size() && paths[j + 1] == paths[i]) ++j;
+    if (!out.empty()) out += ", ";
+    out += i == j ? fmt::format("{} {}", i, path_name(paths[i]))
+                  : fmt::format("{}-{} {}", i, j, path_name(paths[i]));
+    i = j + 1;
+  }
+  return out;
+}
+
+double per_second(std::int64_t n, double s) { return s > 0 ? double(n) / s : 0.0; }
+
+nlohmann::json pass_json(const PassResult& p, std::optional<double> diff) {
+  nlohmann::json j;
+  j["policy"] = p.policy;
+  j["prefill"] = {{"tokens", p.prefill_tokens},
+                  {"seconds", p.prefill_seconds},
+                  {"tokens_per_s", per_second(p.prefill_tokens, p.prefill_seconds)},
+                  {"stage_seconds",
+                   {{"projections", p.prefill_stages.projections},
+                    {"dense_mha", p.prefill_stages.dense_mha},
+                    {"sparse_mla", p.prefill_stages.sparse_mla},
+                    {"o_proj", p.prefill_stages.o_proj}}}};
+  std::vector<std::string> paths;
+  for (Path x : p.prefill_paths) paths.emplace_back(path_name(x));
+  j["prefill"]["paths"] = paths;
+  j["decode"] = {{"tokens", p.decode_tokens},
+                 {"seconds", p.decode_seconds},
+                 {"tokens_per_s", per_second(p.decode_tokens, p.decode_seconds)}};
+  if (!p.decode_paths.empty()) j["decode"]["path"] = path_name(p.decode_paths.front());
+  if (diff) j["max_relative_difference"] = *diff;
+  return j;
+}
+
+// Writes `text` to `path` through a temporary file, so that a failure leaves no partial file.
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    if (!out) fail("--json: cannot write {}", path);
+    out << text << "\n";
+    if (!out) fail("--json: cannot write {}", path);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+int run(const RunOptions& o, const CLI::App& cmd) {
+  WorkloadSpec spec = o.spec;
+  spec.seed = static_cast<std::uint64_t>(o.seed);
+  const Policy policy = Policy::parse(o.policy);
+  const AttentionConfig config = o.config_path.empty()
+                                     ? AttentionConfig::deepseek_v32()
+                                     : AttentionConfig::from_json_file(o.config_path);
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
+    fail("--device must be auto, cpu or cuda, got '{}'", o.device);
+  }
+  if (o.device == "cuda") {
+    fail<Unsupported>(
+        "--device cuda: this build has no CUDA kernels for the attention layer yet ({} CUDA "
+        "device{} visible); use --device cpu",
+        cuda::device_count(), cuda::device_count() == 1 ? "" : "s");
+  }
+  // auto: the CUDA backend when it exists; until then the CPU backend.
+  const std::string device = "cpu";
+
+  bool scaled = false;
+  auto scale = [&](const char* flag, std::int64_t& field, std::int64_t value) {
+    if (cmd.count(flag) == 0 && field != value) {
+      field = value;
+      scaled = true;
+    }
+  };
+  scale("--requests", spec.requests, kCpuScaledDefaults.requests);
+  scale("--prompt-len", spec.prompt_len, kCpuScaledDefaults.prompt_len);
+  scale("--decode-steps", spec.decode_steps, kCpuScaledDefaults.decode_steps);
+  spec.validate();
+  if (!o.json_path.empty()) {  // fail now, not after the work, on an unwritable path
+    const auto dir = std::filesystem::absolute(o.json_path).parent_path();
+    if (!std::filesystem::is_directory(dir))
+      fail("--json: directory {} does not exist", dir.string());
+  }
+
+  std::printf("dsattn run: %s on %s, policy %s\n", spec.to_string().c_str(), device.c_str(),
+              policy.to_string().c_str());
+  if (scaled) {
+    std::printf(
+        "  (CPU backend: the default workload, 100 requests x 1024-token prompts + 32 decode "
+        "steps, is scaled down to finish in under a minute; pass the flags to choose sizes)\n");
+  }
+  std::fflush(stdout);
+  auto progress = [](const std::string& line) { std::fprintf(stderr, "  ... %s\n", line.c_str()); };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  AttentionStack stack = AttentionStack::synthetic(config, spec.layers, spec.seed, policy);
+  std::vector<PassResult> passes;
+  passes.push_back(run_pass(config, stack, spec, policy, progress));
+
+  // The comparison passes: each forced path that is exact for every request and decides
+  // differently from the policy somewhere.
+  const bool mha_exact = spec.prefix_len + spec.prompt_len + spec.decode_steps <= config.index_topk;
+  for (const char* forced : {"mha", "mla"}) {
+    const Policy p = Policy::parse(forced);
+    if (p.kind == Policy::Kind::mha && !mha_exact) continue;
+    const Path path = p.kind == Policy::Kind::mha ? Path::dense_mha : Path::sparse_mla;
+    bool differs = spec.decode_steps > 0 && passes[0].decode_paths.front() != path;
+    for (Path x : passes[0].prefill_paths) differs = differs || x != path;
+    if (differs) passes.push_back(run_pass(config, stack, spec, p, progress));
+  }
+  const double total_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::printf("\npaths under %s: prefill %s; decode %s\n", passes[0].policy.c_str(),
+              paths_summary(passes[0].prefill_paths).c_str(),
+              passes[0].decode_paths.empty()
+                  ? "-"
+                  : std::string(path_name(passes[0].decode_paths.front())).c_str());
+  std::printf("\n%-12s %10s %10s %12s %10s %10s %12s %14s\n", "pass", "prefill tok", "seconds",
+              "tok/s", "decode tok", "seconds", "tok/s", "max rel diff");
+  nlohmann::json json_passes = nlohmann::json::array();
+  for (std::size_t i = 0; i < passes.size(); ++i) {
+    const PassResult& p = passes[i];
+    std::optional<double> diff;
+    if (i > 0) diff = max_relative_difference(p, passes[0]);
+    std::printf("%-12s %10lld %10.3f %12.1f %10lld %10.3f %12.1f %14s\n", p.policy.c_str(),
+                static_cast<long long>(p.prefill_tokens), p.prefill_seconds,
+                per_second(p.prefill_tokens, p.prefill_seconds),
+                static_cast<long long>(p.decode_tokens), p.decode_seconds,
+                per_second(p.decode_tokens, p.decode_seconds),
+                diff ? fmt::format("{:.2e}", *diff).c_str() : "(baseline)");
+    json_passes.push_back(pass_json(p, diff));
+  }
+  const StageTimes& st = passes[0].prefill_stages;
+  std::printf(
+      "\nprefill stages under %s: projections %.3f s, dense_mha %.3f s, sparse_mla %.3f s, "
+      "o_proj %.3f s\n",
+      passes[0].policy.c_str(), st.projections, st.dense_mha, st.sparse_mla, st.o_proj);
+  double worst = 0;
+  for (std::size_t i = 1; i < passes.size(); ++i) {
+    worst = std::max(worst, max_relative_difference(passes[i], passes[0]));
+  }
+  if (passes.size() > 1) {
+    std::printf("largest relative difference between paths on the same requests: %.2e\n", worst);
+  }
+  std::printf("total %.1f s\n", total_s);
+
+  if (!o.json_path.empty()) {
+    nlohmann::json j;
+    j["workload"] = {{"requests", spec.requests},
+                     {"prompt_len", spec.prompt_len},
+                     {"prefix_len", spec.prefix_len},
+                     {"decode_steps", spec.decode_steps},
+                     {"layers", spec.layers},
+                     {"max_batch_tokens", spec.max_batch_tokens},
+                     {"seed", spec.seed},
+                     {"scaled_down_for_cpu", scaled}};
+    j["device"] = device;
+    j["policy"] = passes[0].policy;
+    j["index_topk"] = config.index_topk;
+    j["passes"] = json_passes;
+    j["max_relative_difference"] = worst;
+    write_file_atomically(o.json_path, j.dump(1));
+    std::printf("wrote %s\n", o.json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_run_command(CLI::App& app) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "run", "Serve a synthetic workload through the layer and compare the exact paths");
+  cmd->add_option("--requests", o->spec.requests, "Requests in the workload")
+      ->capture_default_str();
+  cmd->add_option("--prompt-len", o->spec.prompt_len, "New prompt tokens per request")
+      ->capture_default_str();
+  cmd->add_option("--prefix-len", o->spec.prefix_len,
+                  "Tokens per request already in the cache before the prompt")
+      ->capture_default_str();
+  cmd->add_option("--decode-steps", o->spec.decode_steps, "Decode steps after the prefill")
+      ->capture_default_str();
+  cmd->add_option("--layers", o->spec.layers, "Attention layers in the stack")
+      ->capture_default_str();
+  cmd->add_option("--max-batch-tokens", o->spec.max_batch_tokens,
+                  "Prefill tokens per forward; longer prompts are prefilled in chunks")
+      ->capture_default_str();
+  cmd->add_option("--policy", o->policy, "per-request | threshold[=N] | mha | mla")
+      ->capture_default_str();
+  cmd->add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the synthetic weights and inputs")
+      ->capture_default_str();
+  cmd->add_option("--json", o->json_path, "Also write the figures as JSON to this file");
+  cmd->add_option("--config", o->config_path,
+                  "A Hugging Face config.json (default: DeepSeek-V3.2's attention)");
+  return [o, cmd] { return run(*o, *cmd); };
+}
+
+}  // namespace dsattn::tools

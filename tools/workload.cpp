@@ -1,0 +1,180 @@
+#include "workload.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "dsattn/core/random.h"
+
+namespace dsattn::tools {
+
+void WorkloadSpec::validate() const {
+  DSATTN_CHECK(requests >= 1, "--requests must be >= 1, got {}", requests);
+  DSATTN_CHECK(prompt_len >= 1, "--prompt-len must be >= 1, got {}", prompt_len);
+  DSATTN_CHECK(prefix_len >= 0, "--prefix-len must be >= 0, got {}", prefix_len);
+  DSATTN_CHECK(decode_steps >= 0, "--decode-steps must be >= 0, got {}", decode_steps);
+  DSATTN_CHECK(layers >= 1, "--layers must be >= 1, got {}", layers);
+  DSATTN_CHECK(max_batch_tokens >= 1, "--max-batch-tokens must be >= 1, got {}", max_batch_tokens);
+}
+
+std::string WorkloadSpec::to_string() const {
+  return fmt::format("{} requests x {}-token prompts (+{} cached), {} decode steps, {} layer{}",
+                     requests, prompt_len, prefix_len, decode_steps, layers,
+                     layers == 1 ? "" : "s");
+}
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The seeded input embedding of token `position` of request `request`.
+void embed(std::uint64_t seed, std::int64_t request, std::int64_t position, bf16* row,
+           std::int64_t d) {
+  const std::uint64_t stream = (static_cast<std::uint64_t>(request) << 32) ^ 0x5eedull;
+  for (std::int64_t j = 0; j < d; ++j) {
+    row[j] = bf16::from_float(uniform_pm1(seed, stream, position * d + j) * 1.7320508f);
+  }
+}
+
+struct Piece {
+  std::int64_t request, prefix, extend;
+};
+
+// Splits [begin, end) of every request into forwards of at most `budget` tokens, in request
+// order; a request longer than the budget is prefilled in chunks.
+std::vector<std::vector<Piece>> schedule(std::int64_t requests, std::int64_t begin,
+                                         std::int64_t end, std::int64_t budget) {
+  std::vector<std::vector<Piece>> batches(1);
+  std::int64_t used = 0;
+  for (std::int64_t r = 0; r < requests; ++r) {
+    for (std::int64_t at = begin; at < end;) {
+      if (used == budget) {
+        batches.emplace_back();
+        used = 0;
+      }
+      const std::int64_t n = std::min(end - at, budget - used);
+      batches.back().push_back({r, at, n});
+      used += n;
+      at += n;
+    }
+  }
+  return batches;
+}
+
+}  // namespace
+
+double max_relative_difference(const PassResult& a, const PassResult& b) {
+  double worst = 0;
+  for (std::size_t r = 0; r < a.outputs.size() && r < b.outputs.size(); ++r) {
+    const bf16* x = a.outputs[r].ptr<bf16>();
+    const bf16* y = b.outputs[r].ptr<bf16>();
+    double diff = 0, scale = 0;
+    for (std::int64_t i = 0; i < a.outputs[r].numel(); ++i) {
+      diff = std::max(diff, double(std::fabs(x[i].to_float() - y[i].to_float())));
+      scale = std::max(scale, double(std::fabs(y[i].to_float())));
+    }
+    worst = std::max(worst, scale > 0 ? diff / scale : diff);
+  }
+  return worst;
+}
+
+PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const WorkloadSpec& spec,
+                    const Policy& policy, const Progress& progress) {
+  spec.validate();
+  const std::int64_t D = config.hidden_size;
+  const std::int64_t context = spec.prefix_len + spec.prompt_len + spec.decode_steps;
+  CacheOptions options;
+  options.num_layers = spec.layers;
+  options.num_pages = spec.requests * pages_for(context);
+  PagedKvCache cache(config, options);
+  std::vector<BlockTable> tables(spec.requests);
+  for (BlockTable& t : tables) cache.reserve(t, context);
+
+  stack.set_policy(policy);
+
+  PassResult result;
+  result.policy = policy.to_string();
+  result.prefill_paths.assign(spec.requests, Path::sparse_mla);
+  for (std::int64_t r = 0; r < spec.requests; ++r) {
+    result.outputs.push_back(Tensor::empty({spec.prompt_len + spec.decode_steps, D}, DType::bf16));
+  }
+
+  // Runs one forward over `pieces`; when `keep`, copies each piece's output rows to the request's
+  // output at row (piece.prefix - row_base).
+  auto forward = [&](const std::vector<Piece>& pieces, ForwardMode mode, bool keep,
+                     std::int64_t row_base) {
+    Batch batch;
+    batch.mode = mode;
+    std::int64_t tokens = 0;
+    for (const Piece& p : pieces) {
+      batch.requests.push_back({p.prefix, p.extend, tables[p.request]});
+      tokens += p.extend;
+    }
+    Tensor hidden = Tensor::empty({tokens, D}, DType::bf16);
+    std::int64_t row = 0;
+    for (const Piece& p : pieces) {
+      for (std::int64_t t = 0; t < p.extend; ++t, ++row) {
+        embed(spec.seed, p.request, p.prefix + t, hidden.ptr<bf16>() + row * D, D);
+      }
+    }
+    ForwardResult fr = stack.forward(batch, hidden, cache);
+    row = 0;
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& p = pieces[i];
+      if (keep) {
+        std::memcpy(result.outputs[p.request].ptr<bf16>() + (p.prefix - row_base) * D,
+                    hidden.ptr<bf16>() + row * D, p.extend * D * sizeof(bf16));
+      }
+      row += p.extend;
+    }
+    return fr;
+  };
+
+  auto last_report = std::chrono::steady_clock::now();
+  auto report = [&](const std::string& what, std::size_t done, std::size_t total) {
+    if (seconds_since(last_report) < 3.0) return;
+    last_report = std::chrono::steady_clock::now();
+    progress(fmt::format("{}: {} {}/{}", result.policy, what, done, total));
+  };
+
+  if (spec.prefix_len > 0) {  // the cached prefix: prefilled first, not part of the figures
+    const auto batches = schedule(spec.requests, 0, spec.prefix_len, spec.max_batch_tokens);
+    for (std::size_t b = 0; b < batches.size(); ++b) {
+      forward(batches[b], ForwardMode::prefill, false, 0);
+      report("cached prefix batch", b + 1, batches.size());
+    }
+  }
+
+  const auto batches = schedule(spec.requests, spec.prefix_len, spec.prefix_len + spec.prompt_len,
+                                spec.max_batch_tokens);
+  const auto t_prefill = std::chrono::steady_clock::now();
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    const ForwardResult fr = forward(batches[b], ForwardMode::prefill, true, spec.prefix_len);
+    for (std::size_t i = 0; i < batches[b].size(); ++i) {
+      result.prefill_paths[batches[b][i].request] = fr.paths[i];
+    }
+    result.prefill_stages += fr.times;
+    report("prefill batch", b + 1, batches.size());
+  }
+  result.prefill_seconds = seconds_since(t_prefill);
+  result.prefill_tokens = spec.requests * spec.prompt_len;
+
+  const auto t_decode = std::chrono::steady_clock::now();
+  for (std::int64_t step = 0; step < spec.decode_steps; ++step) {
+    std::vector<Piece> pieces;
+    for (std::int64_t r = 0; r < spec.requests; ++r) {
+      pieces.push_back({r, spec.prefix_len + spec.prompt_len + step, 1});
+    }
+    const ForwardResult fr = forward(pieces, ForwardMode::decode, true, spec.prefix_len);
+    result.decode_paths = fr.paths;
+    report("decode step", step + 1, spec.decode_steps);
+  }
+  result.decode_seconds = seconds_since(t_decode);
+  result.decode_tokens = spec.requests * spec.decode_steps;
+  return result;
+}
+
+}  // namespace dsattn::tools
