@@ -1,0 +1,168 @@
+// Bad input to the layer: each is refused with a message naming what is wrong, before anything
+// is written to the cache or the output.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "layer_test_util.h"
+
+namespace dsattn {
+namespace {
+
+using ::testing::HasSubstr;
+
+class BadInput : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CacheOptions opts;
+    opts.num_pages = 4;
+    cache = std::make_unique<PagedKvCache>(config, opts);
+    cache->reserve(table, 40);
+    // A valid first forward so that the cache holds real data to protect.
+    Batch b;
+    b.requests.push_back({0, 20, table});
+    Tensor in = testing::random_hidden(20, config.hidden_size, 1);
+    Tensor out = Tensor::empty({20, config.hidden_size}, DType::bf16);
+    layer.forward(b, in, cache->layer(0), out);
+    before = testing::snapshot(cache->layer(0));
+  }
+
+  // Expects `batch` with inputs of `rows` rows to be refused with `message`, the cache and the
+  // output untouched.
+  void expect_refused(const Batch& batch, std::int64_t rows, const std::string& message,
+                      DType in_dtype = DType::bf16, std::int64_t width = -1) {
+    if (width < 0) width = config.hidden_size;
+    Tensor in = Tensor::empty({rows, width}, in_dtype);
+    if (in_dtype == DType::bf16) fill_uniform(in, 3, 3, 1.0f);
+    Tensor out = Tensor::empty({rows, width}, DType::bf16);
+    for (std::int64_t i = 0; i < out.numel(); ++i) out.ptr<bf16>()[i] = bf16::from_bits(0x1234);
+    try {
+      layer.forward(batch, in, cache->layer(0), out);
+      ADD_FAILURE() << "expected an error containing: " << message;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(message));
+    }
+    EXPECT_EQ(testing::snapshot(cache->layer(0)), before) << "cache changed by a refused call";
+    for (std::int64_t i = 0; i < out.numel(); ++i) {
+      ASSERT_EQ(out.ptr<bf16>()[i].bits, 0x1234) << "output written by a refused call at " << i;
+    }
+  }
+
+  AttentionConfig config = testing::small_config(32);
+  AttentionLayer layer{config, LayerWeights::synthetic(config, 2)};
+  std::unique_ptr<PagedKvCache> cache;
+  BlockTable table;
+  std::vector<std::uint8_t> before;
+};
+
+TEST_F(BadInput, EmptyBatch) { expect_refused(Batch{}, 1, "batch must hold at least one request"); }
+
+TEST_F(BadInput, ZeroNewTokens) {
+  Batch b;
+  b.requests.push_back({20, 0, table});
+  expect_refused(b, 1, "request 0: extend_len must be >= 1");
+}
+
+TEST_F(BadInput, NegativePrefix) {
+  Batch b;
+  b.requests.push_back({-1, 2, table});
+  expect_refused(b, 2, "request 0: prefix_len must be >= 0, got -1");
+}
+
+TEST_F(BadInput, PositionsPastTheBlockTable) {
+  Batch b;
+  b.requests.push_back({20, 100, table});  // 120 positions, the table covers 64
+  expect_refused(b, 100, "request 0: block table must cover 120 positions");
+}
+
+TEST_F(BadInput, PageOutsideTheCache) {
+  const BlockTable bad = {0, 99};
+  Batch b;
+  b.requests.push_back({60, 10, bad});
+  expect_refused(b, 10, "block_table[1] = 99 is outside the cache's [0, 4) pages");
+}
+
+TEST_F(BadInput, PageSharedByTwoRequests) {
+  Batch b;
+  b.requests.push_back({20, 5, table});
+  b.requests.push_back({20, 5, table});
+  expect_refused(b, 10, "request 1: page");
+}
+
+TEST_F(BadInput, HiddenRowsDoNotMatchTheBatch) {
+  Batch b;
+  b.requests.push_back({20, 5, table});
+  expect_refused(b, 6, "hidden_in must have shape [5, 96], got [6, 96]");
+}
+
+TEST_F(BadInput, HiddenWidthIsWrong) {
+  Batch b;
+  b.requests.push_back({20, 5, table});
+  expect_refused(b, 5, "hidden_in must have shape [5, 96], got [5, 64]", DType::bf16, 64);
+}
+
+TEST_F(BadInput, HiddenDtypeIsWrong) {
+  Batch b;
+  b.requests.push_back({20, 5, table});
+  expect_refused(b, 5, "hidden_in must have dtype bf16, got f32", DType::f32);
+}
+
+TEST_F(BadInput, ContextPastMaxPositions) {
+  AttentionConfig short_config = config;
+  short_config.max_position_embeddings = 30;
+  AttentionLayer short_layer(short_config, LayerWeights::synthetic(short_config, 2));
+  Batch b;
+  b.requests.push_back({20, 15, table});
+  Tensor in = testing::random_hidden(15, config.hidden_size, 5);
+  Tensor out = Tensor::empty({15, config.hidden_size}, DType::bf16);
+  EXPECT_THROW(
+      {
+        try {
+          short_layer.forward(b, in, cache->layer(0), out);
+        } catch (const InvalidArgument& e) {
+          EXPECT_THAT(e.what(), HasSubstr("exceeds max_position_embeddings 30"));
+          throw;
+        }
+      },
+      InvalidArgument);
+  EXPECT_EQ(testing::snapshot(cache->layer(0)), before);
+}
+
+TEST(BadConfig, IndexTopkZeroIsRefused) {
+  AttentionConfig c = testing::small_config(32);
+  c.index_topk = 0;
+  try {
+    c.validate();
+    FAIL() << "index_topk = 0 must be refused";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("index_topk must be a positive integer, got 0"));
+  }
+  EXPECT_THROW(LayerWeights::synthetic(c, 1), ConfigError);
+}
+
+TEST(BadConfig, MalformedConfigJsonIsRefused) {
+  EXPECT_THROW(AttentionConfig::from_json_text("{\"index_topk\": 0}", "config.json"), ConfigError);
+  EXPECT_THROW(AttentionConfig::from_json_text("{\"hidden_size\": \"big\"}", "config.json"),
+               ConfigError);
+  EXPECT_THROW(AttentionConfig::from_json_text("{not json", "config.json"), ConfigError);
+}
+
+TEST(BadCache, FullCacheIsAClearErrorAndLeavesTablesAlone) {
+  const AttentionConfig c = testing::small_config(32);
+  CacheOptions opts;
+  opts.num_pages = 2;
+  PagedKvCache cache(c, opts);
+  BlockTable a, b;
+  cache.reserve(a, 100);  // both pages
+  try {
+    cache.reserve(b, 10);
+    FAIL() << "a full cache must be refused";
+  } catch (const CacheFull& e) {
+    EXPECT_THAT(e.what(), HasSubstr("kv cache full: 1 pages needed, 0 of 2 free"));
+  }
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(a.size(), 2u);
+  EXPECT_EQ(cache.free_pages(), 0);
+}
+
+}  // namespace
+}  // namespace dsattn

@@ -1,0 +1,111 @@
+// Requests whose context exceeds index_topk: dense MHA is refused where it is not exact, the
+// per-request planner sends them to sparse MLA, and mixed batches keep the caller's order.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "dsattn/reference/layer_check.h"
+#include "layer_test_util.h"
+
+namespace dsattn {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr std::int64_t kTopk = 32;
+
+TEST(LongContext, SparseMlaMatchesReferenceOnSelectedKeys) {
+  reference::CheckCase c;
+  c.config = testing::small_config(kTopk);
+  c.requests = {{0, 80}, {50, 30}};  // contexts 80 and 80, both past index_topk
+  c.seed = 3;
+  const reference::CaseReport r = reference::check_case(c);
+  EXPECT_TRUE(r.pass) << r.to_string();
+  for (const reference::PolicyCheck& check : r.checks) {
+    for (Path p : check.paths) EXPECT_EQ(p, Path::sparse_mla) << check.policy;
+  }
+}
+
+TEST(LongContext, MixedBatchRoutesPerRequestAndMatchesReference) {
+  reference::CheckCase c;
+  c.config = testing::small_config(kTopk);
+  c.requests = {{0, 20}, {0, 70}, {10, 5}, {40, 10}};
+  c.seed = 5;
+  const reference::CaseReport r = reference::check_case(c, {Policy::parse("per-request")});
+  ASSERT_EQ(r.checks.size(), 1u);
+  const std::vector<Path> want = {Path::dense_mha, Path::sparse_mla, Path::dense_mha,
+                                  Path::sparse_mla};
+  EXPECT_EQ(r.checks[0].paths, want);
+  EXPECT_TRUE(r.pass) << r.to_string();
+}
+
+class MixedBatchOrder : public ::testing::Test {
+ protected:
+  AttentionConfig config = testing::small_config(kTopk);
+  AttentionLayer layer{config, LayerWeights::synthetic(config, 9)};
+};
+
+// Each request's rows of a mixed batch equal the rows of the same request run on its own.
+TEST_F(MixedBatchOrder, RowsLandInCallersOrder) {
+  const std::vector<std::int64_t> lengths = {70, 20, 45, 10};  // long, short, long, short
+  CacheOptions opts;
+  opts.num_pages = 64;
+  PagedKvCache together(config, opts), alone(config, opts);
+  std::vector<BlockTable> t_tables(lengths.size()), a_tables(lengths.size());
+  std::vector<Tensor> inputs;
+  Batch batch;
+  std::int64_t total = 0;
+  for (std::size_t i = 0; i < lengths.size(); ++i) {
+    together.reserve(t_tables[i], lengths[i]);
+    alone.reserve(a_tables[i], lengths[i]);
+    inputs.push_back(testing::random_hidden(lengths[i], config.hidden_size, 100 + i));
+    batch.requests.push_back({0, lengths[i], t_tables[i]});
+    total += lengths[i];
+  }
+  Tensor in = Tensor::empty({total, config.hidden_size}, DType::bf16);
+  Tensor out = Tensor::empty({total, config.hidden_size}, DType::bf16);
+  std::int64_t row = 0;
+  for (const Tensor& x : inputs) {
+    std::memcpy(in.ptr<bf16>() + row * config.hidden_size, x.ptr<bf16>(), x.nbytes());
+    row += x.size(0);
+  }
+  const ForwardResult fr = layer.forward(batch, in, together.layer(0), out);
+  EXPECT_EQ(fr.paths, (std::vector<Path>{Path::sparse_mla, Path::dense_mha, Path::sparse_mla,
+                                         Path::dense_mha}));
+  row = 0;
+  for (std::size_t i = 0; i < lengths.size(); ++i) {
+    Batch single;
+    single.requests.push_back({0, lengths[i], a_tables[i]});
+    Tensor o = Tensor::empty({lengths[i], config.hidden_size}, DType::bf16);
+    layer.forward(single, inputs[i], alone.layer(0), o);
+    const TensorView rows = out.view().slice(0, row, row + lengths[i]);
+    EXPECT_LE(testing::relative_difference(rows, o), 1e-2) << "request " << i;
+    row += lengths[i];
+  }
+}
+
+TEST_F(MixedBatchOrder, ForcedMhaIsRefusedPastTopkAndLeavesCacheUnchanged) {
+  CacheOptions opts;
+  opts.num_pages = 8;
+  PagedKvCache cache(config, opts);
+  BlockTable short_table, long_table;
+  cache.reserve(short_table, 10);
+  cache.reserve(long_table, kTopk + 1);
+  Batch batch;
+  batch.requests.push_back({0, 10, short_table});
+  batch.requests.push_back({0, kTopk + 1, long_table});
+  Tensor in = testing::random_hidden(10 + kTopk + 1, config.hidden_size, 1);
+  Tensor out = Tensor::empty({10 + kTopk + 1, config.hidden_size}, DType::bf16);
+  const auto before = testing::snapshot(cache.layer(0));
+  AttentionLayer forced(config, LayerWeights::synthetic(config, 9), Policy::parse("mha"));
+  try {
+    forced.forward(batch, in, cache.layer(0), out);
+    FAIL() << "mha past index_topk must be refused";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("policy mha is not exact for request 1"));
+    EXPECT_THAT(e.what(), HasSubstr("exceeds index_topk 32"));
+  }
+  EXPECT_EQ(testing::snapshot(cache.layer(0)), before);
+}
+
+}  // namespace
+}  // namespace dsattn

@@ -1,0 +1,55 @@
+// Dense MHA and sparse MLA agree with each other and with the float64 reference wherever both
+// are exact (every query's context <= index_topk).
+#include <gtest/gtest.h>
+
+#include "dsattn/reference/layer_check.h"
+#include "layer_test_util.h"
+
+namespace dsattn {
+namespace {
+
+struct EquivalenceCase {
+  const char* name;
+  std::int64_t index_topk;
+  std::vector<reference::CheckRequest> requests;
+  std::int64_t prefix_chunk = 1 << 30;
+
+  friend void PrintTo(const EquivalenceCase& c, std::ostream* os) { *os << c.name; }
+};
+
+class PathEquivalence : public ::testing::TestWithParam<EquivalenceCase> {};
+
+TEST_P(PathEquivalence, BothFormsMatchReferenceAndEachOther) {
+  const EquivalenceCase& p = GetParam();
+  reference::CheckCase c;
+  c.config = testing::small_config(p.index_topk);
+  c.requests = p.requests;
+  c.prefix_chunk = p.prefix_chunk;
+  c.seed = 11;
+  const reference::CaseReport r = reference::check_case(
+      c, {Policy::parse("mha"), Policy::parse("mla"), Policy::parse("per-request")});
+  EXPECT_TRUE(r.pass) << c.to_string() << "\n" << r.to_string();
+  ASSERT_GE(r.mha_mla_relative_difference, 0.0);
+  EXPECT_LE(r.mha_mla_relative_difference, testing::kBf16Agreement) << r.to_string();
+  for (const reference::PolicyCheck& check : r.checks) {
+    if (check.policy == "per-request") {
+      for (Path path : check.paths) EXPECT_EQ(path, Path::dense_mha);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, PathEquivalence,
+    ::testing::Values(
+        EquivalenceCase{"NoPrefix", 64, {{0, 50}}}, EquivalenceCase{"WithPrefix", 64, {{37, 20}}},
+        // The prefix is written by two earlier forwards: with the checked one, three chunks.
+        EquivalenceCase{"ChunkedPrefillInThreeChunks", 64, {{40, 21}}, 20},
+        EquivalenceCase{"VarlenAroundPageAndTopkEdges",
+                        2048,
+                        {{0, 1}, {0, 63}, {0, 64}, {0, 65}, {0, 2047}, {0, 2048}}},
+        EquivalenceCase{"ContextExactlyTopk", 48, {{30, 18}}},
+        EquivalenceCase{"PrefixOnPageBoundary", 200, {{64, 64}, {128, 1}}}),
+    [](const ::testing::TestParamInfo<EquivalenceCase>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace dsattn

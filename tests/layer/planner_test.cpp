@@ -1,0 +1,90 @@
+// The planner's policies, decided from request shapes alone.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "dsattn/layer/planner.h"
+#include "layer_test_util.h"
+
+namespace dsattn {
+namespace {
+
+using ::testing::HasSubstr;
+
+Batch make_batch(ForwardMode mode, std::vector<std::pair<std::int64_t, std::int64_t>> shapes) {
+  Batch b;
+  b.mode = mode;
+  for (auto [prefix, extend] : shapes) b.requests.push_back({prefix, extend, {}});
+  return b;
+}
+
+const AttentionConfig kConfig = testing::small_config(100);
+constexpr Path kMha = Path::dense_mha;
+constexpr Path kMla = Path::sparse_mla;
+
+TEST(Planner, PerRequestTakesMhaExactlyWhereExact) {
+  const Batch b = make_batch(ForwardMode::prefill, {{0, 100}, {0, 101}, {60, 40}, {60, 41}});
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("per-request")),
+            (std::vector<Path>{kMha, kMla, kMha, kMla}));
+}
+
+TEST(Planner, ThresholdIsAllOrNothingForTheBatch) {
+  const Batch short_batch = make_batch(ForwardMode::prefill, {{0, 50}, {10, 40}});
+  const Batch mixed = make_batch(ForwardMode::prefill, {{0, 50}, {0, 51}});
+  EXPECT_EQ(plan_batch(short_batch, kConfig, Policy::parse("threshold=50")),
+            (std::vector<Path>{kMha, kMha}));
+  EXPECT_EQ(plan_batch(mixed, kConfig, Policy::parse("threshold=50")),
+            (std::vector<Path>{kMla, kMla}));
+  // Plain "threshold" means N = index_topk.
+  EXPECT_EQ(plan_batch(mixed, kConfig, Policy::parse("threshold")),
+            (std::vector<Path>{kMha, kMha}));
+}
+
+TEST(Planner, ThresholdAboveTopkIsRefused) {
+  const Batch b = make_batch(ForwardMode::prefill, {{0, 5}});
+  try {
+    plan_batch(b, kConfig, Policy::parse("threshold=101"));
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("threshold=101 exceeds index_topk 100"));
+  }
+}
+
+TEST(Planner, ForcedPolicies) {
+  const Batch b = make_batch(ForwardMode::prefill, {{0, 10}, {0, 101}});
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("mla")), (std::vector<Path>{kMla, kMla}));
+  try {
+    plan_batch(b, kConfig, Policy::parse("mha"));
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("policy mha is not exact for request 1"));
+    EXPECT_THAT(e.what(), HasSubstr("context of 101 tokens exceeds index_topk 100"));
+  }
+}
+
+TEST(Planner, DecodeRunsOnSparseMlaUnlessForced) {
+  const Batch b = make_batch(ForwardMode::decode, {{10, 1}, {50, 3}});
+  for (const char* p : {"per-request", "threshold", "mla"}) {
+    EXPECT_EQ(plan_batch(b, kConfig, Policy::parse(p)), (std::vector<Path>{kMla, kMla})) << p;
+  }
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("mha")), (std::vector<Path>{kMha, kMha}));
+}
+
+TEST(Planner, PolicyParsing) {
+  EXPECT_EQ(Policy::parse("threshold=2048").threshold, 2048);
+  EXPECT_EQ(Policy::parse("threshold=2048").to_string(), "threshold=2048");
+  EXPECT_EQ(Policy::parse("per-request").to_string(), "per-request");
+  for (const char* bad :
+       {"", "auto-ish", "threshold=", "threshold=0", "threshold=-3", "threshold=12x", "MHA"}) {
+    EXPECT_THROW(Policy::parse(bad), InvalidArgument) << bad;
+  }
+  try {
+    Policy::parse("sparse");
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("policy must be one of per-request, threshold, threshold=N, "
+                                    "mha, mla; got 'sparse'"));
+  }
+}
+
+}  // namespace
+}  // namespace dsattn
