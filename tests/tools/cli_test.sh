@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# End-to-end checks of the dsattn CLI: figures, JSON output, exit codes and one-line errors.
+# Usage: cli_test.sh DSATTN_BINARY DATA_DIR
+set -u
+dsattn=$1
+data=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+
+fail() {
+  echo "FAIL: $*"
+  failures=$((failures + 1))
+}
+
+# expect_error NAME EXPECTED_SUBSTRING ARGS...: non-zero exit, exactly one stderr line that
+# starts with "dsattn: error:" and contains the substring, and no stack dump.
+expect_error() {
+  local name=$1 want=$2
+  shift 2
+  "$dsattn" "$@" >"$work/out" 2>"$work/err"
+  local status=$?
+  [[ $status -ne 0 ]] || fail "$name: exit status 0"
+  [[ $(wc -l <"$work/err") -eq 1 ]] || fail "$name: stderr is not one line: $(cat "$work/err")"
+  grep -q "^dsattn: error: .*$want" "$work/err" || fail "$name: stderr lacks '$want': $(cat "$work/err")"
+}
+
+# Contexts of 22 <= index_topk 24: the policy takes dense MHA for prefill, both forced paths
+# are exact and each differs from it somewhere, so both comparison passes run.
+"$dsattn" run --config "$data/small_config.json" --requests 3 --prompt-len 20 --decode-steps 2 \
+  --json "$work/run.json" >"$work/out" 2>"$work/err" || fail "run: exit status $?: $(cat "$work/err")"
+grep -q "paths under per-request: prefill 0-2 dense_mha; decode sparse_mla" "$work/out" ||
+  fail "run: paths line missing: $(cat "$work/out")"
+grep -q "^mla " "$work/out" || fail "run: no mla comparison pass"
+grep -q "largest relative difference between paths on the same requests" "$work/out" ||
+  fail "run: no agreement line"
+python3 - "$work/run.json" <<'PY' || fail "run: JSON content"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["workload"]["requests"] == 3 and j["policy"] == "per-request", j["workload"]
+assert [p["policy"] for p in j["passes"]] == ["per-request", "mha", "mla"], j["passes"]
+assert j["passes"][0]["prefill"]["tokens"] == 60 and j["passes"][0]["decode"]["tokens"] == 6
+assert 0 <= j["max_relative_difference"] < 0.05, j["max_relative_difference"]
+PY
+
+# Past index_topk (24): per-request routes to sparse MLA and forced mha is not run.
+"$dsattn" run --config "$data/small_config.json" --requests 2 --prompt-len 30 --decode-steps 1 \
+  >"$work/out" 2>"$work/err" || fail "run long: exit status $?"
+grep -q "prefill 0-1 sparse_mla" "$work/out" || fail "run long: paths: $(cat "$work/out")"
+grep -q "^mha " "$work/out" && fail "run long: forced mha ran where it is not exact"
+
+expect_error "bad policy" "policy must be one of" run --policy nonsense
+expect_error "forced mha past topk" "policy mha is not exact for request 0" \
+  run --config "$data/small_config.json" --requests 1 --prompt-len 30 --decode-steps 0 --policy mha
+expect_error "missing config" "cannot open config file" run --config "$work/none.json"
+echo '{"index_topk": 0}' >"$work/bad.json"
+expect_error "bad config" "index_topk must be a positive integer, got 0" run --config "$work/bad.json"
+expect_error "bad device" "--device must be auto, cpu or cuda" run --device tpu
+expect_error "cuda device" "--device cuda" run --device cuda
+expect_error "bad size" "--requests must be >= 1, got 0" run --requests 0
+expect_error "json dir" "--json: directory" run --requests 1 --prompt-len 4 --decode-steps 0 \
+  --json "$work/no/such/dir/out.json"
+[[ -e "$work/no" ]] && fail "json dir: something was written"
+expect_error "unknown flag" "" run --no-such-flag
+expect_error "check cases" "--cases must be >= 1" check --cases 0
+
+if ((failures)); then
+  echo "$failures CLI check(s) failed"
+  exit 1
+fi
+echo "all CLI checks passed"
