@@ -158,11 +158,16 @@ void positions_to_slots(std::span<const std::int32_t> block_table, std::int64_t 
   DSATTN_CHECK(slots.size() == positions.size(), "slots must have {} entries, got {}",
                positions.size(), slots.size());
   const std::int64_t capacity = static_cast<std::int64_t>(block_table.size()) * page_size;
+  // Every position is checked before any slot is written, so a failed call writes nothing.
   for (std::size_t i = 0; i < positions.size(); ++i) {
     const std::int64_t p = positions[i];
     if (p < 0 || p >= capacity) {
-      fail("position {} lies outside the block table, which covers [0, {})", p, capacity);
+      fail("positions[{}]: position {} lies outside the block table, which covers [0, {})", i, p,
+           capacity);
     }
+  }
+  for (std::size_t i = 0; i < positions.size(); ++i) {
+    const std::int64_t p = positions[i];
     slots[i] = static_cast<std::int32_t>(block_table[p / page_size] * page_size + p % page_size);
   }
 }

@@ -12,7 +12,8 @@ inline constexpr std::int64_t kQuantBlock = 128;
 //   x: [rows, n] bf16, unit inner stride, n a power of two; in place, rounded to bf16
 void hadamard_rotate(const TensorView& x);
 
-// scale[r, b] = amax(x[r, block b]) / 448 (1 when the block is all zeros);
+// scale[r, b] = max(amax(x[r, block b]), 1e-4) / 448 in f32 (the floor keeps an all-zero block's
+// scale finite and non-zero, as DeepSeek-V3.2's act_quant does);
 // q[r, j] = e4m3(x[r, j] / scale[r, j / 128]), round to nearest even.
 //   x: [rows, n] bf16, n a multiple of 128; q: [rows, n] fp8_e4m3 (or u8); scale: [rows, n / 128]
 //   f32 q and scale may be strided by row (to write straight into a cache).

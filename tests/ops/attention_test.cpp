@@ -1,0 +1,346 @@
+// The two attention cores against float64 softmax attention: dense varlen causal (MHA form, with
+// a cached prefix) and sparse attention over index lists (MLA form).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "dsattn/ops/attention.h"
+#include "op_test_util.h"
+
+namespace dsattn::test {
+namespace {
+
+// softmax(logits) · values for one query row, in double and in plain f32 (rounded to bf16).
+// values(j, c) is value column c of key j.
+template <typename Values>
+void softmax_row(const std::vector<double>& logits, const std::vector<float>& logits_f,
+                 std::int64_t d_v, Values values, double* ref, double* plain) {
+  const std::size_t m = logits.size();
+  if (m == 0) {
+    std::fill_n(ref, d_v, 0.0);
+    std::fill_n(plain, d_v, 0.0);
+    return;
+  }
+  const double mx = *std::max_element(logits.begin(), logits.end());
+  const float mx_f = *std::max_element(logits_f.begin(), logits_f.end());
+  std::vector<double> p(m);
+  std::vector<float> p_f(m);
+  double sum = 0;
+  float sum_f = 0;
+  for (std::size_t j = 0; j < m; ++j) {
+    p[j] = std::exp(logits[j] - mx);
+    p_f[j] = std::exp(logits_f[j] - mx_f);
+    sum += p[j];
+    sum_f += p_f[j];
+  }
+  for (std::int64_t c = 0; c < d_v; ++c) {
+    double acc = 0;
+    float acc_f = 0;
+    for (std::size_t j = 0; j < m; ++j) {
+      acc += p[j] * values(j, c);
+      acc_f += p_f[j] / sum_f * static_cast<float>(values(j, c));
+    }
+    ref[c] = acc / sum;
+    plain[c] = round_bf16(acc_f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mha_varlen_causal
+
+struct MhaCase {
+  const char* name;
+  std::int64_t heads, d_qk, d_v;
+  std::vector<std::pair<std::int64_t, std::int64_t>> requests;  // (query rows, key rows)
+  bool strided;  // v (and out) are column windows of wider tensors, as the layer passes them
+};
+
+void PrintTo(const MhaCase& c, std::ostream* os) { *os << c.name; }
+
+class MhaVarlenCausalTest : public ::testing::TestWithParam<MhaCase> {};
+
+TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
+  const MhaCase c = GetParam();
+  const std::int64_t batch = static_cast<std::int64_t>(c.requests.size());
+  Tensor cu_q = Tensor::empty({batch + 1}, DType::i32);
+  Tensor cu_k = Tensor::empty({batch + 1}, DType::i32);
+  cu_q.ptr<std::int32_t>()[0] = cu_k.ptr<std::int32_t>()[0] = 0;
+  for (std::int64_t b = 0; b < batch; ++b) {
+    cu_q.ptr<std::int32_t>()[b + 1] =
+        cu_q.ptr<std::int32_t>()[b] + static_cast<std::int32_t>(c.requests[b].first);
+    cu_k.ptr<std::int32_t>()[b + 1] =
+        cu_k.ptr<std::int32_t>()[b] + static_cast<std::int32_t>(c.requests[b].second);
+  }
+  const std::int64_t total_q = cu_q.ptr<std::int32_t>()[batch];
+  const std::int64_t total_k = cu_k.ptr<std::int32_t>()[batch];
+  const std::int64_t H = c.heads, dq = c.d_qk, dv = c.d_v;
+
+  Tensor q = random_tensor({total_q, H, dq}, DType::bf16, 100, dq, 2.0);
+  Tensor k = random_tensor({total_k, H, dq}, DType::bf16, 101, dq, 2.0);
+  // The layer's kv_b_proj output per head is [k_nope (128), v (128)]: v is the second half.
+  const std::int64_t v_pad = c.strided ? 128 : 0;
+  Tensor v_backing = random_tensor({total_k, H, v_pad + dv}, DType::bf16, 102, dv);
+  const TensorView v = v_backing.view().slice(2, v_pad, v_pad + dv);
+  const std::int64_t o_pad = c.strided ? 3 : 0;
+  Tensor out_backing = random_tensor({total_q, H, dv + o_pad}, DType::bf16, 103, dv);
+  const TensorView out = out_backing.view().slice(2, o_pad, o_pad + dv);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dq));
+
+  const std::vector<double> qv = read_doubles(q), kv = read_doubles(k), vv = read_doubles(v);
+  std::vector<double> ref(total_q * H * dv), plain(ref.size());
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const std::int64_t q0 = cu_q.ptr<std::int32_t>()[b], k0 = cu_k.ptr<std::int32_t>()[b];
+    const std::int64_t nq = c.requests[b].first, nk = c.requests[b].second;
+    for (std::int64_t i = 0; i < nq; ++i) {
+      for (std::int64_t h = 0; h < H; ++h) {
+        // Bottom-right alignment: query i is token nk - nq + i of the request.
+        std::vector<double> logits;
+        std::vector<float> logits_f;
+        for (std::int64_t j = 0; j <= nk - nq + i; ++j) {
+          double dot = 0;
+          float dot_f = 0;
+          for (std::int64_t d = 0; d < dq; ++d) {
+            const double a = qv[((q0 + i) * H + h) * dq + d], x = kv[((k0 + j) * H + h) * dq + d];
+            dot += a * x;
+            dot_f += static_cast<float>(a) * static_cast<float>(x);
+          }
+          logits.push_back(dot * scale);
+          logits_f.push_back(dot_f * scale);
+        }
+        const auto values = [&](std::size_t j, std::int64_t col) {
+          return vv[((k0 + static_cast<std::int64_t>(j)) * H + h) * dv + col];
+        };
+        const std::int64_t o = ((q0 + i) * H + h) * dv;
+        softmax_row(logits, logits_f, dv, values, &ref[o], &plain[o]);
+      }
+    }
+  }
+
+  poison(out);
+  const std::vector<std::uint8_t> before = snapshot(out_backing);
+  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, scale, out);
+  const std::vector<std::int64_t> shape{total_q, H, dv};
+  EXPECT_TRUE(within_tolerance(read_doubles(out), ref, plain, 1e-5, shape));
+  EXPECT_TRUE(only_view_written(out_backing, before, out));
+}
+
+const MhaCase kMhaCases[] = {
+    // A decode row over a prefix, a fresh prefill, a chunk over a long prefix, and a request
+    // whose keys are all prefix with no new query.
+    {"Model192x128_MixedPrefix", 4, 192, 128, {{1, 37}, {5, 5}, {64, 100}, {0, 3}}, true},
+    {"Model192x128_NoPrefix", 2, 192, 128, {{64, 64}, {17, 17}}, false},
+    {"Decode192x128", 3, 192, 128, {{1, 200}, {1, 1}, {1, 50}}, true},
+    {"Odd13x7", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, MhaVarlenCausalTest, ::testing::ValuesIn(kMhaCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+Tensor i32_tensor(std::vector<std::int32_t> values) {
+  Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i32);
+  std::copy(values.begin(), values.end(), t.ptr<std::int32_t>());
+  return t;
+}
+
+TEST(MhaVarlenCausalTest, RejectsBadArguments) {
+  const std::int64_t H = 2, dq = 16, dv = 8;
+  // Two requests: (2 queries, 3 keys) and (3 queries, 3 keys).
+  Tensor q = random_tensor({5, H, dq}, DType::bf16, 110, 1);
+  Tensor k = random_tensor({6, H, dq}, DType::bf16, 110, 2);
+  Tensor v = random_tensor({6, H, dv}, DType::bf16, 110, 3);
+  Tensor out = random_tensor({5, H, dv}, DType::bf16, 110, 4);
+  Tensor cu_q = i32_tensor({0, 2, 5}), cu_k = i32_tensor({0, 3, 6});
+  Tensor q_f32 = random_tensor({5, H, dq}, DType::f32, 110, 5);
+  Tensor k_heads = random_tensor({6, H + 1, dq}, DType::bf16, 110, 6);
+  Tensor v_rows = random_tensor({7, H, dv}, DType::bf16, 110, 7);
+  Tensor out_dv = random_tensor({5, H, dv + 1}, DType::bf16, 110, 8);
+  Tensor v_wide = random_tensor({6, H, 2 * dv}, DType::bf16, 110, 9);
+  const TensorView v_every_other = strided_view(v_wide, {6, H, dv}, {2 * H * dv, 2 * dv, 2});
+  const auto mha = [&](const TensorView& qv, const TensorView& kv, const TensorView& vv,
+                       const TensorView& cq, const TensorView& ck, const TensorView& o) {
+    ops::mha_varlen_causal(qv, kv, vv, cq, ck, 0.25f, o);
+  };
+
+  EXPECT_TRUE(
+      rejects([&] { mha(q_f32, k, v, cu_q, cu_k, out); }, "q must have dtype bf16", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k_heads, v, cu_q, cu_k, out); }, "k must have shape [*, 2, 16]",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k, v_rows, cu_q, cu_k, out); }, "v must have shape [6, 2, *]",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, cu_k, out_dv); }, "out must have shape [5, 2, 8]",
+                      {watch(out_dv)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k, v_every_other, cu_q, cu_k, out); },
+                      "v must have a unit stride", {watch(out)}));
+  Tensor cu_q_total = i32_tensor({0, 2, 4});
+  EXPECT_TRUE(
+      rejects([&] { mha(q, k, v, cu_q_total, cu_k, out); }, "cu_q[2] must equal", {watch(out)}));
+  Tensor cu_q_start = i32_tensor({1, 2, 5});
+  EXPECT_TRUE(
+      rejects([&] { mha(q, k, v, cu_q_start, cu_k, out); }, "cu_q[0] must be 0", {watch(out)}));
+  Tensor cu_k_down = i32_tensor({0, 4, 3, 6});
+  Tensor cu_q_three = i32_tensor({0, 2, 2, 5});
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q_three, cu_k_down, out); },
+                      "cu_k must be non-decreasing", {watch(out)}));
+  Tensor cu_k_batch = i32_tensor({0, 6});
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, cu_k_batch, out); }, "cu_k must have shape [3]",
+                      {watch(out)}));
+  // Request 1 would have 3 queries but 2 keys: the keys must include the queries.
+  Tensor cu_k_short = i32_tensor({0, 4, 6});
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, cu_k_short, out); }, "request 1 has 3 queries",
+                      {watch(out)}));
+  Tensor cu_f32 = random_tensor({3}, DType::f32, 110, 10);
+  EXPECT_TRUE(
+      rejects([&] { mha(q, k, v, cu_f32, cu_k, out); }, "cu_q must have dtype i32", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, on_cuda(cu_k), out); }, "cu_k must be on cpu",
+                      {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mha(q, on_cuda(k), v, cu_q, cu_k, out); }, "k is on cuda:0", {watch(out)}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// sparse_mla
+
+struct SparseCase {
+  const char* name;
+  std::int64_t n, heads, d_qk, d_v, num_slots, topk;
+};
+
+void PrintTo(const SparseCase& c, std::ostream* os) { *os << c.name; }
+
+class SparseMlaTest : public ::testing::TestWithParam<SparseCase> {};
+
+TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
+  const SparseCase c = GetParam();
+  const std::int64_t H = c.heads, dq = c.d_qk, dv = c.d_v;
+  std::mt19937 rng(static_cast<unsigned>(c.num_slots + c.topk));
+  // q, the cache and out are windows of wider tensors (token and head strides free).
+  Tensor q_backing = random_tensor({c.n, H, dq + 4}, DType::bf16, 120, dq, 1.0);
+  const TensorView q = q_backing.view().slice(2, 4, 4 + dq);
+  Tensor kv_backing = random_tensor({c.num_slots, dq + 8}, DType::bf16, 121, dq, 2.0);
+  const TensorView kv_cache = kv_backing.view().slice(1, 0, dq);
+  Tensor out_backing = random_tensor({c.n, H, dv + 2}, DType::bf16, 122, dv);
+  const TensorView out = out_backing.view().slice(2, 1, 1 + dv);
+
+  // Each row: distinct random slots with about a quarter of the entries -1. Row 1 has no valid
+  // index at all and row 2 exactly one.
+  Tensor indices = Tensor::empty({c.n, c.topk}, DType::i32);
+  std::vector<std::int32_t> all(c.num_slots);
+  std::iota(all.begin(), all.end(), 0);
+  std::bernoulli_distribution hole(0.25);
+  for (std::int64_t t = 0; t < c.n; ++t) {
+    std::shuffle(all.begin(), all.end(), rng);
+    std::int32_t* row = indices.ptr<std::int32_t>() + t * c.topk;
+    for (std::int64_t i = 0; i < c.topk; ++i) row[i] = hole(rng) ? -1 : all[i];
+    if (t == 1) std::fill_n(row, c.topk, -1);
+    if (t == 2) {
+      std::fill_n(row, c.topk, -1);
+      row[c.topk / 2] = all[0];
+    }
+  }
+
+  const std::vector<double> qv = read_doubles(q), kv = read_doubles(kv_cache);
+  const float scale = 0.1352f;  // DeepSeek-V3.2's softmax scale with YaRN
+  std::vector<double> ref(c.n * H * dv), plain(ref.size());
+  for (std::int64_t t = 0; t < c.n; ++t) {
+    std::vector<std::int32_t> slots;
+    for (std::int64_t i = 0; i < c.topk; ++i) {
+      const std::int32_t s = indices.ptr<std::int32_t>()[t * c.topk + i];
+      if (s >= 0) slots.push_back(s);
+    }
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::vector<double> logits;
+      std::vector<float> logits_f;
+      for (std::int32_t s : slots) {
+        double dot = 0;
+        float dot_f = 0;
+        for (std::int64_t d = 0; d < dq; ++d) {
+          const double a = qv[(t * H + h) * dq + d], x = kv[s * dq + d];
+          dot += a * x;
+          dot_f += static_cast<float>(a) * static_cast<float>(x);
+        }
+        logits.push_back(dot * scale);
+        logits_f.push_back(dot_f * scale);
+      }
+      // Values are the first d_v columns of each cached row (c_kv).
+      const auto values = [&](std::size_t j, std::int64_t col) { return kv[slots[j] * dq + col]; };
+      softmax_row(logits, logits_f, dv, values, &ref[(t * H + h) * dv], &plain[(t * H + h) * dv]);
+    }
+  }
+
+  poison(out);
+  const std::vector<std::uint8_t> before = snapshot(out_backing);
+  ops::sparse_mla(q, kv_cache, indices, scale, out);
+  const std::vector<double> got = read_doubles(out);
+  EXPECT_TRUE(within_tolerance(got, ref, plain, 1e-5, std::vector<std::int64_t>{c.n, H, dv}));
+  EXPECT_TRUE(only_view_written(out_backing, before, out));
+  // No valid index: zeros. One valid index: exactly that row's values.
+  const std::int32_t only = indices.ptr<std::int32_t>()[2 * c.topk + c.topk / 2];
+  for (std::int64_t h = 0; h < H; ++h) {
+    for (std::int64_t d = 0; d < dv; ++d) {
+      ASSERT_EQ(got[(1 * H + h) * dv + d], 0.0) << "row 1 has no index, head " << h;
+      ASSERT_EQ(got[(2 * H + h) * dv + d], kv[only * dq + d]) << "row 2 has one index, head " << h;
+    }
+  }
+}
+
+const SparseCase kSparseCases[] = {
+    // name, rows, heads, d_qk, d_v, cache slots, top-k
+    {"Model576x512_H16", 6, 16, 576, 512, 300, 64},
+    {"Model576x512_H4_LongList", 4, 4, 576, 512, 700, 512},
+    {"Odd9x5", 5, 3, 9, 5, 20, 7},
+    {"ValuesAreWholeRow9x9", 4, 2, 9, 9, 12, 5},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, SparseMlaTest, ::testing::ValuesIn(kSparseCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(SparseMlaTest, RejectsBadArguments) {
+  const std::int64_t n = 3, H = 2, dq = 16, dv = 8, slots = 10, topk = 4;
+  Tensor q = random_tensor({n, H, dq}, DType::bf16, 130, 1);
+  Tensor kv = random_tensor({slots, dq}, DType::bf16, 130, 2);
+  Tensor out = random_tensor({n, H, dv}, DType::bf16, 130, 3);
+  Tensor idx = Tensor::empty({n, topk}, DType::i32);
+  for (std::int64_t i = 0; i < n * topk; ++i) idx.ptr<std::int32_t>()[i] = i % 5 == 4 ? -1 : i % 9;
+  Tensor idx_low = Tensor::empty({n, topk}, DType::i32);
+  Tensor idx_high = Tensor::empty({n, topk}, DType::i32);
+  for (std::int64_t i = 0; i < n * topk; ++i) {
+    idx_low.ptr<std::int32_t>()[i] = i == 5 ? -2 : 0;
+    idx_high.ptr<std::int32_t>()[i] = i == 7 ? slots : 1;
+  }
+  Tensor idx_rows = Tensor::empty({n + 1, topk}, DType::i32);
+  Tensor idx_f32 = random_tensor({n, topk}, DType::f32, 130, 4);
+  Tensor q_f32 = random_tensor({n, H, dq}, DType::f32, 130, 5);
+  Tensor kv_width = random_tensor({slots, dq + 1}, DType::bf16, 130, 6);
+  Tensor out_wide = random_tensor({n, H, dq + 1}, DType::bf16, 130, 7);
+  Tensor out_heads = random_tensor({n, H + 1, dv}, DType::bf16, 130, 8);
+  Tensor kv_wide = random_tensor({slots, 2 * dq}, DType::bf16, 130, 9);
+  const TensorView kv_every_other = strided_view(kv_wide, {slots, dq}, {2 * dq, 2});
+  const auto mla = [](const TensorView& qv, const TensorView& kvv, const TensorView& iv,
+                      const TensorView& o) { ops::sparse_mla(qv, kvv, iv, 0.1f, o); };
+
+  EXPECT_TRUE(rejects([&] { mla(q, kv, idx_low, out); }, "indices[1, 1] = -2", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv, idx_high, out); }, "indices[1, 3] = 10", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mla(q, kv, idx_rows, out); }, "indices must have shape [3, *]", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mla(q, kv, idx_f32, out); }, "indices must have dtype i32", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q_f32, kv, idx, out); }, "q must have dtype bf16", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv_width, idx, out); }, "kv_cache must have shape [*, 16]",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv_every_other, idx, out); }, "kv_cache must have a unit stride",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv, idx, out_wide); }, "out must have a value dim of at most 16",
+                      {watch(out_wide)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv, idx, out_heads); }, "out must have shape [3, 2, *]",
+                      {watch(out_heads)}));
+  EXPECT_TRUE(
+      rejects([&] { mla(q, on_cuda(kv), idx, out); }, "kv_cache is on cuda:0", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mla(q, kv, on_cuda(idx), out); }, "indices is on cuda:0", {watch(out)}));
+}
+
+}  // namespace
+}  // namespace dsattn::test

@@ -1,0 +1,180 @@
+// topk against a full sort: score descending, ties to the lower position, NaN last, -1 padding.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "dsattn/ops/topk.h"
+#include "op_test_util.h"
+
+namespace dsattn::test {
+namespace {
+
+// Row r of the expected output: sort every (score, position) pair of the row's prefix, then
+// take the first k.
+std::vector<std::int32_t> sorted_topk(const float* s, std::int64_t length, std::int64_t k) {
+  std::vector<std::pair<float, std::int32_t>> numbers;
+  std::vector<std::int32_t> nans;
+  for (std::int32_t p = 0; p < length; ++p) {
+    if (std::isnan(s[p])) {
+      nans.push_back(p);
+    } else {
+      numbers.emplace_back(s[p], p);
+    }
+  }
+  std::sort(numbers.begin(), numbers.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::vector<std::int32_t> order;
+  for (const auto& [score, p] : numbers) order.push_back(p);
+  order.insert(order.end(), nans.begin(), nans.end());  // already in position order
+  order.resize(static_cast<std::size_t>(k), -1);
+  return order;
+}
+
+struct TopkCase {
+  const char* name;
+  std::int64_t rows, n, k;
+  int distinct_values;  // 0: continuous scores; otherwise scores take this many values (ties)
+  bool specials;        // sprinkle NaN, ±inf and ±0
+};
+
+void PrintTo(const TopkCase& c, std::ostream* os) { *os << c.name; }
+
+class TopkTest : public ::testing::TestWithParam<TopkCase> {};
+
+TEST_P(TopkTest, EqualsSortedReference) {
+  const TopkCase c = GetParam();
+  std::mt19937 rng(static_cast<unsigned>(c.n * 7 + c.k));
+  // Scores are rows of a wider tensor; out is a column window of a wider one.
+  Tensor scores_backing = Tensor::empty({c.rows, c.n + 3}, DType::f32);
+  fill_uniform(scores_backing, 90, c.n, 1.0f);
+  const TensorView scores = scores_backing.view().slice(1, 3, 3 + c.n);
+  float* base = scores_backing.ptr<float>();
+  std::uniform_int_distribution<int> level(0, std::max(c.distinct_values, 1) - 1);
+  std::uniform_int_distribution<int> pick(0, 19);
+  for (std::int64_t r = 0; r < c.rows; ++r) {
+    float* s = base + r * (c.n + 3) + 3;
+    for (std::int64_t j = 0; j < c.n; ++j) {
+      if (c.distinct_values > 0) s[j] = static_cast<float>(level(rng)) * 0.25f;
+      if (c.specials) {
+        switch (pick(rng)) {
+          case 0:
+            s[j] = std::numeric_limits<float>::quiet_NaN();
+            break;
+          case 1:
+            s[j] = std::numeric_limits<float>::infinity();
+            break;
+          case 2:
+            s[j] = -std::numeric_limits<float>::infinity();
+            break;
+          case 3:
+            s[j] = -0.0f;
+            break;
+          case 4:
+            s[j] = 0.0f;
+            break;
+          default:
+            break;
+        }
+      }
+    }
+  }
+  // Lengths: empty, shorter than k, exactly k, the full row, and random ones.
+  Tensor lengths = Tensor::empty({c.rows}, DType::i32);
+  std::uniform_int_distribution<std::int32_t> any_length(0, static_cast<std::int32_t>(c.n));
+  const std::int64_t fixed[] = {0, std::min(c.k, c.n) / 2, std::min(c.k, c.n), c.n};
+  for (std::int64_t r = 0; r < c.rows; ++r) {
+    lengths.ptr<std::int32_t>()[r] = static_cast<std::int32_t>(r < 4 ? fixed[r] : any_length(rng));
+  }
+
+  Tensor out_backing = Tensor::empty({c.rows, c.k + 2}, DType::i32);
+  poison(out_backing);
+  const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
+  const std::vector<std::uint8_t> before = snapshot(out_backing);
+  ops::topk(scores, lengths, out);
+  EXPECT_TRUE(only_view_written(out_backing, before, out));
+
+  for (std::int64_t r = 0; r < c.rows; ++r) {
+    const std::int64_t len = lengths.ptr<std::int32_t>()[r];
+    const std::vector<std::int32_t> want = sorted_topk(scores.row<float>(r), len, c.k);
+    const std::vector<std::int32_t> got(out.row<std::int32_t>(r), out.row<std::int32_t>(r) + c.k);
+    for (std::int64_t i = 0; i < c.k; ++i) {
+      ASSERT_EQ(got[i], want[i]) << "row " << r << " (length " << len << "), rank " << i;
+    }
+  }
+}
+
+const TopkCase kTopkCases[] = {
+    // name, rows, n, k, distinct values, specials
+    {"Random_N300_K64", 12, 300, 64, 0, false},
+    {"Specials_N300_K64", 12, 300, 64, 0, true},
+    {"FourValueTies_N500_K100", 10, 500, 100, 4, false},
+    {"TiesAndSpecials_N257_K31", 9, 257, 31, 3, true},
+    {"KLargerThanRow_N6_K10", 5, 6, 10, 0, true},
+    {"K1_N1000", 6, 1000, 1, 2, false},
+    {"Model_N8192_K2048", 5, 8192, 2048, 0, false},
+    {"ModelTies_N8192_K2048", 4, 8192, 2048, 64, false},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, TopkTest, ::testing::ValuesIn(kTopkCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(TopkTest, TiedBoundaryKeepsLowerPositions) {
+  // Six equal scores compete for the last three places: positions 1, 3 and 4 win.
+  const float row[8] = {9, 1, 5, 1, 1, 7, 1, 1};
+  Tensor scores = Tensor::empty({1, 8}, DType::f32);
+  std::copy_n(row, 8, scores.ptr<float>());
+  Tensor lengths = Tensor::empty({1}, DType::i32);
+  lengths.ptr<std::int32_t>()[0] = 8;
+  Tensor out = Tensor::empty({1, 6}, DType::i32);
+  poison(out);
+  ops::topk(scores, lengths, out);
+  EXPECT_EQ(read_i32(out), (std::vector<std::int32_t>{0, 5, 2, 1, 3, 4}));
+}
+
+TEST(TopkTest, RejectsBadArguments) {
+  const std::int64_t rows = 3, n = 8;
+  Tensor scores = random_tensor({rows, n}, DType::f32, 91, 1);
+  Tensor lengths = Tensor::empty({rows}, DType::i32);
+  for (int r = 0; r < rows; ++r) lengths.ptr<std::int32_t>()[r] = r + 2;
+  Tensor out = Tensor::empty({rows, 4}, DType::i32);
+  poison(out);
+  Tensor too_long = Tensor::empty({rows}, DType::i32);
+  Tensor negative = Tensor::empty({rows}, DType::i32);
+  for (int r = 0; r < rows; ++r) {
+    too_long.ptr<std::int32_t>()[r] = r == 1 ? n + 1 : n;
+    negative.ptr<std::int32_t>()[r] = r == 2 ? -1 : 0;
+  }
+  Tensor lengths_short = Tensor::empty({rows - 1}, DType::i32);
+  Tensor lengths_f32 = random_tensor({rows}, DType::f32, 91, 2);
+  Tensor scores_bf16 = random_tensor({rows, n}, DType::bf16, 91, 3);
+  Tensor scores_wide = random_tensor({rows, 2 * n}, DType::f32, 91, 4);
+  const TensorView scores_every_other = strided_view(scores_wide, {rows, n}, {2 * n, 2});
+  Tensor out_f32 = random_tensor({rows, 4}, DType::f32, 91, 5);
+  Tensor out_empty = Tensor::empty({rows, 0}, DType::i32);
+  Tensor out_rows = Tensor::empty({rows + 1, 4}, DType::i32);
+
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, too_long, out); }, "lengths[1]", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, negative, out); }, "lengths[2]", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, lengths_short, out); }, "lengths must have shape",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, lengths_f32, out); }, "lengths must have dtype i32",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores_bf16, lengths, out); }, "scores must have dtype f32",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores_every_other, lengths, out); },
+                      "scores must have a unit stride", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, lengths, out_f32); }, "out must have dtype i32",
+                      {watch(out_f32)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, lengths, out_empty); }, "k > 0"));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, lengths, out_rows); }, "out must have shape",
+                      {watch(out_rows)}));
+  EXPECT_TRUE(rejects([&] { ops::topk(scores, on_cuda(lengths), out); }, "lengths is on cuda:0",
+                      {watch(out)}));
+}
+
+}  // namespace
+}  // namespace dsattn::test
