@@ -47,6 +47,7 @@ TensorView::TensorView(void* data, DType dtype, Device device, std::span<const s
     fail("tensor strides must have {} entries, got {}", shape.size(), strides.size());
   }
   for (int i = 0; i < ndim_; ++i) {
+    if (shape[i] < 0) fail("tensor shape {} has a negative dimension", shape_string(shape));
     shape_[i] = shape[i];
     strides_[i] = strides[i];
   }
@@ -139,6 +140,7 @@ Tensor Tensor::empty(std::span<const std::int64_t> shape, DType dtype, Device de
 }
 
 Tensor Tensor::to(Device device) const {
+  if (!defined()) return Tensor();  // nothing to copy: its default view has no memory
   Tensor out = empty(view_.shape(), view_.dtype(), device);
   copy(view_, out.view());
   return out;
@@ -152,6 +154,9 @@ void copy(const TensorView& src, const TensorView& dst) {
   }
   if (!src.is_contiguous() || !dst.is_contiguous()) fail("copy needs contiguous tensors");
   const std::size_t bytes = std::size_t(src.numel()) * dtype_size(src.dtype());
+  if (bytes && (src.empty() || dst.empty())) {
+    fail("copy needs tensors with memory, got a null {}", src.empty() ? "source" : "destination");
+  }
   if (src.device().is_cpu() && dst.device().is_cpu()) {
     if (bytes) std::memmove(dst.data(), src.data(), bytes);
   } else {
