@@ -1,15 +1,19 @@
 // The two attention cores against float64 softmax attention: dense varlen causal (MHA form, with
-// a cached prefix) and sparse attention over index lists (MLA form).
+// a cached prefix) and sparse attention over index lists (MLA form), from a bf16 or an FP8
+// latent cache.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <utility>
 #include <vector>
 
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/ops/attention.h"
+#include "dsattn/ops/latent_fp8.h"
 #include "op_test_util.h"
 
 namespace dsattn::test {
@@ -58,6 +62,7 @@ struct MhaCase {
   std::int64_t heads, d_qk, d_v;
   std::vector<std::pair<std::int64_t, std::int64_t>> requests;  // (query rows, key rows)
   bool strided;  // v (and out) are column windows of wider tensors, as the layer passes them
+  std::int64_t max_q_slack = 0;  // max_q passed as the largest request's n_q plus this
 };
 
 void PrintTo(const MhaCase& c, std::ostream* os) { *os << c.name; }
@@ -79,6 +84,9 @@ TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
   const std::int64_t total_q = cu_q.ptr<std::int32_t>()[batch];
   const std::int64_t total_k = cu_k.ptr<std::int32_t>()[batch];
   const std::int64_t H = c.heads, dq = c.d_qk, dv = c.d_v;
+  std::int64_t max_q = 0;
+  for (const auto& [nq, nk] : c.requests) max_q = std::max(max_q, nq);
+  max_q += c.max_q_slack;
 
   Tensor q = random_tensor({total_q, H, dq}, DType::bf16, 100, dq, 2.0);
   Tensor k = random_tensor({total_k, H, dq}, DType::bf16, 101, dq, 2.0);
@@ -123,7 +131,7 @@ TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
 
   poison(out);
   const std::vector<std::uint8_t> before = snapshot(out_backing);
-  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, scale, out);
+  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
   const std::vector<std::int64_t> shape{total_q, H, dv};
   EXPECT_TRUE(within_tolerance(read_doubles(out), ref, plain, 1e-5, shape));
   EXPECT_TRUE(only_view_written(out_backing, before, out));
@@ -135,16 +143,11 @@ const MhaCase kMhaCases[] = {
     {"Model192x128_MixedPrefix", 4, 192, 128, {{1, 37}, {5, 5}, {64, 100}, {0, 3}}, true},
     {"Model192x128_NoPrefix", 2, 192, 128, {{64, 64}, {17, 17}}, false},
     {"Decode192x128", 3, 192, 128, {{1, 200}, {1, 1}, {1, 50}}, true},
-    {"Odd13x7", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true},
+    // max_q only has to bound every request's query count.
+    {"Odd13x7_LooseMaxQ", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true, 9},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, MhaVarlenCausalTest, ::testing::ValuesIn(kMhaCases),
                          [](const auto& info) { return std::string(info.param.name); });
-
-Tensor i32_tensor(std::vector<std::int32_t> values) {
-  Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i32);
-  std::copy(values.begin(), values.end(), t.ptr<std::int32_t>());
-  return t;
-}
 
 TEST(MhaVarlenCausalTest, RejectsBadArguments) {
   const std::int64_t H = 2, dq = 16, dv = 8;
@@ -162,7 +165,7 @@ TEST(MhaVarlenCausalTest, RejectsBadArguments) {
   const TensorView v_every_other = strided_view(v_wide, {6, H, dv}, {2 * H * dv, 2 * dv, 2});
   const auto mha = [&](const TensorView& qv, const TensorView& kv, const TensorView& vv,
                        const TensorView& cq, const TensorView& ck, const TensorView& o) {
-    ops::mha_varlen_causal(qv, kv, vv, cq, ck, 0.25f, o);
+    ops::mha_varlen_causal(qv, kv, vv, cq, ck, 3, 0.25f, o);
   };
 
   EXPECT_TRUE(
@@ -190,15 +193,39 @@ TEST(MhaVarlenCausalTest, RejectsBadArguments) {
                       {watch(out)}));
   // Request 1 would have 3 queries but 2 keys: the keys must include the queries.
   Tensor cu_k_short = i32_tensor({0, 4, 6});
-  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, cu_k_short, out); }, "request 1 has 3 queries",
-                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, cu_k_short, out); },
+                      "request 1 has 3 query rows (cu_q) but 2 keys", {watch(out)}));
   Tensor cu_f32 = random_tensor({3}, DType::f32, 110, 10);
   EXPECT_TRUE(
       rejects([&] { mha(q, k, v, cu_f32, cu_k, out); }, "cu_q must have dtype i32", {watch(out)}));
-  EXPECT_TRUE(rejects([&] { mha(q, k, v, cu_q, on_cuda(cu_k), out); }, "cu_k must be on cpu",
-                      {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mha(q, k, v, cu_q, on_cuda(cu_k), out); }, "cu_k is on cuda:0", {watch(out)}));
   EXPECT_TRUE(
       rejects([&] { mha(q, on_cuda(k), v, cu_q, cu_k, out); }, "k is on cuda:0", {watch(out)}));
+  // max_q must bound every request's query count (request 1 has 3).
+  EXPECT_TRUE(rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 2, 0.25f, out); },
+                      "max_q is 2 but request 1 has 3 query rows", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, -1, 0.25f, out); },
+                      "max_q must be >= 0", {watch(out)}));
+}
+
+TEST(MhaVarlenCausalTest, RefusesDeviceOffsetsWithoutReadingThem) {
+  // cu_k claimed on a GPU next to host cu_q: its entries are device memory the host must not
+  // read. Here they sit on a page that faults on any access.
+  const std::int64_t H = 2, dq = 16, dv = 8;
+  Tensor q = random_tensor({3, H, dq}, DType::bf16, 111, 1);
+  Tensor k = random_tensor({5, H, dq}, DType::bf16, 111, 2);
+  Tensor v = random_tensor({5, H, dv}, DType::bf16, 111, 3);
+  Tensor out = random_tensor({3, H, dv}, DType::bf16, 111, 4);
+  Tensor cu_q = i32_tensor({0, 1, 3});
+  GuardedPages device_memory(1);
+  const std::int32_t offsets[] = {0, 2, 5};
+  std::memcpy(device_memory.page(0), offsets, sizeof(offsets));
+  device_memory.protect(0);
+  const TensorView cu_k(device_memory.page(0), DType::i32, Device::cuda(), {3});
+  const auto call = [&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 2, 0.25f, out); };
+  if (!runs_without_fault([&] { (void)rejects(call, "cu_k"); })) return;
+  EXPECT_TRUE(rejects(call, "cu_k is on cuda:0", {watch(out)}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,44 +238,39 @@ struct SparseCase {
 
 void PrintTo(const SparseCase& c, std::ostream* os) { *os << c.name; }
 
-class SparseMlaTest : public ::testing::TestWithParam<SparseCase> {};
-
-TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
-  const SparseCase c = GetParam();
-  const std::int64_t H = c.heads, dq = c.d_qk, dv = c.d_v;
-  std::mt19937 rng(static_cast<unsigned>(c.num_slots + c.topk));
-  // q, the cache and out are windows of wider tensors (token and head strides free).
-  Tensor q_backing = random_tensor({c.n, H, dq + 4}, DType::bf16, 120, dq, 1.0);
-  const TensorView q = q_backing.view().slice(2, 4, 4 + dq);
-  Tensor kv_backing = random_tensor({c.num_slots, dq + 8}, DType::bf16, 121, dq, 2.0);
-  const TensorView kv_cache = kv_backing.view().slice(1, 0, dq);
-  Tensor out_backing = random_tensor({c.n, H, dv + 2}, DType::bf16, 122, dv);
-  const TensorView out = out_backing.view().slice(2, 1, 1 + dv);
-
-  // Each row: distinct random slots with about a quarter of the entries -1. Row 1 has no valid
-  // index at all and row 2 exactly one.
-  Tensor indices = Tensor::empty({c.n, c.topk}, DType::i32);
-  std::vector<std::int32_t> all(c.num_slots);
+// Each row: distinct random slots with about a quarter of the entries -1. Row 1 has no valid
+// index at all and row 2 exactly one.
+Tensor random_indices(std::int64_t n, std::int64_t topk, std::int64_t num_slots,
+                      std::mt19937& rng) {
+  Tensor indices = Tensor::empty({n, topk}, DType::i32);
+  std::vector<std::int32_t> all(num_slots);
   std::iota(all.begin(), all.end(), 0);
   std::bernoulli_distribution hole(0.25);
-  for (std::int64_t t = 0; t < c.n; ++t) {
+  for (std::int64_t t = 0; t < n; ++t) {
     std::shuffle(all.begin(), all.end(), rng);
-    std::int32_t* row = indices.ptr<std::int32_t>() + t * c.topk;
-    for (std::int64_t i = 0; i < c.topk; ++i) row[i] = hole(rng) ? -1 : all[i];
-    if (t == 1) std::fill_n(row, c.topk, -1);
+    std::int32_t* row = indices.ptr<std::int32_t>() + t * topk;
+    for (std::int64_t i = 0; i < topk; ++i) row[i] = hole(rng) ? -1 : all[i];
+    if (t == 1) std::fill_n(row, topk, -1);
     if (t == 2) {
-      std::fill_n(row, c.topk, -1);
-      row[c.topk / 2] = all[0];
+      std::fill_n(row, topk, -1);
+      row[topk / 2] = all[0];
     }
   }
+  return indices;
+}
 
-  const std::vector<double> qv = read_doubles(q), kv = read_doubles(kv_cache);
-  const float scale = 0.1352f;  // DeepSeek-V3.2's softmax scale with YaRN
-  std::vector<double> ref(c.n * H * dv), plain(ref.size());
-  for (std::int64_t t = 0; t < c.n; ++t) {
+// Softmax attention of every query row (qv: [n, H, dq]) over the cached rows its indices name
+// (kv: [num_slots, dq], values the first dv columns), in double and in plain f32.
+void sparse_reference(const std::vector<double>& qv, const std::vector<double>& kv,
+                      const Tensor& indices, std::int64_t H, std::int64_t dq, std::int64_t dv,
+                      float scale, std::vector<double>& ref, std::vector<double>& plain) {
+  const std::int64_t n = indices.size(0), topk = indices.size(1);
+  ref.assign(static_cast<std::size_t>(n * H * dv), 0.0);
+  plain.assign(ref.size(), 0.0);
+  for (std::int64_t t = 0; t < n; ++t) {
     std::vector<std::int32_t> slots;
-    for (std::int64_t i = 0; i < c.topk; ++i) {
-      const std::int32_t s = indices.ptr<std::int32_t>()[t * c.topk + i];
+    for (std::int64_t i = 0; i < topk; ++i) {
+      const std::int32_t s = indices.ptr<std::int32_t>()[t * topk + i];
       if (s >= 0) slots.push_back(s);
     }
     for (std::int64_t h = 0; h < H; ++h) {
@@ -270,21 +292,49 @@ TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
       softmax_row(logits, logits_f, dv, values, &ref[(t * H + h) * dv], &plain[(t * H + h) * dv]);
     }
   }
+}
 
-  poison(out);
-  const std::vector<std::uint8_t> before = snapshot(out_backing);
-  ops::sparse_mla(q, kv_cache, indices, scale, out);
-  const std::vector<double> got = read_doubles(out);
-  EXPECT_TRUE(within_tolerance(got, ref, plain, 1e-5, std::vector<std::int64_t>{c.n, H, dv}));
-  EXPECT_TRUE(only_view_written(out_backing, before, out));
-  // No valid index: zeros. One valid index: exactly that row's values.
-  const std::int32_t only = indices.ptr<std::int32_t>()[2 * c.topk + c.topk / 2];
+// The output against the reference, and the two special rows of random_indices: no valid index
+// gives zeros, one valid index gives exactly that cached row's values.
+void expect_sparse_output(const std::vector<double>& got, const std::vector<double>& ref,
+                          const std::vector<double>& plain, const std::vector<double>& kv,
+                          const Tensor& indices, std::int64_t H, std::int64_t dq, std::int64_t dv) {
+  const std::int64_t n = indices.size(0), topk = indices.size(1);
+  EXPECT_TRUE(within_tolerance(got, ref, plain, 1e-5, std::vector<std::int64_t>{n, H, dv}));
+  const std::int32_t only = indices.ptr<std::int32_t>()[2 * topk + topk / 2];
   for (std::int64_t h = 0; h < H; ++h) {
     for (std::int64_t d = 0; d < dv; ++d) {
       ASSERT_EQ(got[(1 * H + h) * dv + d], 0.0) << "row 1 has no index, head " << h;
       ASSERT_EQ(got[(2 * H + h) * dv + d], kv[only * dq + d]) << "row 2 has one index, head " << h;
     }
   }
+}
+
+class SparseMlaTest : public ::testing::TestWithParam<SparseCase> {};
+
+TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
+  const SparseCase c = GetParam();
+  const std::int64_t H = c.heads, dq = c.d_qk, dv = c.d_v;
+  std::mt19937 rng(static_cast<unsigned>(c.num_slots + c.topk));
+  // q, the cache and out are windows of wider tensors (token and head strides free).
+  Tensor q_backing = random_tensor({c.n, H, dq + 4}, DType::bf16, 120, dq, 1.0);
+  const TensorView q = q_backing.view().slice(2, 4, 4 + dq);
+  Tensor kv_backing = random_tensor({c.num_slots, dq + 8}, DType::bf16, 121, dq, 2.0);
+  const TensorView kv_cache = kv_backing.view().slice(1, 0, dq);
+  Tensor out_backing = random_tensor({c.n, H, dv + 2}, DType::bf16, 122, dv);
+  const TensorView out = out_backing.view().slice(2, 1, 1 + dv);
+  const Tensor indices = random_indices(c.n, c.topk, c.num_slots, rng);
+
+  const std::vector<double> qv = read_doubles(q), kv = read_doubles(kv_cache);
+  const float scale = 0.1352f;  // DeepSeek-V3.2's softmax scale with YaRN
+  std::vector<double> ref, plain;
+  sparse_reference(qv, kv, indices, H, dq, dv, scale, ref, plain);
+
+  poison(out);
+  const std::vector<std::uint8_t> before = snapshot(out_backing);
+  ops::sparse_mla(q, kv_cache, indices, scale, out);
+  expect_sparse_output(read_doubles(out), ref, plain, kv, indices, H, dq, dv);
+  EXPECT_TRUE(only_view_written(out_backing, before, out));
 }
 
 const SparseCase kSparseCases[] = {
@@ -295,6 +345,90 @@ const SparseCase kSparseCases[] = {
     {"ValuesAreWholeRow9x9", 4, 2, 9, 9, 12, 5},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, SparseMlaTest, ::testing::ValuesIn(kSparseCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// sparse_mla over an FP8 latent cache (latent_fp8.h): rows of kv_lora_rank = d_v e4m3 codes, one
+// f32 scale per 128 of them, then d_qk - d_v bf16 rope values.
+struct SparseFp8Case {
+  const char* name;
+  std::int64_t n, heads, d_v, rope, num_slots, topk;
+  std::int64_t row_pad;  // bytes between cache rows beyond the 656-style row
+};
+
+void PrintTo(const SparseFp8Case& c, std::ostream* os) { *os << c.name; }
+
+class SparseMlaFp8Test : public ::testing::TestWithParam<SparseFp8Case> {};
+
+TEST_P(SparseMlaFp8Test, MatchesFloat64OverDequantisedRows) {
+  const SparseFp8Case c = GetParam();
+  const std::int64_t H = c.heads, dv = c.d_v, dq = c.d_v + c.rope;
+  const std::int64_t row_bytes = latent_fp8_bytes(dv, c.rope), blocks = dv / 128;
+  std::mt19937 rng(static_cast<unsigned>(c.num_slots * 3 + c.topk));
+  // Codes over the whole e4m3 range (NaN excluded), scales around a typical latent's amax / 448,
+  // rope values from a random bf16 tensor.
+  Tensor kv_backing = Tensor::empty({c.num_slots, row_bytes + c.row_pad}, DType::u8);
+  poison(kv_backing);  // the padding between rows holds NaN codes
+  const TensorView kv_cache = kv_backing.view().slice(1, 0, row_bytes);
+  Tensor rope = random_tensor({c.num_slots, c.rope}, DType::bf16, 123, c.rope, 1.0);
+  std::uniform_real_distribution<float> scale_dist(0.5f / 448, 4.0f / 448);
+  std::vector<double> kv(static_cast<std::size_t>(c.num_slots * dq));
+  for (std::int64_t s = 0; s < c.num_slots; ++s) {
+    std::uint8_t* row = kv_cache.row<std::uint8_t>(s);
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const float sc = scale_dist(rng);
+      std::memcpy(row + dv + 4 * b, &sc, 4);
+      for (std::int64_t j = b * 128; j < (b + 1) * 128; ++j) {
+        std::uint8_t code;
+        do {
+          code = static_cast<std::uint8_t>(rng());
+        } while ((code & 0x7f) == 0x7f);
+        row[j] = code;
+        // As dequantize_latent_fp8: the f32 product, rounded to bf16.
+        kv[s * dq + j] = round_bf16(static_cast<float>(decode_e4m3(code)) * sc);
+      }
+    }
+    std::memcpy(row + dv + 4 * blocks, rope.ptr<bf16>() + s * c.rope, 2 * c.rope);
+    for (std::int64_t j = 0; j < c.rope; ++j) {
+      kv[s * dq + dv + j] = rope.ptr<bf16>()[s * c.rope + j].to_float();
+    }
+  }
+  Tensor q_backing = random_tensor({c.n, H, dq + 2}, DType::bf16, 124, dq, 1.0);
+  const TensorView q = q_backing.view().slice(2, 2, 2 + dq);
+  Tensor out_backing = random_tensor({c.n, H, dv + 3}, DType::bf16, 125, dv);
+  const TensorView out = out_backing.view().slice(2, 3, 3 + dv);
+  const Tensor indices = random_indices(c.n, c.topk, c.num_slots, rng);
+
+  const float scale = 0.1352f;
+  std::vector<double> ref, plain;
+  sparse_reference(read_doubles(q), kv, indices, H, dq, dv, scale, ref, plain);
+  poison(out);
+  const std::vector<std::uint8_t> before = snapshot(out_backing);
+  const std::vector<std::uint8_t> cache_before = snapshot(kv_backing);
+  ops::sparse_mla(q, kv_cache, indices, scale, out);
+  const std::vector<double> got = read_doubles(out);
+  expect_sparse_output(got, ref, plain, kv, indices, H, dq, dv);
+  EXPECT_TRUE(only_view_written(out_backing, before, out));
+  EXPECT_EQ(snapshot(kv_backing), cache_before) << "the cache is read only";
+
+  // The same attention from a bf16 cache holding dequantize_latent_fp8's rows gives the same
+  // bits: the FP8 path reads exactly those values.
+  Tensor dequantised = Tensor::empty({c.num_slots, dq}, DType::bf16);
+  ops::dequantize_latent_fp8(kv_cache, dv, dequantised);
+  ASSERT_EQ(read_doubles(dequantised), kv) << "dequantize_latent_fp8 disagrees with the format";
+  Tensor out_bf16 = Tensor::empty({c.n, H, dv}, DType::bf16);
+  poison(out_bf16);
+  ops::sparse_mla(q, dequantised, indices, scale, out_bf16);
+  EXPECT_EQ(read_doubles(out_bf16), got);
+}
+
+const SparseFp8Case kSparseFp8Cases[] = {
+    // name, rows, heads, d_v (kv_lora_rank), rope, cache slots, top-k, row padding
+    {"Model656_H16", 6, 16, 512, 64, 300, 64, 0},
+    {"Model656_H4_PaddedRows", 4, 4, 512, 64, 200, 96, 16},
+    {"Small128Plus8_H3", 5, 3, 128, 8, 40, 9, 4},
+    {"TwoBlocks256Plus64_H2", 4, 2, 256, 64, 60, 17, 0},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, SparseMlaFp8Test, ::testing::ValuesIn(kSparseFp8Cases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(SparseMlaTest, RejectsBadArguments) {
@@ -340,6 +474,46 @@ TEST(SparseMlaTest, RejectsBadArguments) {
       rejects([&] { mla(q, on_cuda(kv), idx, out); }, "kv_cache is on cuda:0", {watch(out)}));
   EXPECT_TRUE(
       rejects([&] { mla(q, kv, on_cuda(idx), out); }, "indices is on cuda:0", {watch(out)}));
+}
+
+TEST(SparseMlaFp8Test, RejectsBadArguments) {
+  // d_v = 128, rope 8: FP8 rows of 128 + 4 + 16 = 148 bytes.
+  const std::int64_t n = 3, H = 2, dv = 128, dq = 136, slots = 10, topk = 4;
+  ASSERT_EQ(latent_fp8_bytes(dv, dq - dv), 148);
+  Tensor q = random_tensor({n, H, dq}, DType::bf16, 131, 1);
+  Tensor kv = Tensor::empty({slots, 148}, DType::u8);
+  for (std::int64_t i = 0; i < kv.numel(); ++i) kv.ptr<std::uint8_t>()[i] = (i * 37 + 5) % 0x7f;
+  Tensor out = random_tensor({n, H, dv}, DType::bf16, 131, 2);
+  Tensor idx = Tensor::empty({n, topk}, DType::i32);
+  for (std::int64_t i = 0; i < n * topk; ++i) idx.ptr<std::int32_t>()[i] = i % 5 == 4 ? -1 : i % 9;
+  Tensor idx_high = Tensor::empty({n, topk}, DType::i32);
+  for (std::int64_t i = 0; i < n * topk; ++i) idx_high.ptr<std::int32_t>()[i] = i == 6 ? slots : 2;
+  Tensor kv_bf16_width = random_tensor({slots, 148}, DType::bf16, 131, 3);
+  Tensor kv_width = Tensor::empty({slots, 149}, DType::u8);
+  Tensor kv_f32 = random_tensor({slots, dq}, DType::f32, 131, 4);
+  Tensor kv_wide = Tensor::empty({slots, 2 * 148}, DType::u8);
+  const TensorView kv_every_other = strided_view(kv_wide, {slots, 148}, {2 * 148, 2});
+  // A value dim that is not a multiple of 128 has no FP8 layout: d_qk 72 = 64 + 8.
+  Tensor q_small = random_tensor({n, H, 72}, DType::bf16, 131, 5);
+  Tensor out_small = random_tensor({n, H, 64}, DType::bf16, 131, 6);
+  Tensor kv_small = Tensor::empty({slots, latent_fp8_bytes(64, 8)}, DType::u8);
+  const auto mla = [](const TensorView& qv, const TensorView& kvv, const TensorView& iv,
+                      const TensorView& o) { ops::sparse_mla(qv, kvv, iv, 0.1f, o); };
+
+  EXPECT_TRUE(rejects([&] { mla(q, kv_width, idx, out); }, "kv_cache must have shape [*, 148]",
+                      {watch(out)}));
+  // A bf16 cache of the FP8 width is read as bf16 and must be d_qk wide.
+  EXPECT_TRUE(rejects([&] { mla(q, kv_bf16_width, idx, out); }, "kv_cache must have shape [*, 136]",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv_f32, idx, out); }, "kv_cache must have dtype bf16 or u8",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv_every_other, idx, out); }, "kv_cache must have a unit stride",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { mla(q_small, kv_small, idx, out_small); },
+                      "out must have a value dim that is a multiple of 128", {watch(out_small)}));
+  EXPECT_TRUE(rejects([&] { mla(q, kv, idx_high, out); }, "indices[1, 2] = 10", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { mla(q, on_cuda(kv), idx, out); }, "kv_cache is on cuda:0", {watch(out)}));
 }
 
 }  // namespace

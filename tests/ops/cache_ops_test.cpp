@@ -1,5 +1,6 @@
-// Paged-cache addressing and row copies: positions -> slots through a block table, and a round
-// trip of rows through a paged layout with scatter_rows / gather_rows.
+// Paged-cache addressing and row copies: positions -> slots through a block table (on the host,
+// and in place over selected index rows of several requests), and a round trip of rows through a
+// paged layout with scatter_rows / gather_rows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -50,6 +51,131 @@ TEST(PositionsToSlotsTest, RejectsPositionsOutsideTheTableWithoutWriting) {
   const std::vector<std::int32_t> no_table;
   EXPECT_TRUE(rejects([&] { ops::positions_to_slots(no_table, 4, negative, slots3); }, "position",
                       {watch(slots3)}));
+}
+
+// A block table per request, each a shuffled set of distinct physical pages, as columns
+// [1, 1 + max_pages) of a wider i32 tensor (so its rows are strided).
+struct BlockTables {
+  Tensor backing;
+  TensorView view;
+};
+
+BlockTables random_block_tables(std::int64_t requests, std::int64_t max_pages, std::mt19937& rng) {
+  std::vector<std::int32_t> pool(static_cast<std::size_t>(requests * max_pages + 7));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  BlockTables t;
+  t.backing = Tensor::empty({requests, max_pages + 3}, DType::i32);
+  poison(t.backing);
+  t.view = t.backing.view().slice(1, 1, 1 + max_pages);
+  for (std::int64_t r = 0; r < requests; ++r) {
+    std::copy_n(pool.begin() + r * max_pages, max_pages, t.view.row<std::int32_t>(r));
+  }
+  return t;
+}
+
+TEST(MapPositionsToSlotsTest, FollowsEachRowsBlockTable) {
+  for (std::int64_t page_size : {std::int64_t{4}, kPageSize}) {
+    SCOPED_TRACE(fmt::format("page size {}", page_size));
+    const std::int64_t requests = 3, max_pages = 5, rows = 9, k = 11;
+    const std::int64_t capacity = max_pages * page_size;
+    std::mt19937 rng(static_cast<unsigned>(300 + page_size));
+    const BlockTables tables = random_block_tables(requests, max_pages, rng);
+    // Rows of the three requests in mixed order; positions anywhere in the table (the first
+    // and last covered ones included), about a quarter of them -1.
+    std::vector<std::int32_t> request_of(rows);
+    for (std::int64_t r = 0; r < rows; ++r) request_of[r] = static_cast<std::int32_t>((r * 2) % 3);
+    Tensor row_request = i32_tensor(request_of);
+    Tensor idx_backing = Tensor::empty({rows, k + 3}, DType::i32);
+    for (std::int64_t i = 0; i < idx_backing.numel(); ++i) {
+      idx_backing.ptr<std::int32_t>()[i] = static_cast<std::int32_t>(rng() % 1000) - 500;
+    }
+    const TensorView indices = idx_backing.view().slice(1, 2, 2 + k);
+    std::uniform_int_distribution<std::int32_t> position(0,
+                                                         static_cast<std::int32_t>(capacity - 1));
+    std::bernoulli_distribution hole(0.25);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::int32_t* row = indices.row<std::int32_t>(r);
+      for (std::int64_t j = 0; j < k; ++j) row[j] = hole(rng) ? -1 : position(rng);
+    }
+    indices.row<std::int32_t>(0)[0] = 0;
+    indices.row<std::int32_t>(1)[k - 1] = static_cast<std::int32_t>(capacity - 1);
+    const std::vector<std::int32_t> positions = read_i32(indices);
+
+    const std::vector<std::uint8_t> before = snapshot(idx_backing);
+    const std::vector<std::uint8_t> tables_before = snapshot(tables.backing);
+    ops::map_positions_to_slots(indices, row_request, tables.view, page_size);
+    EXPECT_TRUE(only_view_written(idx_backing, before, indices));
+    EXPECT_EQ(snapshot(tables.backing), tables_before) << "block_tables is read only";
+    const std::vector<std::int32_t> got = read_i32(indices);
+    std::int64_t mapped = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int32_t* table = tables.view.row<std::int32_t>(request_of[r]);
+      for (std::int64_t j = 0; j < k; ++j) {
+        const std::int32_t p = positions[r * k + j];
+        const std::int64_t want = p < 0 ? -1 : table[p / page_size] * page_size + p % page_size;
+        ASSERT_EQ(got[r * k + j], want) << "indices[" << r << ", " << j << "]: position " << p
+                                        << " of request " << request_of[r];
+        mapped += p >= 0;
+      }
+    }
+    EXPECT_GT(mapped, rows * k / 2);
+  }
+}
+
+TEST(MapPositionsToSlotsTest, RejectsBadArgumentsWithoutWriting) {
+  const std::int64_t requests = 3, max_pages = 5, page_size = 4, rows = 4, k = 4;
+  std::mt19937 rng(310);
+  const BlockTables tables = random_block_tables(requests, max_pages, rng);
+  Tensor row_request = i32_tensor({2, 0, 1, 2});
+  // Valid positions first, so that a half-written result would show.
+  Tensor indices = Tensor::empty({rows, k}, DType::i32);
+  for (std::int64_t i = 0; i < rows * k; ++i) {
+    indices.ptr<std::int32_t>()[i] = static_cast<std::int32_t>((i * 7) % 20);
+  }
+  Tensor past_end = Tensor::empty({rows, k}, DType::i32);
+  std::copy_n(indices.ptr<std::int32_t>(), rows * k, past_end.ptr<std::int32_t>());
+  past_end.ptr<std::int32_t>()[2 * k + 3] = 20;
+  Tensor below = Tensor::empty({rows, k}, DType::i32);
+  std::copy_n(indices.ptr<std::int32_t>(), rows * k, below.ptr<std::int32_t>());
+  below.ptr<std::int32_t>()[3 * k + 1] = -2;
+  Tensor request_past = i32_tensor({2, 3, 1, 0});
+  Tensor request_negative = i32_tensor({0, 1, 2, -1});
+  Tensor request_short = i32_tensor({0, 1, 2});
+  Tensor indices_f32 = random_tensor({rows, k}, DType::f32, 311, 1);
+  Tensor tables_f32 = random_tensor({requests, max_pages}, DType::f32, 311, 2);
+  Tensor indices_wide = Tensor::empty({rows, 2 * k}, DType::i32);
+  std::fill_n(indices_wide.ptr<std::int32_t>(), 2 * rows * k, 1);
+  const TensorView indices_every_other = strided_view(indices_wide, {rows, k}, {2 * k, 2});
+  const auto map = [&](const TensorView& idx, const TensorView& req, const TensorView& tab,
+                       std::int64_t ps) { ops::map_positions_to_slots(idx, req, tab, ps); };
+
+  EXPECT_TRUE(rejects([&] { map(past_end, row_request, tables.view, page_size); },
+                      "indices[2, 3] = 20 is outside the block table's [0, 20)",
+                      {watch(past_end)}));
+  EXPECT_TRUE(rejects([&] { map(below, row_request, tables.view, page_size); },
+                      "indices[3, 1] = -2", {watch(below)}));
+  // With pages of 3 the table covers only [0, 15).
+  EXPECT_TRUE(rejects([&] { map(indices, row_request, tables.view, 3); },
+                      "is outside the block table's [0, 15)", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, request_past, tables.view, page_size); },
+                      "row_request[1] = 3 is outside [0, 3)", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, request_negative, tables.view, page_size); },
+                      "row_request[3] = -1", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, request_short, tables.view, page_size); },
+                      "row_request must have shape [4]", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, row_request, tables.view, 0); },
+                      "page_size must be positive", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices_f32, row_request, tables.view, page_size); },
+                      "indices must have dtype i32", {watch(indices_f32)}));
+  EXPECT_TRUE(rejects([&] { map(indices_every_other, row_request, tables.view, page_size); },
+                      "indices must have a unit stride", {watch(indices_wide)}));
+  EXPECT_TRUE(rejects([&] { map(indices, row_request, tables_f32, page_size); },
+                      "block_tables must have dtype i32", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, row_request, on_cuda(tables.view), page_size); },
+                      "block_tables is on cuda:0", {watch(indices)}));
+  EXPECT_TRUE(rejects([&] { map(indices, on_cuda(row_request), tables.view, page_size); },
+                      "row_request is on cuda:0", {watch(indices)}));
 }
 
 struct RoundTripCase {
@@ -134,53 +260,60 @@ INSTANTIATE_TEST_SUITE_P(Caches, PagedRoundTripTest,
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(ScatterGatherTest, RejectsBadArguments) {
-  const std::int64_t n = 3, w = 16, num_slots = 10;
+  const std::int64_t n = 3, w = 16, num_rows = 10;
   Tensor rows = random_tensor({n, w}, DType::bf16, 60, 1);
-  Tensor cache = random_tensor({num_slots, w}, DType::bf16, 60, 2);
+  Tensor table = random_tensor({num_rows, w}, DType::bf16, 60, 2);
   Tensor out = random_tensor({n, w}, DType::bf16, 60, 3);
-  auto slot_tensor = [](std::vector<std::int32_t> v) {
-    Tensor t = Tensor::empty({static_cast<std::int64_t>(v.size())}, DType::i32);
-    std::memcpy(t.ptr<std::int32_t>(), v.data(), v.size() * 4);
-    return t;
-  };
-  Tensor slots = slot_tensor({4, 0, 9});
-  Tensor past_end = slot_tensor({4, 10, 1});
-  Tensor negative = slot_tensor({4, 1, -1});
-  Tensor too_few = slot_tensor({4, 1});
-  Tensor slots_f32 = random_tensor({n}, DType::f32, 60, 4);
+  Tensor index = i32_tensor({4, 0, 9});
+  Tensor past_end = i32_tensor({4, 10, 1});
+  Tensor negative = i32_tensor({4, 1, -1});
+  Tensor too_few = i32_tensor({4, 1});
+  Tensor index_f32 = random_tensor({n}, DType::f32, 60, 4);
+  Tensor index_wide = i32_tensor({4, 7, 0, 2, 9, 5});
+  const TensorView index_every_other = strided_view(index_wide, {n}, {2});
   Tensor rows_f32 = random_tensor({n, w}, DType::f32, 60, 5);
   Tensor rows_narrow = random_tensor({n, w - 1}, DType::bf16, 60, 6);
-  Tensor cache_wide = random_tensor({num_slots, 2 * w}, DType::bf16, 60, 7);
-  const TensorView cache_every_other = strided_view(cache_wide, {num_slots, w}, {2 * w, 2});
+  Tensor table_wide = random_tensor({num_rows, 2 * w}, DType::bf16, 60, 7);
+  const TensorView table_every_other = strided_view(table_wide, {num_rows, w}, {2 * w, 2});
 
-  EXPECT_TRUE(
-      rejects([&] { ops::scatter_rows(rows, past_end, cache); }, "slots[1] = 10", {watch(cache)}));
-  EXPECT_TRUE(
-      rejects([&] { ops::scatter_rows(rows, negative, cache); }, "slots[2] = -1", {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, too_few, cache); }, "slots must have shape",
-                      {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, slots_f32, cache); },
-                      "slots must have dtype i32", {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows_f32, slots, cache); },
-                      "rows must have the cache's dtype", {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows_narrow, slots, cache); }, "rows must have shape",
-                      {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, slots, cache_every_other); },
-                      "cache must have a unit stride", {watch(cache_wide)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, slots, on_cuda(cache)); }, "cache is on cuda:0",
-                      {watch(cache)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, on_cuda(slots), cache); }, "slots is on cuda:0",
-                      {watch(cache)}));
+  // scatter_rows(rows, index, dst)
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, past_end, table); },
+                      "index[1] = 10 is outside [0, 10)", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, negative, table); },
+                      "index[2] = -1 is outside [0, 10)", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, too_few, table); }, "index must have shape [3]",
+                      {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, index_f32, table); },
+                      "index must have dtype i32", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, index_every_other, table); },
+                      "index must be contiguous", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows_f32, index, table); },
+                      "rows must have the dtype of dst, bf16, got f32", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows_narrow, index, table); },
+                      "rows must have shape [*, 16]", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, index, table_every_other); },
+                      "dst must have a unit stride", {watch(table_wide)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, index, on_cuda(table)); }, "dst is on cuda:0",
+                      {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, on_cuda(index), table); }, "index is on cuda:0",
+                      {watch(table)}));
 
-  EXPECT_TRUE(
-      rejects([&] { ops::gather_rows(cache, past_end, out); }, "slots[1] = 10", {watch(out)}));
-  EXPECT_TRUE(rejects([&] { ops::gather_rows(cache, too_few, out); }, "slots must have shape",
+  // gather_rows(src, index, out)
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, past_end, out); },
+                      "index[1] = 10 is outside [0, 10)", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, negative, out); },
+                      "index[2] = -1 is outside [0, 10)", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, too_few, out); }, "index must have shape [3]",
                       {watch(out)}));
-  EXPECT_TRUE(rejects([&] { ops::gather_rows(cache, slots, rows_f32); },
-                      "out must have the cache's dtype", {watch(rows_f32)}));
-  EXPECT_TRUE(rejects([&] { ops::gather_rows(cache, slots, rows_narrow); }, "out must have shape",
-                      {watch(rows_narrow)}));
-  EXPECT_TRUE(rejects([&] { ops::gather_rows(cache, slots, on_cuda(out)); }, "out is on cuda:0",
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, index, rows_f32); },
+                      "out must have the dtype of src, bf16, got f32", {watch(rows_f32)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, index, rows_narrow); },
+                      "out must have shape [*, 16]", {watch(rows_narrow)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table_every_other, index, out); },
+                      "src must have a unit stride", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(table, index, on_cuda(out)); }, "out is on cuda:0",
+                      {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::gather_rows(on_cuda(table), index, out); }, "src is on cuda:0",
                       {watch(out)}));
 }
 

@@ -1,4 +1,5 @@
-// gemm against a float64 product over every layout, operand dtype and row stride.
+// gemm against a float64 product over every layout, operand dtype and row stride, and batched
+// over per-head views of [tokens, heads, dim] tensors (any batch stride, b per batch or shared).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -103,6 +104,156 @@ TEST_P(GemmTest, MatchesFloat64Product) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmTest, ::testing::ValuesIn(gemm_cases()),
                          [](const auto& info) { return describe(info.param); });
+
+// Batched products. a is a per-head view of a [tokens, heads, dim] tensor: heads [1, 1 + batch)
+// and columns [2, 2 + k), transposed to [batch, tokens, k]; c likewise (columns [c_col0,
+// c_col0 + n)); b is a per-head view the same way, a contiguous [batch, ...] tensor, or a 2-D
+// matrix shared by every batch entry.
+enum class BSource { per_head_view, contiguous, shared };
+
+struct BatchedGemmCase {
+  const char* name;
+  std::int64_t batch, m, n, k;
+  ops::BLayout layout;
+  BSource b_source;
+  DType b_dtype, c_dtype;
+  float alpha;
+  std::int64_t c_width;  // the [tokens, heads, c_width] tensor holding c; c is columns [0, n)
+};
+
+void PrintTo(const BatchedGemmCase& c, std::ostream* os) { *os << c.name; }
+
+// heads [1, 1 + batch) and columns [col0, col0 + cols) of a random [rows, batch + 2, width]
+// tensor, transposed to [batch, rows, cols].
+TensorView per_head(Tensor& backing, std::int64_t rows, std::int64_t batch, std::int64_t width,
+                    std::int64_t col0, std::int64_t cols, DType dtype, std::uint64_t stream) {
+  backing = random_tensor({rows, batch + 2, width}, dtype, 13, stream);
+  return backing.view().slice(1, 1, 1 + batch).slice(2, col0, col0 + cols).transpose(0, 1);
+}
+
+class BatchedGemmTest : public ::testing::TestWithParam<BatchedGemmCase> {};
+
+TEST_P(BatchedGemmTest, MatchesFloat64ProductPerBatchEntry) {
+  const BatchedGemmCase g = GetParam();
+  const bool nt = g.layout == ops::BLayout::nt;
+  const std::int64_t b_rows = nt ? g.n : g.k, b_cols = nt ? g.k : g.n;
+  Tensor a_backing, b_backing, c_backing;
+  const TensorView a = per_head(a_backing, g.m, g.batch, g.k + 5, 2, g.k, DType::bf16, 1);
+  TensorView b;
+  switch (g.b_source) {
+    case BSource::per_head_view:
+      b = per_head(b_backing, b_rows, g.batch, b_cols + 3, 1, b_cols, g.b_dtype, 2);
+      break;
+    case BSource::contiguous:
+      b_backing = random_tensor({g.batch, b_rows, b_cols}, g.b_dtype, 13, 3);
+      b = b_backing.view();
+      break;
+    case BSource::shared:
+      b_backing = random_tensor({b_rows, b_cols + 4}, g.b_dtype, 13, 4);
+      b = b_backing.view().slice(1, 4, 4 + b_cols);
+      break;
+  }
+  const TensorView c = per_head(c_backing, g.m, g.batch, g.c_width, 0, g.n, g.c_dtype, 5);
+  ASSERT_EQ(a.ndim(), 3);
+  ASSERT_NE(a.stride(0), g.m * g.k) << "a should not be a plain contiguous batch";
+
+  // Element (e, i, l) of a 3-D view, (e, l, j) of b as a [k, n] operand.
+  const std::vector<double> av = read_doubles(a), bv = read_doubles(b);
+  const std::int64_t b_batch = g.b_source == BSource::shared ? 0 : b_rows * b_cols;
+  auto b_at = [&](std::int64_t e, std::int64_t l, std::int64_t j) {
+    return nt ? bv[e * b_batch + j * g.k + l] : bv[e * b_batch + l * g.n + j];
+  };
+  std::vector<double> ref(g.batch * g.m * g.n), plain(ref.size());
+  for (std::int64_t e = 0; e < g.batch; ++e) {
+    for (std::int64_t i = 0; i < g.m; ++i) {
+      for (std::int64_t j = 0; j < g.n; ++j) {
+        double acc = 0;
+        float acc_f = 0;
+        for (std::int64_t l = 0; l < g.k; ++l) {
+          const double x = av[(e * g.m + i) * g.k + l], y = b_at(e, l, j);
+          acc += x * y;
+          acc_f += static_cast<float>(x) * static_cast<float>(y);
+        }
+        const std::size_t o = (e * g.m + i) * g.n + j;
+        ref[o] = g.alpha * acc;
+        const float p = g.alpha * acc_f;
+        plain[o] = g.c_dtype == DType::bf16 ? round_bf16(p) : p;
+      }
+    }
+  }
+
+  poison(c);
+  const std::vector<std::uint8_t> before = snapshot(c_backing);
+  const std::vector<std::uint8_t> a_before = snapshot(a_backing);
+  ops::gemm(a, b, c, g.layout, g.alpha);
+  const double atol = (g.c_dtype == DType::f32 ? 1e-6 : 1e-5) * max_abs(ref);
+  EXPECT_TRUE(within_tolerance(read_doubles(c), ref, plain, atol,
+                               std::vector<std::int64_t>{g.batch, g.m, g.n}));
+  EXPECT_TRUE(only_view_written(c_backing, before, c));
+  EXPECT_EQ(snapshot(a_backing), a_before);
+}
+
+const BatchedGemmCase kBatchedGemmCases[] = {
+    // name, batch, m, n, k, layout, b, b dtype, c dtype, alpha, c's tensor width
+    {"NT_PerHeadB", 4, 7, 13, 64, ops::BLayout::nt, BSource::per_head_view, DType::bf16,
+     DType::bf16, 1.0f, 13},
+    {"NN_PerHeadB_F32Out", 3, 33, 20, 31, ops::BLayout::nn, BSource::per_head_view, DType::bf16,
+     DType::f32, 1.0f, 25},
+    {"NT_SharedB_F32B", 5, 9, 17, 40, ops::BLayout::nt, BSource::shared, DType::f32, DType::f32,
+     0.5f, 17},
+    {"NN_SharedB_Gemv", 2, 1, 129, 257, ops::BLayout::nn, BSource::shared, DType::bf16, DType::bf16,
+     -1.5f, 131},
+    // Absorbing q: [tokens, heads, 128] q_nope times each head's [128, 512] W_UK into the first
+    // 512 columns of the [tokens, heads, 576] absorbed query.
+    {"NN_AbsorbIntoWiderOutput", 4, 6, 512, 128, ops::BLayout::nn, BSource::contiguous, DType::bf16,
+     DType::bf16, 1.0f, 576},
+    // Un-absorbing the output: [tokens, heads, 512] times each head's W_UV [128, 512]ᵀ.
+    {"NT_UnabsorbContiguousB", 3, 5, 128, 512, ops::BLayout::nt, BSource::contiguous, DType::bf16,
+     DType::bf16, 1.0f, 128},
+    {"SingleBatchEntry", 1, 8, 9, 10, ops::BLayout::nt, BSource::per_head_view, DType::bf16,
+     DType::f32, 1.0f, 12},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, BatchedGemmTest, ::testing::ValuesIn(kBatchedGemmCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(BatchedGemmTest, RejectsBadArguments) {
+  const std::int64_t batch = 4, m = 5, n = 8, k = 32;
+  Tensor a_backing, c_backing;
+  const TensorView a = per_head(a_backing, m, batch, k, 0, k, DType::bf16, 20);
+  Tensor b = random_tensor({batch, n, k}, DType::bf16, 14, 1);
+  const TensorView c = per_head(c_backing, m, batch, n, 0, n, DType::f32, 21);
+  Tensor a_2d = random_tensor({m, k}, DType::bf16, 14, 2);
+  Tensor c_2d = random_tensor({m, n}, DType::f32, 14, 3);
+  Tensor b_batch = random_tensor({batch + 1, n, k}, DType::bf16, 14, 4);
+  Tensor b_k = random_tensor({batch, n, k + 1}, DType::bf16, 14, 5);
+  Tensor c_batch = random_tensor({batch - 1, m, n}, DType::f32, 14, 6);
+  Tensor c_n = random_tensor({batch, m, n + 1}, DType::f32, 14, 7);
+  Tensor a_4d = random_tensor({1, batch, m, k}, DType::bf16, 14, 8);
+  const TensorView a_columns = a.transpose(1, 2);  // [batch, k, m] with a strided last dim
+  const auto nt = ops::BLayout::nt;
+
+  EXPECT_TRUE(rejects([&] { ops::gemm(a_2d, b, c_2d, nt); },
+                      "b is batched ([4, 8, 32]) but a is not", {watch(c_2d)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a, b_batch, c, nt); }, "b must have shape [4, *, 32]",
+                      {watch(c_backing)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a, b_k, c, nt); }, "b must have shape [4, *, 32]",
+                      {watch(c_backing)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a, b, c, ops::BLayout::nn); }, "b must have shape [4, 32, *]",
+                      {watch(c_backing)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::gemm(a, b, c_2d, nt); }, "c must have shape [4, 5, 8]", {watch(c_2d)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a, b, c_batch, nt); }, "c must have shape [4, 5, 8]",
+                      {watch(c_batch)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::gemm(a, b, c_n, nt); }, "c must have shape [4, 5, 8]", {watch(c_n)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a_4d, b, c, nt); }, "a must have shape", {watch(c_backing)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a_columns, b, c, nt); }, "a must have a unit stride",
+                      {watch(c_backing)}));
+  EXPECT_TRUE(rejects([&] { ops::gemm(a, b.view().transpose(1, 2), c, ops::BLayout::nn); },
+                      "b must have a unit stride", {watch(c_backing)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::gemm(a, on_cuda(b), c, nt); }, "b is on cuda:0", {watch(c_backing)}));
+}
 
 TEST(GemmEdgeTest, EmptyInnerDimensionGivesZeros) {
   // k = 0: every entry of c is an empty sum.

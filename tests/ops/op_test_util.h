@@ -1,19 +1,25 @@
 // Shared pieces of the op tests: reading and poisoning (possibly strided) views, the
-// FlashAttention-style tolerance check against a float64 reference, and checks that a rejected
-// call names the bad argument and leaves its outputs alone.
+// FlashAttention-style tolerance check against a float64 reference, checks that a rejected call
+// names the bad argument and leaves its outputs alone, and memory that faults when read (for
+// inputs an op must not touch).
 #pragma once
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <span>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -110,6 +116,13 @@ inline Tensor random_tensor(std::initializer_list<std::int64_t> shape, DType dty
   return t;
 }
 
+// A 1-D i32 tensor holding `values`.
+inline Tensor i32_tensor(const std::vector<std::int32_t>& values) {
+  Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i32);
+  std::copy(values.begin(), values.end(), t.ptr<std::int32_t>());
+  return t;
+}
+
 // A view of t's memory with explicit shape and strides (for non-unit inner strides and odd
 // layouts that slice() cannot express).
 inline TensorView strided_view(const TensorView& t, std::initializer_list<std::int64_t> shape,
@@ -123,6 +136,60 @@ inline TensorView strided_view(const TensorView& t, std::initializer_list<std::i
 // any element is touched, so host memory behind it is safe.
 inline TensorView on_cuda(const TensorView& v) {
   return TensorView(v.data(), v.dtype(), Device::cuda(), v.shape(), v.strides());
+}
+
+// Host memory in whole pages, any of which can be made to fault on every access: an op that must
+// not read part of its input is handed that part on protected pages.
+class GuardedPages {
+ public:
+  explicit GuardedPages(std::int64_t pages)
+      : page_bytes_(static_cast<std::size_t>(sysconf(_SC_PAGESIZE))),
+        pages_(static_cast<std::size_t>(pages)) {
+    base_ = mmap(nullptr, page_bytes_ * pages_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+    if (base_ == MAP_FAILED) throw std::runtime_error("mmap of guarded test pages failed");
+  }
+  ~GuardedPages() { munmap(base_, page_bytes_ * pages_); }
+  GuardedPages(const GuardedPages&) = delete;
+  GuardedPages& operator=(const GuardedPages&) = delete;
+
+  std::int64_t page_bytes() const { return static_cast<std::int64_t>(page_bytes_); }
+  void* page(std::int64_t i) const { return static_cast<char*>(base_) + i * page_bytes(); }
+  // From now on any read or write of page i kills the process.
+  void protect(std::int64_t i) const {
+    if (mprotect(page(i), page_bytes_, PROT_NONE) != 0) {
+      throw std::runtime_error("mprotect of a guarded test page failed");
+    }
+  }
+
+ private:
+  std::size_t page_bytes_, pages_;
+  void* base_ = nullptr;
+};
+
+// Runs `call` in a child process (a fresh one, not a fork of this multi-threaded one) and expects
+// it to exit normally: a fault there, such as a read of a protected page, fails the test instead
+// of killing the whole run. Returns false when the child failed, so the caller can skip the same
+// call in this process.
+template <typename Call>
+bool runs_without_fault(Call&& call) {
+  const ::testing::TestResult& result =
+      *::testing::UnitTest::GetInstance()->current_test_info()->result();
+  const int parts = result.total_part_count();
+  const std::string style = GTEST_FLAG_GET(death_test_style);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        call();
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "")
+      << "the call faulted: it touched memory it must not read";
+  GTEST_FLAG_SET(death_test_style, style);
+  for (int i = parts; i < result.total_part_count(); ++i) {
+    if (result.GetTestPartResult(i).failed()) return false;
+  }
+  return true;
 }
 
 // e4m3 ("fn": bias 7, no infinities, S.1111.111 is NaN) decoded from its bit fields, without

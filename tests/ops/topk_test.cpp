@@ -1,4 +1,5 @@
-// topk against a full sort: score descending, ties to the lower position, NaN last, -1 padding.
+// topk against a full sort: the k best scores (ties to the lower position, NaN last), reported
+// as a set in ascending position order with -1 padding; rows no longer than k are never read.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,9 +14,16 @@
 namespace dsattn::test {
 namespace {
 
-// Row r of the expected output: sort every (score, position) pair of the row's prefix, then
-// take the first k.
-std::vector<std::int32_t> sorted_topk(const float* s, std::int64_t length, std::int64_t k) {
+// Row r of the expected output: sort every (score, position) pair of the row's prefix by score,
+// keep the first k, then list those positions in ascending order. A row no longer than k
+// selects 0 .. length-1 and is not read.
+std::vector<std::int32_t> reference_topk(const float* s, std::int64_t length, std::int64_t k) {
+  std::vector<std::int32_t> order;
+  if (length <= k) {
+    for (std::int32_t p = 0; p < length; ++p) order.push_back(p);
+    order.resize(static_cast<std::size_t>(k), -1);
+    return order;
+  }
   std::vector<std::pair<float, std::int32_t>> numbers;
   std::vector<std::int32_t> nans;
   for (std::int32_t p = 0; p < length; ++p) {
@@ -28,10 +36,10 @@ std::vector<std::int32_t> sorted_topk(const float* s, std::int64_t length, std::
   std::sort(numbers.begin(), numbers.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   });
-  std::vector<std::int32_t> order;
   for (const auto& [score, p] : numbers) order.push_back(p);
   order.insert(order.end(), nans.begin(), nans.end());  // already in position order
-  order.resize(static_cast<std::size_t>(k), -1);
+  order.resize(static_cast<std::size_t>(k));
+  std::sort(order.begin(), order.end());
   return order;
 }
 
@@ -90,6 +98,16 @@ TEST_P(TopkTest, EqualsSortedReference) {
   for (std::int64_t r = 0; r < c.rows; ++r) {
     lengths.ptr<std::int32_t>()[r] = static_cast<std::int32_t>(r < 4 ? fixed[r] : any_length(rng));
   }
+  // A row no longer than k selects all of its positions whatever its scores hold: give those
+  // rows garbage (NaN, infinities, huge values) that a score-reading selection would mishandle.
+  const float garbage[] = {std::numeric_limits<float>::quiet_NaN(),
+                           -std::numeric_limits<float>::infinity(), 3e38f,
+                           std::numeric_limits<float>::infinity(), -3e38f};
+  for (std::int64_t r = 0; r < c.rows; ++r) {
+    if (lengths.ptr<std::int32_t>()[r] > c.k) continue;
+    float* s = base + r * (c.n + 3) + 3;
+    for (std::int64_t j = 0; j < c.n; ++j) s[j] = garbage[(r + j) % 5];
+  }
 
   Tensor out_backing = Tensor::empty({c.rows, c.k + 2}, DType::i32);
   poison(out_backing);
@@ -100,7 +118,7 @@ TEST_P(TopkTest, EqualsSortedReference) {
 
   for (std::int64_t r = 0; r < c.rows; ++r) {
     const std::int64_t len = lengths.ptr<std::int32_t>()[r];
-    const std::vector<std::int32_t> want = sorted_topk(scores.row<float>(r), len, c.k);
+    const std::vector<std::int32_t> want = reference_topk(scores.row<float>(r), len, c.k);
     const std::vector<std::int32_t> got(out.row<std::int32_t>(r), out.row<std::int32_t>(r) + c.k);
     for (std::int64_t i = 0; i < c.k; ++i) {
       ASSERT_EQ(got[i], want[i]) << "row " << r << " (length " << len << "), rank " << i;
@@ -122,17 +140,81 @@ const TopkCase kTopkCases[] = {
 INSTANTIATE_TEST_SUITE_P(Shapes, TopkTest, ::testing::ValuesIn(kTopkCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
-TEST(TopkTest, TiedBoundaryKeepsLowerPositions) {
-  // Six equal scores compete for the last three places: positions 1, 3 and 4 win.
-  const float row[8] = {9, 1, 5, 1, 1, 7, 1, 1};
-  Tensor scores = Tensor::empty({1, 8}, DType::f32);
-  std::copy_n(row, 8, scores.ptr<float>());
-  Tensor lengths = Tensor::empty({1}, DType::i32);
-  lengths.ptr<std::int32_t>()[0] = 8;
-  Tensor out = Tensor::empty({1, 6}, DType::i32);
+// One row of scores through topk with k = `k`.
+std::vector<std::int32_t> topk_of_row(const std::vector<float>& row, std::int64_t length,
+                                      std::int64_t k) {
+  const auto n = static_cast<std::int64_t>(row.size());
+  Tensor scores = Tensor::empty({1, n}, DType::f32);
+  std::copy(row.begin(), row.end(), scores.ptr<float>());
+  Tensor lengths = i32_tensor({static_cast<std::int32_t>(length)});
+  Tensor out = Tensor::empty({1, k}, DType::i32);
   poison(out);
   ops::topk(scores, lengths, out);
-  EXPECT_EQ(read_i32(out), (std::vector<std::int32_t>{0, 5, 2, 1, 3, 4}));
+  return read_i32(out);
+}
+
+TEST(TopkTest, TiedBoundaryKeepsLowerPositions) {
+  // Five equal scores (positions 1, 3, 4, 6, 7) compete for the last places.
+  const std::vector<float> row = {9, 1, 5, 1, 1, 7, 1, 1};
+  EXPECT_EQ(topk_of_row(row, 8, 6), (std::vector<std::int32_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(topk_of_row(row, 8, 4), (std::vector<std::int32_t>{0, 1, 2, 5}));
+  // Only the prefix of the row's length competes.
+  const std::vector<float> rising = {1, 2, 3, 4, 5, 6, 7, 100};
+  EXPECT_EQ(topk_of_row(rising, 8, 2), (std::vector<std::int32_t>{6, 7}));
+  EXPECT_EQ(topk_of_row(rising, 7, 2), (std::vector<std::int32_t>{5, 6}));
+  // The output is ordered by position, not by score.
+  EXPECT_EQ(topk_of_row({1, 2, 3, 4, 5}, 5, 3), (std::vector<std::int32_t>{2, 3, 4}));
+  EXPECT_EQ(topk_of_row({5, 4, 3, 2, 1}, 5, 3), (std::vector<std::int32_t>{0, 1, 2}));
+}
+
+TEST(TopkTest, NaNRanksBelowEveryNumber) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  // Three numbers (one of them -inf) and five NaN: k = 5 takes the numbers, then the two NaN at
+  // the lowest positions.
+  const std::vector<float> row = {nan, 2, nan, nan, -inf, nan, 0.5f, nan};
+  EXPECT_EQ(topk_of_row(row, 8, 5), (std::vector<std::int32_t>{0, 1, 2, 4, 6}));
+  EXPECT_EQ(topk_of_row(row, 8, 2), (std::vector<std::int32_t>{1, 6}));
+  EXPECT_EQ(topk_of_row(row, 8, 3), (std::vector<std::int32_t>{1, 4, 6}));
+  // A row no longer than k selects everything, NaN included, padded with -1.
+  EXPECT_EQ(topk_of_row(row, 3, 5), (std::vector<std::int32_t>{0, 1, 2, -1, -1}));
+  EXPECT_EQ(topk_of_row(row, 0, 2), (std::vector<std::int32_t>{-1, -1}));
+}
+
+TEST(TopkTest, RowsNoLongerThanKAreNotRead) {
+  // Every score row on a page of its own; the rows with length <= k sit on pages that fault on
+  // any access, so an implementation that reads them dies.
+  GuardedPages pages(8);
+  const std::int64_t rows = 8, n = 300, k = 40;
+  const std::int64_t row_floats = pages.page_bytes() / static_cast<std::int64_t>(sizeof(float));
+  ASSERT_GE(row_floats, n);
+  const std::int32_t length_of[rows] = {0, 300, 1, 40, 41, 39, 299, 17};
+  std::mt19937 rng(4242);
+  std::uniform_real_distribution<float> score(-1.0f, 1.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* s = static_cast<float*>(pages.page(r));
+    for (std::int64_t j = 0; j < n; ++j) s[j] = score(rng);
+  }
+  std::vector<std::vector<std::int32_t>> want(rows);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    want[r] = reference_topk(static_cast<const float*>(pages.page(r)), length_of[r], k);
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    if (length_of[r] <= k) pages.protect(r);
+  }
+  const std::int64_t shape[] = {rows, n}, strides[] = {row_floats, 1};
+  const TensorView scores(pages.page(0), DType::f32, Device::cpu(), shape, strides);
+  Tensor lengths = i32_tensor(std::vector<std::int32_t>(length_of, length_of + rows));
+  Tensor out = Tensor::empty({rows, k}, DType::i32);
+  poison(out);
+
+  if (!runs_without_fault([&] { ops::topk(scores, lengths, out); })) return;
+  ops::topk(scores, lengths, out);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::vector<std::int32_t> got(out.ptr<std::int32_t>() + r * k,
+                                        out.ptr<std::int32_t>() + (r + 1) * k);
+    EXPECT_EQ(got, want[r]) << "row " << r << " (length " << length_of[r] << ")";
+  }
 }
 
 TEST(TopkTest, RejectsBadArguments) {

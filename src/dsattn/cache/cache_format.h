@@ -8,10 +8,22 @@ namespace dsattn {
 // Tokens per cache page.
 inline constexpr std::int64_t kPageSize = 64;
 
+// How the latent [c_kv, k_pe] of a token is cached.
+//   bf16: kv_lora_rank + d_rope bf16 values (1152 bytes for DeepSeek-V3.2)
+//   fp8:  c_kv as e4m3 with one f32 scale per 128 values, k_pe as bf16 (656 bytes;
+//   ops/latent_fp8.h)
+enum class LatentFormat { bf16, fp8 };
+
 // Width in bytes of one cached indexer key: d_I e4m3 values, then one f32 scale per 128 values
 // (132 bytes for DeepSeek-V3.2's d_I = 128).
 inline constexpr std::int64_t index_key_bytes(std::int64_t index_head_dim) {
   return index_head_dim + 4 * (index_head_dim / 128);
+}
+
+// Width in bytes of one FP8 latent row: kv_lora_rank e4m3 values, one f32 scale per 128 of
+// them, then rope_dim bf16 values (656 bytes for DeepSeek-V3.2).
+inline constexpr std::int64_t latent_fp8_bytes(std::int64_t kv_lora_rank, std::int64_t rope_dim) {
+  return kv_lora_rank + 4 * (kv_lora_rank / 128) + 2 * rope_dim;
 }
 
 // Pages needed to hold `tokens` positions.

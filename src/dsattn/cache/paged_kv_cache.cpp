@@ -2,13 +2,35 @@
 
 namespace dsattn {
 
+LatentFormat parse_latent_format(std::string_view text) {
+  if (text == "bf16") return LatentFormat::bf16;
+  if (text == "fp8") return LatentFormat::fp8;
+  fail("kv cache format must be bf16 or fp8, got '{}'", text);
+}
+
+std::string_view latent_format_name(LatentFormat f) {
+  return f == LatentFormat::bf16 ? "bf16" : "fp8";
+}
+
 PagedKvCache::PagedKvCache(const AttentionConfig& config, const CacheOptions& options)
-    : device_(options.device), allocator_(options.num_pages) {
+    : device_(options.device),
+      latent_format_(options.latent_format),
+      allocator_(options.num_pages) {
   config.validate();
   if (options.num_layers <= 0) fail("num_layers must be positive, got {}", options.num_layers);
+  if (latent_format_ == LatentFormat::fp8 && config.kv_lora_rank % 128 != 0) {
+    fail("kv cache format fp8 needs kv_lora_rank to be a multiple of 128, got {}",
+         config.kv_lora_rank);
+  }
   const std::int64_t slots = options.num_pages * kPageSize;
   for (std::int64_t l = 0; l < options.num_layers; ++l) {
-    latent_.push_back(Tensor::empty({slots, config.latent_dim()}, DType::bf16, device_));
+    if (latent_format_ == LatentFormat::bf16) {
+      latent_.push_back(Tensor::empty({slots, config.latent_dim()}, DType::bf16, device_));
+    } else {
+      latent_.push_back(
+          Tensor::empty({slots, latent_fp8_bytes(config.kv_lora_rank, config.qk_rope_head_dim)},
+                        DType::u8, device_));
+    }
     index_keys_.push_back(
         Tensor::empty({slots, index_key_bytes(config.index_head_dim)}, DType::u8, device_));
   }
@@ -17,7 +39,8 @@ PagedKvCache::PagedKvCache(const AttentionConfig& config, const CacheOptions& op
 std::int64_t PagedKvCache::bytes_per_token() const {
   std::int64_t bytes = 0;
   for (std::size_t l = 0; l < latent_.size(); ++l) {
-    bytes += latent_[l].size(1) * 2 + index_keys_[l].size(1);
+    bytes += latent_[l].size(1) * static_cast<std::int64_t>(dtype_size(latent_[l].dtype())) +
+             index_keys_[l].size(1);
   }
   return bytes;
 }
@@ -33,7 +56,7 @@ LayerCacheView PagedKvCache::layer(std::int64_t index) const {
   if (index < 0 || index >= num_layers()) {
     fail("cache layer must be in [0, {}), got {}", num_layers(), index);
   }
-  return {latent_[index].view(), index_keys_[index].view(), kPageSize, num_pages()};
+  return {latent_[index].view(), latent_format_, index_keys_[index].view(), kPageSize, num_pages()};
 }
 
 }  // namespace dsattn

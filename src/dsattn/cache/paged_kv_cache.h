@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "dsattn/cache/cache_format.h"
@@ -16,12 +17,20 @@ namespace dsattn {
 struct CacheOptions {
   std::int64_t num_pages = 1024;
   std::int64_t num_layers = 1;
+  LatentFormat latent_format = LatentFormat::bf16;
   Device device = Device::cpu();
 };
 
+// Parses "bf16" or "fp8".
+LatentFormat parse_latent_format(std::string_view text);
+std::string_view latent_format_name(LatentFormat f);
+
 // One layer's storage, addressed by slot = page · page_size + offset.
 struct LayerCacheView {
-  TensorView latent;      // [num_slots, kv_lora_rank + d_rope] bf16: [c_kv, k_pe]
+  // bf16: [num_slots, kv_lora_rank + d_rope] bf16 = [c_kv, k_pe];
+  // fp8:  [num_slots, latent_fp8_bytes] u8 (ops/latent_fp8.h)
+  TensorView latent;
+  LatentFormat latent_format = LatentFormat::bf16;
   TensorView index_keys;  // [num_slots, index_key_bytes(d_I)] u8
   std::int64_t page_size = kPageSize;
   std::int64_t num_pages = 0;
@@ -36,6 +45,7 @@ class PagedKvCache {
   std::int64_t free_pages() const { return allocator_.free_pages(); }
   std::int64_t num_layers() const { return static_cast<std::int64_t>(latent_.size()); }
   Device device() const { return device_; }
+  LatentFormat latent_format() const { return latent_format_; }
   // Bytes per token across all layers (both caches).
   std::int64_t bytes_per_token() const;
 
@@ -48,6 +58,7 @@ class PagedKvCache {
 
  private:
   Device device_;
+  LatentFormat latent_format_;
   PageAllocator allocator_;
   std::vector<Tensor> latent_;
   std::vector<Tensor> index_keys_;

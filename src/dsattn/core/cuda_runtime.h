@@ -16,8 +16,70 @@ int device_count();
 // Name of device `index`, e.g. "NVIDIA H100 80GB HBM3".
 std::string device_name(int index);
 
+// The stream every CUDA op of this thread launches on (a cudaStream_t; null is the legacy default
+// stream). Engines set it to their own stream so that dsattn's work orders with theirs.
+void* current_stream();
+void set_current_stream(void* stream);
+
+// Sets the current stream for a scope.
+class StreamGuard {
+ public:
+  explicit StreamGuard(void* stream) : previous_(current_stream()) { set_current_stream(stream); }
+  ~StreamGuard() { set_current_stream(previous_); }
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  void* previous_;
+};
+
+// Waits for all work on the current stream.
+void synchronize();
+
+// Device memory for tensors, through a caching allocator: freed blocks are kept for reuse by
+// later allocations of a similar size on the same device, in stream order (every op runs on the
+// current stream), so that a forward's temporaries cost no cudaMalloc/cudaFree once warm.
 void* device_malloc(std::size_t bytes, Device device);
 void device_free(void* p, Device device) noexcept;
+// Bytes held by the caching allocator on `device`: in use, and cached for reuse.
+struct DeviceMemoryStats {
+  std::size_t in_use = 0, cached = 0, peak_in_use = 0;
+};
+DeviceMemoryStats device_memory_stats(Device device);
+// Returns every cached (unused) block to the driver.
+void release_cached_memory();
+
+// While a MemoryPool is active on a thread, that thread's device allocations come from the pool
+// and return to it when freed: memory a captured CUDA graph uses stays reserved for the graph
+// (whose replays would otherwise write into blocks handed out again), and is released when the
+// pool is destroyed. Pools nest; the innermost active one serves.
+class MemoryPool {
+ public:
+  MemoryPool();
+  ~MemoryPool();
+  MemoryPool(const MemoryPool&) = delete;
+  MemoryPool& operator=(const MemoryPool&) = delete;
+
+  // Makes this pool serve the calling thread's allocations until the guard ends.
+  class Use {
+   public:
+    explicit Use(MemoryPool& pool);
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    MemoryPool* previous_;
+  };
+
+  std::size_t reserved_bytes() const;
+
+  struct State;  // the pool's blocks (cuda_runtime.cpp)
+
+ private:
+  friend struct PoolAccess;
+  State* state_;
+};
 void memcpy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
 
 }  // namespace dsattn::cuda

@@ -86,6 +86,14 @@ TensorView TensorView::slice(int dim, std::int64_t begin, std::int64_t end) cons
   return v;
 }
 
+TensorView TensorView::transpose(int d0, int d1) const {
+  TensorView v = *this;
+  const int a = dim_index(d0), b = dim_index(d1);
+  std::swap(v.shape_[a], v.shape_[b]);
+  std::swap(v.strides_[a], v.strides_[b]);
+  return v;
+}
+
 TensorView TensorView::select(int dim, std::int64_t index) const {
   const int d = dim_index(dim);
   const TensorView narrowed = slice(d, index, index + 1);

@@ -75,6 +75,8 @@ class TensorView {
 
   // Narrows `dim` to [begin, end).
   TensorView slice(int dim, std::int64_t begin, std::int64_t end) const;
+  // The same memory with dimensions d0 and d1 swapped (strides follow).
+  TensorView transpose(int d0, int d1) const;
   // Index `index` of `dim`, with that dimension removed (rank drops by one).
   TensorView select(int dim, std::int64_t index) const;
   // Reinterprets a contiguous view with a new shape of the same element count.

@@ -3,10 +3,13 @@
 #include <chrono>
 
 #include "dsattn/core/checks.h"
+#include "dsattn/core/cuda_runtime.h"
+#include "dsattn/layer/host_meta.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/layer/projections.h"
 #include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/gemm.h"
+#include "dsattn/ops/latent_fp8.h"
 
 namespace dsattn {
 
@@ -20,9 +23,13 @@ StageTimes& StageTimes::operator+=(const StageTimes& o) {
 
 namespace {
 
+// Wall-clock seconds between stage boundaries; on a GPU it waits for the stage's kernels when
+// asked to time them (and not otherwise, so that an untimed forward stays asynchronous).
 class StageClock {
  public:
+  StageClock(Device device, bool sync) : sync_(sync && device.is_cuda()) {}
   double lap() {
+    if (sync_) cuda::synchronize();
     const auto now = std::chrono::steady_clock::now();
     const double s = std::chrono::duration<double>(now - last_).count();
     last_ = now;
@@ -30,12 +37,20 @@ class StageClock {
   }
 
  private:
+  bool sync_;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
 void check_cache(const LayerCacheView& cache, const AttentionConfig& c) {
-  check_dtype(cache.latent, "cache.latent", DType::bf16);
-  check_shape(cache.latent, "cache.latent", {cache.num_pages * cache.page_size, c.latent_dim()});
+  const std::int64_t slots = cache.num_pages * cache.page_size;
+  if (cache.latent_format == LatentFormat::bf16) {
+    check_dtype(cache.latent, "cache.latent", DType::bf16);
+    check_shape(cache.latent, "cache.latent", {slots, c.latent_dim()});
+  } else {
+    check_dtype(cache.latent, "cache.latent", DType::u8);
+    check_shape(cache.latent, "cache.latent",
+                {slots, latent_fp8_bytes(c.kv_lora_rank, c.qk_rope_head_dim)});
+  }
   check_dtype(cache.index_keys, "cache.index_keys", DType::u8);
   check_shape(cache.index_keys, "cache.index_keys",
               {cache.num_pages * cache.page_size, index_key_bytes(c.index_head_dim)});
@@ -45,6 +60,33 @@ void check_cache(const LayerCacheView& cache, const AttentionConfig& c) {
 
 AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy)
     : ctx_(config, std::move(weights)), policy_(policy) {}
+
+void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView& new_slots,
+                                 const LayerCacheView& cache) const {
+  if (cache.latent_format == LatentFormat::bf16) {
+    ops::scatter_rows(proj.latent, new_slots, cache.latent);
+  } else {
+    Tensor rows =
+        Tensor::empty({proj.latent.size(0), cache.latent.size(1)}, DType::u8, proj.latent.device());
+    ops::quantize_latent_fp8(proj.latent, ctx_.config.kv_lora_rank, rows);
+    ops::scatter_rows(rows, new_slots, cache.latent);
+  }
+  ops::scatter_rows(proj.index_keys, new_slots, cache.index_keys);
+}
+
+void AttentionLayer::forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
+                                              const TensorView& hidden_in,
+                                              const LayerCacheView& cache,
+                                              const TensorView& hidden_out) const {
+  const AttentionConfig& c = ctx_.config;
+  const std::int64_t T = hidden_in.size(0);
+  const TokenProjections proj = project_tokens(ctx_, hidden_in, meta.positions);
+  write_cache(proj, new_slots, cache);
+  Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, hidden_in.device());
+  run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, nullptr);
+  ops::gemm(o.view().reshape({T, c.num_heads * c.v_head_dim}), ctx_.weights.o_proj, hidden_out,
+            ops::BLayout::nt);
+}
 
 ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidden_in,
                                       const LayerCacheView& cache, const TensorView& hidden_out,
@@ -62,39 +104,55 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   check_contiguous(hidden_out, "hidden_out");
   const Device dev = ctx_.weights.device();
   for (auto [name, t] : {std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out},
-                         std::pair{"cache.latent", &cache.latent}}) {
+                         std::pair{"cache.latent", &cache.latent},
+                         std::pair{"cache.index_keys", &cache.index_keys}}) {
     check_device(*t, name, dev);
   }
   ForwardResult result;
   result.paths = plan_batch(batch, c, policy_);
 
-  StageClock clock;
+  StageClock clock(dev, options.time_stages);
   const std::vector<std::int64_t> offsets = batch.token_offsets();
-  Tensor positions = Tensor::empty({T}, DType::i32);
-  Tensor slots = Tensor::empty({T}, DType::i32);
+  std::vector<std::int32_t> positions(T), slots(T);
   for (std::size_t i = 0; i < batch.requests.size(); ++i) {
     const RequestInput& r = batch.requests[i];
-    std::int32_t* pos = positions.ptr<std::int32_t>() + offsets[i];
+    std::int32_t* pos = positions.data() + offsets[i];
     for (std::int64_t t = 0; t < r.extend_len; ++t)
       pos[t] = static_cast<std::int32_t>(r.prefix_len + t);
     ops::positions_to_slots(r.block_table, cache.page_size, {pos, std::size_t(r.extend_len)},
-                            {slots.ptr<std::int32_t>() + offsets[i], std::size_t(r.extend_len)});
+                            {slots.data() + offsets[i], std::size_t(r.extend_len)});
   }
-  const TokenProjections proj = project_tokens(ctx_, hidden_in, positions);
-  ops::scatter_rows(proj.latent, slots, cache.latent);
-  ops::scatter_rows(proj.index_keys, slots, cache.index_keys);
+  const Tensor new_slots = upload_i32(slots, dev);
+  const TokenProjections proj = project_tokens(ctx_, hidden_in, upload_i32(positions, dev));
+  write_cache(proj, new_slots, cache);
   result.times.projections = clock.lap();
 
   PathGroup dense, sparse;
   for (std::size_t i = 0; i < result.paths.size(); ++i) {
     (result.paths[i] == Path::dense_mha ? dense : sparse).requests.push_back(i);
   }
+  dense.build(batch, cache.page_size);
+  sparse.build(batch, cache.page_size);
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);
-  run_dense_mha(ctx_, batch, dense, proj, cache, o);
+  run_dense_mha(ctx_, dense, proj, cache, o);
   result.times.dense_mha = clock.lap();
-  if (options.record_topk) result.topk_positions.resize(batch.requests.size());
-  run_sparse_mla(ctx_, batch, sparse, hidden_in, proj, cache, o,
-                 options.record_topk ? &result.topk_positions : nullptr);
+  if (!sparse.empty()) {
+    const bool all_rows = sparse.requests.size() == batch.requests.size();
+    const SparseMeta meta = SparseMeta::build(batch, sparse, all_rows, dev);
+    Tensor selected;
+    run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o,
+                   options.record_topk ? &selected : nullptr);
+    if (options.record_topk) {
+      result.topk_positions.resize(batch.requests.size());
+      const Tensor host = selected.to(Device::cpu());
+      for (std::size_t g = 0; g < sparse.requests.size(); ++g) {
+        const std::int64_t first = sparse.cu_q[g], count = sparse.cu_q[g + 1] - first;
+        Tensor mine = Tensor::empty({count, c.index_topk}, DType::i32);
+        copy(host.view().slice(0, first, first + count), mine);
+        result.topk_positions[sparse.requests[g]] = std::move(mine);
+      }
+    }
+  }
   result.times.sparse_mla = clock.lap();
 
   ops::gemm(o.view().reshape({T, c.num_heads * c.v_head_dim}), ctx_.weights.o_proj, hidden_out,

@@ -10,6 +10,9 @@
 
 namespace dsattn {
 
+struct SparseMeta;        // layer/paths.h
+struct TokenProjections;  // layer/projections.h
+
 // Wall-clock seconds per stage of one forward.
 struct StageTimes {
   double projections = 0;  // q, latent and indexer-key projections, cache writes
@@ -31,6 +34,8 @@ struct ForwardResult {
 
 struct ForwardOptions {
   bool record_topk = false;
+  // Stage times are wall clock; on a GPU, timing them waits for each stage's kernels.
+  bool time_stages = true;
 };
 
 class AttentionLayer {
@@ -50,7 +55,17 @@ class AttentionLayer {
                         const LayerCacheView& cache, const TensorView& hidden_out,
                         const ForwardOptions& options = {}) const;
 
+  // The sparse path for every row, with all metadata already on the device (positions, cache
+  // slots of the new tokens, and `meta`): no host work and no synchronisation, so that a decode
+  // step can be captured in a CUDA graph. Used by DecodeGraph; the caller guarantees validity.
+  void forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
+                                const TensorView& hidden_in, const LayerCacheView& cache,
+                                const TensorView& hidden_out) const;
+
  private:
+  // Writes the new tokens' latents (quantised for an FP8 cache) and indexer keys.
+  void write_cache(const TokenProjections& proj, const TensorView& new_slots,
+                   const LayerCacheView& cache) const;
   LayerContext ctx_;
   Policy policy_;
 };

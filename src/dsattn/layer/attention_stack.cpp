@@ -7,14 +7,16 @@
 namespace dsattn {
 
 AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int64_t num_layers,
-                                         std::uint64_t seed, Policy policy) {
+                                         std::uint64_t seed, Policy policy, Device device) {
   if (num_layers <= 0) fail("num_layers must be positive, got {}", num_layers);
   AttentionStack s;
   for (std::int64_t l = 0; l < num_layers; ++l) {
-    s.layers_.emplace_back(config, LayerWeights::synthetic(config, seed + l), policy);
+    LayerWeights weights = LayerWeights::synthetic(config, seed + l);
+    s.layers_.emplace_back(config, device.is_cpu() ? std::move(weights) : weights.to(device),
+                           policy);
     Tensor norm = Tensor::empty({config.hidden_size}, DType::bf16);
     fill_uniform(norm, seed + l, /*stream=*/1000, 0.05f, 1.0f);
-    s.input_norms_.push_back(std::move(norm));
+    s.input_norms_.push_back(device.is_cpu() ? std::move(norm) : norm.to(device));
   }
   return s;
 }
@@ -24,7 +26,8 @@ void AttentionStack::set_policy(const Policy& policy) {
 }
 
 ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidden,
-                                      const PagedKvCache& cache) const {
+                                      const PagedKvCache& cache,
+                                      const ForwardOptions& options) const {
   if (cache.num_layers() < num_layers()) {
     fail("cache must hold at least {} layers, got {}", num_layers(), cache.num_layers());
   }
@@ -35,12 +38,26 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
   for (std::int64_t l = 0; l < num_layers(); ++l) {
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
-    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn);
+    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn, options);
     ops::add(hidden, attn, hidden);
     total.paths = std::move(r.paths);
     total.times += r.times;
   }
   return total;
+}
+
+void AttentionStack::forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
+                                              const TensorView& hidden,
+                                              const PagedKvCache& cache) const {
+  const std::int64_t T = hidden.size(0), D = hidden.size(1);
+  Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  for (std::int64_t l = 0; l < num_layers(); ++l) {
+    ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
+                  normed);
+    layers_[l].forward_sparse_on_device(meta, new_slots, normed, cache.layer(l), attn);
+    ops::add(hidden, attn, hidden);
+  }
 }
 
 }  // namespace dsattn

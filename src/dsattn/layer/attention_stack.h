@@ -10,17 +10,23 @@ namespace dsattn {
 
 class AttentionStack {
  public:
-  // Layer l gets synthetic weights from seed + l.
+  // Layer l gets synthetic weights from seed + l, placed on `device`.
   static AttentionStack synthetic(const AttentionConfig& config, std::int64_t num_layers,
-                                  std::uint64_t seed, Policy policy = {});
+                                  std::uint64_t seed, Policy policy = {},
+                                  Device device = Device::cpu());
 
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
   const AttentionLayer& layer(std::int64_t l) const { return layers_[l]; }
   void set_policy(const Policy& policy);
 
   // hidden: [T, hidden_size] bf16, updated in place. Layer l uses cache.layer(l).
-  ForwardResult forward(const Batch& batch, const TensorView& hidden,
-                        const PagedKvCache& cache) const;
+  ForwardResult forward(const Batch& batch, const TensorView& hidden, const PagedKvCache& cache,
+                        const ForwardOptions& options = {}) const;
+
+  // Every layer on the sparse path with device metadata only (see
+  // AttentionLayer::forward_sparse_on_device): the work DecodeGraph captures.
+  void forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
+                                const TensorView& hidden, const PagedKvCache& cache) const;
 
  private:
   std::vector<AttentionLayer> layers_;

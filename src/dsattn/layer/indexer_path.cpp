@@ -1,14 +1,11 @@
 #include "dsattn/layer/indexer_path.h"
 
-#include <numeric>
 #include <vector>
 
-#include "dsattn/ops/cache_ops.h"
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/ops/gemm.h"
-#include "dsattn/ops/indexer.h"
 #include "dsattn/ops/norm.h"
 #include "dsattn/ops/quantize.h"
-#include "dsattn/ops/topk.h"
 
 namespace dsattn {
 
@@ -63,31 +60,6 @@ IndexQueries compute_index_queries(const LayerContext& ctx, const TensorView& hi
   ops::gemm(hidden, ctx.weights.indexer_weights_proj, out.weights, ops::BLayout::nt,
             ctx.index_weight_scale);
   return out;
-}
-
-Tensor select_topk(const LayerContext& ctx, const IndexQueries& queries, std::int64_t first,
-                   std::int64_t extend_len, std::int64_t context_len,
-                   std::span<const std::int32_t> block_table, const LayerCacheView& cache) {
-  const std::int64_t K = ctx.config.index_topk;
-  const std::int64_t prefix = context_len - extend_len;
-  std::vector<std::int32_t> positions(context_len);
-  std::iota(positions.begin(), positions.end(), 0);
-  Tensor key_slots = Tensor::empty({context_len}, DType::i32);
-  ops::positions_to_slots(block_table, cache.page_size, positions,
-                          {key_slots.ptr<std::int32_t>(), std::size_t(context_len)});
-
-  Tensor scores = Tensor::empty({extend_len, context_len}, DType::f32);
-  ops::indexer_scores(queries.q.view().slice(0, first, first + extend_len),
-                      queries.q_scale.view().slice(0, first, first + extend_len),
-                      queries.weights.view().slice(0, first, first + extend_len), cache.index_keys,
-                      key_slots, scores);
-  Tensor lengths = Tensor::empty({extend_len}, DType::i32);
-  for (std::int64_t i = 0; i < extend_len; ++i) {
-    lengths.ptr<std::int32_t>()[i] = static_cast<std::int32_t>(prefix + i + 1);
-  }
-  Tensor selected = Tensor::empty({extend_len, K}, DType::i32);
-  ops::topk(scores, lengths, selected);
-  return selected;
 }
 
 }  // namespace dsattn

@@ -2,9 +2,6 @@
 // may need them) and its top-k selection (only on the sparse path).
 #pragma once
 
-#include <span>
-
-#include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/tensor.h"
 #include "dsattn/layer/layer_context.h"
 
@@ -24,12 +21,5 @@ struct IndexQueries {
 //   hidden: [T, D] bf16; q_latent: [T, q_lora_rank] bf16; positions: [T] i32
 IndexQueries compute_index_queries(const LayerContext& ctx, const TensorView& hidden,
                                    const TensorView& q_latent, const TensorView& positions);
-
-// Top-k key positions for the `extend_len` newest tokens of one request, whose keys are already
-// in the cache. Rows are the request's queries in order; unused entries are -1.
-//   queries: rows [first, first + extend_len) of an IndexQueries; returns [extend_len, K] i32
-Tensor select_topk(const LayerContext& ctx, const IndexQueries& queries, std::int64_t first,
-                   std::int64_t extend_len, std::int64_t context_len,
-                   std::span<const std::int32_t> block_table, const LayerCacheView& cache);
 
 }  // namespace dsattn

@@ -4,30 +4,62 @@
 
 #include <vector>
 
+#include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/layer/batch.h"
 #include "dsattn/layer/layer_context.h"
 #include "dsattn/layer/projections.h"
 
 namespace dsattn {
 
-// The requests a path serves, as indices into the batch, with their packed row offsets.
+// The requests a path serves (indices into the batch) and, built from them on the host, the
+// packed layout every path needs.
 struct PathGroup {
   std::vector<std::size_t> requests;
+
+  std::vector<std::int32_t> rows;       // their new tokens' rows in the batch, in order
+  std::vector<std::int32_t> cu_q{0};    // [requests + 1] offsets of their rows
+  std::vector<std::int32_t> cu_k{0};    // [requests + 1] offsets of their contexts
+  std::vector<std::int32_t> key_slots;  // cache slots of every context position, request by request
+  std::int64_t max_q = 0, max_k = 0;
+
+  void build(const Batch& batch, std::int64_t page_size);
+  bool empty() const { return requests.empty(); }
 };
 
 // Dense causal MHA over each request's whole context: gather the latent of every position,
 // decompress it with kv_b_proj into per-head keys and values, and run varlen flash attention
 // with bottom-right alignment. Exact only where dense_mha_is_exact holds.
-//   o: [T, H, d_v] bf16, rows of the group's requests are written
-void run_dense_mha(const LayerContext& ctx, const Batch& batch, const PathGroup& group,
-                   const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o);
+//   o: [T, H, d_v] bf16; rows of the group's requests are written
+void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenProjections& proj,
+                   const LayerCacheView& cache, const TensorView& o);
+
+// What the sparse path reads, on the layer's device: fixed shapes and no host work once built,
+// so that a decode step can be captured in a CUDA graph and replayed with new contents.
+struct SparseMeta {
+  TensorView rows;          // [n] i32 batch rows of the path's queries; empty: every row, in order
+  TensorView positions;     // [n] i32
+  TensorView visible;       // [n] i32 keys each row sees (its position + 1)
+  TensorView row_request;   // [n] i32 the row's request, indexing the tables below
+  TensorView cu_q;          // [G + 1] i32
+  TensorView context_lens;  // [G] i32
+  TensorView block_tables;  // [G, max_pages] i32
+  std::int64_t n = 0, max_k = 0;
+  std::vector<Tensor> storage;  // what the views point into, when built here
+
+  static SparseMeta build(const Batch& batch, const PathGroup& group, bool all_rows, Device device);
+};
 
 // Sparse MLA: indexer scores and top-k per query, absorbed queries, sparse attention over the
-// selected latents, un-absorbed output. Exact always. When `topk_out` is given, it receives each
-// served request's selected positions ([extend_len, K] i32), indexed like batch.requests.
-void run_sparse_mla(const LayerContext& ctx, const Batch& batch, const PathGroup& group,
-                    const TensorView& hidden, const TokenProjections& proj,
-                    const LayerCacheView& cache, const TensorView& o,
-                    std::vector<Tensor>* topk_out);
+// selected latents, un-absorbed output. Exact always. Device work only. When `selected_out` is
+// given it receives the selected positions ([n, K] i32 on the device, ascending, -1 = unused)
+// before they are turned into slots.
+void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
+                    const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
+                    Tensor* selected_out);
+
+// The group's rows of a [T, ...] tensor, packed: [rows, ...].
+Tensor gather_group_rows(const TensorView& src, const TensorView& rows);
+// The latent of the cached slots, as bf16 [n, kv_lora_rank + d_rope] (dequantised if FP8).
+Tensor read_latent(const LayerContext& ctx, const LayerCacheView& cache, const Tensor& slots);
 
 }  // namespace dsattn

@@ -1,119 +1,109 @@
-#include <cstring>
-
+#include "dsattn/layer/host_meta.h"
 #include "dsattn/layer/indexer_path.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/cache_ops.h"
+#include "dsattn/ops/elementwise.h"
 #include "dsattn/ops/gemm.h"
+#include "dsattn/ops/indexer.h"
+#include "dsattn/ops/topk.h"
 
 namespace dsattn {
 
-namespace {
-
-// Copies the rows of the group's requests out of a packed [T, ...] tensor into a dense one.
-Tensor pack_rows(const TensorView& src, const std::vector<std::int64_t>& offsets,
-                 const Batch& batch, const PathGroup& group) {
-  std::int64_t rows = 0;
-  for (std::size_t i : group.requests) rows += batch.requests[i].extend_len;
-  std::vector<std::int64_t> shape(src.shape().begin(), src.shape().end());
-  shape[0] = rows;
-  Tensor out = Tensor::empty(shape, src.dtype());
-  const std::size_t row_bytes =
-      std::size_t(src.numel() / std::max<std::int64_t>(src.size(0), 1)) * dtype_size(src.dtype());
-  std::int64_t at = 0;
+SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
+                             Device device) {
+  std::vector<std::int32_t> positions, visible, row_request, lens;
+  std::int64_t max_pages = 1, max_k = 1;
   for (std::size_t i : group.requests) {
-    const std::int64_t n = batch.requests[i].extend_len;
-    std::memcpy(static_cast<char*>(out.view().data()) + at * row_bytes,
-                static_cast<const char*>(src.data()) + offsets[i] * row_bytes, n * row_bytes);
-    at += n;
+    max_pages = std::max(max_pages, pages_for(batch.requests[i].context_len()));
+    max_k = std::max(max_k, batch.requests[i].context_len());
   }
-  return out;
+  std::vector<std::int32_t> tables(group.requests.size() * max_pages, 0);
+  for (std::size_t g = 0; g < group.requests.size(); ++g) {
+    const RequestInput& req = batch.requests[group.requests[g]];
+    for (std::int64_t t = 0; t < req.extend_len; ++t) {
+      positions.push_back(static_cast<std::int32_t>(req.prefix_len + t));
+      visible.push_back(static_cast<std::int32_t>(req.prefix_len + t + 1));
+      row_request.push_back(static_cast<std::int32_t>(g));
+    }
+    lens.push_back(static_cast<std::int32_t>(req.context_len()));
+    const std::int64_t pages = pages_for(req.context_len());
+    std::copy(req.block_table.begin(), req.block_table.begin() + pages,
+              tables.begin() + g * max_pages);
+  }
+  SparseMeta m;
+  auto keep = [&m](Tensor t) {
+    m.storage.push_back(std::move(t));
+    return m.storage.back().view();
+  };
+  if (!all_rows) m.rows = keep(upload_i32(group.rows, device));
+  m.positions = keep(upload_i32(positions, device));
+  m.visible = keep(upload_i32(visible, device));
+  m.row_request = keep(upload_i32(row_request, device));
+  m.cu_q = keep(upload_i32(group.cu_q, device));
+  m.context_lens = keep(upload_i32(lens, device));
+  m.block_tables =
+      keep(upload_i32(tables, static_cast<std::int64_t>(group.requests.size()), max_pages, device));
+  m.n = static_cast<std::int64_t>(positions.size());
+  m.max_k = max_k;
+  return m;
 }
 
-}  // namespace
-
-void run_sparse_mla(const LayerContext& ctx, const Batch& batch, const PathGroup& group,
-                    const TensorView& hidden, const TokenProjections& proj,
-                    const LayerCacheView& cache, const TensorView& o,
-                    std::vector<Tensor>* topk_out) {
-  if (group.requests.empty()) return;
+void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
+                    const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
+                    Tensor* selected_out) {
+  if (meta.n == 0) return;
   const AttentionConfig& c = ctx.config;
   const std::int64_t H = c.num_heads, d_nope = c.qk_nope_head_dim, d_qk = c.qk_head_dim();
   const std::int64_t d_v = c.v_head_dim, r = c.kv_lora_rank, d_rope = c.qk_rope_head_dim;
-  const std::int64_t K = c.index_topk;
-  const std::vector<std::int64_t> offsets = batch.token_offsets();
+  const std::int64_t K = c.index_topk, n = meta.n;
+  const Device dev = o.device();
+  const bool all_rows = meta.rows.empty();
+  auto rows_of = [&](const TensorView& t) {
+    return all_rows ? Tensor() : gather_group_rows(t, meta.rows);
+  };
 
-  Tensor x = pack_rows(hidden, offsets, batch, group);
-  Tensor q_latent = pack_rows(proj.q_latent, offsets, batch, group);
-  Tensor q = pack_rows(proj.q, offsets, batch, group);
-  const std::int64_t n = x.size(0);
-  Tensor positions = Tensor::empty({n}, DType::i32);
-  {
-    std::int64_t at = 0;
-    for (std::size_t i : group.requests) {
-      const RequestInput& req = batch.requests[i];
-      for (std::int64_t t = 0; t < req.extend_len; ++t) {
-        positions.ptr<std::int32_t>()[at++] = static_cast<std::int32_t>(req.prefix_len + t);
-      }
-    }
+  // The indexer: queries for every row at once, scores against each request's paged keys, and
+  // top-k. Rows that see at most K keys select all of them without scores.
+  const Tensor x_packed = rows_of(hidden), q_latent_packed = rows_of(proj.q_latent);
+  const TensorView x = all_rows ? hidden : x_packed.view();
+  const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
+  const IndexQueries iq = compute_index_queries(ctx, x, q_latent, meta.positions);
+  Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
+  ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
+                      cache.page_size, meta.cu_q, meta.context_lens, K, scores);
+  Tensor selected = Tensor::empty({n, K}, DType::i32, dev);
+  ops::topk(scores, meta.visible, selected);
+  if (selected_out) {
+    *selected_out = Tensor::empty({n, K}, DType::i32, dev);
+    copy(selected, *selected_out);
   }
+  ops::map_positions_to_slots(selected, meta.row_request, meta.block_tables, cache.page_size);
 
-  // Indexer: queries for all rows at once, then scores and top-k per request; selected
-  // positions become cache slots for the attention kernel.
-  const IndexQueries iq = compute_index_queries(ctx, x, q_latent, positions);
-  Tensor indices = Tensor::empty({n, K}, DType::i32);
-  {
-    std::int64_t at = 0;
-    for (std::size_t i : group.requests) {
-      const RequestInput& req = batch.requests[i];
-      Tensor selected =
-          select_topk(ctx, iq, at, req.extend_len, req.context_len(), req.block_table, cache);
-      for (std::int64_t t = 0; t < req.extend_len; ++t) {
-        const std::int32_t* src = selected.ptr<std::int32_t>() + t * K;
-        std::int32_t* dst = indices.ptr<std::int32_t>() + (at + t) * K;
-        for (std::int64_t j = 0; j < K; ++j) {
-          dst[j] = src[j] < 0 ? -1
-                              : req.block_table[src[j] / cache.page_size] * cache.page_size +
-                                    src[j] % cache.page_size;
-        }
-      }
-      if (topk_out) (*topk_out)[i] = std::move(selected);
-      at += req.extend_len;
-    }
-  }
-
-  // Absorb: q~_h = [W_UK,hᵀ q_nope_h, q_pe_h], 576 wide, against the cached [c_kv, k_pe].
-  const std::int64_t d_latent = r + d_rope;
-  Tensor q_absorbed = Tensor::empty({n, H, d_latent}, DType::bf16);
+  // Absorb: q~_h = [W_UK,hᵀ q_nope_h, q_pe_h], 576 wide, against the cached [c_kv, k_pe]; one
+  // batched product over the heads.
+  const Tensor q_packed = rows_of(proj.q);
+  const TensorView q = all_rows ? proj.q.view() : q_packed.view();
+  Tensor q_absorbed = Tensor::empty({n, H, r + d_rope}, DType::bf16, dev);
   const TensorView w_kvb = ctx.weights.kv_b_proj.view().reshape({H, d_nope + d_v, r});
-  for (std::int64_t h = 0; h < H; ++h) {
-    const TensorView w_h = w_kvb.select(0, h);  // [d_nope + d_v, r]: W_UK,h then W_UV,h
-    ops::gemm(q.view().select(1, h).slice(1, 0, d_nope), w_h.slice(0, 0, d_nope),
-              q_absorbed.view().select(1, h).slice(1, 0, r), ops::BLayout::nn);
-  }
-  for (std::int64_t t = 0; t < n; ++t) {
-    for (std::int64_t h = 0; h < H; ++h) {
-      std::memcpy(q_absorbed.ptr<bf16>() + (t * H + h) * d_latent + r,
-                  q.ptr<bf16>() + (t * H + h) * d_qk + d_nope, d_rope * sizeof(bf16));
-    }
-  }
+  ops::gemm(q.slice(2, 0, d_nope).transpose(0, 1), w_kvb.slice(1, 0, d_nope),
+            q_absorbed.view().slice(2, 0, r).transpose(0, 1), ops::BLayout::nn);
+  ops::strided_copy(q.slice(2, d_nope, d_qk), q_absorbed.view().slice(2, r, r + d_rope));
 
-  Tensor o_latent = Tensor::empty({n, H, r}, DType::bf16);
-  ops::sparse_mla(q_absorbed, cache.latent, indices, ctx.softmax_scale, o_latent);
+  Tensor o_latent = Tensor::empty({n, H, r}, DType::bf16, dev);
+  ops::sparse_mla(q_absorbed, cache.latent, selected, ctx.softmax_scale, o_latent);
 
-  // Un-absorb: o_h = W_UV,h · o~_h, written straight into the caller's rows.
-  Tensor o_packed = Tensor::empty({n, H, d_v}, DType::bf16);
-  for (std::int64_t h = 0; h < H; ++h) {
-    const TensorView w_uv = w_kvb.select(0, h).slice(0, d_nope, d_nope + d_v);
-    ops::gemm(o_latent.view().select(1, h), w_uv, o_packed.view().select(1, h), ops::BLayout::nt);
+  // Un-absorb: o_h = W_UV,h · o~_h, written to the batch's rows.
+  const TensorView w_uv = w_kvb.slice(1, d_nope, d_nope + d_v);
+  if (all_rows) {
+    ops::gemm(o_latent.view().transpose(0, 1), w_uv, o.transpose(0, 1), ops::BLayout::nt);
+    return;
   }
-  std::int64_t at = 0;
-  for (std::size_t i : group.requests) {
-    const std::int64_t rows = batch.requests[i].extend_len;
-    std::memcpy(o.ptr<bf16>() + offsets[i] * o.stride(0), o_packed.ptr<bf16>() + at * H * d_v,
-                rows * H * d_v * sizeof(bf16));
-    at += rows;
-  }
+  Tensor o_packed = Tensor::empty({n, H, d_v}, DType::bf16, dev);
+  ops::gemm(o_latent.view().transpose(0, 1), w_uv, o_packed.view().transpose(0, 1),
+            ops::BLayout::nt);
+  ops::scatter_rows(o_packed.view().reshape({n, H * d_v}), meta.rows,
+                    o.reshape({o.size(0), H * d_v}));
 }
 
 }  // namespace dsattn

@@ -10,10 +10,11 @@ namespace dsattn::ops {
 // n_k >= n_q; query i may see keys j <= n_k - n_q + i (bottom-right alignment, so a cached
 // prefix is visible to every new query).
 //   q: [total_q, H, d_qk] bf16; k: [total_k, H, d_qk] bf16; v: [total_k, H, d_v] bf16;
-//   cu_q, cu_k: [batch + 1] i32 (CPU); out: [total_q, H, d_v] bf16
+//   cu_q, cu_k: [batch + 1] i32 on the op's device; max_q: the largest request's n_q (sizes the
+//   launch); out: [total_q, H, d_v] bf16
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& cu_q, const TensorView& cu_k, float scale,
-                       const TensorView& out);
+                       const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
+                       float scale, const TensorView& out);
 
 // Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent rows
 // named by its index list, with keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).

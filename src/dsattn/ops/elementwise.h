@@ -1,4 +1,4 @@
-// Elementwise ops on bf16 rows.
+// Elementwise ops.
 #pragma once
 
 #include "dsattn/core/tensor.h"
@@ -7,5 +7,9 @@ namespace dsattn::ops {
 
 // out = a + b, rounded once to bf16.   a, b, out: [rows, n] bf16; out may alias a or b
 void add(const TensorView& a, const TensorView& b, const TensorView& out);
+
+// dst[i...] = src[i...] for views of equal shape and dtype on one device, any strides; a stride
+// of 0 in src broadcasts (one rope key copied into every head, say). dst must not overlap src.
+void strided_copy(const TensorView& src, const TensorView& dst);
 
 }  // namespace dsattn::ops

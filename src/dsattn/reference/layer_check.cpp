@@ -52,6 +52,8 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
   for (const CheckRequest& r : c.requests) max_ctx = std::max(max_ctx, r.prefix_len + r.extend_len);
   CacheOptions options;
   options.num_pages = static_cast<std::int64_t>(c.requests.size()) * pages_for(max_ctx);
+  options.latent_format = c.latent_format;
+  options.device = c.device;
   PagedKvCache cache(cfg, options);
   for (std::size_t i = 0; i < seqs.size(); ++i) {
     seqs[i].table.clear();
@@ -59,15 +61,17 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
   }
 
   // The prefix, in chunks, under the same policy (its latents are path-independent).
-  AttentionLayer layer(cfg, weights, policy);
-  Tensor scratch;
+  AttentionLayer layer(cfg, c.device.is_cpu() ? weights : weights.to(c.device), policy);
   for (std::size_t i = 0; i < seqs.size(); ++i) {
+    const Tensor hidden = seqs[i].hidden.to(c.device);
     for (std::int64_t at = 0; at < c.requests[i].prefix_len;) {
       const std::int64_t n = std::min(c.prefix_chunk, c.requests[i].prefix_len - at);
       Batch b;
       b.requests.push_back({at, n, seqs[i].table});
-      scratch = Tensor::empty({n, D}, DType::bf16);
-      layer.forward(b, seqs[i].hidden.view().slice(0, at, at + n), cache.layer(0), scratch);
+      Tensor in = Tensor::empty({n, D}, DType::bf16, c.device);
+      copy(hidden.view().slice(0, at, at + n), in);
+      Tensor scratch = Tensor::empty({n, D}, DType::bf16, c.device);
+      layer.forward(b, in, cache.layer(0), scratch);
       at += n;
     }
   }
@@ -89,18 +93,20 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
   }
   // Poison the output: every element must be written by the forward.
   for (std::int64_t j = 0; j < out.numel(); ++j) out.ptr<bf16>()[j] = bf16::from_bits(0x7fc0);
+  const Tensor in_dev = in.to(c.device), out_dev = out.to(c.device);
   ForwardOptions fo;
   fo.record_topk = true;
-  const ForwardResult fr = layer.forward(batch, in, cache.layer(0), out, fo);
+  const ForwardResult fr = layer.forward(batch, in_dev, cache.layer(0), out_dev, fo);
 
   PolicyCheck check;
   check.policy = policy.to_string();
   check.paths = fr.paths;
-  check.output = to_doubles(out);
+  check.output = to_doubles(out_dev.to(Device::cpu()));
   std::vector<double> ref, plain;
   for (std::size_t i = 0; i < seqs.size(); ++i) {
     Request req;
     req.hidden = seqs[i].hidden;
+    req.fp8_latent = c.latent_format == LatentFormat::fp8;
     req.extend_len = c.requests[i].extend_len;
     if (fr.paths[i] == Path::sparse_mla) {
       const Tensor& sel = fr.topk_positions[i];
@@ -190,6 +196,10 @@ CheckCase random_case(std::uint64_t seed) {
   k.index_topk = 8 * pick(1, 6);
   const std::int64_t n = pick(1, 3);
   c.mode = pick(0, 3) == 0 ? ForwardMode::decode : ForwardMode::prefill;
+  if (pick(0, 2) == 0) {  // the FP8 latent cache needs kv_lora_rank in blocks of 128
+    c.latent_format = LatentFormat::fp8;
+    k.kv_lora_rank = 128 * pick(1, 2);
+  }
   for (std::int64_t i = 0; i < n; ++i) {
     CheckRequest r;
     r.prefix_len = pick(0, 2) == 0 ? 0 : pick(1, 2 * k.index_topk);

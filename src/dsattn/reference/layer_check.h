@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/layer/planner.h"
 #include "dsattn/reference/compare.h"
 
@@ -22,6 +23,8 @@ struct CheckCase {
   ForwardMode mode = ForwardMode::prefill;
   std::uint64_t seed = 0;
   std::int64_t prefix_chunk = 1 << 30;
+  LatentFormat latent_format = LatentFormat::bf16;
+  Device device = Device::cpu();  // where the layer runs (the reference always runs on the CPU)
 
   std::string to_string() const;
 };
@@ -48,7 +51,7 @@ struct CaseReport {
 // Checks `policies` (default: mla, per-request, and mha where it is exact for every request).
 CaseReport check_case(const CheckCase& c, std::vector<Policy> policies = {});
 
-// A small random configuration and batch, from `seed`.
+// A small random configuration and batch (and cache format), from `seed`.
 CheckCase random_case(std::uint64_t seed);
 
 }  // namespace dsattn::reference

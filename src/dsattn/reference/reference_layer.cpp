@@ -103,11 +103,29 @@ void rope(Mat<Real>& x, std::int64_t r, std::int64_t c0, std::int64_t position,
   }
 }
 
+// The FP8 latent cache's round trip of c_kv: per block of 128, scale = max(amax, 1e-4) / 448,
+// e4m3(x / scale) · scale (stored back through `a`, so bf16 in the plain precision).
+template <typename Real>
+void fp8_round_trip(Real* x, std::int64_t n, const Arith<Real>& a) {
+  for (std::int64_t b = 0; b < n / 128; ++b) {
+    Real amax = 0;
+    for (std::int64_t j = b * 128; j < (b + 1) * 128; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float scale = std::max(static_cast<float>(amax), 1e-4f) / fp8_e4m3::kMax;
+    for (std::int64_t j = b * 128; j < (b + 1) * 128; ++j) {
+      const float q = fp8_e4m3::from_float(static_cast<float>(x[j]) / scale).to_float();
+      x[j] = a.store(static_cast<Real>(q) * static_cast<Real>(scale));
+    }
+  }
+}
+
 void check_request(const AttentionConfig& c, const Request& req) {
   check_shape(req.hidden, "request.hidden", {kAny, c.hidden_size});
   const std::int64_t ctx = req.hidden.size(0);
   if (req.extend_len <= 0 || req.extend_len > ctx) {
     fail("request.extend_len must be in [1, {}], got {}", ctx, req.extend_len);
+  }
+  if (req.fp8_latent && c.kv_lora_rank % 128 != 0) {
+    fail("request.fp8_latent needs kv_lora_rank to be a multiple of 128, got {}", c.kv_lora_rank);
   }
   if (!req.allowed_keys.empty() &&
       static_cast<std::int64_t>(req.allowed_keys.size()) != req.extend_len) {
@@ -145,6 +163,7 @@ std::vector<double> attention_impl(const AttentionConfig& c, const LayerWeights&
   Mat<Real> c_kv(ctx, rank);
   for (std::int64_t s = 0; s < ctx; ++s) {
     for (std::int64_t j = 0; j < rank; ++j) c_kv.at(s, j) = kv_a.at(s, j);
+    if (req.fp8_latent) fp8_round_trip(&c_kv.at(s, 0), rank, a);
   }
   const Mat<Real> kv = linear(c_kv, from_tensor<Real>(w.kv_b_proj), a);  // [ctx, H * (dn + dv)]
 

@@ -22,6 +22,9 @@ struct Request {
   std::int64_t extend_len = 0;
   // Per query row: the key positions it may attend to. Empty: dense causal (all earlier keys).
   std::vector<std::vector<std::int32_t>> allowed_keys;
+  // The latent is cached as FP8 (ops/latent_fp8.h): c_kv goes through the same block-128 e4m3
+  // quantisation before it is used as keys and values.
+  bool fp8_latent = false;
 };
 
 // Returns the layer output for the request's queries, [extend_len * hidden_size] row-major.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -39,11 +40,30 @@ void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std:
   }
 }
 
+// Dequantises one FP8 latent row (latent_fp8.h) to f32: r e4m3 values with r/128 scales, then
+// the bf16 rope part.
+void widen_latent_fp8(const std::uint8_t* row, std::int64_t r, std::int64_t width, float* out) {
+  for (std::int64_t b = 0; b < r / kQuantBlock; ++b) {
+    float scale;
+    std::memcpy(&scale, row + r + 4 * b, 4);
+    for (std::int64_t j = b * kQuantBlock; j < (b + 1) * kQuantBlock; ++j) {
+      // Rounded to bf16 as dequantize_latent_fp8 does, so both paths read identical values.
+      out[j] = bf16::from_float(fp8_e4m3::from_bits(row[j]).to_float() * scale).to_float();
+    }
+  }
+  const std::uint8_t* rope = row + r + 4 * (r / kQuantBlock);
+  for (std::int64_t j = r; j < width; ++j) {
+    bf16 v;
+    std::memcpy(&v, rope + 2 * (j - r), sizeof(bf16));
+    out[j] = v.to_float();
+  }
+}
+
 }  // namespace
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& cu_q, const TensorView& cu_k, float scale,
-                       const TensorView& out) {
+                       const TensorView& cu_q, const TensorView& cu_k, std::int64_t /*max_q*/,
+                       float scale, const TensorView& out) {
   const std::int64_t batch = cu_q.size(0) - 1, heads = q.size(1);
   const std::int64_t d_qk = q.size(2), d_v = v.size(2);
   const std::int32_t* cq = cu_q.ptr<std::int32_t>();
@@ -91,8 +111,13 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     for (std::int64_t h = 0; h < heads; ++h) {
       widen(q.ptr<bf16>() + t * q.stride(0) + h * q.stride(1), qt.data() + h * d_qk, d_qk);
     }
-    for (std::int64_t j = 0; j < m; ++j)
-      widen(kv_cache.row<bf16>(slots[j]), kv.data() + j * d_qk, d_qk);
+    for (std::int64_t j = 0; j < m; ++j) {
+      if (kv_cache.dtype() == DType::bf16) {
+        widen(kv_cache.row<bf16>(slots[j]), kv.data() + j * d_qk, d_qk);
+      } else {
+        widen_latent_fp8(kv_cache.row<std::uint8_t>(slots[j]), d_v, d_qk, kv.data() + j * d_qk);
+      }
+    }
     if (m > 0) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, heads, m, d_qk, scale, qt.data(), d_qk,
                   kv.data(), d_qk, 0.0f, s.data(), m);

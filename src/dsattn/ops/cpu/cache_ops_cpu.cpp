@@ -30,4 +30,20 @@ void gather_rows(const TensorView& cache, const TensorView& slots, const TensorV
   }
 }
 
+void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
+                            const TensorView& block_tables, std::int64_t page_size) {
+  const std::int64_t rows = indices.size(0), k = indices.size(1);
+  const std::int32_t* req = row_request.ptr<std::int32_t>();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::int32_t* idx = indices.row<std::int32_t>(r);
+    const std::int32_t* table = block_tables.row<std::int32_t>(req[r]);
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::int32_t p = idx[j];
+      if (p >= 0)
+        idx[j] = static_cast<std::int32_t>(table[p / page_size] * page_size + p % page_size);
+    }
+  }
+}
+
 }  // namespace dsattn::ops::cpu

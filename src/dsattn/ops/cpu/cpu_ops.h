@@ -8,6 +8,7 @@
 #include "dsattn/ops/elementwise.h"
 #include "dsattn/ops/gemm.h"
 #include "dsattn/ops/indexer.h"
+#include "dsattn/ops/latent_fp8.h"
 #include "dsattn/ops/norm.h"
 #include "dsattn/ops/quantize.h"
 #include "dsattn/ops/rope.h"
@@ -16,6 +17,7 @@
 namespace dsattn::ops::cpu {
 
 void add(const TensorView& a, const TensorView& b, const TensorView& out);
+void strided_copy(const TensorView& src, const TensorView& dst);
 void rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
 void layer_norm(const TensorView& x, const TensorView& weight, const TensorView& bias, float eps,
                 const TensorView& out);
@@ -25,15 +27,22 @@ void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout
           float alpha);
 void hadamard_rotate(const TensorView& x);
 void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale);
-void scatter_rows(const TensorView& rows, const TensorView& slots, const TensorView& cache);
-void gather_rows(const TensorView& cache, const TensorView& slots, const TensorView& out);
+void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
+void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out);
+void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
+                            const TensorView& block_tables, std::int64_t page_size);
+void quantize_latent_fp8(const TensorView& latent, std::int64_t kv_lora_rank,
+                         const TensorView& rows);
+void dequantize_latent_fp8(const TensorView& rows, std::int64_t kv_lora_rank,
+                           const TensorView& latent);
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
-                    const TensorView& key_cache, const TensorView& key_slots,
-                    const TensorView& scores);
+                    const TensorView& key_cache, const TensorView& block_tables,
+                    std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
+                    std::int64_t skip_rows_up_to, const TensorView& scores);
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out);
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& cu_q, const TensorView& cu_k, float scale,
-                       const TensorView& out);
+                       const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
+                       float scale, const TensorView& out);
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
                 float scale, const TensorView& out);
 

@@ -35,8 +35,10 @@ struct F32Matrix {
 
 }  // namespace
 
-void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout layout,
-          float alpha) {
+namespace {
+
+void gemm_2d(const TensorView& a, const TensorView& b, const TensorView& c, BLayout layout,
+             float alpha) {
   const std::int64_t m = a.size(0), k = a.size(1), n = c.size(1);
   if (m == 0 || n == 0) return;
   const F32Matrix A(a), B(b);
@@ -53,6 +55,19 @@ void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout
   for (std::int64_t r = 0; r < m; ++r) {
     bf16* dst = c.row<bf16>(r);
     for (std::int64_t j = 0; j < n; ++j) dst[j] = bf16::from_float(out[r * n + j]);
+  }
+}
+
+}  // namespace
+
+void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout layout,
+          float alpha) {
+  if (a.ndim() == 2) {
+    gemm_2d(a, b, c, layout, alpha);
+    return;
+  }
+  for (std::int64_t i = 0; i < a.size(0); ++i) {
+    gemm_2d(a.select(0, i), b.ndim() == 3 ? b.select(0, i) : b, c.select(0, i), layout, alpha);
   }
 }
 

@@ -24,46 +24,49 @@ void dequantize_key(const std::uint8_t* bytes, std::int64_t d, float* out) {
 
 }  // namespace
 
-void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
-                    const TensorView& key_cache, const TensorView& key_slots,
-                    const TensorView& scores) {
-  const std::int64_t n_q = q.size(0), heads = q.size(1), d = q.size(2);
-  const std::int64_t n_k = key_slots.size(0);
-  if (n_q == 0) return;
-  const std::int32_t* slots = key_slots.ptr<std::int32_t>();
+namespace {
 
-  std::vector<float> keys(static_cast<std::size_t>(std::max<std::int64_t>(n_k, 1) * d));
+// One request: n_q query rows against n_k keys, its queries being its newest positions.
+void request_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
+                    const TensorView& key_cache, const std::int32_t* table, std::int64_t page_size,
+                    std::int64_t row0, std::int64_t n_q, std::int64_t n_k,
+                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+  const std::int64_t heads = q.size(1), d = q.size(2);
+  // Rows that see at most skip_rows_up_to keys are left alone; they are the first rows.
+  std::int64_t first = 0;
+  while (first < n_q && n_k - n_q + first + 1 <= skip_rows_up_to) ++first;
+  if (first == n_q) return;
+
+  std::vector<float> keys(static_cast<std::size_t>(n_k * d));
 #pragma omp parallel for schedule(static)
   for (std::int64_t s = 0; s < n_k; ++s) {
-    dequantize_key(key_cache.row<std::uint8_t>(slots[s]), d, keys.data() + s * d);
+    const std::int64_t slot = table[s / page_size] * page_size + s % page_size;
+    dequantize_key(key_cache.row<std::uint8_t>(slot), d, keys.data() + s * d);
   }
 
   // Queries in chunks: logits = Q_chunk (rows = query·head) · Kᵀ, then the weighted ReLU sum.
   const std::int64_t chunk = std::max<std::int64_t>(1, 4096 / heads);
   std::vector<float> q_f32(static_cast<std::size_t>(chunk * heads * d));
-  std::vector<float> logits(
-      static_cast<std::size_t>(chunk * heads * std::max<std::int64_t>(n_k, 1)));
-  for (std::int64_t t0 = 0; t0 < n_q; t0 += chunk) {
+  std::vector<float> logits(static_cast<std::size_t>(chunk * heads * n_k));
+  for (std::int64_t t0 = first; t0 < n_q; t0 += chunk) {
     const std::int64_t rows = std::min(chunk, n_q - t0);
     for (std::int64_t t = 0; t < rows; ++t) {
       for (std::int64_t h = 0; h < heads; ++h) {
-        const std::uint8_t* src = q.ptr<std::uint8_t>() + (t0 + t) * q.stride(0) + h * q.stride(1);
-        const float* sc =
-            q_scale.ptr<float>() + (t0 + t) * q_scale.stride(0) + h * q_scale.stride(1);
+        const std::int64_t row = row0 + t0 + t;
+        const std::uint8_t* src = q.ptr<std::uint8_t>() + row * q.stride(0) + h * q.stride(1);
+        const float* sc = q_scale.ptr<float>() + row * q_scale.stride(0) + h * q_scale.stride(1);
         float* dst = q_f32.data() + (t * heads + h) * d;
         for (std::int64_t j = 0; j < d; ++j) {
           dst[j] = fp8_e4m3::from_bits(src[j]).to_float() * sc[j / kQuantBlock];
         }
       }
     }
-    if (n_k > 0) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, n_k, d, 1.0f, q_f32.data(),
-                  d, keys.data(), d, 0.0f, logits.data(), n_k);
-    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, n_k, d, 1.0f, q_f32.data(),
+                d, keys.data(), d, 0.0f, logits.data(), n_k);
 #pragma omp parallel for schedule(static)
     for (std::int64_t t = 0; t < rows; ++t) {
-      const std::int64_t row = t0 + t;
-      const std::int64_t limit = n_k - n_q + row;  // last visible key position
+      const std::int64_t i = t0 + t, row = row0 + i;
+      const std::int64_t limit = n_k - n_q + i;  // last visible key position
       const float* w = weights.ptr<float>() + row * weights.stride(0);
       float* out = scores.row<float>(row);
       for (std::int64_t s = 0; s < n_k; ++s) {
@@ -78,6 +81,20 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
         out[s] = acc;
       }
     }
+  }
+}
+
+}  // namespace
+
+void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
+                    const TensorView& key_cache, const TensorView& block_tables,
+                    std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
+                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+  const std::int32_t* cq = cu_q.ptr<std::int32_t>();
+  const std::int32_t* len = context_lens.ptr<std::int32_t>();
+  for (std::int64_t b = 0; b + 1 < cu_q.size(0); ++b) {
+    request_scores(q, q_scale, weights, key_cache, block_tables.row<std::int32_t>(b), page_size,
+                   cq[b], cq[b + 1] - cq[b], len[b], skip_rows_up_to, scores);
   }
 }
 

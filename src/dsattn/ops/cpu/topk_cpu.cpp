@@ -15,6 +15,10 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
     const float* s = scores.row<float>(r);
     std::int32_t* o = out.row<std::int32_t>(r);
     const std::int64_t n = len[r];
+    if (n <= k) {  // every position is selected: the scores are not needed
+      for (std::int64_t i = 0; i < k; ++i) o[i] = i < n ? static_cast<std::int32_t>(i) : -1;
+      continue;
+    }
     std::vector<std::int32_t> order(n);
     std::iota(order.begin(), order.end(), 0);
     // Higher score first; NaN below every number; equal scores: lower position first.
@@ -24,10 +28,9 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
       if (!a_nan && s[a] != s[b]) return s[a] > s[b];
       return a < b;
     };
-    const std::int64_t take = std::min(k, n);
-    std::partial_sort(order.begin(), order.begin() + take, order.end(), before);
-    for (std::int64_t i = 0; i < take; ++i) o[i] = order[i];
-    for (std::int64_t i = take; i < k; ++i) o[i] = -1;
+    std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), before);
+    std::sort(order.begin(), order.begin() + k);  // the selected set in ascending position order
+    for (std::int64_t i = 0; i < k; ++i) o[i] = order[i];
   }
 }
 

@@ -1,8 +1,10 @@
+#include "dsattn/ops/rope.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numbers>
 
-#include "dsattn/ops/rope.h"
+#include "dsattn/ops/op_checks.h"
 
 namespace dsattn::ops {
 
@@ -42,6 +44,25 @@ RopeTable RopeTable::from_config(const AttentionConfig& config, std::int64_t rot
     t.mscale = config.rope_mscale();
   }
   return t;
+}
+
+void apply_rope(const TensorView& x, const TensorView& positions, const RopeTable& table,
+                RopeLayout layout) {
+  check_dtype(x, "x", DType::bf16);
+  check_shape(x, "x", {kAny, kAny, table.rotary_dim()});
+  check_inner_contiguous(x, "x");
+  check_dtype(positions, "positions", DType::i32);
+  check_shape(positions, "positions", {x.size(0)});
+  check_contiguous(positions, "positions");
+  const Device d = common_device({{"x", &x}, {"positions", &positions}});
+  if (d.is_cpu()) {
+    const std::int32_t* p = positions.ptr<std::int32_t>();
+    for (std::int64_t i = 0; i < positions.size(0); ++i) {
+      DSATTN_CHECK(p[i] >= 0, "positions[{}] must be non-negative, got {}", i, p[i]);
+    }
+  }
+  if (x.numel() == 0) return;
+  DSATTN_DISPATCH(d, apply_rope, x, positions, table, layout);
 }
 
 }  // namespace dsattn::ops

@@ -1,0 +1,52 @@
+#include <algorithm>
+#include <numeric>
+
+#include "dsattn/layer/paths.h"
+#include "dsattn/ops/cache_ops.h"
+#include "dsattn/ops/latent_fp8.h"
+
+namespace dsattn {
+
+void PathGroup::build(const Batch& batch, std::int64_t page_size) {
+  const std::vector<std::int64_t> offsets = batch.token_offsets();
+  for (std::size_t i : requests) {
+    const RequestInput& r = batch.requests[i];
+    for (std::int64_t t = 0; t < r.extend_len; ++t) {
+      rows.push_back(static_cast<std::int32_t>(offsets[i] + t));
+    }
+    cu_q.push_back(cu_q.back() + static_cast<std::int32_t>(r.extend_len));
+    cu_k.push_back(cu_k.back() + static_cast<std::int32_t>(r.context_len()));
+    max_q = std::max(max_q, r.extend_len);
+    max_k = std::max(max_k, r.context_len());
+    std::vector<std::int32_t> positions(r.context_len()), slots(r.context_len());
+    std::iota(positions.begin(), positions.end(), 0);
+    ops::positions_to_slots(r.block_table, page_size, positions, slots);
+    key_slots.insert(key_slots.end(), slots.begin(), slots.end());
+  }
+}
+
+Tensor gather_group_rows(const TensorView& src, const TensorView& rows) {
+  const std::int64_t width = src.numel() / std::max<std::int64_t>(src.size(0), 1);
+  std::vector<std::int64_t> shape(src.shape().begin(), src.shape().end());
+  shape[0] = rows.size(0);
+  Tensor out = Tensor::empty(shape, src.dtype(), src.device());
+  ops::gather_rows(src.reshape({src.size(0), width}), rows,
+                   out.view().reshape({rows.size(0), width}));
+  return out;
+}
+
+Tensor read_latent(const LayerContext& ctx, const LayerCacheView& cache, const Tensor& slots) {
+  const AttentionConfig& c = ctx.config;
+  const Device dev = cache.latent.device();
+  Tensor latent = Tensor::empty({slots.size(0), c.latent_dim()}, DType::bf16, dev);
+  if (cache.latent_format == LatentFormat::bf16) {
+    ops::gather_rows(cache.latent, slots, latent);
+  } else {
+    Tensor rows = Tensor::empty({slots.size(0), cache.latent.size(1)}, DType::u8, dev);
+    ops::gather_rows(cache.latent, slots, rows);
+    ops::dequantize_latent_fp8(rows, c.kv_lora_rank, latent);
+  }
+  return latent;
+}
+
+}  // namespace dsattn

@@ -1,0 +1,53 @@
+#include "dsattn/ops/cuda/common.cuh"
+
+namespace dsattn::ops::cuda {
+
+namespace {
+
+// One block per row; gather reads src[index[r]], scatter writes dst[index[r]].
+template <typename Word>
+__global__ void move_rows_kernel(MoveRowsParams p) {
+  const std::int64_t r = blockIdx.x;
+  const std::int64_t from = p.gather ? p.index[r] : r, to = p.gather ? r : p.index[r];
+  const auto* src =
+      reinterpret_cast<const Word*>(static_cast<const char*>(p.src) + from * p.src_stride_bytes);
+  auto* dst = reinterpret_cast<Word*>(static_cast<char*>(p.dst) + to * p.dst_stride_bytes);
+  const std::int64_t words = p.row_bytes / static_cast<std::int64_t>(sizeof(Word));
+  for (std::int64_t j = threadIdx.x; j < words; j += blockDim.x) dst[j] = src[j];
+}
+
+__global__ void map_positions_kernel(MapPositionsParams p) {
+  const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
+  if (i >= p.rows * p.k) return;
+  const std::int64_t r = i / p.k, j = i % p.k;
+  std::int32_t* idx = p.indices + r * p.stride_indices + j;
+  if (*idx < 0) return;
+  const std::int32_t* table = p.block_tables + p.row_request[r] * p.stride_tables;
+  *idx = static_cast<std::int32_t>(table[*idx / p.page_size] * p.page_size + *idx % p.page_size);
+}
+
+}  // namespace
+
+cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream) {
+  const auto aligned = [](std::uintptr_t v, unsigned a) { return v % a == 0; };
+  const std::uintptr_t bits =
+      reinterpret_cast<std::uintptr_t>(p.src) | reinterpret_cast<std::uintptr_t>(p.dst) |
+      static_cast<std::uintptr_t>(p.row_bytes) | static_cast<std::uintptr_t>(p.src_stride_bytes) |
+      static_cast<std::uintptr_t>(p.dst_stride_bytes);
+  const unsigned grid = static_cast<unsigned>(p.rows);
+  if (aligned(bits, 16)) {
+    move_rows_kernel<uint4><<<grid, 128, 0, stream>>>(p);
+  } else if (aligned(bits, 4)) {
+    move_rows_kernel<std::uint32_t><<<grid, 128, 0, stream>>>(p);
+  } else {
+    move_rows_kernel<std::uint8_t><<<grid, 128, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream) {
+  map_positions_kernel<<<blocks_for(p.rows * p.k, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsattn::ops::cuda

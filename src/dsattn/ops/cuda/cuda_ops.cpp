@@ -1,0 +1,260 @@
+// The CUDA backend's entry points: each turns validated tensor views into its kernel's Params
+// (params.h), launches on the current stream and turns a launch failure into a CudaError.
+#include "dsattn/ops/cuda/cuda_ops.h"
+
+#include "dsattn/core/cuda_check.h"
+#include "dsattn/core/cuda_runtime.h"
+#include "dsattn/ops/cuda/params.h"
+
+namespace dsattn::ops::cuda {
+
+namespace {
+
+cudaStream_t stream() { return static_cast<cudaStream_t>(::dsattn::cuda::current_stream()); }
+
+void check_launch(cudaError_t status, const char* op) {
+  if (status != cudaSuccess)
+    fail<CudaError>("{} kernel launch failed: {}", op, cudaGetErrorString(status));
+}
+
+std::int64_t bytes_of(const TensorView& t) {
+  return static_cast<std::int64_t>(dtype_size(t.dtype()));
+}
+
+}  // namespace
+
+void add(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const AddParams p{a.data(),  b.data(),    out.data(),  a.size(0),
+                    a.size(1), a.stride(0), b.stride(0), out.stride(0)};
+  check_launch(launch_add(p, stream()), "add");
+}
+
+void strided_copy(const TensorView& src, const TensorView& dst) {
+  StridedCopyParams p{};
+  p.src = src.data();
+  p.dst = dst.data();
+  p.element_bytes = static_cast<int>(bytes_of(src));
+  const int off = 4 - src.ndim();
+  for (int k = 0; k < 4; ++k) p.shape[k] = 1;
+  for (int i = 0; i < src.ndim(); ++i) {
+    p.shape[off + i] = src.size(i);
+    p.src_strides[off + i] = src.stride(i);
+    p.dst_strides[off + i] = dst.stride(i);
+  }
+  check_launch(launch_strided_copy(p, stream()), "strided_copy");
+}
+
+void rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out) {
+  const NormParams p{x.data(),  weight.data(), nullptr,       out.data(), x.size(0),
+                     x.size(1), x.stride(0),   out.stride(0), eps};
+  check_launch(launch_rms_norm(p, stream()), "rms_norm");
+}
+
+void layer_norm(const TensorView& x, const TensorView& weight, const TensorView& bias, float eps,
+                const TensorView& out) {
+  const NormParams p{x.data(),  weight.data(), bias.data(),   out.data(), x.size(0),
+                     x.size(1), x.stride(0),   out.stride(0), eps};
+  check_launch(launch_layer_norm(p, stream()), "layer_norm");
+}
+
+void apply_rope(const TensorView& x, const TensorView& positions, const RopeTable& table,
+                RopeLayout layout) {
+  RopeParams p{};
+  p.pairs = static_cast<int>(table.inv_freq.size());
+  if (p.pairs > kRopeMaxPairs) {
+    fail<Unsupported>("apply_rope on CUDA supports up to {} rotary dims, got {}", 2 * kRopeMaxPairs,
+                      2 * p.pairs);
+  }
+  for (int i = 0; i < p.pairs; ++i) p.inv_freq[i] = table.inv_freq[i];
+  p.mscale = table.mscale;
+  p.interleaved = layout == RopeLayout::interleaved;
+  p.x = x.data();
+  p.positions = static_cast<const std::int32_t*>(positions.data());
+  p.tokens = x.size(0);
+  p.heads = x.size(1);
+  p.stride_token = x.stride(0);
+  p.stride_head = x.stride(1);
+  check_launch(launch_rope(p, stream()), "apply_rope");
+}
+
+void hadamard_rotate(const TensorView& x) {
+  const HadamardParams p{x.data(), x.size(0), x.stride(0)};
+  check_launch(launch_hadamard128(p, stream()), "hadamard_rotate");
+}
+
+void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale) {
+  const QuantizeParams p{x.data(),
+                         static_cast<std::uint8_t*>(q.data()),
+                         static_cast<float*>(scale.data()),
+                         x.size(0),
+                         x.size(1) / 128,
+                         x.stride(0),
+                         q.stride(0),
+                         scale.stride(0)};
+  check_launch(launch_quantize_fp8_block128(p, stream()), "quantize_fp8_block128");
+}
+
+namespace {
+
+void move_rows(const TensorView& src, const TensorView& dst, const TensorView& index, bool gather) {
+  const std::int64_t es = bytes_of(src);
+  const MoveRowsParams p{src.data(),
+                         dst.data(),
+                         static_cast<const std::int32_t*>(index.data()),
+                         index.size(0),
+                         src.size(1) * es,
+                         src.stride(0) * es,
+                         dst.stride(0) * es,
+                         gather};
+  check_launch(launch_move_rows(p, stream()), gather ? "gather_rows" : "scatter_rows");
+}
+
+}  // namespace
+
+void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst) {
+  move_rows(rows, dst, index, false);
+}
+
+void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out) {
+  move_rows(src, out, index, true);
+}
+
+void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
+                            const TensorView& block_tables, std::int64_t page_size) {
+  const MapPositionsParams p{static_cast<std::int32_t*>(indices.data()),
+                             static_cast<const std::int32_t*>(row_request.data()),
+                             static_cast<const std::int32_t*>(block_tables.data()),
+                             indices.size(0),
+                             indices.size(1),
+                             indices.stride(0),
+                             block_tables.stride(0),
+                             page_size};
+  check_launch(launch_map_positions(p, stream()), "map_positions_to_slots");
+}
+
+void quantize_latent_fp8(const TensorView& latent, std::int64_t kv_lora_rank,
+                         const TensorView& rows) {
+  const LatentFp8Params p{latent.data(),
+                          rows.data(),
+                          latent.size(0),
+                          latent.stride(0),
+                          rows.stride(0),
+                          static_cast<int>(kv_lora_rank),
+                          static_cast<int>(latent.size(1) - kv_lora_rank),
+                          true};
+  check_launch(launch_latent_fp8(p, stream()), "quantize_latent_fp8");
+}
+
+void dequantize_latent_fp8(const TensorView& rows, std::int64_t kv_lora_rank,
+                           const TensorView& latent) {
+  const LatentFp8Params p{latent.data(),
+                          rows.data(),
+                          latent.size(0),
+                          latent.stride(0),
+                          rows.stride(0),
+                          static_cast<int>(kv_lora_rank),
+                          static_cast<int>(latent.size(1) - kv_lora_rank),
+                          false};
+  check_launch(launch_latent_fp8(p, stream()), "dequantize_latent_fp8");
+}
+
+void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
+                    const TensorView& key_cache, const TensorView& block_tables,
+                    std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
+                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+  if (q.size(2) != 128) {
+    fail<Unsupported>("indexer_scores on CUDA needs an index head dim of 128, got {}", q.size(2));
+  }
+  IndexerParams p{};
+  p.q = static_cast<const std::uint8_t*>(q.data());
+  p.q_scale = static_cast<const float*>(q_scale.data());
+  p.weights = static_cast<const float*>(weights.data());
+  p.keys = static_cast<const std::uint8_t*>(key_cache.data());
+  p.block_tables = static_cast<const std::int32_t*>(block_tables.data());
+  p.cu_q = static_cast<const std::int32_t*>(cu_q.data());
+  p.context_lens = static_cast<const std::int32_t*>(context_lens.data());
+  p.scores = static_cast<float*>(scores.data());
+  p.total_q = q.size(0);
+  p.max_k = scores.size(1);
+  p.stride_q_row = q.stride(0);
+  p.stride_q_head = q.stride(1);
+  p.stride_qs_row = q_scale.stride(0);
+  p.stride_qs_head = q_scale.stride(1);
+  p.stride_w = weights.stride(0);
+  p.stride_key = key_cache.stride(0);
+  p.stride_scores = scores.stride(0);
+  p.stride_tables = block_tables.stride(0);
+  p.page_size = page_size;
+  p.skip_rows_up_to = skip_rows_up_to;
+  p.batch = static_cast<int>(cu_q.size(0) - 1);
+  p.heads = static_cast<int>(q.size(1));
+  check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
+}
+
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  const TopkParams p{static_cast<const float*>(scores.data()),
+                     static_cast<const std::int32_t*>(lengths.data()),
+                     static_cast<std::int32_t*>(out.data()),
+                     scores.size(0),
+                     scores.stride(0),
+                     out.stride(0),
+                     static_cast<int>(out.size(1))};
+  check_launch(launch_topk(p, stream()), "topk");
+}
+
+void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
+                       float scale, const TensorView& out) {
+  MhaParams p{};
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.data();
+  p.cu_q = static_cast<const std::int32_t*>(cu_q.data());
+  p.cu_k = static_cast<const std::int32_t*>(cu_k.data());
+  p.total_q = q.size(0);
+  p.max_q = max_q;
+  p.sq0 = q.stride(0);
+  p.sq1 = q.stride(1);
+  p.sk0 = k.stride(0);
+  p.sk1 = k.stride(1);
+  p.sv0 = v.stride(0);
+  p.sv1 = v.stride(1);
+  p.so0 = out.stride(0);
+  p.so1 = out.stride(1);
+  p.batch = static_cast<int>(cu_q.size(0) - 1);
+  p.heads = static_cast<int>(q.size(1));
+  p.d_qk = static_cast<int>(q.size(2));
+  p.d_v = static_cast<int>(v.size(2));
+  p.scale = scale;
+  check_launch(
+      mha_sm90_supports(p) ? launch_mha_sm90(p, stream()) : launch_mha_generic(p, stream()),
+      "mha_varlen_causal");
+}
+
+void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
+                float scale, const TensorView& out) {
+  SparseMlaParams p{};
+  p.q = q.data();
+  p.kv = kv_cache.data();
+  p.indices = static_cast<const std::int32_t*>(indices.data());
+  p.out = out.data();
+  p.n = q.size(0);
+  p.sq0 = q.stride(0);
+  p.sq1 = q.stride(1);
+  p.kv_row_bytes = kv_cache.stride(0) * bytes_of(kv_cache);
+  p.stride_indices = indices.stride(0);
+  p.so0 = out.stride(0);
+  p.so1 = out.stride(1);
+  p.heads = static_cast<int>(q.size(1));
+  p.d_qk = static_cast<int>(q.size(2));
+  p.d_v = static_cast<int>(out.size(2));
+  p.topk = static_cast<int>(indices.size(1));
+  p.fp8 = kv_cache.dtype() == DType::u8;
+  p.scale = scale;
+  check_launch(sparse_mla_sm90_supports(p) ? launch_sparse_mla_sm90(p, stream())
+                                           : launch_sparse_mla_generic(p, stream()),
+               "sparse_mla");
+}
+
+}  // namespace dsattn::ops::cuda

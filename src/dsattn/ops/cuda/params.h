@@ -1,0 +1,149 @@
+// Parameters of the CUDA kernels: plain structs of pointers, sizes and element strides, filled
+// from tensor views by cuda_ops.cpp. This header and the .cu files depend on nothing but the
+// CUDA toolkit, so device code compiles without the host library's headers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dsattn::ops::cuda {
+
+struct AddParams {
+  const void* a;  // [rows, n] bf16
+  const void* b;  // [rows, n] bf16
+  void* out;      // [rows, n] bf16
+  std::int64_t rows, n, stride_a, stride_b, stride_out;
+};
+
+struct StridedCopyParams {
+  const void* src;
+  void* dst;
+  int element_bytes;                                      // 1, 2 or 4
+  std::int64_t shape[4], src_strides[4], dst_strides[4];  // padded to 4 dims, in elements
+};
+
+struct NormParams {
+  const void* x;       // [rows, n] bf16
+  const void* weight;  // [n] bf16
+  const void* bias;    // [n] bf16, LayerNorm only
+  void* out;           // [rows, n] bf16
+  std::int64_t rows, n, stride_x, stride_out;
+  float eps;
+};
+
+inline constexpr int kRopeMaxPairs = 64;
+struct RopeParams {
+  void* x;                        // [tokens, heads, 2 * pairs] bf16, strided
+  const std::int32_t* positions;  // [tokens]
+  std::int64_t tokens, heads, stride_token, stride_head;
+  double inv_freq[kRopeMaxPairs];
+  double mscale;
+  int pairs;
+  bool interleaved;
+};
+
+struct HadamardParams {
+  void* x;  // [rows, 128] bf16
+  std::int64_t rows, stride;
+};
+
+struct QuantizeParams {
+  const void* x;    // [rows, blocks * 128] bf16
+  std::uint8_t* q;  // [rows, blocks * 128] e4m3
+  float* scale;     // [rows, blocks]
+  std::int64_t rows, blocks, stride_x, stride_q, stride_scale;
+};
+
+struct MoveRowsParams {
+  const void* src;
+  void* dst;
+  const std::int32_t* index;  // [rows]: gather reads src[index[r]], scatter writes dst[index[r]]
+  std::int64_t rows, row_bytes, src_stride_bytes, dst_stride_bytes;
+  bool gather;
+};
+
+struct MapPositionsParams {
+  std::int32_t* indices;             // [rows, k], positions in, slots out; -1 stays
+  const std::int32_t* row_request;   // [rows]
+  const std::int32_t* block_tables;  // [requests, max_pages]
+  std::int64_t rows, k, stride_indices, stride_tables, page_size;
+};
+
+struct LatentFp8Params {
+  void* latent;  // [n, r + rope] bf16: read when quantising, written when dequantising
+  void* rows;    // [n, latent_fp8_bytes] u8: written when quantising, read otherwise
+  std::int64_t n, stride_latent, stride_rows;
+  int r, rope;
+  bool quantize;
+};
+
+struct IndexerParams {
+  const std::uint8_t* q;             // [total_q, heads, 128] e4m3
+  const float* q_scale;              // [total_q, heads, 1]
+  const float* weights;              // [total_q, heads]
+  const std::uint8_t* keys;          // [slots, 132] u8
+  const std::int32_t* block_tables;  // [batch, max_pages]
+  const std::int32_t* cu_q;          // [batch + 1]
+  const std::int32_t* context_lens;  // [batch]
+  float* scores;                     // [total_q, max_k]
+  std::int64_t total_q, max_k, stride_q_row, stride_q_head, stride_qs_row, stride_qs_head, stride_w,
+      stride_key, stride_scores, stride_tables, page_size, skip_rows_up_to;
+  int batch, heads;
+};
+
+struct TopkParams {
+  const float* scores;          // [rows, n]
+  const std::int32_t* lengths;  // [rows]
+  std::int32_t* out;            // [rows, k]
+  std::int64_t rows, stride_scores, stride_out;
+  int k;
+};
+
+struct MhaParams {
+  const void* q;  // [total_q, heads, d_qk] bf16
+  const void* k;  // [total_k, heads, d_qk] bf16
+  const void* v;  // [total_k, heads, d_v] bf16
+  void* out;      // [total_q, heads, d_v] bf16
+  const std::int32_t* cu_q;
+  const std::int32_t* cu_k;
+  std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1;
+  int batch, heads, d_qk, d_v;
+  float scale;
+};
+
+struct SparseMlaParams {
+  const void* q;                // [n, heads, d_qk] bf16
+  const void* kv;               // [slots, d_qk] bf16, or FP8 latent rows
+  const std::int32_t* indices;  // [n, topk] slots, -1 unused
+  void* out;                    // [n, heads, d_v] bf16
+  std::int64_t n, sq0, sq1, kv_row_bytes, stride_indices, so0, so1;
+  int heads, d_qk, d_v, topk;
+  bool fp8;
+  float scale;
+};
+
+cudaError_t launch_add(const AddParams& p, cudaStream_t stream);
+cudaError_t launch_strided_copy(const StridedCopyParams& p, cudaStream_t stream);
+cudaError_t launch_rms_norm(const NormParams& p, cudaStream_t stream);
+cudaError_t launch_layer_norm(const NormParams& p, cudaStream_t stream);
+cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
+cudaError_t launch_hadamard128(const HadamardParams& p, cudaStream_t stream);
+cudaError_t launch_quantize_fp8_block128(const QuantizeParams& p, cudaStream_t stream);
+cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream);
+cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream);
+cudaError_t launch_latent_fp8(const LatentFp8Params& p, cudaStream_t stream);
+cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
+cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
+cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
+// The tensor-core kernel for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q, k
+// and v rows, scale > 0); supports() says whether it takes p.
+bool mha_sm90_supports(const MhaParams& p);
+cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream);
+cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t stream);
+// The tensor-core kernel for DeepSeek-V3.2's absorbed shapes (d_qk 576, d_v 512, heads a
+// multiple of 64, top-k <= 2048, 16-byte aligned rows); supports() says whether it takes p.
+bool sparse_mla_sm90_supports(const SparseMlaParams& p);
+cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
+
+}  // namespace dsattn::ops::cuda

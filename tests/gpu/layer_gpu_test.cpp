@@ -1,0 +1,121 @@
+// The layer on the GPU: every path and policy against the float64 reference (the same checks
+// the CPU backend passes), and the full-size layer against the CPU backend.
+#include <gtest/gtest.h>
+
+#include "dsattn/core/cuda_runtime.h"
+#include "dsattn/core/random.h"
+#include "dsattn/layer/attention_layer.h"
+#include "dsattn/reference/layer_check.h"
+
+namespace dsattn {
+namespace {
+
+class LayerGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "needs a CUDA GPU (sm_90)";
+  }
+};
+
+AttentionConfig small(std::int64_t topk, std::int64_t kv_lora = 128) {
+  AttentionConfig c;
+  c.hidden_size = 128;
+  c.num_heads = 4;
+  c.q_lora_rank = 64;
+  c.kv_lora_rank = kv_lora;
+  c.qk_nope_head_dim = 32;
+  c.qk_rope_head_dim = 16;
+  c.v_head_dim = 32;
+  c.index_n_heads = 8;
+  c.index_topk = topk;
+  return c;
+}
+
+void expect_pass(reference::CheckCase c) {
+  c.device = Device::cuda(0);
+  const reference::CaseReport r = reference::check_case(c);
+  EXPECT_TRUE(r.pass) << c.to_string() << "\n" << r.to_string();
+  if (r.mha_mla_relative_difference >= 0) {
+    EXPECT_LE(r.mha_mla_relative_difference, 1.0 / 64) << r.to_string();
+  }
+}
+
+TEST_F(LayerGpu, RandomCasesMatchReference) {
+  for (std::uint64_t seed = 1; seed <= 24; ++seed) expect_pass(reference::random_case(seed));
+}
+
+TEST_F(LayerGpu, PrefixChunkedVarlenBothCacheFormats) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    reference::CheckCase c;
+    c.config = small(64);
+    c.latent_format = f;
+    c.requests = {{0, 1}, {0, 63}, {40, 24}, {0, 65}, {100, 30}};
+    c.prefix_chunk = 33;
+    c.seed = 4;
+    expect_pass(c);
+  }
+}
+
+TEST_F(LayerGpu, DecodeAndVerifyAcrossTopk) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    reference::CheckCase c;
+    c.config = small(32);
+    c.latent_format = f;
+    c.mode = ForwardMode::decode;
+    c.requests = {{10, 1}, {31, 1}, {32, 1}, {90, 1}, {30, 3}, {70, 3}};
+    c.seed = 9;
+    expect_pass(c);
+  }
+}
+
+// The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on both paths.
+TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
+  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  const LayerWeights weights = LayerWeights::synthetic(config, 5);
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{0, 96}, {64, 40}, {0, 7}};
+  for (const char* policy : {"mha", "mla"}) {
+    std::vector<Tensor> outputs;
+    for (Device dev : {Device::cpu(), Device::cuda(0)}) {
+      AttentionLayer layer(config, dev.is_cpu() ? weights : weights.to(dev), Policy::parse(policy));
+      CacheOptions opts;
+      opts.num_pages = 16;
+      opts.device = dev;
+      PagedKvCache cache(config, opts);
+      std::vector<BlockTable> tables(shapes.size());
+      Batch prefix, batch;
+      std::int64_t prefix_rows = 0, rows = 0;
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        cache.reserve(tables[i], shapes[i].first + shapes[i].second);
+        if (shapes[i].first > 0) {
+          prefix.requests.push_back({0, shapes[i].first, tables[i]});
+          prefix_rows += shapes[i].first;
+        }
+        batch.requests.push_back({shapes[i].first, shapes[i].second, tables[i]});
+        rows += shapes[i].second;
+      }
+      Tensor x0 = Tensor::empty({prefix_rows, config.hidden_size}, DType::bf16);
+      Tensor x1 = Tensor::empty({rows, config.hidden_size}, DType::bf16);
+      fill_uniform(x0, 1, 1, 1.0f);
+      fill_uniform(x1, 1, 2, 1.0f);
+      const Tensor in0 = x0.to(dev), in1 = x1.to(dev);
+      Tensor out0 = Tensor::empty({prefix_rows, config.hidden_size}, DType::bf16, dev);
+      Tensor out1 = Tensor::empty({rows, config.hidden_size}, DType::bf16, dev);
+      layer.forward(prefix, in0, cache.layer(0), out0);
+      layer.forward(batch, in1, cache.layer(0), out1);
+      outputs.push_back(out1.to(Device::cpu()));
+    }
+    double diff = 0, scale = 0;
+    for (std::int64_t i = 0; i < outputs[0].numel(); ++i) {
+      const float a = outputs[0].ptr<bf16>()[i].to_float(),
+                  b = outputs[1].ptr<bf16>()[i].to_float();
+      ASSERT_TRUE(std::isfinite(b)) << "element " << i;
+      diff = std::max(diff, double(std::fabs(a - b)));
+      scale = std::max(scale, double(std::fabs(a)));
+    }
+    EXPECT_LE(diff / scale, 1.0 / 64)
+        << policy << ": GPU vs CPU relative difference " << diff / scale;
+  }
+}
+
+}  // namespace
+}  // namespace dsattn

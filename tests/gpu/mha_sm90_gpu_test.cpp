@@ -1,0 +1,148 @@
+// The sm_90 tensor-core MHA kernel (DeepSeek-V3.2's q/k 192, v 128) through the op, against
+// float64 causal attention with the CPU backend's error as the yardstick. The shapes probe its
+// tiling: query blocks of 128 rows and key tiles of 64, so lengths one either side of those,
+// cached prefixes (n_q < n_k, bottom-right alignment) that make whole key tiles visible to every
+// row, long requests whose softmax runs over many tiles, and strided rows as the layer passes
+// them (v a slice of [k_nope, v], q a slice of a wider row, out a window at any offset).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "dsattn/model/config.h"
+#include "dsattn/ops/attention.h"
+#include "dsattn/ops/cuda/params.h"
+#include "gpu_test_util.h"
+
+namespace dsattn::gpu_test {
+namespace {
+
+struct Sm90Case {
+  const char* name;
+  std::int64_t heads;
+  std::vector<std::pair<std::int64_t, std::int64_t>> requests;  // (query rows, key rows)
+  std::int64_t q_pad, v_off, o_pad;  // q rows [q_pad, q_pad + 192) of wider rows, and so on
+};
+
+void PrintTo(const Sm90Case& c, std::ostream* os) { *os << c.name; }
+
+class MhaSm90Gpu : public GpuParamTest<Sm90Case> {};
+
+constexpr std::int64_t kDqk = 192, kDv = 128;
+
+TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
+  const Sm90Case c = GetParam();
+  const std::int64_t H = c.heads;
+  std::vector<std::int32_t> cq{0}, ck{0};
+  std::int64_t max_q = 0;
+  for (const auto& [nq, nk] : c.requests) {
+    cq.push_back(cq.back() + static_cast<std::int32_t>(nq));
+    ck.push_back(ck.back() + static_cast<std::int32_t>(nk));
+    max_q = std::max(max_q, nq);
+  }
+  const std::int64_t total_q = cq.back(), total_k = ck.back();
+  Tensor cu_q = i32_tensor(cq), cu_k = i32_tensor(ck);
+
+  Tensor q_backing = random_tensor({total_q, H, c.q_pad + kDqk}, DType::bf16, 60, total_q, 2.0);
+  const TensorView q = q_backing.view().slice(2, c.q_pad, c.q_pad + kDqk);
+  Tensor k = random_tensor({total_k, H, kDqk}, DType::bf16, 61, total_k, 2.0);
+  Tensor kv = random_tensor({total_k, H, c.v_off + kDv}, DType::bf16, 62, total_k, 1.0);
+  const TensorView v = kv.view().slice(2, c.v_off, c.v_off + kDv);
+  Tensor out_backing = poisoned({total_q, H, c.o_pad + kDv}, DType::bf16);
+  const TensorView out = out_backing.view().slice(2, c.o_pad, c.o_pad + kDv);
+  const Tensor original = clone(out_backing);
+  const float scale = static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale());
+
+  const Mirror q_dev(q_backing), k_dev(k), kv_dev(kv), cu_q_dev(cu_q), cu_k_dev(cu_k),
+      out_dev(out_backing);
+  // The shapes must reach the tensor-core kernel, not the generic fallback.
+  ops::cuda::MhaParams p{};
+  p.q = q_dev.on_gpu(q).data();
+  p.k = k_dev.on_gpu().data();
+  p.v = kv_dev.on_gpu(v).data();
+  p.sq0 = q.stride(0), p.sq1 = q.stride(1), p.sk0 = k.view().stride(0), p.sk1 = k.view().stride(1);
+  p.sv0 = v.stride(0), p.sv1 = v.stride(1);
+  p.max_q = max_q;
+  p.batch = static_cast<int>(c.requests.size());
+  p.heads = static_cast<int>(H);
+  p.d_qk = static_cast<int>(kDqk);
+  p.d_v = static_cast<int>(kDv);
+  p.scale = scale;
+  ASSERT_TRUE(ops::cuda::mha_sm90_supports(p));
+
+  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
+  ops::mha_varlen_causal(q_dev.on_gpu(q), k_dev.on_gpu(), kv_dev.on_gpu(v), cu_q_dev.on_gpu(),
+                         cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out));
+  const Tensor fetched = out_dev.fetch();
+
+  const std::vector<double> qd = read_doubles(q), kd = read_doubles(k), vd = read_doubles(v);
+  std::vector<std::int64_t> request_of(static_cast<std::size_t>(total_q));
+  for (std::size_t b = 0; b + 1 < cq.size(); ++b) {
+    for (std::int64_t r = cq[b]; r < cq[b + 1]; ++r) request_of[r] = static_cast<std::int64_t>(b);
+  }
+  std::vector<double> ref(static_cast<std::size_t>(total_q * H * kDv));
+#pragma omp parallel for schedule(dynamic, 4)
+  for (std::int64_t w = 0; w < total_q * H; ++w) {
+    const std::int64_t row = w / H, h = w % H, b = request_of[row];
+    const std::int64_t nq = cq[b + 1] - cq[b], nk = ck[b + 1] - ck[b], k0 = ck[b];
+    const std::int64_t visible = nk - nq + (row - cq[b]) + 1;
+    std::vector<double> logits(static_cast<std::size_t>(visible));
+    double mx = -INFINITY;
+    for (std::int64_t j = 0; j < visible; ++j) {
+      double dot = 0;
+      for (std::int64_t e = 0; e < kDqk; ++e) {
+        dot += qd[w * kDqk + e] * kd[((k0 + j) * H + h) * kDqk + e];
+      }
+      logits[j] = dot * static_cast<double>(scale);
+      mx = std::max(mx, logits[j]);
+    }
+    double sum = 0;
+    for (double& l : logits) sum += l = std::exp(l - mx);
+    for (std::int64_t col = 0; col < kDv; ++col) {
+      double acc = 0;
+      for (std::int64_t j = 0; j < visible; ++j)
+        acc += logits[j] * vd[((k0 + j) * H + h) * kDv + col];
+      ref[w * kDv + col] = acc / sum;
+    }
+  }
+
+  const std::vector<double> gpu_out = read_doubles(Mirror::same_view(out, out_backing, fetched));
+  EXPECT_TRUE(within_tolerance(gpu_out, read_doubles(out), ref, relative_atol(ref), shape_of(out)));
+  EXPECT_TRUE(only_view_written(original, out_backing, out, fetched));
+}
+
+const Sm90Case kSm90Cases[] = {
+    // Lengths either side of the 128-row query blocks and 64-key tiles, prefixes of whole and
+    // partial tiles, a request with a prefix but no new query, single rows.
+    {"Varlen_H8_TileEdges",
+     8,
+     {{1, 1},
+      {63, 63},
+      {24, 64},
+      {65, 65},
+      {30, 130},
+      {200, 200},
+      {128, 1000},
+      {129, 129},
+      {7, 7},
+      {1, 300},
+      {0, 50},
+      {127, 191}},
+     0,
+     0,
+     0},
+    {"Prefill_H8_1000", 8, {{1000, 1000}}, 0, 0, 0},
+    // Many key tiles per row: the online softmax rescales across ~36 tiles.
+    {"LongPrefix_H2_700over1600", 2, {{700, 2300}, {5, 2000}}, 0, 0, 0},
+    // The layer's layout at full head count: v the second half of [k_nope, v], q inside a wider
+    // row, out a 16-byte aligned window and a window at an odd offset.
+    {"Model_H128_StridedAligned", 128, {{130, 200}, {64, 64}, {3, 67}}, 64, 128, 8},
+    {"Model_H128_OutOddOffset", 128, {{77, 77}, {40, 300}}, 0, 128, 3},
+};
+INSTANTIATE_TEST_SUITE_P(Shapes, MhaSm90Gpu, ::testing::ValuesIn(kSm90Cases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace dsattn::gpu_test
