@@ -1,0 +1,204 @@
+#include "dsattn/layer/decode_graph.h"
+
+#include <vector>
+
+#include "dsattn/layer/paths.h"
+#ifdef DSATTN_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "dsattn/core/cuda_check.h"
+#endif
+
+namespace dsattn {
+
+namespace {
+
+// Offsets of the arrays inside the metadata buffer (in i32 elements).
+struct Layout {
+  std::int64_t rows, batch, pages;
+  std::int64_t positions() const { return 0; }
+  std::int64_t slots() const { return rows; }
+  std::int64_t visible() const { return 2 * rows; }
+  std::int64_t row_request() const { return 3 * rows; }
+  std::int64_t cu_q() const { return 4 * rows; }
+  std::int64_t context_lens() const { return 4 * rows + batch + 1; }
+  std::int64_t tables() const { return 4 * rows + 2 * batch + 1; }
+  std::int64_t size() const { return tables() + batch * pages; }
+};
+
+TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
+                    std::int64_t cols = 0) {
+  std::int32_t* base = t.ptr<std::int32_t>() + offset;
+  if (cols == 0) return TensorView(base, DType::i32, t.device(), {rows});
+  return TensorView(base, DType::i32, t.device(), {rows, cols});
+}
+
+}  // namespace
+
+DecodeGraph::DecodeGraph(const AttentionStack& stack, const PagedKvCache& cache,
+                         std::int64_t batch_size, std::int64_t tokens_per_request,
+                         std::int64_t max_context)
+    : stack_(stack),
+      cache_(cache),
+      batch_(batch_size),
+      tokens_(tokens_per_request),
+      max_context_(max_context),
+      max_pages_(pages_for(max_context)) {
+#ifndef DSATTN_WITH_CUDA
+  fail<Unsupported>("DecodeGraph needs the CUDA backend; this build has none");
+#else
+  DSATTN_CHECK(batch_size >= 1, "batch_size must be >= 1, got {}", batch_size);
+  DSATTN_CHECK(tokens_per_request >= 1, "tokens_per_request must be >= 1, got {}",
+               tokens_per_request);
+  DSATTN_CHECK(max_context >= tokens_per_request,
+               "max_context must be >= tokens_per_request ({}), got {}", tokens_per_request,
+               max_context);
+  const Device dev = cache.device();
+  if (!dev.is_cuda()) fail("DecodeGraph needs a cache on a CUDA device, got {}", to_string(dev));
+  DSATTN_CHECK(cache.num_layers() >= stack.num_layers(),
+               "cache must hold at least {} layers, got {}", stack.num_layers(),
+               cache.num_layers());
+  cudaStream_t stream = nullptr;
+  DSATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  stream_ = stream;
+  cudaEvent_t before = nullptr, after = nullptr;
+  DSATTN_CUDA_CHECK(cudaEventCreateWithFlags(&before, cudaEventDisableTiming));
+  DSATTN_CUDA_CHECK(cudaEventCreateWithFlags(&after, cudaEventDisableTiming));
+  before_ = before;
+  after_ = after;
+  pool_ = std::make_unique<cuda::MemoryPool>();
+  cuda::MemoryPool::Use use(*pool_);
+  const std::int64_t rows = batch_ * tokens_, D = stack.layer(0).config().hidden_size;
+  const Layout layout{rows, batch_, max_pages_};
+  hidden_ = Tensor::empty({rows, D}, DType::bf16, dev);
+  metadata_ = Tensor::empty({layout.size()}, DType::i32, dev);
+  staging_ = Tensor::empty({layout.size()}, DType::i32);
+  // The parts that never change: each row's request and the query offsets.
+  std::int32_t* h = staging_.ptr<std::int32_t>();
+  for (std::int64_t r = 0; r < rows; ++r)
+    h[layout.row_request() + r] = static_cast<std::int32_t>(r / tokens_);
+  for (std::int64_t b = 0; b <= batch_; ++b)
+    h[layout.cu_q() + b] = static_cast<std::int32_t>(b * tokens_);
+#endif
+}
+
+DecodeGraph::~DecodeGraph() {
+#ifdef DSATTN_WITH_CUDA
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (stream_) {
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  }
+  if (before_) cudaEventDestroy(static_cast<cudaEvent_t>(before_));
+  if (after_) cudaEventDestroy(static_cast<cudaEvent_t>(after_));
+#endif
+}
+
+void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
+  const Layout layout{batch_ * tokens_, batch_, max_pages_};
+  std::int32_t* h = staging_.ptr<std::int32_t>();
+  for (std::int64_t b = 0; b < batch_; ++b) {
+    const RequestInput& r = requests[b];
+    for (std::int64_t t = 0; t < tokens_; ++t) {
+      const std::int64_t row = b * tokens_ + t, pos = r.prefix_len + t;
+      h[layout.positions() + row] = static_cast<std::int32_t>(pos);
+      h[layout.visible() + row] = static_cast<std::int32_t>(pos + 1);
+      h[layout.slots() + row] =
+          static_cast<std::int32_t>(r.block_table[pos / kPageSize] * kPageSize + pos % kPageSize);
+    }
+    h[layout.context_lens() + b] = static_cast<std::int32_t>(r.context_len());
+    const std::int64_t pages = pages_for(r.context_len());
+    for (std::int64_t p = 0; p < max_pages_; ++p) {
+      h[layout.tables() + b * max_pages_ + p] = p < pages ? r.block_table[p] : 0;
+    }
+  }
+  cuda::StreamGuard guard(stream_);
+  copy(staging_, metadata_);
+}
+
+#ifdef DSATTN_WITH_CUDA
+void DecodeGraph::capture() {
+  const Layout layout{batch_ * tokens_, batch_, max_pages_};
+  SparseMeta meta;
+  meta.positions = i32_view(metadata_, layout.positions(), layout.rows);
+  meta.visible = i32_view(metadata_, layout.visible(), layout.rows);
+  meta.row_request = i32_view(metadata_, layout.row_request(), layout.rows);
+  meta.cu_q = i32_view(metadata_, layout.cu_q(), batch_ + 1);
+  meta.context_lens = i32_view(metadata_, layout.context_lens(), batch_);
+  meta.block_tables = i32_view(metadata_, layout.tables(), batch_, max_pages_);
+  meta.n = layout.rows;
+  meta.max_k = max_context_;
+  const TensorView slots = i32_view(metadata_, layout.slots(), layout.rows);
+
+  cuda::MemoryPool::Use use(*pool_);
+  cuda::StreamGuard guard(stream_);
+  const auto stream = static_cast<cudaStream_t>(stream_);
+  // A warm-up run creates the library plans and fills the pool, so the capture allocates
+  // nothing new; its effect on the residual stream is undone (its cache writes are the step's
+  // own, rewritten identically by the replay).
+  Tensor saved = Tensor::empty({hidden_.size(0), hidden_.size(1)}, DType::bf16, hidden_.device());
+  copy(hidden_, saved);
+  stack_.forward_sparse_on_device(meta, slots, hidden_, cache_);
+  copy(saved, hidden_);
+  DSATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  cudaGraph_t graph = nullptr;
+  DSATTN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    stack_.forward_sparse_on_device(meta, slots, hidden_, cache_);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  DSATTN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  DSATTN_CUDA_CHECK(status);
+  exec_ = exec;
+}
+#else
+void DecodeGraph::capture() {}
+#endif
+
+void DecodeGraph::step(std::span<const RequestInput> requests) {
+  if (static_cast<std::int64_t>(requests.size()) != batch_) {
+    fail("decode graph step needs {} requests, got {}", batch_, requests.size());
+  }
+  Batch batch;
+  batch.mode = ForwardMode::decode;
+  batch.requests.assign(requests.begin(), requests.end());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].extend_len != tokens_) {
+      fail("request {}: decode graph takes {} tokens per request, got {}", i, tokens_,
+           requests[i].extend_len);
+    }
+    if (requests[i].context_len() > max_context_) {
+      fail("request {}: context of {} exceeds the graph's max_context {}", i,
+           requests[i].context_len(), max_context_);
+    }
+  }
+  validate_batch(batch, stack_.layer(0).config(), cache_.layer(0));
+#ifdef DSATTN_WITH_CUDA
+  const auto caller = static_cast<cudaStream_t>(cuda::current_stream());
+  const auto stream = static_cast<cudaStream_t>(stream_);
+  DSATTN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(before_), caller));
+  DSATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(before_), 0));
+  write_metadata(requests);
+  if (!exec_) capture();
+  DSATTN_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream));
+  DSATTN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(after_), stream));
+  DSATTN_CUDA_CHECK(cudaStreamWaitEvent(caller, static_cast<cudaEvent_t>(after_), 0));
+#else
+  write_metadata(requests);
+#endif
+}
+
+void DecodeGraph::synchronize() const {
+#ifdef DSATTN_WITH_CUDA
+  DSATTN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+#endif
+}
+
+}  // namespace dsattn
