@@ -1,6 +1,7 @@
 // dsattn: DeepSeek Sparse Attention along the cheapest exact path.
 //   dsattn run    serve a synthetic workload through the layer and compare the paths
 //   dsattn check  random shapes through every path against a float64 reference
+//   dsattn bench  every stage against the hardware ceilings, JSON under bench/results/
 #include <cstdio>
 #include <map>
 
@@ -11,7 +12,8 @@ int main(int argc, char** argv) {
   CLI::App app{"dsattn: DeepSeek-V3.2 sparse attention along the cheapest exact path"};
   app.require_subcommand(1);
   std::map<CLI::App*, dsattn::tools::Command> commands;
-  for (auto add : {dsattn::tools::add_run_command, dsattn::tools::add_check_command}) {
+  for (auto add : {dsattn::tools::add_run_command, dsattn::tools::add_check_command,
+                   dsattn::tools::add_bench_command}) {
     const std::size_t before = app.get_subcommands({}).size();
     dsattn::tools::Command run = add(app);
     commands[app.get_subcommands({}).at(before)] = std::move(run);

@@ -19,6 +19,7 @@ struct RunOptions {
   WorkloadSpec spec;
   std::string policy = "per-request";
   std::string device = "auto";
+  std::string kv_cache = "bf16";
   std::string config_path;
   std::string json_path;
   std::int64_t seed = 0;
@@ -62,6 +63,10 @@ nlohmann::json pass_json(const PassResult& p, std::optional<double> diff) {
                  {"seconds", p.decode_seconds},
                  {"tokens_per_s", per_second(p.decode_tokens, p.decode_seconds)}};
   if (!p.decode_paths.empty()) j["decode"]["path"] = path_name(p.decode_paths.front());
+  j["decode"]["cuda_graph"] = p.decode_graph;
+  j["memory_bytes"] = {{"kv_cache", p.cache_bytes},
+                       {"decode_graph", p.decode_graph_bytes},
+                       {"peak_device", p.peak_device_bytes}};
   if (diff) j["max_relative_difference"] = *diff;
   return j;
 }
@@ -81,6 +86,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 int run(const RunOptions& o, const CLI::App& cmd) {
   WorkloadSpec spec = o.spec;
   spec.seed = static_cast<std::uint64_t>(o.seed);
+  spec.kv_cache = parse_latent_format(o.kv_cache);
   const Policy policy = Policy::parse(o.policy);
   const AttentionConfig config = o.config_path.empty()
                                      ? AttentionConfig::deepseek_v32()
@@ -88,14 +94,16 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
     fail("--device must be auto, cpu or cuda, got '{}'", o.device);
   }
-  if (o.device == "cuda") {
+  const bool gpu = cuda::built_with_cuda() && cuda::device_count() > 0;
+  if (o.device == "cuda" && !gpu) {
     fail<Unsupported>(
-        "--device cuda: this build has no CUDA kernels for the attention layer yet ({} CUDA "
-        "device{} visible); use --device cpu",
-        cuda::device_count(), cuda::device_count() == 1 ? "" : "s");
+        "--device cuda: {}; use --device cpu",
+        cuda::built_with_cuda() ? "no CUDA device is visible" : "this build has no CUDA backend");
   }
-  // auto: the CUDA backend when it exists; until then the CPU backend.
-  const std::string device = "cpu";
+  const Device dev =
+      (o.device == "cuda" || (o.device == "auto" && gpu)) ? Device::cuda(0) : Device::cpu();
+  const std::string device =
+      dev.is_cpu() ? std::string("cpu") : fmt::format("cuda ({})", cuda::device_name(0));
 
   bool scaled = false;
   auto scale = [&](const char* flag, std::int64_t& field, std::int64_t value) {
@@ -104,9 +112,11 @@ int run(const RunOptions& o, const CLI::App& cmd) {
       scaled = true;
     }
   };
-  scale("--requests", spec.requests, kCpuScaledDefaults.requests);
-  scale("--prompt-len", spec.prompt_len, kCpuScaledDefaults.prompt_len);
-  scale("--decode-steps", spec.decode_steps, kCpuScaledDefaults.decode_steps);
+  if (dev.is_cpu()) {
+    scale("--requests", spec.requests, kCpuScaledDefaults.requests);
+    scale("--prompt-len", spec.prompt_len, kCpuScaledDefaults.prompt_len);
+    scale("--decode-steps", spec.decode_steps, kCpuScaledDefaults.decode_steps);
+  }
   spec.validate();
   if (!o.json_path.empty()) {  // fail now, not after the work, on an unwritable path
     const auto dir = std::filesystem::absolute(o.json_path).parent_path();
@@ -125,9 +135,9 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   auto progress = [](const std::string& line) { std::fprintf(stderr, "  ... %s\n", line.c_str()); };
 
   const auto t0 = std::chrono::steady_clock::now();
-  AttentionStack stack = AttentionStack::synthetic(config, spec.layers, spec.seed, policy);
+  AttentionStack stack = AttentionStack::synthetic(config, spec.layers, spec.seed, policy, dev);
   std::vector<PassResult> passes;
-  passes.push_back(run_pass(config, stack, spec, policy, progress));
+  passes.push_back(run_pass(config, stack, spec, policy, dev, progress));
 
   // The comparison passes: each forced path that is exact for every request and decides
   // differently from the policy somewhere.
@@ -138,7 +148,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
     const Path path = p.kind == Policy::Kind::mha ? Path::dense_mha : Path::sparse_mla;
     bool differs = spec.decode_steps > 0 && passes[0].decode_paths.front() != path;
     for (Path x : passes[0].prefill_paths) differs = differs || x != path;
-    if (differs) passes.push_back(run_pass(config, stack, spec, p, progress));
+    if (differs) passes.push_back(run_pass(config, stack, spec, p, dev, progress));
   }
   const double total_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -175,6 +185,16 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   if (passes.size() > 1) {
     std::printf("largest relative difference between paths on the same requests: %.2e\n", worst);
   }
+  const PassResult& p0 = passes[0];
+  std::printf(
+      "memory: kv cache %.1f MiB%s%s\n", p0.cache_bytes / 1048576.0,
+      p0.decode_graph ? fmt::format(", decode graph {:.1f} MiB (one graph for every step)",
+                                    p0.decode_graph_bytes / 1048576.0)
+                            .c_str()
+                      : "",
+      p0.peak_device_bytes
+          ? fmt::format(", device peak {:.1f} MiB", p0.peak_device_bytes / 1048576.0).c_str()
+          : "");
   std::printf("total %.1f s\n", total_s);
 
   if (!o.json_path.empty()) {
@@ -221,6 +241,9 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--policy", o->policy, "per-request | threshold[=N] | mha | mla")
       ->capture_default_str();
   cmd->add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
+  cmd->add_option("--kv-cache", o->kv_cache,
+                  "Latent cache format: bf16 (1152 B/token) | fp8 (656 B/token)")
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the synthetic weights and inputs")
       ->capture_default_str();
   cmd->add_option("--json", o->json_path, "Also write the figures as JSON to this file");

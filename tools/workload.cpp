@@ -4,8 +4,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
+#include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
+#include "dsattn/layer/decode_graph.h"
 
 namespace dsattn::tools {
 
@@ -82,13 +85,15 @@ double max_relative_difference(const PassResult& a, const PassResult& b) {
 }
 
 PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const WorkloadSpec& spec,
-                    const Policy& policy, const Progress& progress) {
+                    const Policy& policy, Device device, const Progress& progress) {
   spec.validate();
   const std::int64_t D = config.hidden_size;
   const std::int64_t context = spec.prefix_len + spec.prompt_len + spec.decode_steps;
   CacheOptions options;
   options.num_layers = spec.layers;
   options.num_pages = spec.requests * pages_for(context);
+  options.device = device;
+  options.latent_format = spec.kv_cache;
   PagedKvCache cache(config, options);
   std::vector<BlockTable> tables(spec.requests);
   for (BlockTable& t : tables) cache.reserve(t, context);
@@ -120,13 +125,15 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
         embed(spec.seed, p.request, p.prefix + t, hidden.ptr<bf16>() + row * D, D);
       }
     }
-    ForwardResult fr = stack.forward(batch, hidden, cache);
+    const Tensor on_device = device.is_cpu() ? hidden : hidden.to(device);
+    ForwardResult fr = stack.forward(batch, on_device, cache);
+    const Tensor out = device.is_cpu() ? on_device : on_device.to(Device::cpu());  // waits
     row = 0;
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const Piece& p = pieces[i];
       if (keep) {
         std::memcpy(result.outputs[p.request].ptr<bf16>() + (p.prefix - row_base) * D,
-                    hidden.ptr<bf16>() + row * D, p.extend * D * sizeof(bf16));
+                    out.ptr<bf16>() + row * D, p.extend * D * sizeof(bf16));
       }
       row += p.extend;
     }
@@ -162,17 +169,49 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
   result.prefill_seconds = seconds_since(t_prefill);
   result.prefill_tokens = spec.requests * spec.prompt_len;
 
+  // Decode: on a GPU, the sparse path's steps replay one CUDA graph (planned and captured before
+  // the timed steps begin); otherwise each step is a regular forward.
+  const bool graph_decode =
+      device.is_cuda() && spec.decode_steps > 0 && policy.kind != Policy::Kind::mha;
+  std::unique_ptr<DecodeGraph> graph;
+  if (graph_decode) {
+    graph = std::make_unique<DecodeGraph>(stack, cache, spec.requests, 1, context);
+    result.decode_graph = true;
+  }
+  Tensor step_hidden = Tensor::empty({spec.requests, D}, DType::bf16);
   const auto t_decode = std::chrono::steady_clock::now();
   for (std::int64_t step = 0; step < spec.decode_steps; ++step) {
-    std::vector<Piece> pieces;
-    for (std::int64_t r = 0; r < spec.requests; ++r) {
-      pieces.push_back({r, spec.prefix_len + spec.prompt_len + step, 1});
+    const std::int64_t position = spec.prefix_len + spec.prompt_len + step;
+    if (!graph) {
+      std::vector<Piece> pieces;
+      for (std::int64_t r = 0; r < spec.requests; ++r) pieces.push_back({r, position, 1});
+      const ForwardResult fr = forward(pieces, ForwardMode::decode, true, spec.prefix_len);
+      result.decode_paths = fr.paths;
+    } else {
+      std::vector<RequestInput> requests;
+      for (std::int64_t r = 0; r < spec.requests; ++r) {
+        embed(spec.seed, r, position, step_hidden.ptr<bf16>() + r * D, D);
+        requests.push_back({position, 1, tables[r]});
+      }
+      copy(step_hidden, graph->hidden());
+      graph->step(requests);
+      graph->synchronize();
+      copy(graph->hidden(), step_hidden);
+      for (std::int64_t r = 0; r < spec.requests; ++r) {
+        std::memcpy(result.outputs[r].ptr<bf16>() + (position - spec.prefix_len) * D,
+                    step_hidden.ptr<bf16>() + r * D, D * sizeof(bf16));
+      }
+      result.decode_paths.assign(spec.requests, Path::sparse_mla);
     }
-    const ForwardResult fr = forward(pieces, ForwardMode::decode, true, spec.prefix_len);
-    result.decode_paths = fr.paths;
     report("decode step", step + 1, spec.decode_steps);
   }
   result.decode_seconds = seconds_since(t_decode);
+  result.cache_bytes = cache.bytes_per_token() * cache.num_pages() * cache.page_size();
+  if (graph) result.decode_graph_bytes = static_cast<std::int64_t>(graph->reserved_bytes());
+  if (device.is_cuda()) {
+    result.peak_device_bytes =
+        static_cast<std::int64_t>(cuda::device_memory_stats(device).peak_in_use);
+  }
   result.decode_tokens = spec.requests * spec.decode_steps;
   return result;
 }

@@ -21,6 +21,7 @@ struct WorkloadSpec {
   std::int64_t layers = 1;
   std::int64_t max_batch_tokens = 16384;  // prefill tokens per forward (chunked prefill beyond)
   std::uint64_t seed = 0;
+  LatentFormat kv_cache = LatentFormat::bf16;
 
   void validate() const;
   std::string to_string()
@@ -36,6 +37,10 @@ struct PassResult {
   std::int64_t decode_tokens = 0;
   double decode_seconds = 0;
   std::vector<Path> decode_paths;
+  bool decode_graph = false;            // decode steps replayed from one CUDA graph
+  std::int64_t cache_bytes = 0;         // the paged caches of every layer
+  std::int64_t decode_graph_bytes = 0;  // buffers and temporaries the graph holds
+  std::int64_t peak_device_bytes = 0;   // allocator peak on the device during the pass
   // Final hidden states per request: prompt rows then one row per decode step, [rows, D] bf16.
   std::vector<Tensor> outputs;
 };
@@ -47,6 +52,6 @@ double max_relative_difference(const PassResult& a, const PassResult& b);
 using Progress = std::function<void(const std::string&)>;
 
 PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const WorkloadSpec& spec,
-                    const Policy& policy, const Progress& progress);
+                    const Policy& policy, Device device, const Progress& progress);
 
 }  // namespace dsattn::tools

@@ -49,6 +49,22 @@ PY
 grep -q "prefill 0-1 sparse_mla" "$work/out" || fail "run long: paths: $(cat "$work/out")"
 grep -q "^mha " "$work/out" && fail "run long: forced mha ran where it is not exact"
 
+# The benchmark harness, in its small CPU form: JSON with the ceilings and the stages asked for.
+"$dsattn" bench --device cpu --quick --stages mha topk --commit test --json "$work/bench.json" \
+  >"$work/out" 2>"$work/err" || fail "bench: exit status $?: $(cat "$work/err")"
+python3 - "$work/bench.json" <<'PY' || fail "bench: JSON content"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["device"] == "cpu" and j["commit"] == "test" and j["quick"] is True, j
+assert j["ceilings"]["bf16_gemm_tflops"] > 0 and j["ceilings"]["copy_tbps"] > 0, j["ceilings"]
+assert [r["seq"] for r in j["mha_prefill"]] == [128, 256], j["mha_prefill"]
+assert all(r["tflops"] > 0 for r in j["mha_prefill"])
+assert j["topk"][0]["rows"] == 4096 and j["topk"][0]["us"] > 0, j["topk"]
+assert "layer" not in j and "indexer" not in j
+PY
+expect_error "bench stage" "unknown stage 'nope'" bench --device cpu --quick --stages nope
+expect_error "bench full on cpu" "pass --quick" bench --device cpu
+
 expect_error "bad policy" "policy must be one of" run --policy nonsense
 expect_error "forced mha past topk" "policy mha is not exact for request 0" \
   run --config "$data/small_config.json" --requests 1 --prompt-len 30 --decode-steps 0 --policy mha

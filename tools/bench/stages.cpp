@@ -1,0 +1,327 @@
+#include "bench/stages.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+#include "bench/timer.h"
+#include "dsattn/cache/cache_format.h"
+#include "dsattn/core/random.h"
+#include "dsattn/layer/attention_stack.h"
+#include "dsattn/ops/attention.h"
+#include "dsattn/ops/gemm.h"
+#include "dsattn/ops/indexer.h"
+#include "dsattn/ops/quantize.h"
+#include "dsattn/ops/topk.h"
+
+namespace dsattn::tools {
+
+namespace {
+
+using nlohmann::json;
+
+// DeepSeek-V3.2's attention shapes.
+constexpr std::int64_t H = 128, kNope = 128, kRope = 64, kV = 128, kRank = 512, kTopk = 2048;
+constexpr std::int64_t kIndexHeads = 64, kIndexDim = 128;
+
+Tensor random_tensor(std::initializer_list<std::int64_t> shape, DType dtype, Device device,
+                     std::uint64_t stream, float std = 1.0f) {
+  Tensor t = Tensor::empty(shape, dtype);
+  if (dtype == DType::u8) {
+    for (std::int64_t i = 0; i < t.numel(); ++i) {
+      t.ptr<std::uint8_t>()[i] = static_cast<std::uint8_t>(mix64(stream * 1000003 + i) & 0x77);
+    }
+  } else {
+    fill_uniform(t, 1234, stream, std);
+  }
+  return device.is_cpu() ? t : t.to(device);
+}
+
+Tensor upload(const std::vector<std::int32_t>& v, std::initializer_list<std::int64_t> shape,
+              Device device) {
+  Tensor t = Tensor::empty(shape, DType::i32);
+  std::copy(v.begin(), v.end(), t.ptr<std::int32_t>());
+  return device.is_cpu() ? t : t.to(device);
+}
+
+std::vector<std::int32_t> offsets(std::int64_t batch, std::int64_t s) {
+  std::vector<std::int32_t> cu(batch + 1);
+  for (std::int64_t b = 0; b <= batch; ++b) cu[b] = static_cast<std::int32_t>(b * s);
+  return cu;
+}
+
+double pct(double value, double ceiling) { return ceiling > 0 ? 100.0 * value / ceiling : 0.0; }
+
+void say(const std::string& line) { std::fprintf(stderr, "  ... %s\n", line.c_str()); }
+
+}  // namespace
+
+Ceilings measure_ceilings(Device device) {
+  Ceilings c;
+  const std::int64_t n = device.is_cpu() ? 1024 : 8192;
+  const Tensor a = random_tensor({n, n}, DType::bf16, device, 1);
+  const Tensor b = random_tensor({n, n}, DType::bf16, device, 2);
+  Tensor out = Tensor::empty({n, n}, DType::bf16, device);
+  const Timing g = time_median(device, [&] { ops::gemm(a, b, out, ops::BLayout::nt); });
+  c.gemm_tflops = 2.0 * n * n * n / (g.median_ms * 1e9);
+  const std::int64_t bytes = device.is_cpu() ? (256 << 20) : (std::int64_t(2) << 30);
+  const Tensor src = Tensor::empty({bytes}, DType::u8, device);
+  const Tensor dst = Tensor::empty({bytes}, DType::u8, device);
+  const Timing t = time_median(device, [&] { copy(src, dst); });
+  c.copy_tbps = 2.0 * bytes / (t.median_ms * 1e9);
+  say(fmt::format("ceilings: bf16 GEMM {:.0f} TFLOPS, copy {:.2f} TB/s", c.gemm_tflops,
+                  c.copy_tbps));
+  return c;
+}
+
+json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c) {
+  json rows = json::array();
+  for (std::int64_t s : sweep.seqs) {
+    const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
+    const Tensor q = random_tensor({T, H, kNope + kRope}, DType::bf16, device, 3);
+    const Tensor k = random_tensor({T, H, kNope + kRope}, DType::bf16, device, 4);
+    const Tensor v = random_tensor({T, H, kV}, DType::bf16, device, 5);
+    Tensor o = Tensor::empty({T, H, kV}, DType::bf16, device);
+    const Tensor cu = upload(offsets(batch, s), {batch + 1}, device);
+    const Timing t =
+        time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, 0.1352f, o); });
+    const double flops = double(batch) * s * (s + 1) * H * (kNope + kRope + kV);
+    const double tflops = flops / (t.median_ms * 1e9);
+    rows.push_back({{"seq", s},
+                    {"batch", batch},
+                    {"us", t.median_ms * 1e3},
+                    {"tflops", tflops},
+                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
+    say(fmt::format("dense MHA prefill s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3,
+                    tflops));
+  }
+  return rows;
+}
+
+json bench_projections(Device device, const Sweep& sweep, const Ceilings& c) {
+  json rows = json::array();
+  const std::int64_t T = sweep.tokens;
+  // kv_b_proj: decompress T latents into per-head keys and values (the dense path).
+  const Tensor latent = random_tensor({T, kRank}, DType::bf16, device, 6);
+  const Tensor w_kvb = random_tensor({H * (kNope + kV), kRank}, DType::bf16, device, 7, 0.04f);
+  Tensor kv = Tensor::empty({T, H * (kNope + kV)}, DType::bf16, device);
+  const Timing t1 = time_median(device, [&] { ops::gemm(latent, w_kvb, kv, ops::BLayout::nt); });
+  const double f1 = 2.0 * T * kRank * H * (kNope + kV) / (t1.median_ms * 1e9);
+  rows.push_back({{"stage", "kv_b_proj"},
+                  {"tokens", T},
+                  {"us", t1.median_ms * 1e3},
+                  {"tflops", f1},
+                  {"pct_gemm_ceiling", pct(f1, c.gemm_tflops)}});
+  // Absorption of the queries (the sparse path): one batched product over the heads.
+  const Tensor q = random_tensor({T, H, kNope + kRope}, DType::bf16, device, 8);
+  Tensor q_abs = Tensor::empty({T, H, kRank + kRope}, DType::bf16, device);
+  const TensorView w = w_kvb.view().reshape({H, kNope + kV, kRank}).slice(1, 0, kNope);
+  const Timing t2 = time_median(device, [&] {
+    ops::gemm(q.view().slice(2, 0, kNope).transpose(0, 1), w,
+              q_abs.view().slice(2, 0, kRank).transpose(0, 1), ops::BLayout::nn);
+  });
+  const double f2 = 2.0 * T * H * kNope * kRank / (t2.median_ms * 1e9);
+  rows.push_back({{"stage", "absorb_q"},
+                  {"tokens", T},
+                  {"us", t2.median_ms * 1e3},
+                  {"tflops", f2},
+                  {"pct_gemm_ceiling", pct(f2, c.gemm_tflops)}});
+  say(fmt::format("kv_b_proj {:.1f} us ({:.0f} TFLOPS), absorb {:.1f} us ({:.0f} TFLOPS)",
+                  t1.median_ms * 1e3, f1, t2.median_ms * 1e3, f2));
+  return rows;
+}
+
+json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c) {
+  json rows = json::array();
+  std::mt19937 rng(7);
+  for (std::int64_t s : sweep.seqs) {
+    const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
+    // Each query selects min(K, position + 1) of its request's earlier positions at random.
+    std::vector<std::int32_t> idx(T * kTopk, -1);
+    std::int64_t valid = 0;
+    std::vector<std::int32_t> pool;
+    for (std::int64_t b = 0; b < batch; ++b) {
+      for (std::int64_t i = 0; i < s; ++i) {
+        const std::int64_t row = b * s + i, n = std::min<std::int64_t>(kTopk, i + 1);
+        pool.resize(i + 1);
+        std::iota(pool.begin(), pool.end(), static_cast<std::int32_t>(b * s));
+        if (i + 1 > kTopk) std::shuffle(pool.begin(), pool.end(), rng);
+        std::sort(pool.begin(), pool.begin() + n);
+        std::copy(pool.begin(), pool.begin() + n, idx.begin() + row * kTopk);
+        valid += n;
+      }
+    }
+    const Tensor indices = upload(idx, {T, kTopk}, device);
+    const Tensor q = random_tensor({T, H, kRank + kRope}, DType::bf16, device, 9);
+    const Tensor kv = random_tensor({T, kRank + kRope}, DType::bf16, device, 10);
+    Tensor o = Tensor::empty({T, H, kRank}, DType::bf16, device);
+    const Timing t = time_median(device, [&] { ops::sparse_mla(q, kv, indices, 0.1352f, o); });
+    const double tflops = 2.0 * valid * H * (kRank + kRope + kRank) / (t.median_ms * 1e9);
+    rows.push_back({{"seq", s},
+                    {"batch", batch},
+                    {"us", t.median_ms * 1e3},
+                    {"tflops", tflops},
+                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
+    say(fmt::format("sparse MLA prefill s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3,
+                    tflops));
+  }
+  return rows;
+}
+
+json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c) {
+  json rows = json::array();
+  for (std::int64_t s : sweep.seqs) {
+    const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
+    const Tensor q = random_tensor({T, kIndexHeads, kIndexDim}, DType::u8, device, 11);
+    Tensor q_scale = Tensor::empty({T, kIndexHeads, 1}, DType::f32);
+    fill_uniform(q_scale, 1, 12, 0.001f, 0.01f);
+    Tensor weights = Tensor::empty({T, kIndexHeads}, DType::f32);
+    fill_uniform(weights, 1, 13, 0.1f);
+
+    // Request b's keys fill pages b·s/64 onwards, in order.
+    const std::int64_t pages = (s + kPageSize - 1) / kPageSize;
+    std::vector<std::int32_t> tables(batch * pages);
+    std::iota(tables.begin(), tables.end(), 0);
+    const Tensor cu = upload(offsets(batch, s), {batch + 1}, device);
+    const Tensor table = upload(tables, {batch, pages}, device);
+    const Tensor keys =
+        random_tensor({batch * pages * kPageSize, kIndexDim + 4}, DType::u8, device, 14);
+    const Tensor lens =
+        upload(std::vector<std::int32_t>(batch, static_cast<std::int32_t>(s)), {batch}, device);
+    const Tensor qs = device.is_cpu() ? q_scale : q_scale.to(device);
+    const Tensor w = device.is_cpu() ? weights : weights.to(device);
+    Tensor scores = Tensor::empty({T, s}, DType::f32, device);
+    const Timing t = time_median(device, [&] {
+      ops::indexer_scores(q, qs, w, keys, table, kPageSize, cu, lens, 0, scores);
+    });
+    const double flops = double(batch) * s * (s + 1) / 2 * kIndexHeads * kIndexDim * 2;
+    const double tflops = flops / (t.median_ms * 1e9);
+    rows.push_back({{"seq", s},
+                    {"batch", batch},
+                    {"us", t.median_ms * 1e3},
+                    {"tflops", tflops},
+                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
+    say(fmt::format("indexer s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3, tflops));
+  }
+  return rows;
+}
+
+json bench_topk(Device device, const std::vector<std::int64_t>& sizes, const Ceilings& c) {
+  json rows = json::array();
+  for (std::int64_t s : sizes) {
+    const Tensor scores = random_tensor({s, s}, DType::f32, device, 15);
+    const Tensor lengths =
+        upload(std::vector<std::int32_t>(s, static_cast<std::int32_t>(s)), {s}, device);
+    Tensor out = Tensor::empty({s, kTopk}, DType::i32, device);
+    const Timing t = time_median(device, [&] { ops::topk(scores, lengths, out); });
+    const double gbps = double(s) * s * 4 / (t.median_ms * 1e6);
+    rows.push_back({{"rows", s},
+                    {"cols", s},
+                    {"k", kTopk},
+                    {"us", t.median_ms * 1e3},
+                    {"read_gbps", gbps},
+                    {"pct_copy_ceiling", pct(gbps / 1e3, c.copy_tbps / 2)}});
+    say(fmt::format("top-k {}x{}: {:.1f} us, {:.0f} GB/s of scores", s, s, t.median_ms * 1e3,
+                    gbps));
+  }
+  return rows;
+}
+
+json bench_decode(Device device, const Ceilings& c) {
+  json rows = json::array();
+  std::mt19937 rng(11);
+  for (std::int64_t b : {64, 128}) {
+    for (std::int64_t s_q : {1, 2}) {
+      const std::int64_t ctx = 8192, n = b * s_q, slots = b * ctx;
+      std::vector<std::int32_t> idx(n * kTopk);
+      std::vector<std::int32_t> pool(ctx);
+      for (std::int64_t r = 0; r < n; ++r) {
+        std::iota(pool.begin(), pool.end(), static_cast<std::int32_t>((r / s_q) * ctx));
+        std::shuffle(pool.begin(), pool.end(), rng);
+        std::sort(pool.begin(), pool.begin() + kTopk);
+        std::copy(pool.begin(), pool.begin() + kTopk, idx.begin() + r * kTopk);
+      }
+      const Tensor indices = upload(idx, {n, kTopk}, device);
+      const Tensor q = random_tensor({n, H, kRank + kRope}, DType::bf16, device, 16);
+      const Tensor kv = random_tensor({slots, kRank + kRope}, DType::bf16, device, 17);
+      Tensor o = Tensor::empty({n, H, kRank}, DType::bf16, device);
+      const Timing t = time_median(device, [&] { ops::sparse_mla(q, kv, indices, 0.1352f, o); });
+      const double tflops = 2.0 * n * kTopk * H * (kRank + kRope + kRank) / (t.median_ms * 1e9);
+      const double gbps = double(n) * kTopk * (kRank + kRope) * 2 / (t.median_ms * 1e6);
+      rows.push_back({{"batch", b},
+                      {"s_q", s_q},
+                      {"topk", kTopk},
+                      {"kv_cache", "bf16"},
+                      {"us", t.median_ms * 1e3},
+                      {"tflops", tflops},
+                      {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)},
+                      {"gathered_gbps", gbps}});
+      say(fmt::format("sparse MLA decode b={} s_q={}: {:.1f} us, {:.1f} TFLOPS", b, s_q,
+                      t.median_ms * 1e3, tflops));
+    }
+  }
+  return rows;
+}
+
+json bench_layer(Device device, std::int64_t requests,
+                 const std::vector<std::int64_t>& prompt_lens) {
+  json rows = json::array();
+  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
+  const std::int64_t D = config.hidden_size, budget = 16384;
+  for (std::int64_t len : prompt_lens) {
+    json row = {{"requests", requests}, {"prompt_len", len}};
+    CacheOptions opts;
+    opts.device = device;
+    opts.num_pages = requests * pages_for(len + 1);
+    PagedKvCache cache(config, opts);
+    std::vector<BlockTable> tables(requests);
+    for (BlockTable& t : tables) cache.reserve(t, len + 1);
+    // Whole requests per forward, up to the token budget.
+    std::vector<Batch> batches;
+    for (std::int64_t r = 0, used = budget; r < requests; ++r) {
+      if (used + len > budget) {
+        batches.emplace_back();
+        used = 0;
+      }
+      batches.back().requests.push_back({0, len, tables[r]});
+      used += len;
+    }
+    const std::int64_t max_rows = std::min(requests, budget / std::max<std::int64_t>(len, 1)) * len;
+    const Tensor x = random_tensor({std::max(max_rows, len), D}, DType::bf16, device, 20);
+    for (const char* policy : {"mla", "threshold", "per-request"}) {
+      stack.set_policy(Policy::parse(policy));
+      ForwardOptions fo;
+      fo.time_stages = false;
+      auto prefill = [&] {
+        for (const Batch& b : batches) {
+          const std::int64_t rows_b = b.total_tokens();
+          stack.forward(b, x.view().slice(0, 0, rows_b), cache, fo);
+        }
+      };
+      const Timing t = time_median(device, prefill, 2000);
+      row[std::string(policy)] = {{"prefill_ms", t.median_ms},
+                                  {"tokens_per_s", requests * len / (t.median_ms / 1e3)}};
+      say(fmt::format("layer {}x{} prefill {}: {:.2f} ms", requests, len, policy, t.median_ms));
+    }
+    // One decode step for every request (sparse MLA), after the prefill above.
+    Batch decode;
+    decode.mode = ForwardMode::decode;
+    for (std::int64_t r = 0; r < requests; ++r) decode.requests.push_back({len, 1, tables[r]});
+    stack.set_policy(Policy::parse("per-request"));
+    ForwardOptions fo;
+    fo.time_stages = false;
+    const Timing td = time_median(
+        device, [&] { stack.forward(decode, x.view().slice(0, 0, requests), cache, fo); });
+    row["decode_step_ms"] = td.median_ms;
+    row["mla_over_per_request"] =
+        row["mla"]["prefill_ms"].get<double>() / row["per-request"]["prefill_ms"].get<double>();
+    say(fmt::format("layer {}x{} decode step {:.3f} ms; mla / per-request prefill = {:.2f}",
+                    requests, len, td.median_ms, row["mla_over_per_request"].get<double>()));
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace dsattn::tools

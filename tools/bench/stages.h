@@ -1,0 +1,36 @@
+// The benchmarks of `dsattn bench`: each measures one stage (or the whole layer) on a device and
+// returns JSON rows with time, rate and percent of the ceilings measured in the same run.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "dsattn/core/tensor.h"
+
+namespace dsattn::tools {
+
+struct Ceilings {
+  double gemm_tflops = 0;  // a large bf16 GEMM through the gemm op
+  double copy_tbps = 0;    // a large device-to-device copy, bytes read + written
+};
+
+Ceilings measure_ceilings(Device device);
+
+// Sequence lengths of the per-stage sweep; each batch holds about `tokens` tokens.
+struct Sweep {
+  std::vector<std::int64_t> seqs = {256, 512, 1024, 2048, 4096, 8192};
+  std::int64_t tokens = 16384;
+};
+
+nlohmann::json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c);
+nlohmann::json bench_projections(Device device, const Sweep& sweep, const Ceilings& c);
+nlohmann::json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c);
+nlohmann::json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c);
+nlohmann::json bench_topk(Device device, const std::vector<std::int64_t>& sizes, const Ceilings& c);
+nlohmann::json bench_decode(Device device, const Ceilings& c);
+// The whole layer at DeepSeek-V3.2 size: `requests` prompts of each length, prefilled under
+// mla, threshold and per-request, then one decode step.
+nlohmann::json bench_layer(Device device, std::int64_t requests,
+                           const std::vector<std::int64_t>& prompt_lens);
+
+}  // namespace dsattn::tools

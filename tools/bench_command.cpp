@@ -1,0 +1,158 @@
+// dsattn bench: every stage's time against the hardware ceilings measured in the same run, and
+// the whole layer under each policy; a table on screen and JSON under bench/results/.
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "bench/stages.h"
+#include "commands.h"
+#include "dsattn/core/cuda_runtime.h"
+
+namespace dsattn::tools {
+
+namespace {
+
+struct BenchOptions {
+  std::string device = "auto";
+  std::string json_path;
+  std::string commit;
+  std::string anchors;
+  std::vector<std::string> stages = {"mha",  "projections", "sparse_mla", "indexer",
+                                     "topk", "decode",      "layer"};
+  bool quick = false;
+};
+
+std::string today() {
+  const std::time_t now = std::time(nullptr);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&now));
+  return buf;
+}
+
+std::string slug(const std::string& name) {
+  std::string s;
+  for (char ch : name) {
+    if (std::isalnum(static_cast<unsigned char>(ch))) {
+      s += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    } else if (!s.empty() && s.back() != '-') {
+      s += '-';
+    }
+  }
+  while (!s.empty() && s.back() == '-') s.pop_back();
+  return s;
+}
+
+std::string git_commit() {
+  FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+  if (!p) return "unknown";
+  char buf[64] = {0};
+  const bool ok = std::fgets(buf, sizeof buf, p) != nullptr;
+  pclose(p);
+  std::string s = ok ? buf : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "unknown" : s;
+}
+
+int run(const BenchOptions& o) {
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
+    fail("--device must be auto, cpu or cuda, got '{}'", o.device);
+  }
+  for (const std::string& s : o.stages) {
+    static const std::vector<std::string> known = {"mha",  "projections", "sparse_mla", "indexer",
+                                                   "topk", "decode",      "layer"};
+    if (std::find(known.begin(), known.end(), s) == known.end()) {
+      fail(
+          "--stages: unknown stage '{}' (known: mha, projections, sparse_mla, indexer, topk, "
+          "decode, layer)",
+          s);
+    }
+  }
+  const bool gpu = cuda::built_with_cuda() && cuda::device_count() > 0;
+  if (o.device == "cuda" && !gpu) fail<Unsupported>("--device cuda: no CUDA device is visible");
+  const Device dev =
+      (o.device == "cuda" || (o.device == "auto" && gpu)) ? Device::cuda(0) : Device::cpu();
+  if (dev.is_cpu() && !o.quick) {
+    fail("dsattn bench runs the full sweep on a GPU; on the CPU pass --quick (small sizes)");
+  }
+  const std::string device_name = dev.is_cpu() ? "cpu" : cuda::device_name(0);
+  const std::string path = o.json_path.empty()
+                               ? fmt::format("bench/results/{}-{}.json", slug(device_name), today())
+                               : o.json_path;
+  const auto dir = std::filesystem::absolute(path).parent_path();
+  if (!std::filesystem::is_directory(dir))
+    fail("--json: directory {} does not exist", dir.string());
+  nlohmann::json anchors;
+  if (!o.anchors.empty()) {
+    std::ifstream in(o.anchors);
+    if (!in) fail("--anchors: cannot open {}", o.anchors);
+    try {
+      anchors = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      fail("--anchors: {} is not valid JSON: {}", o.anchors, e.what());
+    }
+  }
+  auto wants = [&](const char* s) {
+    return std::find(o.stages.begin(), o.stages.end(), s) != o.stages.end();
+  };
+
+  std::printf("dsattn bench on %s\n", device_name.c_str());
+  std::fflush(stdout);
+  Sweep sweep;
+  std::vector<std::int64_t> topk_sizes = {8192, 32768};
+  std::int64_t layer_requests = 100;
+  std::vector<std::int64_t> layer_lens = {512, 1024, 2000};
+  if (o.quick) {
+    sweep.seqs = {128, 256};
+    sweep.tokens = 512;
+    topk_sizes = {4096};
+    layer_requests = 2;
+    layer_lens = {64};
+  }
+
+  nlohmann::json j;
+  j["device"] = device_name;
+  j["date"] = today();
+  j["commit"] = o.commit.empty() ? git_commit() : o.commit;
+  j["quick"] = o.quick;
+  const Ceilings c = measure_ceilings(dev);
+  j["ceilings"] = {{"bf16_gemm_tflops", c.gemm_tflops}, {"copy_tbps", c.copy_tbps}};
+  if (wants("mha")) j["mha_prefill"] = bench_mha_prefill(dev, sweep, c);
+  if (wants("projections")) j["projections"] = bench_projections(dev, sweep, c);
+  if (wants("sparse_mla")) j["sparse_mla_prefill"] = bench_sparse_mla_prefill(dev, sweep, c);
+  if (wants("indexer")) j["indexer"] = bench_indexer(dev, sweep, c);
+  if (wants("topk")) j["topk"] = bench_topk(dev, topk_sizes, c);
+  if (wants("decode") && !o.quick) j["sparse_mla_decode"] = bench_decode(dev, c);
+  if (wants("layer")) j["layer"] = bench_layer(dev, layer_requests, layer_lens);
+  if (!anchors.is_null()) j["torch_anchors"] = anchors;
+
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(1) << "\n";
+    if (!out) fail("--json: cannot write {}", path);
+  }
+  std::filesystem::rename(tmp, path);
+  std::printf("\n%s\nwrote %s\n", j.dump(1).c_str(), path.c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Time every stage against the measured hardware ceilings; write JSON results");
+  cmd->add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
+  cmd->add_option("--json", o->json_path,
+                  "Output file (default bench/results/<device>-<date>.json)");
+  cmd->add_option("--commit", o->commit, "Commit to record (default: git rev-parse)");
+  cmd->add_option("--anchors", o->anchors, "PyTorch anchor figures (JSON) to record alongside");
+  cmd->add_option("--stages", o->stages, "Stages to run")->capture_default_str();
+  cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");
+  return [o] { return run(*o); };
+}
+
+}  // namespace dsattn::tools
