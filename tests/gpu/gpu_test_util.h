@@ -37,8 +37,16 @@
 #include "dsattn/core/error.h"
 #include "dsattn/core/random.h"
 #include "dsattn/core/tensor.h"
+#include "ops/op_test_util.h"
 
 namespace dsattn::gpu_test {
+
+// Host-side helpers shared with the CPU op tests.
+using ::dsattn::test::decode_e4m3;
+using ::dsattn::test::element_offsets;
+using ::dsattn::test::index_string;
+using ::dsattn::test::read_doubles;
+using ::dsattn::test::read_i32;
 
 // Every GPU test derives from this: it skips when no GPU can be used (CI, a build machine) and
 // checks after each test that no asynchronous CUDA error is pending.
@@ -67,58 +75,6 @@ inline Device gpu() { return Device::cuda(0); }
 
 // ---------------------------------------------------------------------------------------------
 // Host tensors
-
-// Element offsets (in elements, relative to v.data()) of every element of v, row-major.
-inline std::vector<std::int64_t> element_offsets(const TensorView& v) {
-  const int nd = v.ndim();
-  const std::int64_t n = v.numel();
-  std::vector<std::int64_t> offsets;
-  offsets.reserve(static_cast<std::size_t>(n));
-  std::vector<std::int64_t> idx(static_cast<std::size_t>(nd), 0);
-  for (std::int64_t e = 0; e < n; ++e) {
-    std::int64_t off = 0;
-    for (int d = 0; d < nd; ++d) off += idx[d] * v.stride(d);
-    offsets.push_back(off);
-    for (int d = nd - 1; d >= 0; --d) {
-      if (++idx[d] < v.size(d)) break;
-      idx[d] = 0;
-    }
-  }
-  return offsets;
-}
-
-// Every element of a host view as a double, row-major (fp8 through the library's conversion).
-inline std::vector<double> read_doubles(const TensorView& v) {
-  std::vector<double> out;
-  out.reserve(static_cast<std::size_t>(v.numel()));
-  for (std::int64_t off : element_offsets(v)) {
-    switch (v.dtype()) {
-      case DType::f32:
-        out.push_back(v.ptr<float>()[off]);
-        break;
-      case DType::bf16:
-        out.push_back(v.ptr<bf16>()[off].to_float());
-        break;
-      case DType::i32:
-        out.push_back(v.ptr<std::int32_t>()[off]);
-        break;
-      case DType::u8:
-        out.push_back(v.ptr<std::uint8_t>()[off]);
-        break;
-      case DType::fp8_e4m3:
-        out.push_back(v.ptr<fp8_e4m3>()[off].to_float());
-        break;
-    }
-  }
-  return out;
-}
-
-inline std::vector<std::int32_t> read_i32(const TensorView& v) {
-  std::vector<std::int32_t> out;
-  out.reserve(static_cast<std::size_t>(v.numel()));
-  for (std::int64_t off : element_offsets(v)) out.push_back(v.ptr<std::int32_t>()[off]);
-  return out;
-}
 
 inline constexpr std::uint16_t kBf16Poison = 0x7fc0;     // a quiet bf16 NaN
 inline constexpr std::uint32_t kF32Poison = 0x7fc00bad;  // a quiet f32 NaN with a payload
@@ -237,17 +193,6 @@ struct Mirror {
 
 // ---------------------------------------------------------------------------------------------
 // Comparisons
-
-// "[i, j, k]" for a flat row-major index into `shape` (the flat index when shape is empty).
-inline std::string index_string(std::int64_t flat, std::span<const std::int64_t> shape) {
-  if (shape.empty()) return fmt::format("[{}]", flat);
-  std::vector<std::int64_t> idx(shape.size());
-  for (std::size_t d = shape.size(); d-- > 0;) {
-    idx[d] = shape[d] > 0 ? flat % shape[d] : 0;
-    flat = shape[d] > 0 ? flat / shape[d] : 0;
-  }
-  return fmt::format("[{}]", fmt::join(idx, ", "));
-}
 
 inline std::vector<std::int64_t> shape_of(const TensorView& v) {
   return {v.shape().begin(), v.shape().end()};
@@ -420,15 +365,6 @@ template <typename E, typename Call>
 inline std::int32_t bf16_ordinal(std::uint16_t bits) {
   const std::int32_t magnitude = bits & 0x7fff;
   return (bits & 0x8000) ? -magnitude : magnitude;
-}
-
-// e4m3 ("fn": bias 7, no infinities, S.1111.111 is NaN) decoded from its bit fields.
-inline double decode_e4m3(std::uint8_t bits) {
-  const int exponent = (bits >> 3) & 0xf, mantissa = bits & 0x7;
-  if (exponent == 0xf && mantissa == 0x7) return std::nan("");
-  const double magnitude = exponent == 0 ? std::ldexp(mantissa / 8.0, -6)
-                                         : std::ldexp(1.0 + mantissa / 8.0, exponent - 7);
-  return (bits & 0x80) ? -magnitude : magnitude;
 }
 
 }  // namespace dsattn::gpu_test
