@@ -257,6 +257,12 @@ const SparseCase kSparseCases[] = {
     {"Model_H64_Topk2047_Fp8", 4, 64, 576, 512, 3000, 2047, true, 0, 0},
     // Model shapes with an output window of odd strides (no 16-byte alignment).
     {"Model_H128_OddOutWindow_Bf16", 3, 128, 576, 512, 400, 256, false, 8, 3},
+    // Several times more items (row x 64 heads) than SMs, so each CTA walks several; the cases
+    // above give every CTA one item and never reach the hand-over to the next one (its list,
+    // first tile and Q loaded during the last tile, the bf16 tile parity carried across items).
+    // The four row patterns make lists of 150, ~120, 0 and 50 keys: 3, 2, 0 and 1 tiles.
+    {"Model_H128_ManyRows_Bf16", 272, 128, 576, 512, 3000, 150, false, 0, 0},
+    {"Model_H128_ManyRows_Fp8", 272, 128, 576, 512, 3000, 150, true, 0, 0},
     // Small odd shapes.
     {"Odd_H3_40x24_Bf16", 9, 3, 40, 24, 50, 13, false, 6, 5},
     {"Small_H2_136x128_Fp8", 5, 2, 136, 128, 40, 20, true, 4, 2},

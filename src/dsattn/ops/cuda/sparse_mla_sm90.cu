@@ -261,6 +261,18 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
     if (count > 0) gather(0, count, dst);
   };
 
+  // The S warps' counterpart of prepare(): two barriers of their own (id 2) for compact()'s
+  // two loader-only ones, in the same interval between CTA barriers. compute-sanitizer's
+  // racecheck orders shared accesses by how many barriers each warp has passed, whatever their
+  // id: without these the loaders run two ahead per prepare(), and every loader access before a
+  // __syncthreads() looks unordered with the S warps' accesses after it (item_count, the staged
+  // output, the last tile's V against the staging writes). They order nothing the CTA
+  // barriers do not already order; they keep every warp's count equal at each __syncthreads().
+  auto match_prepare = [] {
+    asm volatile("bar.sync 2, %0;\n" ::"n"(kThreads - kLoaders) : "memory");
+    asm volatile("bar.sync 2, %0;\n" ::"n"(kThreads - kLoaders) : "memory");
+  };
+
   // FP8: staging tile -> bf16 K tile (all threads). Thread (key, sub) converts code chunks
   // sub + 8j (block scale j) into bf16 chunks 2 (sub + 8j) and 2 (sub + 8j) + 1, and copies
   // rope chunk sub.
@@ -326,6 +338,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
   if (!s_warp) {
     load_q(item);
     prepare(item, 0, kFp8 ? sRaw : sK0);
+  } else {
+    match_prepare();
   }
   while (item < items) {
     const int next = item + static_cast<int>(gridDim.x);
@@ -347,9 +361,13 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
         const int c = i * kThreads + etid, r = c / (kDv / 8), chunk = c % (kDv / 8);
         *reinterpret_cast<uint4*>(out + r * p.so1 + chunk * 8) = make_uint4(0, 0, 0, 0);
       }
-      if (!s_warp && has_next) {
-        load_q(next);
-        prepare(next, parity ^ 1, kFp8 ? sRaw : sK0 + (slot & 1) * kTileBytes);
+      if (has_next) {
+        if (!s_warp) {
+          load_q(next);
+          prepare(next, parity ^ 1, kFp8 ? sRaw : sK0 + (slot & 1) * kTileBytes);
+        } else {
+          match_prepare();
+        }
       }
       item = next;
       parity ^= 1;
@@ -384,6 +402,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
           // This item's gathers are all issued: the list and the other K tile are free.
           prepare(next, parity ^ 1, dst);
         }
+      } else if (t + 1 == tiles && has_next) {
+        match_prepare();
       }
       const int live = min(kKeys, count - t * kKeys);
       // S = Q K^T for this warp's 32 heads x 32 keys.
