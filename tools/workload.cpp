@@ -108,9 +108,10 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
   }
 
   // Runs one forward over `pieces`; when `keep`, copies each piece's output rows to the request's
-  // output at row (piece.prefix - row_base).
+  // output at row (piece.prefix - row_base). Adds the forward's own time (inputs synthesised and
+  // outputs copied back are outside it) to `*seconds`.
   auto forward = [&](const std::vector<Piece>& pieces, ForwardMode mode, bool keep,
-                     std::int64_t row_base) {
+                     std::int64_t row_base, double* seconds) {
     Batch batch;
     batch.mode = mode;
     std::int64_t tokens = 0;
@@ -126,8 +127,11 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
       }
     }
     const Tensor on_device = device.is_cpu() ? hidden : hidden.to(device);
+    const auto t0 = std::chrono::steady_clock::now();
     ForwardResult fr = stack.forward(batch, on_device, cache);
-    const Tensor out = device.is_cpu() ? on_device : on_device.to(Device::cpu());  // waits
+    if (device.is_cuda()) cuda::synchronize();
+    *seconds += seconds_since(t0);
+    const Tensor out = device.is_cpu() ? on_device : on_device.to(Device::cpu());
     row = 0;
     for (std::size_t i = 0; i < pieces.size(); ++i) {
       const Piece& p = pieces[i];
@@ -150,23 +154,23 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
   if (spec.prefix_len > 0) {  // the cached prefix: prefilled first, not part of the figures
     const auto batches = schedule(spec.requests, 0, spec.prefix_len, spec.max_batch_tokens);
     for (std::size_t b = 0; b < batches.size(); ++b) {
-      forward(batches[b], ForwardMode::prefill, false, 0);
+      double ignored = 0;
+      forward(batches[b], ForwardMode::prefill, false, 0, &ignored);
       report("cached prefix batch", b + 1, batches.size());
     }
   }
 
   const auto batches = schedule(spec.requests, spec.prefix_len, spec.prefix_len + spec.prompt_len,
                                 spec.max_batch_tokens);
-  const auto t_prefill = std::chrono::steady_clock::now();
   for (std::size_t b = 0; b < batches.size(); ++b) {
-    const ForwardResult fr = forward(batches[b], ForwardMode::prefill, true, spec.prefix_len);
+    const ForwardResult fr =
+        forward(batches[b], ForwardMode::prefill, true, spec.prefix_len, &result.prefill_seconds);
     for (std::size_t i = 0; i < batches[b].size(); ++i) {
       result.prefill_paths[batches[b][i].request] = fr.paths[i];
     }
     result.prefill_stages += fr.times;
     report("prefill batch", b + 1, batches.size());
   }
-  result.prefill_seconds = seconds_since(t_prefill);
   result.prefill_tokens = spec.requests * spec.prompt_len;
 
   // Decode: on a GPU, the sparse path's steps replay one CUDA graph (planned and captured before
@@ -179,13 +183,13 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
     result.decode_graph = true;
   }
   Tensor step_hidden = Tensor::empty({spec.requests, D}, DType::bf16);
-  const auto t_decode = std::chrono::steady_clock::now();
   for (std::int64_t step = 0; step < spec.decode_steps; ++step) {
     const std::int64_t position = spec.prefix_len + spec.prompt_len + step;
     if (!graph) {
       std::vector<Piece> pieces;
       for (std::int64_t r = 0; r < spec.requests; ++r) pieces.push_back({r, position, 1});
-      const ForwardResult fr = forward(pieces, ForwardMode::decode, true, spec.prefix_len);
+      const ForwardResult fr =
+          forward(pieces, ForwardMode::decode, true, spec.prefix_len, &result.decode_seconds);
       result.decode_paths = fr.paths;
     } else {
       std::vector<RequestInput> requests;
@@ -194,8 +198,10 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
         requests.push_back({position, 1, tables[r]});
       }
       copy(step_hidden, graph->hidden());
+      const auto t0 = std::chrono::steady_clock::now();
       graph->step(requests);
       graph->synchronize();
+      result.decode_seconds += seconds_since(t0);
       copy(graph->hidden(), step_hidden);
       for (std::int64_t r = 0; r < spec.requests; ++r) {
         std::memcpy(result.outputs[r].ptr<bf16>() + (position - spec.prefix_len) * D,
@@ -205,7 +211,6 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
     }
     report("decode step", step + 1, spec.decode_steps);
   }
-  result.decode_seconds = seconds_since(t_decode);
   result.cache_bytes = cache.bytes_per_token() * cache.num_pages() * cache.page_size();
   if (graph) result.decode_graph_bytes = static_cast<std::int64_t>(graph->reserved_bytes());
   if (device.is_cuda()) {

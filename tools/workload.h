@@ -32,7 +32,7 @@ struct PassResult {
   std::string policy;
   std::vector<Path> prefill_paths;  // path of each request's prompt (its last prefill chunk)
   std::int64_t prefill_tokens = 0;
-  double prefill_seconds = 0;
+  double prefill_seconds = 0;  // in the layer's forwards (synthesising inputs is not counted)
   StageTimes prefill_stages;
   std::int64_t decode_tokens = 0;
   double decode_seconds = 0;
