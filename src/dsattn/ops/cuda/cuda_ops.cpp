@@ -196,6 +196,7 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
                      static_cast<const std::int32_t*>(lengths.data()),
                      static_cast<std::int32_t*>(out.data()),
                      scores.size(0),
+                     scores.size(1),
                      scores.stride(0),
                      out.stride(0),
                      static_cast<int>(out.size(1))};

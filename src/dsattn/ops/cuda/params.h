@@ -93,10 +93,10 @@ struct IndexerParams {
 };
 
 struct TopkParams {
-  const float* scores;          // [rows, n]
-  const std::int32_t* lengths;  // [rows]
+  const float* scores;          // [rows, cols]
+  const std::int32_t* lengths;  // [rows], each <= cols
   std::int32_t* out;            // [rows, k]
-  std::int64_t rows, stride_scores, stride_out;
+  std::int64_t rows, cols, stride_scores, stride_out;
   int k;
 };
 
