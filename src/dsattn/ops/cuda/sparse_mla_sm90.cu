@@ -35,10 +35,13 @@
 #include <algorithm>
 
 #include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/ptx.cuh"
 
 namespace dsattn::ops::cuda {
 
 namespace {
+
+using namespace ptx;  // NOLINT: the PTX wrappers read as intrinsics
 
 constexpr int kHeads = 64;  // heads per CTA
 constexpr int kKeys = 64;   // keys per tile
@@ -74,36 +77,10 @@ struct Smem {
   static_assert(kHeads * kOutRowBytes <= kTileBytes, "the output is staged in a K tile");
 };
 
-__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // Byte offset of 16-byte chunk `c` of row `r` in rows of `row_bytes`.
 template <int row_bytes>
 __device__ __forceinline__ std::uint32_t swizzled(int r, int c) {
   return static_cast<std::uint32_t>(r * row_bytes + ((c ^ (r & 7)) << 4));
-}
-
-// 16 bytes global -> shared; when !valid nothing is read and the chunk is zero-filled (a zero
-// V row keeps 0 · garbage out of O).
-__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
 }
 
 // d += a · b for one m16n8k16 tile.
@@ -115,17 +92,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // ex2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
 }
 
 // Two e4m3 codes (low byte first) times the block scale, each rounded to bf16 as the generic
