@@ -55,6 +55,18 @@ double pct(double value, double ceiling) { return ceiling > 0 ? 100.0 * value / 
 
 void say(const std::string& line) { std::fprintf(stderr, "  ... %s\n", line.c_str()); }
 
+// One row of a sequence-length sweep: time, rate and percent of the GEMM ceiling, also printed.
+json sweep_row(const char* stage, std::int64_t s, std::int64_t batch, double ms, double flops,
+               const Ceilings& c) {
+  const double tflops = flops / (ms * 1e9);
+  say(fmt::format("{} s={}: {:.1f} us, {:.1f} TFLOPS", stage, s, ms * 1e3, tflops));
+  return {{"seq", s},
+          {"batch", batch},
+          {"us", ms * 1e3},
+          {"tflops", tflops},
+          {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}};
+}
+
 }  // namespace
 
 Ceilings measure_ceilings(Device device) {
@@ -87,14 +99,7 @@ json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c) {
     const Timing t =
         time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, 0.1352f, o); });
     const double flops = double(batch) * s * (s + 1) * H * (kNope + kRope + kV);
-    const double tflops = flops / (t.median_ms * 1e9);
-    rows.push_back({{"seq", s},
-                    {"batch", batch},
-                    {"us", t.median_ms * 1e3},
-                    {"tflops", tflops},
-                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
-    say(fmt::format("dense MHA prefill s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3,
-                    tflops));
+    rows.push_back(sweep_row("dense MHA prefill", s, batch, t.median_ms, flops, c));
   }
   return rows;
 }
@@ -157,14 +162,8 @@ json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings&
     const Tensor kv = random_tensor({T, kRank + kRope}, DType::bf16, device, 10);
     Tensor o = Tensor::empty({T, H, kRank}, DType::bf16, device);
     const Timing t = time_median(device, [&] { ops::sparse_mla(q, kv, indices, 0.1352f, o); });
-    const double tflops = 2.0 * valid * H * (kRank + kRope + kRank) / (t.median_ms * 1e9);
-    rows.push_back({{"seq", s},
-                    {"batch", batch},
-                    {"us", t.median_ms * 1e3},
-                    {"tflops", tflops},
-                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
-    say(fmt::format("sparse MLA prefill s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3,
-                    tflops));
+    const double flops = 2.0 * valid * H * (kRank + kRope + kRank);
+    rows.push_back(sweep_row("sparse MLA prefill", s, batch, t.median_ms, flops, c));
   }
   return rows;
 }
@@ -196,13 +195,7 @@ json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c) {
       ops::indexer_scores(q, qs, w, keys, table, kPageSize, cu, lens, 0, scores);
     });
     const double flops = double(batch) * s * (s + 1) / 2 * kIndexHeads * kIndexDim * 2;
-    const double tflops = flops / (t.median_ms * 1e9);
-    rows.push_back({{"seq", s},
-                    {"batch", batch},
-                    {"us", t.median_ms * 1e3},
-                    {"tflops", tflops},
-                    {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)}});
-    say(fmt::format("indexer s={}: {:.1f} us, {:.1f} TFLOPS", s, t.median_ms * 1e3, tflops));
+    rows.push_back(sweep_row("indexer", s, batch, t.median_ms, flops, c));
   }
   return rows;
 }

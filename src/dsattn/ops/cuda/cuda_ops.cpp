@@ -132,30 +132,32 @@ void map_positions_to_slots(const TensorView& indices, const TensorView& row_req
   check_launch(launch_map_positions(p, stream()), "map_positions_to_slots");
 }
 
+namespace {
+
+LatentFp8Params latent_params(const TensorView& latent, const TensorView& rows,
+                              std::int64_t kv_lora_rank, bool quantize) {
+  return {latent.data(),
+          rows.data(),
+          latent.size(0),
+          latent.stride(0),
+          rows.stride(0),
+          static_cast<int>(kv_lora_rank),
+          static_cast<int>(latent.size(1) - kv_lora_rank),
+          quantize};
+}
+
+}  // namespace
+
 void quantize_latent_fp8(const TensorView& latent, std::int64_t kv_lora_rank,
                          const TensorView& rows) {
-  const LatentFp8Params p{latent.data(),
-                          rows.data(),
-                          latent.size(0),
-                          latent.stride(0),
-                          rows.stride(0),
-                          static_cast<int>(kv_lora_rank),
-                          static_cast<int>(latent.size(1) - kv_lora_rank),
-                          true};
-  check_launch(launch_latent_fp8(p, stream()), "quantize_latent_fp8");
+  check_launch(launch_latent_fp8(latent_params(latent, rows, kv_lora_rank, true), stream()),
+               "quantize_latent_fp8");
 }
 
 void dequantize_latent_fp8(const TensorView& rows, std::int64_t kv_lora_rank,
                            const TensorView& latent) {
-  const LatentFp8Params p{latent.data(),
-                          rows.data(),
-                          latent.size(0),
-                          latent.stride(0),
-                          rows.stride(0),
-                          static_cast<int>(kv_lora_rank),
-                          static_cast<int>(latent.size(1) - kv_lora_rank),
-                          false};
-  check_launch(launch_latent_fp8(p, stream()), "dequantize_latent_fp8");
+  check_launch(launch_latent_fp8(latent_params(latent, rows, kv_lora_rank, false), stream()),
+               "dequantize_latent_fp8");
 }
 
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
