@@ -186,6 +186,11 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
   std::unique_ptr<DecodeGraph> graph;
   if (graph_decode) {
     graph = std::make_unique<DecodeGraph>(stack, cache, spec.requests, 1, context);
+    std::vector<RequestInput> first;
+    for (std::int64_t r = 0; r < spec.requests; ++r) {
+      first.push_back({spec.prefix_len + spec.prompt_len, 1, tables[r]});
+    }
+    graph->capture(first);  // untimed, like the prefill's warm-up
     result.decode_graph = true;
   }
   Tensor step_hidden = Tensor::empty({spec.requests, D}, DType::bf16);

@@ -117,7 +117,7 @@ void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
 }
 
 #ifdef DSATTN_WITH_CUDA
-void DecodeGraph::capture() {
+void DecodeGraph::capture_graph() {
   const Layout layout{batch_ * tokens_, batch_, max_pages_};
   SparseMeta meta;
   meta.positions = i32_view(metadata_, layout.positions(), layout.rows);
@@ -159,10 +159,10 @@ void DecodeGraph::capture() {
   exec_ = exec;
 }
 #else
-void DecodeGraph::capture() {}
+void DecodeGraph::capture_graph() {}
 #endif
 
-void DecodeGraph::step(std::span<const RequestInput> requests) {
+void DecodeGraph::check_fits(std::span<const RequestInput> requests) const {
   if (static_cast<std::int64_t>(requests.size()) != batch_) {
     fail("decode graph step needs {} requests, got {}", batch_, requests.size());
   }
@@ -180,13 +180,31 @@ void DecodeGraph::step(std::span<const RequestInput> requests) {
     }
   }
   validate_batch(batch, stack_.layer(0).config(), cache_.layer(0));
+}
+
+void DecodeGraph::capture(std::span<const RequestInput> requests) {
+  check_fits(requests);
+  if (exec_) return;
+#ifdef DSATTN_WITH_CUDA
+  // The warm-up run reads the cache: order it after the caller's work.
+  DSATTN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(before_),
+                                    static_cast<cudaStream_t>(cuda::current_stream())));
+  DSATTN_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_),
+                                        static_cast<cudaEvent_t>(before_), 0));
+#endif
+  write_metadata(requests);
+  capture_graph();
+}
+
+void DecodeGraph::step(std::span<const RequestInput> requests) {
+  check_fits(requests);
 #ifdef DSATTN_WITH_CUDA
   const auto caller = static_cast<cudaStream_t>(cuda::current_stream());
   const auto stream = static_cast<cudaStream_t>(stream_);
   DSATTN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(before_), caller));
   DSATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(before_), 0));
   write_metadata(requests);
-  if (!exec_) capture();
+  if (!exec_) capture_graph();
   DSATTN_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream));
   DSATTN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(after_), stream));
   DSATTN_CUDA_CHECK(cudaStreamWaitEvent(caller, static_cast<cudaEvent_t>(after_), 0));

@@ -37,6 +37,9 @@ class DecodeGraph {
   // synchronize() waits for it. Throws InvalidArgument, before any launch, on a batch that does
   // not fit the graph.
   void step(std::span<const RequestInput> requests);
+  // Captures the graph now, for a batch shaped like `requests` (a step's batch), without running
+  // the step: the warm-up and capture then stay out of the first step's time. Optional.
+  void capture(std::span<const RequestInput> requests);
   void synchronize() const;
 
   std::int64_t batch_size() const { return batch_; }
@@ -47,8 +50,9 @@ class DecodeGraph {
   std::size_t reserved_bytes() const { return pool_->reserved_bytes(); }
 
  private:
+  void check_fits(std::span<const RequestInput> requests) const;
   void write_metadata(std::span<const RequestInput> requests);
-  void capture();
+  void capture_graph();
 
   const AttentionStack& stack_;
   const PagedKvCache& cache_;
