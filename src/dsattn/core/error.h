@@ -27,6 +27,13 @@ class ConfigError : public Error {
   using Error::Error;
 };
 
+// A checkpoint (safetensors shard, shard index or quantisation scales) is missing, malformed or
+// does not match the configuration.
+class CheckpointError : public Error {
+ public:
+  using Error::Error;
+};
+
 // The request is valid but this build or backend cannot serve it.
 class Unsupported : public Error {
  public:

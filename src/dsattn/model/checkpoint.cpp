@@ -1,0 +1,426 @@
+#include "dsattn/model/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "dsattn/core/error.h"
+
+namespace dsattn {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kSingleFile = "model.safetensors";
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail<CheckpointError>("cannot open {}", path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail<CheckpointError>("cannot create {}", path.string());
+  out << text;
+  out.close();
+  if (!out) fail<CheckpointError>("cannot write {}", path.string());
+}
+
+struct WeightSlot {
+  const char* name;  // after the layer prefix
+  Tensor LayerWeights::*member;
+  Shape shape;
+};
+
+std::vector<WeightSlot> weight_slots(const AttentionConfig& c) {
+  const std::int64_t H = c.num_heads;
+  return {
+      {"q_a_proj.weight", &LayerWeights::q_a_proj, {c.q_lora_rank, c.hidden_size}},
+      {"q_a_layernorm.weight", &LayerWeights::q_a_layernorm, {c.q_lora_rank}},
+      {"q_b_proj.weight", &LayerWeights::q_b_proj, {H * c.qk_head_dim(), c.q_lora_rank}},
+      {"kv_a_proj_with_mqa.weight",
+       &LayerWeights::kv_a_proj_with_mqa,
+       {c.latent_dim(), c.hidden_size}},
+      {"kv_a_layernorm.weight", &LayerWeights::kv_a_layernorm, {c.kv_lora_rank}},
+      {"kv_b_proj.weight",
+       &LayerWeights::kv_b_proj,
+       {H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}},
+      {"o_proj.weight", &LayerWeights::o_proj, {c.hidden_size, H * c.v_head_dim}},
+      {"indexer.wq_b.weight",
+       &LayerWeights::indexer_wq_b,
+       {c.index_n_heads * c.index_head_dim, c.q_lora_rank}},
+      {"indexer.wk.weight", &LayerWeights::indexer_wk, {c.index_head_dim, c.hidden_size}},
+      {"indexer.k_norm.weight", &LayerWeights::indexer_k_norm, {c.index_head_dim}},
+      {"indexer.k_norm.bias", &LayerWeights::indexer_k_norm_bias, {c.index_head_dim}},
+      {"indexer.weights_proj.weight",
+       &LayerWeights::indexer_weights_proj,
+       {c.index_n_heads, c.hidden_size}},
+  };
+}
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+Tensor to_bf16(const Tensor& t) {
+  if (t.dtype() == DType::bf16) return t;
+  Tensor out = Tensor::empty(t.view().shape(), DType::bf16);
+  const float* src = t.ptr<float>();
+  bf16* dst = out.ptr<bf16>();
+  for (std::int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16::from_float(src[i]);
+  return out;
+}
+
+json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
+  json j = {
+      {"architectures", {"DeepseekV32ForCausalLM"}},
+      {"model_type", "deepseek_v32"},
+      {"num_hidden_layers", num_layers},
+      {"hidden_size", c.hidden_size},
+      {"num_attention_heads", c.num_heads},
+      {"q_lora_rank", c.q_lora_rank},
+      {"kv_lora_rank", c.kv_lora_rank},
+      {"qk_nope_head_dim", c.qk_nope_head_dim},
+      {"qk_rope_head_dim", c.qk_rope_head_dim},
+      {"v_head_dim", c.v_head_dim},
+      {"index_n_heads", c.index_n_heads},
+      {"index_head_dim", c.index_head_dim},
+      {"index_topk", c.index_topk},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"rope_theta", c.rope_theta},
+      {"rms_norm_eps", c.rms_norm_eps},
+  };
+  if (c.use_yarn) {
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", c.yarn.factor},
+        {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
+        {"beta_fast", c.yarn.beta_fast},
+        {"beta_slow", c.yarn.beta_slow},
+        {"mscale", c.yarn.mscale},
+        {"mscale_all_dim", c.yarn.mscale_all_dim}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (fp8) {
+    j["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                {"fmt", "e4m3"},
+                                {"quant_method", "fp8"},
+                                {"weight_block_size", {128, 128}}};
+  }
+  return j;
+}
+
+}  // namespace
+
+QuantizationConfig quantization_config_from_json_text(const std::string& text,
+                                                      const std::string& source) {
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail<ConfigError>("{}: not valid JSON: {}", source, e.what());
+  }
+  QuantizationConfig q;
+  if (!root.is_object()) return q;
+  auto it = root.find("quantization_config");
+  if (it == root.end() || it->is_null()) return q;
+  if (!it->is_object()) {
+    fail<ConfigError>("{}: field quantization_config must be an object, got {}", source,
+                      it->dump());
+  }
+  const json& qc = *it;
+  auto method = qc.find("quant_method");
+  if (method == qc.end() || !method->is_string() || method->get<std::string>() != "fp8") {
+    fail<ConfigError>(
+        "{}: field quantization_config.quant_method must be \"fp8\" (supported: fp8), got {}",
+        source, method == qc.end() ? std::string("nothing") : method->dump());
+  }
+  if (auto fmt_it = qc.find("fmt"); fmt_it != qc.end()) {
+    if (!fmt_it->is_string() || fmt_it->get<std::string>() != "e4m3") {
+      fail<ConfigError>(
+          "{}: field quantization_config.fmt must be \"e4m3\" (supported: e4m3), got {}", source,
+          fmt_it->dump());
+    }
+  }
+  if (auto bs = qc.find("weight_block_size"); bs != qc.end()) {
+    const bool ok = bs->is_array() && bs->size() == 2 && (*bs)[0].is_number_integer() &&
+                    (*bs)[1].is_number_integer() && (*bs)[0].get<std::int64_t>() == 128 &&
+                    (*bs)[1].get<std::int64_t>() == 128;
+    if (!ok) {
+      fail<ConfigError>(
+          "{}: field quantization_config.weight_block_size must be [128, 128] (supported: "
+          "[128, 128]), got {}",
+          source, bs->dump());
+    }
+  }
+  q.fp8 = true;
+  return q;
+}
+
+Checkpoint Checkpoint::open(const std::string& dir) {
+  Checkpoint ck;
+  ck.dir_ = dir;
+  const fs::path root(dir);
+  const fs::path config_path = root / "config.json";
+  if (!fs::is_regular_file(config_path)) {
+    fail<CheckpointError>("checkpoint {} has no config.json", dir);
+  }
+  ck.config_ = AttentionConfig::from_json_file(config_path.string());
+  ck.quant_ = quantization_config_from_json_text(read_text(config_path), config_path.string());
+
+  const fs::path index_path = root / kIndexFile;
+  if (fs::exists(index_path)) {
+    const std::string source = index_path.string();
+    json index;
+    try {
+      index = json::parse(read_text(index_path));
+    } catch (const json::parse_error& e) {
+      fail<CheckpointError>("{}: not valid JSON: {}", source, e.what());
+    }
+    if (!index.is_object()) {
+      fail<CheckpointError>("{}: expected a JSON object at the top level, got {}", source,
+                            index.type_name());
+    }
+    auto wm = index.find("weight_map");
+    if (wm == index.end() || !wm->is_object()) {
+      fail<CheckpointError>("{}: field weight_map must be an object of tensor name -> shard file",
+                            source);
+    }
+    for (const auto& [name, file] : wm->items()) {
+      if (!file.is_string() || file.get<std::string>().empty()) {
+        fail<CheckpointError>("{}: weight_map.{} must be a shard file name, got {}", source, name,
+                              file.dump());
+      }
+      // Shards live in the checkpoint's folder: no absolute paths, no way out of it.
+      const fs::path shard(file.get<std::string>());
+      bool escapes = shard.is_absolute();
+      for (const fs::path& part : shard) escapes = escapes || part == "..";
+      if (escapes) {
+        fail<CheckpointError>(
+            "{}: weight_map.{} must name a file inside the checkpoint folder, "
+            "got {}",
+            source, name, file.dump());
+      }
+      ck.weight_map_[name] = file.get<std::string>();
+    }
+  } else if (fs::exists(root / kSingleFile)) {
+    auto file =
+        std::make_unique<SafetensorsFile>(SafetensorsFile::open((root / kSingleFile).string()));
+    for (const auto& [name, t] : file->tensors()) ck.weight_map_[name] = kSingleFile;
+    ck.shards_->open.emplace(kSingleFile, std::move(file));
+  } else {
+    fail<CheckpointError>("checkpoint {} has neither {} nor {}", dir, kIndexFile, kSingleFile);
+  }
+  return ck;
+}
+
+const SafetensorsFile& Checkpoint::shard_for(const std::string& tensor) const {
+  auto it = weight_map_.find(tensor);
+  if (it == weight_map_.end()) {
+    fail<CheckpointError>("checkpoint {} has no tensor {}", dir_, tensor);
+  }
+  std::lock_guard<std::mutex> lock(shards_->mutex);
+  auto& slot = shards_->open[it->second];
+  if (!slot) {
+    const fs::path path = fs::path(dir_) / it->second;
+    if (!fs::exists(path)) {
+      shards_->open.erase(it->second);
+      fail<CheckpointError>("checkpoint {}: shard {} (holding tensor {}) does not exist", dir_,
+                            path.string(), tensor);
+    }
+    try {
+      slot = std::make_unique<SafetensorsFile>(SafetensorsFile::open(path.string()));
+    } catch (...) {
+      shards_->open.erase(it->second);
+      throw;
+    }
+  }
+  return *slot;
+}
+
+std::string attention_prefix(int layer) { return fmt::format("model.layers.{}.self_attn.", layer); }
+
+LayerWeights load_layer_weights(const Checkpoint& checkpoint, int layer) {
+  DSATTN_CHECK(layer >= 0, "load_layer_weights: layer must be >= 0, got {}", layer);
+  const AttentionConfig& config = checkpoint.config();
+  const std::string prefix = attention_prefix(layer);
+  LayerWeights w;
+  for (const WeightSlot& slot : weight_slots(config)) {
+    const std::string name = prefix + slot.name;
+    const SafetensorsFile& file = checkpoint.shard_for(name);
+    const SafetensorsTensor& info = file.tensor(name);
+    if (info.shape != slot.shape) {
+      fail<CheckpointError>("{}: tensor {} has shape {}, the config needs {}", file.path(), name,
+                            shape_string(info.shape), shape_string(slot.shape));
+    }
+    if (info.dtype != DType::fp8_e4m3) {
+      w.*slot.member = to_bf16(file.load(name));
+      continue;
+    }
+    if (slot.shape.size() != 2) {
+      fail<CheckpointError>("{}: tensor {} is F8_E4M3, but only 2-D weights may be fp8",
+                            file.path(), name);
+    }
+    if (!checkpoint.quantization().fp8) {
+      fail<CheckpointError>(
+          "{}: tensor {} is F8_E4M3, but config.json has no fp8 quantization_config", file.path(),
+          name);
+    }
+    const std::string scale_name = name + "_scale_inv";
+    if (!checkpoint.contains(scale_name)) {
+      fail<CheckpointError>("{}: fp8 tensor {} has no scale tensor {}", file.path(), name,
+                            scale_name);
+    }
+    const SafetensorsFile& scale_file = checkpoint.shard_for(scale_name);
+    const SafetensorsTensor& scale_info = scale_file.tensor(scale_name);
+    const std::int64_t block = checkpoint.quantization().block_rows;
+    const Shape scale_shape{ceil_div(slot.shape[0], block), ceil_div(slot.shape[1], block)};
+    if (scale_info.shape != scale_shape) {
+      fail<CheckpointError>("{}: scale tensor {} has shape {}, weight {} {} needs {}",
+                            scale_file.path(), scale_name, shape_string(scale_info.shape), name,
+                            shape_string(slot.shape), shape_string(scale_shape));
+    }
+    if (scale_info.dtype != DType::f32 && scale_info.dtype != DType::bf16) {
+      fail<CheckpointError>("{}: scale tensor {} must be F32 or BF16, got {}", scale_file.path(),
+                            scale_name, safetensors_dtype_name(scale_info.dtype));
+    }
+    Tensor scale = scale_file.load(scale_name);
+    if (scale.dtype() == DType::bf16) {
+      Tensor f = Tensor::empty(scale.view().shape(), DType::f32);
+      for (std::int64_t i = 0; i < scale.numel(); ++i) {
+        f.ptr<float>()[i] = scale.ptr<bf16>()[i].to_float();
+      }
+      scale = f;
+    }
+    w.*slot.member = dequantize_fp8_blocks(file.load(name), scale, block);
+  }
+  try {
+    w.validate(config);
+  } catch (const InvalidArgument& e) {
+    throw CheckpointError(
+        fmt::format("checkpoint {}, layer {}: {}", checkpoint.dir(), layer, e.what()));
+  }
+  return w;
+}
+
+Fp8BlockWeight quantize_fp8_blocks(const Tensor& weight, std::int64_t block) {
+  DSATTN_CHECK(weight.dtype() == DType::bf16 && weight.view().ndim() == 2,
+               "quantize_fp8_blocks: weight must be a 2-D bf16 tensor");
+  DSATTN_CHECK(block > 0, "quantize_fp8_blocks: block must be positive, got {}", block);
+  const std::int64_t rows = weight.size(0), cols = weight.size(1);
+  const std::int64_t br = ceil_div(rows, block), bc = ceil_div(cols, block);
+  Fp8BlockWeight out{Tensor::empty({rows, cols}, DType::fp8_e4m3),
+                     Tensor::empty({br, bc}, DType::f32)};
+  const bf16* w = weight.ptr<bf16>();
+  fp8_e4m3* q = out.values.ptr<fp8_e4m3>();
+  float* s = out.scale_inv.ptr<float>();
+  for (std::int64_t bi = 0; bi < br; ++bi) {
+    for (std::int64_t bj = 0; bj < bc; ++bj) {
+      const std::int64_t r0 = bi * block, r1 = std::min(rows, r0 + block);
+      const std::int64_t c0 = bj * block, c1 = std::min(cols, c0 + block);
+      float amax = 0.0f;
+      for (std::int64_t i = r0; i < r1; ++i) {
+        for (std::int64_t j = c0; j < c1; ++j)
+          amax = std::max(amax, std::abs(w[i * cols + j].to_float()));
+      }
+      const float scale = amax > 0.0f ? amax / fp8_e4m3::kMax : 1.0f;
+      s[bi * bc + bj] = scale;
+      for (std::int64_t i = r0; i < r1; ++i) {
+        for (std::int64_t j = c0; j < c1; ++j) {
+          q[i * cols + j] = fp8_e4m3::from_float(w[i * cols + j].to_float() / scale);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Tensor dequantize_fp8_blocks(const Tensor& values, const Tensor& scale_inv, std::int64_t block) {
+  DSATTN_CHECK(values.dtype() == DType::fp8_e4m3 && values.view().ndim() == 2,
+               "dequantize_fp8_blocks: values must be a 2-D fp8_e4m3 tensor");
+  DSATTN_CHECK(block > 0, "dequantize_fp8_blocks: block must be positive, got {}", block);
+  const std::int64_t rows = values.size(0), cols = values.size(1);
+  const std::int64_t bc = ceil_div(cols, block);
+  DSATTN_CHECK(scale_inv.dtype() == DType::f32 && scale_inv.view().ndim() == 2 &&
+                   scale_inv.size(0) == ceil_div(rows, block) && scale_inv.size(1) == bc,
+               "dequantize_fp8_blocks: scale_inv must be f32 [{}, {}]", ceil_div(rows, block), bc);
+  Tensor out = Tensor::empty({rows, cols}, DType::bf16);
+  const fp8_e4m3* q = values.ptr<fp8_e4m3>();
+  const float* s = scale_inv.ptr<float>();
+  bf16* o = out.ptr<bf16>();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* srow = s + (i / block) * bc;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      o[i * cols + j] = bf16::from_float(q[i * cols + j].to_float() * srow[j / block]);
+    }
+  }
+  return out;
+}
+
+void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& config,
+                                int num_layers, std::uint64_t seed, bool fp8,
+                                CheckpointLayout layout) {
+  DSATTN_CHECK(num_layers >= 1, "write_synthetic_checkpoint: num_layers must be >= 1, got {}",
+               num_layers);
+  config.validate();
+  const fs::path root(dir);
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) fail<CheckpointError>("cannot create checkpoint directory {}: {}", dir, ec.message());
+  write_text(root / "config.json", config_to_json(config, num_layers, fp8).dump(2) + "\n");
+
+  // Tensors are kept alive here until their file is written.
+  std::vector<Tensor> keep;
+  std::vector<SafetensorsEntry> entries;
+  json weight_map = json::object();
+  std::uint64_t total_size = 0;
+  auto flush = [&](const std::string& file) {
+    write_safetensors((root / file).string(), entries, {{"format", "pt"}});
+    for (const SafetensorsEntry& e : entries) {
+      weight_map[e.name] = file;
+      total_size += e.bytes.size();
+    }
+    entries.clear();
+    keep.clear();
+  };
+  auto add = [&](const std::string& name, const Tensor& t) {
+    keep.push_back(t);
+    entries.push_back({name, t.dtype(), Shape(t.view().shape().begin(), t.view().shape().end()),
+                       tensor_bytes(keep.back())});
+  };
+  keep.reserve(64 * std::size_t(num_layers));
+  for (int layer = 0; layer < num_layers; ++layer) {
+    const LayerWeights w = LayerWeights::synthetic(config, seed + std::uint64_t(layer));
+    const std::string prefix = attention_prefix(layer);
+    for (const WeightSlot& slot : weight_slots(config)) {
+      const Tensor& t = w.*slot.member;
+      const std::string name = prefix + slot.name;
+      if (fp8 && slot.shape.size() == 2) {
+        Fp8BlockWeight q = quantize_fp8_blocks(t);
+        add(name, q.values);
+        add(name + "_scale_inv", q.scale_inv);
+      } else {
+        add(name, t);
+      }
+    }
+    if (layout == CheckpointLayout::sharded) {
+      flush(fmt::format("model-{:05d}-of-{:05d}.safetensors", layer + 1, num_layers));
+    }
+  }
+  if (layout == CheckpointLayout::single_file) {
+    flush(kSingleFile);
+    fs::remove(root / kIndexFile, ec);
+  } else {
+    json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
+    write_text(root / kIndexFile, index.dump(2) + "\n");
+    fs::remove(root / kSingleFile, ec);
+  }
+}
+
+}  // namespace dsattn
