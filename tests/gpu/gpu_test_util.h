@@ -44,9 +44,11 @@ namespace dsattn::gpu_test {
 // Host-side helpers shared with the CPU op tests.
 using ::dsattn::test::decode_e4m3;
 using ::dsattn::test::element_offsets;
+using ::dsattn::test::i32_tensor;
 using ::dsattn::test::index_string;
 using ::dsattn::test::read_doubles;
 using ::dsattn::test::read_i32;
+using ::dsattn::test::strided_view;
 
 // Every GPU test derives from this: it skips when no GPU can be used (CI, a build machine) and
 // checks after each test that no asynchronous CUDA error is pending.
@@ -131,20 +133,6 @@ inline void fill_random_bytes(const Tensor& t, std::uint64_t seed) {
   for (std::size_t i = 0; i < t.nbytes(); ++i) {
     p[i] = static_cast<std::uint8_t>(mix64(seed * 0x9e3779b97f4a7c15ull + i) >> 32);
   }
-}
-
-inline Tensor i32_tensor(const std::vector<std::int32_t>& values) {
-  Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i32);
-  std::copy(values.begin(), values.end(), t.ptr<std::int32_t>());
-  return t;
-}
-
-// A view of t's memory with explicit shape and strides, in elements.
-inline TensorView strided_view(const TensorView& t, std::initializer_list<std::int64_t> shape,
-                               std::initializer_list<std::int64_t> strides) {
-  return TensorView(t.data(), t.dtype(), t.device(),
-                    std::span<const std::int64_t>(shape.begin(), shape.size()),
-                    std::span<const std::int64_t>(strides.begin(), strides.size()));
 }
 
 // t's memory from `byte_offset` on, read as `dtype` with the given shape and strides (in elements

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error_message.h"
+#include "model/model_test_config.h"
 
 namespace dsattn {
 namespace {
@@ -20,21 +21,7 @@ using ::dsattn::testing::thrown_message;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-// A small but complete configuration: every dimension differs, so a swapped one shows.
-AttentionConfig small_config() {
-  AttentionConfig c;
-  c.hidden_size = 320;
-  c.num_heads = 4;
-  c.q_lora_rank = 96;
-  c.kv_lora_rank = 64;
-  c.qk_nope_head_dim = 24;
-  c.qk_rope_head_dim = 16;
-  c.v_head_dim = 40;
-  c.index_n_heads = 8;
-  c.index_head_dim = 128;
-  c.index_topk = 32;
-  return c;
-}
+AttentionConfig small_config() { return testing::small_model_config(); }
 
 struct Named {
   const char* name;
