@@ -26,8 +26,9 @@ struct Layout {
   std::int64_t size() const { return tables() + batch * pages; }
 };
 
-TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
-                    std::int64_t cols = 0) {
+// Used by the capture only, which a build without CUDA does not compile.
+[[maybe_unused]] TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
+                                     std::int64_t cols = 0) {
   std::int32_t* base = t.ptr<std::int32_t>() + offset;
   if (cols == 0) return TensorView(base, DType::i32, t.device(), {rows});
   return TensorView(base, DType::i32, t.device(), {rows, cols});
