@@ -263,6 +263,11 @@ const SparseCase kSparseCases[] = {
     // The four row patterns make lists of 150, ~120, 0 and 50 keys: 3, 2, 0 and 1 tiles.
     {"Model_H128_ManyRows_Bf16", 272, 128, 576, 512, 3000, 150, false, 0, 0},
     {"Model_H128_ManyRows_Fp8", 272, 128, 576, 512, 3000, 150, true, 0, 0},
+    // A tensor-parallel rank's heads (DeepSeek-V3.2's 128 over 4 and 8 GPUs) and a count between
+    // groups of 64: the tensor-core kernel runs on queries padded with zero heads.
+    {"Rank_H32_Topk512_Fp8", 6, 32, 576, 512, 3000, 512, true, 0, 0},
+    {"Rank_H16_Topk2048_Bf16", 4, 16, 576, 512, 4096, 2048, false, 0, 0},
+    {"Padded_H96_Topk150_Bf16_OddOutWindow", 9, 96, 576, 512, 400, 150, false, 8, 3},
     // Small odd shapes.
     {"Odd_H3_40x24_Bf16", 9, 3, 40, 24, 50, 13, false, 6, 5},
     {"Small_H2_136x128_Fp8", 5, 2, 136, 128, 40, 20, true, 4, 2},

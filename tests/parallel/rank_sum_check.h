@@ -152,22 +152,27 @@ void prefill_prefixes(const Scenario& s, const ScenarioCache& c, const std::vect
   }
 }
 
-// One layer through the scenario on `device`.
-inline LayerRun run_layer(const AttentionLayer& layer, const Scenario& s, LatentFormat format,
-                          const std::vector<Tensor>& hidden, Device device) {
-  const AttentionConfig& config = layer.config();
+// A layer's forward through a scenario on `device`: `forward` is called as an AttentionLayer's
+// forward (batch, hidden_in, cache, hidden_out, options) and returns its ForwardResult. With
+// `in_place` the checked forward's input and output are one tensor.
+template <typename Forward>
+LayerRun run_scenario(const AttentionConfig& config, Forward&& forward, const Scenario& s,
+                      LatentFormat format, const std::vector<Tensor>& hidden, Device device,
+                      bool in_place = false) {
   const std::int64_t D = config.hidden_size;
   ScenarioCache c(config, s, format, device);
   prefill_prefixes(s, c, hidden, D, device,
                    [&](const Batch& b, const Tensor& in, const Tensor& out) {
-                     layer.forward(b, in, c.cache.layer(0), out);
+                     forward(b, in.view(), c.cache.layer(0), out.view(), ForwardOptions{});
                    });
   const Tensor in = checked_input(s, hidden, D);
   const Tensor in_dev = device.is_cpu() ? in : in.to(device);
   const Tensor out = poisoned_output(in.size(0), D, device);
+  if (in_place) copy(in_dev, out);
   ForwardOptions fo;
   fo.record_topk = true;
-  const ForwardResult fr = layer.forward(checked_batch(s, c), in_dev, c.cache.layer(0), out, fo);
+  const ForwardResult fr = forward(checked_batch(s, c), in_place ? out.view() : in_dev.view(),
+                                   c.cache.layer(0), out.view(), fo);
   LayerRun run;
   run.paths = fr.paths;
   for (const Tensor& t : fr.topk_positions) run.topk.push_back(t);
@@ -175,6 +180,35 @@ inline LayerRun run_layer(const AttentionLayer& layer, const Scenario& s, Latent
   run.output = out.to(Device::cpu());
   run.cached = c.bytes(s);
   return run;
+}
+
+// One AttentionLayer (unsharded or rank-local) through the scenario on `device`.
+inline LayerRun run_layer(const AttentionLayer& layer, const Scenario& s, LatentFormat format,
+                          const std::vector<Tensor>& hidden, Device device) {
+  return run_scenario(
+      layer.config(),
+      [&](const Batch& b, const TensorView& in, const LayerCacheView& cache, const TensorView& out,
+          const ForwardOptions& o) { return layer.forward(b, in, cache, out, o); },
+      s, format, hidden, device);
+}
+
+// Every topk list of `a` equals `b`'s (both undefined on the dense path); empty when they do.
+inline std::string topk_difference(const LayerRun& a, const LayerRun& b) {
+  for (std::size_t i = 0; i < b.topk.size(); ++i) {
+    if (a.topk[i].defined() != b.topk[i].defined()) {
+      return fmt::format("request {}: top-k recorded on one side only", i);
+    }
+    if (b.topk[i].defined() &&
+        std::memcmp(a.topk[i].view().data(), b.topk[i].view().data(), b.topk[i].nbytes()) != 0) {
+      return fmt::format("request {}: other keys selected", i);
+    }
+  }
+  return {};
+}
+
+// Two host tensors hold the same bytes.
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.view().data(), b.view().data(), a.nbytes()) == 0;
 }
 
 // The float64 reference and the plain bf16 implementation of the unsharded layer for the checked

@@ -13,7 +13,8 @@ namespace {
 
 using dsattn::testing::thrown_message;
 
-// Every rank runs the scenario through its TensorParallelLayer; returns each rank's output.
+// Every rank runs the scenario through its TensorParallelLayer, the checked forward in place;
+// returns what each rank saw.
 std::vector<LayerRun> run_group(const AttentionConfig& config, const LayerWeights& weights,
                                 const Policy& policy, const Scenario& s, LatentFormat format,
                                 const std::vector<Tensor>& hidden, int world_size) {
@@ -22,20 +23,12 @@ std::vector<LayerRun> run_group(const AttentionConfig& config, const LayerWeight
     const parallel::HeadShard shard = parallel::head_shard(config, rank, world_size);
     const parallel::TensorParallelLayer layer(
         parallel::rank_local_layer(config, weights, shard, policy), shard, comm);
-    const std::int64_t D = config.hidden_size;
-    ScenarioCache c(config, s, format, Device::cpu());
-    prefill_prefixes(s, c, hidden, D, Device::cpu(),
-                     [&](const Batch& b, const Tensor& in, const Tensor& out) {
-                       layer.forward(b, in, c.cache.layer(0), out);
-                     });
-    const Tensor in = checked_input(s, hidden, D);
-    const Tensor out = poisoned_output(in.size(0), D, Device::cpu());
-    // Input and output may be one tensor, as for AttentionLayer.
-    copy(in, out);
-    const ForwardResult fr = layer.forward(checked_batch(s, c), out, c.cache.layer(0), out);
-    runs[rank].paths = fr.paths;
-    runs[rank].output = out;
-    runs[rank].cached = c.bytes(s);
+    runs[rank] = run_scenario(
+        config,
+        [&](const Batch& b, const TensorView& in, const LayerCacheView& cache,
+            const TensorView& out,
+            const ForwardOptions& o) { return layer.forward(b, in, cache, out, o); },
+        s, format, hidden, Device::cpu(), /*in_place=*/true);
   });
   return runs;
 }
@@ -62,11 +55,11 @@ TEST_P(TensorParallelLayerThreads, EveryRankHoldsTheSumOfTheSharesBitForBit) {
   const Tensor expected = sum_in_rank_order(shares);
   const LayerRun full = run_layer(AttentionLayer(config, weights, policy), s, format, hidden, {});
   for (int r = 0; r < n; ++r) {
-    EXPECT_EQ(std::memcmp(ranks[r].output.view().data(), expected.view().data(), expected.nbytes()),
-              0)
+    EXPECT_TRUE(same_bits(ranks[r].output, expected))
         << "rank " << r << " does not hold the sum of the rank-local shares";
     EXPECT_EQ(ranks[r].paths, full.paths) << "rank " << r;
     EXPECT_EQ(ranks[r].cached, full.cached) << "rank " << r;
+    EXPECT_EQ(topk_difference(ranks[r], full), "") << "rank " << r;
   }
   EXPECT_LE(testing::relative_difference(ranks[0].output, full.output), testing::kBf16Agreement);
 }

@@ -1,5 +1,6 @@
 #include "dsattn/layer/attention_stack.h"
 
+#include "dsattn/core/checks.h"
 #include "dsattn/core/random.h"
 #include "dsattn/ops/elementwise.h"
 #include "dsattn/ops/norm.h"
@@ -21,6 +22,24 @@ AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int
   return s;
 }
 
+AttentionStack::AttentionStack(std::vector<AttentionLayer> layers, std::vector<Tensor> input_norms,
+                               OutputReduction reduce_output)
+    : layers_(std::move(layers)),
+      input_norms_(std::move(input_norms)),
+      reduce_output_(std::move(reduce_output)) {
+  if (layers_.empty()) fail("an attention stack needs at least one layer, got none");
+  if (input_norms_.size() != layers_.size()) {
+    fail("an attention stack needs one input norm per layer ({}), got {}", layers_.size(),
+         input_norms_.size());
+  }
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const std::string name = fmt::format("input norm of layer {}", l);
+    check_dtype(input_norms_[l], name, DType::bf16);
+    check_shape(input_norms_[l], name, {layers_[l].config().hidden_size});
+    check_device(input_norms_[l], name, layers_[l].weights().device());
+  }
+}
+
 void AttentionStack::set_policy(const Policy& policy) {
   for (AttentionLayer& l : layers_) l.set_policy(policy);
 }
@@ -39,6 +58,7 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
     ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn, options);
+    if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);
     total.paths = std::move(r.paths);
     total.times += r.times;
@@ -56,6 +76,7 @@ void AttentionStack::forward_sparse_on_device(const SparseMeta& meta, const Tens
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
     layers_[l].forward_sparse_on_device(meta, new_slots, normed, cache.layer(l), attn);
+    if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);
   }
 }

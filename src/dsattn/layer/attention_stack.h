@@ -2,14 +2,25 @@
 // attention half of a DeepSeek-V3.2 decoder, used by the workloads to run several layers.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "dsattn/layer/attention_layer.h"
 
 namespace dsattn {
 
+// Sums a layer's attention output over the ranks of a tensor-parallel group, in place, before the
+// residual add: each rank's layers compute their heads' share of o_proj (parallel/).
+using OutputReduction = std::function<void(const TensorView&)>;
+
 class AttentionStack {
  public:
+  // Given layers, each with its input RMSNorm weight ([hidden_size] bf16 on the layers' device).
+  // With `reduce_output`, each layer's output goes through it before the residual add. Throws
+  // InvalidArgument when there is no layer or the norms do not fit the layers.
+  AttentionStack(std::vector<AttentionLayer> layers, std::vector<Tensor> input_norms,
+                 OutputReduction reduce_output = {});
+
   // Layer l gets synthetic weights from seed + l, placed on `device`.
   static AttentionStack synthetic(const AttentionConfig& config, std::int64_t num_layers,
                                   std::uint64_t seed, Policy policy = {},
@@ -17,6 +28,7 @@ class AttentionStack {
 
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
   const AttentionLayer& layer(std::int64_t l) const { return layers_[l]; }
+  const Tensor& input_norm(std::int64_t l) const { return input_norms_[l]; }
   void set_policy(const Policy& policy);
 
   // hidden: [T, hidden_size] bf16, updated in place. Layer l uses cache.layer(l).
@@ -29,8 +41,11 @@ class AttentionStack {
                                 const TensorView& hidden, const PagedKvCache& cache) const;
 
  private:
+  AttentionStack() = default;
+
   std::vector<AttentionLayer> layers_;
   std::vector<Tensor> input_norms_;  // [hidden_size] bf16 each
+  OutputReduction reduce_output_;
 };
 
 }  // namespace dsattn

@@ -2,6 +2,8 @@
 // (params.h), launches on the current stream and turns a launch failure into a CudaError.
 #include "dsattn/ops/cuda/cuda_ops.h"
 
+#include <cstddef>
+
 #include "dsattn/core/cuda_check.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/ops/cuda/params.h"
@@ -19,6 +21,44 @@ void check_launch(cudaError_t status, const char* op) {
 
 std::int64_t bytes_of(const TensorView& t) {
   return static_cast<std::int64_t>(dtype_size(t.dtype()));
+}
+
+// The tensor-core sparse MLA kernel takes heads in groups of kSparseMlaSm90HeadGroup. A head count
+// that is not a multiple (a tensor-parallel rank's 32 or 16 of DeepSeek-V3.2's 128 heads) runs it
+// on queries padded with zero heads whose outputs are dropped: the padding costs MMA work, far less
+// time than the generic kernel's one warp per (row, head). Returns false, having launched nothing,
+// when the padded shape does not fit the kernel either.
+bool sparse_mla_on_padded_heads(const SparseMlaParams& p, const TensorView& q,
+                                const TensorView& out) {
+  constexpr int group = kSparseMlaSm90HeadGroup;
+  if (p.n == 0 || p.heads % group == 0) return false;
+  const std::int64_t heads = (p.heads + group - 1) / group * group;
+  SparseMlaParams padded = p;
+  padded.heads = static_cast<int>(heads);
+  padded.sq0 = heads * p.d_qk;
+  padded.sq1 = p.d_qk;
+  padded.so0 = heads * p.d_v;
+  padded.so1 = p.d_v;
+  // The padded buffers come from the allocator, aligned; an aligned stand-in lets the kernel's own
+  // check judge the padded shape before anything is allocated (it reads only the alignment).
+  alignas(16) static std::byte stand_in[16];
+  padded.q = stand_in;
+  padded.out = stand_in;
+  if (!sparse_mla_sm90_supports(padded)) return false;
+
+  const Tensor q_pad = Tensor::empty({p.n, heads, p.d_qk}, DType::bf16, q.device());
+  const Tensor out_pad = Tensor::empty({p.n, heads, p.d_v}, DType::bf16, q.device());
+  const std::size_t row_bytes = heads * p.d_qk * sizeof(bf16);
+  const std::size_t real_bytes = static_cast<std::size_t>(p.heads) * p.d_qk * sizeof(bf16);
+  DSATTN_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(q_pad.view().data()) + real_bytes,
+                                      row_bytes, 0, row_bytes - real_bytes,
+                                      static_cast<std::size_t>(p.n), stream()));
+  strided_copy(q, q_pad.view().slice(1, 0, p.heads));
+  padded.q = q_pad.view().data();
+  padded.out = out_pad.view().data();
+  check_launch(launch_sparse_mla_sm90(padded, stream()), "sparse_mla");
+  strided_copy(out_pad.view().slice(1, 0, p.heads), out);
+  return true;
 }
 
 }  // namespace
@@ -255,9 +295,11 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.topk = static_cast<int>(indices.size(1));
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
-  check_launch(sparse_mla_sm90_supports(p) ? launch_sparse_mla_sm90(p, stream())
-                                           : launch_sparse_mla_generic(p, stream()),
-               "sparse_mla");
+  if (sparse_mla_sm90_supports(p)) {
+    check_launch(launch_sparse_mla_sm90(p, stream()), "sparse_mla");
+  } else if (!sparse_mla_on_padded_heads(p, q, out)) {
+    check_launch(launch_sparse_mla_generic(p, stream()), "sparse_mla");
+  }
 }
 
 }  // namespace dsattn::ops::cuda

@@ -142,7 +142,9 @@ bool mha_sm90_supports(const MhaParams& p);
 cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t stream);
 // The tensor-core kernel for DeepSeek-V3.2's absorbed shapes (d_qk 576, d_v 512, heads a
-// multiple of 64, top-k <= 2048, 16-byte aligned rows); supports() says whether it takes p.
+// multiple of kSparseMlaSm90HeadGroup, top-k <= 2048, 16-byte aligned rows); supports() says
+// whether it takes p.
+inline constexpr int kSparseMlaSm90HeadGroup = 64;  // heads per CTA
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 

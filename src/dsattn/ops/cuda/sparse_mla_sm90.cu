@@ -43,7 +43,7 @@ namespace {
 
 using namespace ptx;  // NOLINT: the PTX wrappers read as intrinsics
 
-constexpr int kHeads = 64;  // heads per CTA
+constexpr int kHeads = kSparseMlaSm90HeadGroup;
 constexpr int kKeys = 64;   // keys per tile
 constexpr int kDqk = 576, kDv = 512;
 constexpr int kMaxTopk = 2048;
