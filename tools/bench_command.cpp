@@ -10,6 +10,7 @@
 #include "bench/stages.h"
 #include "commands.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "tensor_parallel.h"
 
 namespace dsattn::tools {
 
@@ -23,6 +24,7 @@ struct BenchOptions {
   std::vector<std::string> stages = {"mha",  "projections", "sparse_mla", "indexer",
                                      "topk", "decode",      "layer"};
   bool quick = false;
+  TensorParallelOptions tp;
 };
 
 std::string today() {
@@ -57,6 +59,7 @@ std::string git_commit() {
 }
 
 int run(const BenchOptions& o) {
+  if (o.tp.requested()) return bench_tensor_parallel(o.tp, o.device, o.json_path, o.quick);
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
     fail("--device must be auto, cpu or cuda, got '{}'", o.device);
   }
@@ -152,6 +155,8 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--anchors", o->anchors, "PyTorch anchor figures (JSON) to record alongside");
   cmd->add_option("--stages", o->stages, "Stages to run")->capture_default_str();
   cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");
+  add_tensor_parallel_options(
+      cmd, o->tp, "Layer prefill and decode with the heads split over 1, 2, 4 ... N GPUs");
   return [o] { return run(*o); };
 }
 

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "tensor_parallel.h"
 #include "workload.h"
 
 namespace dsattn::tools {
@@ -23,6 +24,7 @@ struct RunOptions {
   std::string config_path;
   std::string json_path;
   std::int64_t seed = 0;
+  TensorParallelOptions tp;
 };
 
 // The CPU backend runs the workload scaled down so that it ends in well under a minute on two
@@ -91,6 +93,9 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   const AttentionConfig config = o.config_path.empty()
                                      ? AttentionConfig::deepseek_v32()
                                      : AttentionConfig::from_json_file(o.config_path);
+  if (o.tp.requested()) {
+    return run_tensor_parallel(o.tp, {spec, policy, config, o.device, o.json_path});
+  }
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
     fail("--device must be auto, cpu or cuda, got '{}'", o.device);
   }
@@ -249,6 +254,8 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--json", o->json_path, "Also write the figures as JSON to this file");
   cmd->add_option("--config", o->config_path,
                   "A Hugging Face config.json (default: DeepSeek-V3.2's attention)");
+  add_tensor_parallel_options(cmd, o->tp,
+                              "Split the heads over N GPUs, one process each, joined by NCCL");
   return [o, cmd] { return run(*o, *cmd); };
 }
 
