@@ -1,0 +1,136 @@
+"""The layer's kernels on their own, for engines that bring their own layer.
+
+Each takes tensors of one device (CPU or CUDA), writes into `out` when given (and returns it),
+else allocates the output in the framework and on the device of the first argument. For CUDA
+tensors the work runs on `stream` (an int cudaStream_t; default: the current PyTorch or CuPy
+stream of the first argument, else the default stream). bf16 arguments also take uint16 arrays
+of bf16 bits, fp8 e4m3 ones uint8 arrays. Metadata (offsets, lengths, block tables, indices) is
+int32 on the op's device; on the CPU its entries are checked, on CUDA they are trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+from ._arrays import empty_like, shape_of
+
+
+def mha_prefill(
+    q: Any,
+    k: Any,
+    v: Any,
+    cu_q: Any,
+    cu_k: Any,
+    max_q: int,
+    scale: float,
+    out: Any = None,
+    stream: int | None = None,
+) -> Any:
+    """Dense causal attention over packed variable-length requests (the MHA form).
+
+    Request b owns query rows [cu_q[b], cu_q[b+1]) and key rows [cu_k[b], cu_k[b+1]), with at
+    least as many keys as queries; query i of a request with n_q queries and n_k keys sees keys
+    j <= n_k - n_q + i (bottom-right alignment: a cached prefix is visible to every query).
+    out[t, h] = softmax(scale * q[t, h] . k[:, h]) v[:, h] over the visible keys.
+
+    q: [total_q, heads, d_qk] bf16; k: [total_k, heads, d_qk] bf16; v: [total_k, heads, d_v]
+    bf16 (unit stride in the last dimension, rows may be strided); cu_q, cu_k: [batch + 1]
+    int32; max_q: the largest request's query count; out: [total_q, heads, d_v] bf16.
+    """
+    if out is None:
+        total_q, heads, _ = shape_of(q, "q", "[total_q, heads, d_qk]")
+        d_v = shape_of(v, "v", "[total_k, heads, d_v]")[2]
+        out = empty_like(q, (total_q, heads, d_v), "bf16")
+    _core.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, out, stream)
+    return out
+
+
+def sparse_mla(
+    q: Any,
+    kv_cache: Any,
+    indices: Any,
+    scale: float,
+    v_dim: int = 512,
+    out: Any = None,
+    stream: int | None = None,
+) -> Any:
+    """Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent
+    rows its index list names, keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).
+
+    q: [n, heads, d_qk] bf16 (576 for DeepSeek-V3.2: the absorbed query);
+    kv_cache: [num_slots, d_qk] bf16, or [num_slots, row_bytes] uint8 FP8 rows (d_v e4m3, one
+    f32 scale per 128 of them, then d_qk - d_v bf16: 656 bytes for DeepSeek-V3.2);
+    indices: [n, topk] int32 cache slots, -1 for unused (a row with none gets zeros);
+    out: [n, heads, d_v] bf16. v_dim: d_v of the allocated output when `out` is None (512 is
+    DeepSeek-V3.2's kv_lora_rank).
+    """
+    if out is None:
+        n, heads, _ = shape_of(q, "q", "[n, heads, d_qk]")
+        out = empty_like(q, (n, heads, v_dim), "bf16")
+    _core.sparse_mla(q, kv_cache, indices, scale, out, stream)
+    return out
+
+
+def indexer_scores(
+    q: Any,
+    q_scale: Any,
+    weights: Any,
+    key_cache: Any,
+    block_tables: Any,
+    page_size: int,
+    cu_q: Any,
+    context_lens: Any,
+    skip_rows_up_to: int = 0,
+    scores: Any = None,
+    stream: int | None = None,
+) -> Any:
+    """The lightning indexer's scores of packed requests against their paged keys.
+
+    Request b owns query rows [cu_q[b], cu_q[b+1]) and context_lens[b] cached keys; position s
+    lives at slot block_tables[b, s // page_size] * page_size + s % page_size. Its queries are its
+    newest positions, so query i of n_q sees keys s <= n_k - n_q + i. For a visible key:
+    scores[row, s] = sum_h weights[row, h] * relu((q[row, h] * q_scale[row, h]) . key[s]),
+    with q and the key dequantised per block of 128; -inf for the row's other columns below
+    n_k; columns past n_k are not written. Rows that see at most `skip_rows_up_to` keys are not
+    written at all (top-k selects all their keys); 0 computes every row.
+
+    q: [total_q, index_heads, index_head_dim] float8_e4m3fn (or uint8 bits);
+    q_scale: [total_q, index_heads, index_head_dim / 128] float32;
+    weights: [total_q, index_heads] float32;
+    key_cache: [num_slots, index_head_dim + 4 * index_head_dim / 128] uint8 (e4m3 values, then
+    one float32 scale per 128: 132 bytes for DeepSeek-V3.2);
+    block_tables: [batch, max_pages] int32; cu_q: [batch + 1] int32; context_lens: [batch] int32;
+    scores: [total_q, max_k] float32 with max_k >= every context length (rows may be strided).
+    An allocated `scores` is [total_q, max(context_lens)], filled with -inf first.
+    """
+    if scores is None:
+        total_q = shape_of(q, "q", "[total_q, index_heads, index_head_dim]")[0]
+        (batch,) = shape_of(context_lens, "context_lens", "[batch]")
+        max_k = int(context_lens.max()) if batch > 0 else 0
+        scores = empty_like(q, (total_q, max(max_k, 0)), "f32", fill=float("-inf"))
+    _core.indexer_scores(
+        q, q_scale, weights, key_cache, block_tables, page_size, cu_q, context_lens,
+        skip_rows_up_to, scores, stream,
+    )
+    return scores
+
+
+def topk(
+    scores: Any, lengths: Any, k: int, out: Any = None, stream: int | None = None
+) -> Any:
+    """Per row r, the min(k, lengths[r]) positions s < lengths[r] with the largest scores
+    (equal scores: the lower position wins; NaN ranks below every number), in ascending
+    position order, then -1 for the unused slots. A row with lengths[r] <= k selects
+    0 .. lengths[r] - 1 without reading its scores.
+
+    scores: [rows, n] float32 (rows may be strided); lengths: [rows] int32 in [0, n];
+    out: [rows, k] int32 (its width is k when given).
+    """
+    if out is None:
+        (rows, _) = shape_of(scores, "scores", "[rows, n]")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected an int >= 1, got {k!r}")
+        out = empty_like(scores, (rows, k), "i32")
+    _core.topk(scores, lengths, out, stream)
+    return out

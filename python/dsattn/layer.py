@@ -1,0 +1,187 @@
+"""One DeepSeek-V3.2 attention layer with its own paged cache, driven request by request."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence, Union
+
+from . import _core
+from ._arrays import empty_like, int_list, shape_of
+
+# A batch's block tables: one list of page numbers per request, or an int32 [batch, max_pages]
+# tensor (rows may be longer than a request needs).
+BlockTables = Union[Sequence[Sequence[int]], Any]
+
+
+class LayerOutput(NamedTuple):
+    """What a forward returns: the output hidden states and the path each request took."""
+
+    out: Any
+    """[tokens, hidden_size] bf16, in the framework and on the device of the input."""
+    paths: list[str]
+    """Per request, in the batch's order: "dense_mha" or "sparse_mla"."""
+
+
+class AttentionLayer:
+    """A DeepSeek-V3.2 attention layer and its paged cache (latents and indexer keys, one layer).
+
+    config: an AttentionConfig; weights: LayerWeights for it (placed on `device` when they are
+    elsewhere). kv_cache: "bf16" (576 values per token for DeepSeek-V3.2) or "fp8" (656 bytes:
+    512 e4m3 + 4 f32 scales + 64 bf16). policy: "per-request" (dense MHA where exact, else sparse
+    MLA), "threshold" or "threshold=N" (the whole batch takes dense MHA iff every context <= N),
+    "mha" (forced; refused where not exact) or "mla" (forced). num_pages: cache pages of
+    `page_size` (64) tokens. device: "cpu", "cuda" or "cuda:N"; default: the weights' device.
+
+    Hidden states are packed by request: the rows of request i follow those of request i - 1.
+    Every forward takes an optional `out` (written in place and returned; it may be `hidden`
+    itself) and, for CUDA tensors, an optional `stream` (an int cudaStream_t; default: the
+    current PyTorch or CuPy stream of `hidden`, else the default stream). A refused call raises
+    before anything is written. One forward at a time runs per layer; the GIL is released
+    while it computes.
+    """
+
+    def __init__(
+        self,
+        config: _core.AttentionConfig,
+        weights: _core.LayerWeights,
+        kv_cache: str = "bf16",
+        policy: str = "per-request",
+        num_pages: int = 1024,
+        device: str | None = None,
+    ) -> None:
+        self._layer = _core.AttentionLayer(config, weights, kv_cache, policy, num_pages, device)
+
+    @property
+    def config(self) -> _core.AttentionConfig:
+        return self._layer.config
+
+    @property
+    def weights(self) -> _core.LayerWeights:
+        """The weights the layer runs (on its device)."""
+        return self._layer.weights
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda:N"."""
+        return self._layer.device
+
+    @property
+    def policy(self) -> str:
+        """The path policy; assign a new one ("per-request", "threshold=N", "mha", "mla")."""
+        return self._layer.policy
+
+    @policy.setter
+    def policy(self, policy: str) -> None:
+        self._layer.policy = policy
+
+    @property
+    def kv_cache(self) -> str:
+        """The latent cache format: "bf16" or "fp8"."""
+        return self._layer.kv_cache
+
+    @property
+    def page_size(self) -> int:
+        """Tokens per cache page (64): position p of a request lives in page table[p // 64]."""
+        return self._layer.page_size
+
+    @property
+    def num_pages(self) -> int:
+        return self._layer.num_pages
+
+    @property
+    def free_pages(self) -> int:
+        return self._layer.free_pages
+
+    def allocate(self, num_tokens: int, block_table: Sequence[int] | None = None) -> list[int]:
+        """A request's block table grown to cover positions [0, num_tokens).
+
+        Returns `block_table` (default: empty) followed by the new pages, all or nothing: when
+        too few pages are free it raises dsattn.CacheFull and allocates nothing.
+        """
+        return self._layer.allocate(num_tokens, None if block_table is None else list(block_table))
+
+    def free(self, block_table: Sequence[int]) -> None:
+        """Returns every page of a request's block table to the cache (ValueError on a page that
+        is out of range or already free; nothing is freed then)."""
+        self._layer.free(list(block_table))
+
+    def prefill(
+        self,
+        hidden: Any,
+        prefix_lens: Sequence[int],
+        extend_lens: Sequence[int],
+        block_tables: BlockTables,
+        out: Any = None,
+        stream: int | None = None,
+    ) -> LayerOutput:
+        """New prompt tokens: request i has prefix_lens[i] tokens already cached (0 for a fresh
+        prompt; a chunked prefill continues after its earlier chunks) and extend_lens[i] new ones.
+
+        hidden: [sum(extend_lens), hidden_size] bf16 (or uint16 bits), contiguous.
+        block_tables[i] must cover prefix_lens[i] + extend_lens[i] positions (see allocate).
+        Writes the new tokens' latents and indexer keys to the cache.
+        """
+        prefix = int_list(prefix_lens, "prefix_lens", 0)
+        extend = int_list(extend_lens, "extend_lens", 1)
+        return self._forward(False, hidden, prefix, extend, block_tables, out, stream)
+
+    def decode(
+        self,
+        hidden: Any,
+        context_lens: Sequence[int],
+        block_tables: BlockTables,
+        out: Any = None,
+        stream: int | None = None,
+    ) -> LayerOutput:
+        """One new token per request after context_lens[i] cached ones.
+
+        hidden: [batch, hidden_size] bf16 (or uint16 bits), contiguous; block_tables[i] must
+        cover context_lens[i] + 1 positions.
+        """
+        context = int_list(context_lens, "context_lens", 0)
+        return self._forward(True, hidden, context, [1] * len(context), block_tables, out, stream)
+
+    def verify(
+        self,
+        hidden: Any,
+        prefix_lens: Sequence[int],
+        num_tokens: int | Sequence[int],
+        block_tables: BlockTables,
+        out: Any = None,
+        stream: int | None = None,
+    ) -> LayerOutput:
+        """Speculative verify: num_tokens[i] draft tokens (or the same count for every request)
+        after prefix_lens[i] cached ones, in one decode-style forward.
+
+        hidden: [sum(num_tokens), hidden_size] bf16 (or uint16 bits), contiguous;
+        block_tables[i] must cover prefix_lens[i] + num_tokens[i] positions.
+        """
+        prefix = int_list(prefix_lens, "prefix_lens", 0)
+        if isinstance(num_tokens, int) and not isinstance(num_tokens, bool):
+            if num_tokens < 1:
+                raise ValueError(f"num_tokens: expected a value >= 1, got {num_tokens}")
+            counts = [num_tokens] * len(prefix)
+        else:
+            counts = int_list(num_tokens, "num_tokens", 1)
+        return self._forward(True, hidden, prefix, counts, block_tables, out, stream)
+
+    def _forward(
+        self,
+        decode: bool,
+        hidden: Any,
+        prefix: list[int],
+        extend: list[int],
+        block_tables: BlockTables,
+        out: Any,
+        stream: int | None,
+    ) -> LayerOutput:
+        if out is None:
+            shape = shape_of(hidden, "hidden", "[tokens, hidden_size]")
+            out = empty_like(hidden, shape, "bf16")
+        paths = self._layer.forward(decode, hidden, out, prefix, extend, block_tables, stream)
+        return LayerOutput(out, paths)
+
+    def __repr__(self) -> str:
+        return (
+            f"AttentionLayer(device={self.device!r}, kv_cache={self.kv_cache!r}, "
+            f"policy={self.policy!r}, pages={self.free_pages}/{self.num_pages} free)"
+        )

@@ -1,0 +1,103 @@
+// The layer's kernels on their own, for engines that bring their own layer: thin over the ops,
+// whose checks (shapes, strides, offsets) name the same arguments. Outputs are the caller's.
+#include "bindings.h"
+#include "call_scope.h"
+#include "dsattn/ops/attention.h"
+#include "dsattn/ops/indexer.h"
+#include "dsattn/ops/topk.h"
+#include "tensor_args.h"
+
+namespace dsattn::python {
+
+namespace {
+
+void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle cu_q_obj,
+                 nb::handle cu_k_obj, std::int64_t max_q, float scale, nb::handle out_obj,
+                 nb::handle stream) {
+  const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[total_q, heads, d_qk]");
+  const TensorArg k = tensor_arg(k_obj, "k", {DType::bf16}, 3, "[total_k, heads, d_qk]");
+  const TensorArg v = tensor_arg(v_obj, "v", {DType::bf16}, 3, "[total_k, heads, d_v]");
+  const TensorArg cu_q = tensor_arg(cu_q_obj, "cu_q", {DType::i32}, 1, "[batch + 1]");
+  const TensorArg cu_k = tensor_arg(cu_k_obj, "cu_k", {DType::i32}, 1, "[batch + 1]");
+  const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[total_q, heads, d_v]", true);
+  check_same_device({{"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}},
+                    q.device(), "q's device");
+  CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
+  nb::gil_scoped_release release;
+  ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view);
+}
+
+void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
+                nb::handle out_obj, nb::handle stream) {
+  const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[n, heads, d_qk]");
+  const TensorArg kv = tensor_arg(kv_obj, "kv_cache", {DType::bf16, DType::u8}, 2,
+                                  "[num_slots, d_qk] (bf16) or [num_slots, fp8 row bytes] (uint8)");
+  const TensorArg indices = tensor_arg(indices_obj, "indices", {DType::i32}, 2, "[n, topk]");
+  const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[n, heads, d_v]", true);
+  check_same_device({{"kv_cache", &kv}, {"indices", &indices}, {"out", &out}}, q.device(),
+                    "q's device");
+  CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
+  nb::gil_scoped_release release;
+  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view);
+}
+
+void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights_obj,
+                    nb::handle key_cache_obj, nb::handle block_tables_obj, std::int64_t page_size,
+                    nb::handle cu_q_obj, nb::handle context_lens_obj, std::int64_t skip_rows_up_to,
+                    nb::handle scores_obj, nb::handle stream) {
+  const TensorArg q =
+      tensor_arg(q_obj, "q", {DType::fp8_e4m3}, 3, "[total_q, index_heads, index_head_dim]");
+  const TensorArg q_scale = tensor_arg(q_scale_obj, "q_scale", {DType::f32}, 3,
+                                       "[total_q, index_heads, index_head_dim / 128]");
+  const TensorArg weights =
+      tensor_arg(weights_obj, "weights", {DType::f32}, 2, "[total_q, index_heads]");
+  const TensorArg key_cache =
+      tensor_arg(key_cache_obj, "key_cache", {DType::u8}, 2, "[num_slots, key bytes]");
+  const TensorArg block_tables =
+      tensor_arg(block_tables_obj, "block_tables", {DType::i32}, 2, "[batch, max_pages]");
+  const TensorArg cu_q = tensor_arg(cu_q_obj, "cu_q", {DType::i32}, 1, "[batch + 1]");
+  const TensorArg context_lens =
+      tensor_arg(context_lens_obj, "context_lens", {DType::i32}, 1, "[batch]");
+  const TensorArg scores =
+      tensor_arg(scores_obj, "scores", {DType::f32}, 2, "[total_q, max_k]", true);
+  check_same_device({{"q_scale", &q_scale},
+                     {"weights", &weights},
+                     {"key_cache", &key_cache},
+                     {"block_tables", &block_tables},
+                     {"cu_q", &cu_q},
+                     {"context_lens", &context_lens},
+                     {"scores", &scores}},
+                    q.device(), "q's device");
+  CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
+  nb::gil_scoped_release release;
+  ops::indexer_scores(q.view, q_scale.view, weights.view, key_cache.view, block_tables.view,
+                      page_size, cu_q.view, context_lens.view, skip_rows_up_to, scores.view);
+}
+
+void topk(nb::handle scores_obj, nb::handle lengths_obj, nb::handle out_obj, nb::handle stream) {
+  const TensorArg scores = tensor_arg(scores_obj, "scores", {DType::f32}, 2, "[rows, n]");
+  const TensorArg lengths = tensor_arg(lengths_obj, "lengths", {DType::i32}, 1, "[rows]");
+  const TensorArg out = tensor_arg(out_obj, "out", {DType::i32}, 2, "[rows, k]", true);
+  check_same_device({{"lengths", &lengths}, {"out", &out}}, scores.device(), "scores' device");
+  CallScope scope(scores.device(), resolve_stream(stream, scores_obj, scores.device()));
+  nb::gil_scoped_release release;
+  ops::topk(scores.view, lengths.view, out.view);
+}
+
+}  // namespace
+
+void bind_kernels(nb::module_& m) {
+  m.def("mha_prefill", &mha_prefill, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_q"),
+        nb::arg("cu_k"), nb::arg("max_q"), nb::arg("scale"), nb::arg("out"),
+        nb::arg("stream") = nb::none());
+  m.def("sparse_mla", &sparse_mla, nb::arg("q"), nb::arg("kv_cache"), nb::arg("indices"),
+        nb::arg("scale"), nb::arg("out"), nb::arg("stream") = nb::none());
+  m.def("indexer_scores", &indexer_scores, nb::arg("q"), nb::arg("q_scale"), nb::arg("weights"),
+        nb::arg("key_cache"), nb::arg("block_tables"), nb::arg("page_size"), nb::arg("cu_q"),
+        nb::arg("context_lens"), nb::arg("skip_rows_up_to"), nb::arg("scores"),
+        nb::arg("stream") = nb::none());
+  m.def("topk", &topk, nb::arg("scores"), nb::arg("lengths"), nb::arg("out"),
+        nb::arg("stream") = nb::none());
+}
+
+}  // namespace dsattn::python

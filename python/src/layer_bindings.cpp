@@ -1,0 +1,170 @@
+// One attention layer with its own paged cache (one layer of latents and indexer keys): page
+// allocation per request, and forwards over batches of requests packed by request.
+#include <fmt/format.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "call_scope.h"
+#include "dsattn/core/checks.h"
+#include "dsattn/layer/attention_layer.h"
+#include "tensor_args.h"
+
+namespace dsattn::python {
+
+namespace {
+
+CacheOptions cache_options(const std::string& kv_cache, std::int64_t num_pages, Device device) {
+  CacheOptions o;
+  o.num_pages = num_pages;
+  o.num_layers = 1;
+  o.latent_format = parse_latent_format(kv_cache);
+  o.device = device;
+  return o;
+}
+
+// block_tables as host vectors: a list of lists of int, or an int32 [batch, max_pages] tensor on
+// any device (rows may hold more pages than a request needs).
+std::vector<BlockTable> read_block_tables(nb::handle obj, std::size_t batch) {
+  std::vector<BlockTable> tables;
+  if (nb::ndarray_check(obj)) {
+    const TensorArg t = tensor_arg(obj, "block_tables", {DType::i32}, 2, "[batch, max_pages]");
+    check_shape(t.view, "block_tables", {static_cast<std::int64_t>(batch), kAny});
+    check_contiguous(t.view, "block_tables");
+    std::vector<std::int32_t> host(static_cast<std::size_t>(t.view.numel()));
+    if (!host.empty()) {
+      copy(t.view, TensorView(host.data(), DType::i32, Device::cpu(), t.view.shape()));
+    }
+    const std::size_t width = static_cast<std::size_t>(t.view.size(1));
+    for (std::size_t b = 0; b < batch; ++b) {
+      tables.emplace_back(host.begin() + b * width, host.begin() + (b + 1) * width);
+    }
+    return tables;
+  }
+  if (!nb::try_cast(obj, tables)) {
+    throw nb::type_error(
+        fmt::format("block_tables: expected a list of lists of int or an int32 [batch, "
+                    "max_pages] tensor, got {}",
+                    python_type_name(obj))
+            .c_str());
+  }
+  if (tables.size() != batch) {
+    throw nb::value_error(fmt::format("block_tables: expected one table per request ({}), got {}",
+                                      batch, tables.size())
+                              .c_str());
+  }
+  return tables;
+}
+
+class Layer {
+ public:
+  Layer(const AttentionConfig& config, const LayerWeights& weights, const std::string& kv_cache,
+        const std::string& policy, std::int64_t num_pages, std::optional<std::string> device)
+      : device_(device ? parse_device(*device) : weights.device()),
+        layer_(config, weights.device() == device_ ? weights : weights.to(device_),
+               Policy::parse(policy)),
+        cache_(config, cache_options(kv_cache, num_pages, device_)) {}
+
+  const AttentionConfig& config() const { return layer_.config(); }
+  const LayerWeights& weights() const { return layer_.weights(); }
+  std::string device() const { return to_string(device_); }
+  std::string policy() const { return layer_.policy().to_string(); }
+  void set_policy(const std::string& text) { layer_.set_policy(Policy::parse(text)); }
+  std::string kv_cache() const { return std::string(latent_format_name(cache_.latent_format())); }
+  std::int64_t page_size() const { return cache_.page_size(); }
+  std::int64_t num_pages() const { return cache_.num_pages(); }
+  std::int64_t free_pages() const { return cache_.free_pages(); }
+
+  BlockTable allocate(std::int64_t num_tokens, std::optional<BlockTable> table) {
+    if (num_tokens < 0) {
+      throw nb::value_error(
+          fmt::format("num_tokens: expected a count >= 0, got {}", num_tokens).c_str());
+    }
+    BlockTable grown = table.value_or(BlockTable{});
+    cache_.reserve(grown, num_tokens);
+    return grown;
+  }
+
+  void free(BlockTable table) { cache_.release(table); }
+
+  std::vector<std::string> forward(bool decode, nb::handle hidden, nb::handle out,
+                                   const std::vector<std::int64_t>& prefix_lens,
+                                   const std::vector<std::int64_t>& extend_lens,
+                                   nb::handle block_tables, nb::handle stream) {
+    const AttentionConfig& c = layer_.config();
+    if (prefix_lens.size() != extend_lens.size()) {
+      throw nb::value_error(fmt::format("the batch has {} prefix lengths but {} token counts",
+                                        prefix_lens.size(), extend_lens.size())
+                                .c_str());
+    }
+    const TensorArg in = tensor_arg(hidden, "hidden", {DType::bf16}, 2, "[tokens, hidden_size]");
+    const TensorArg dst =
+        tensor_arg(out, "out", {DType::bf16}, 2, "[tokens, hidden_size]", /*writable=*/true);
+    check_same_device({{"hidden", &in}, {"out", &dst}}, device_, "the layer's device");
+    std::int64_t tokens = 0;
+    for (std::int64_t n : extend_lens) tokens += n;
+    for (const auto& [name, t] : {std::pair{"hidden", &in}, std::pair{"out", &dst}}) {
+      check_shape(t->view, name, {tokens, c.hidden_size});
+      check_contiguous(t->view, name);
+    }
+
+    const std::uintptr_t s = resolve_stream(stream, hidden, device_);
+    CallScope scope(device_, s);
+    const std::vector<BlockTable> tables = read_block_tables(block_tables, prefix_lens.size());
+    Batch batch;
+    batch.mode = decode ? ForwardMode::decode : ForwardMode::prefill;
+    for (std::size_t i = 0; i < prefix_lens.size(); ++i) {
+      batch.requests.push_back({prefix_lens[i], extend_lens[i], tables[i]});
+    }
+    ForwardOptions options;
+    options.time_stages = false;
+    std::vector<std::string> paths;
+    {
+      nb::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      const ForwardResult r = layer_.forward(batch, in.view, cache_.layer(0), dst.view, options);
+      for (Path p : r.paths) paths.emplace_back(path_name(p));
+    }
+    return paths;
+  }
+
+ private:
+  Device device_;
+  AttentionLayer layer_;
+  PagedKvCache cache_;
+  std::mutex mutex_;  // one forward at a time writes this layer's cache
+};
+
+}  // namespace
+
+void bind_layer(nb::module_& m) {
+  nb::class_<Layer>(m, "AttentionLayer",
+                    "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
+                    "including out.")
+      .def(nb::init<const AttentionConfig&, const LayerWeights&, const std::string&,
+                    const std::string&, std::int64_t, std::optional<std::string>>(),
+           nb::arg("config"), nb::arg("weights"), nb::arg("kv_cache") = "bf16",
+           nb::arg("policy") = "per-request", nb::arg("num_pages") = 1024,
+           nb::arg("device") = nb::none())
+      .def_prop_ro("config", &Layer::config)
+      .def_prop_ro("weights", &Layer::weights)
+      .def_prop_ro("device", &Layer::device)
+      .def_prop_rw("policy", &Layer::policy, &Layer::set_policy)
+      .def_prop_ro("kv_cache", &Layer::kv_cache)
+      .def_prop_ro("page_size", &Layer::page_size)
+      .def_prop_ro("num_pages", &Layer::num_pages)
+      .def_prop_ro("free_pages", &Layer::free_pages)
+      .def("allocate", &Layer::allocate, nb::arg("num_tokens"), nb::arg("block_table") = nb::none())
+      .def("free", &Layer::free, nb::arg("block_table"))
+      .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
+           nb::arg("prefix_lens"), nb::arg("extend_lens"), nb::arg("block_tables"),
+           nb::arg("stream") = nb::none());
+}
+
+}  // namespace dsattn::python
