@@ -1,0 +1,191 @@
+"""Each kernel against its formula in float64 on small random inputs, with poisoned outputs, under
+the tolerance scheme (a plain f32 implementation with bf16 storage sets the error budget)."""
+
+import numpy as np
+import pytest
+
+import dsattn
+from helpers import assert_within_tolerance, f64, poisoned_bf16, random_bf16, round_bf16
+
+PAGE = 64
+
+
+def attention(q, k, v, scale, visible, dtype):
+    """softmax(scale * q . k) v over keys [0, visible) of one head, in `dtype` arithmetic."""
+    s = (q.astype(dtype) @ k[:visible].astype(dtype).T) * dtype(scale)
+    p = np.exp(s - s.max())
+    return (p / p.sum()) @ v[:visible].astype(dtype)
+
+
+def mha_formula(q, k, v, cu_q, cu_k, scale, dtype):
+    out = np.zeros((q.shape[0], q.shape[1], v.shape[2]))
+    for b in range(len(cu_q) - 1):
+        n_q, n_k = cu_q[b + 1] - cu_q[b], cu_k[b + 1] - cu_k[b]
+        for i in range(n_q):
+            for h in range(q.shape[1]):
+                out[cu_q[b] + i, h] = attention(q[cu_q[b] + i, h], k[cu_k[b]:cu_k[b + 1], h],
+                                                v[cu_k[b]:cu_k[b + 1], h], scale, n_k - n_q + i + 1,
+                                                dtype)
+    return out
+
+
+def test_mha_prefill_matches_formula(rng):
+    heads, d_qk, d_v = 2, 48, 32
+    n_q, n_k = [3, 1, 7], [5, 1, 7]  # with a prefix, single token, no prefix
+    cu_q = np.concatenate([[0], np.cumsum(n_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(n_k)]).astype(np.int32)
+    q = random_bf16(rng, (cu_q[-1], heads, d_qk))
+    k = random_bf16(rng, (cu_k[-1], heads, d_qk))
+    v = random_bf16(rng, (cu_k[-1], heads, d_v))
+    scale = d_qk**-0.5
+    out = poisoned_bf16((cu_q[-1], heads, d_v))
+    assert dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale, out=out) is out
+    ref = mha_formula(f64(q), f64(k), f64(v), cu_q, cu_k, scale, np.float64)
+    plain = round_bf16(mha_formula(f64(q), f64(k), f64(v), cu_q, cu_k, scale, np.float32))
+    assert_within_tolerance(f64(out), ref, plain, "mha_prefill")
+    allocated = dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale)
+    np.testing.assert_array_equal(allocated, out)
+
+
+def quantize_rows(values, block=128):
+    """FP8 rows: e4m3(values / scale) then one f32 scale per block, scale = max(amax, 1e-4) / 448;
+    returns the bytes and what they dequantise to."""
+    n, width = values.shape
+    scales = np.maximum(np.abs(values.reshape(n, width // block, block)).max(axis=2), 1e-4) / 448
+    scales = scales.astype(np.float32)
+    e4m3 = dsattn.float32_to_fp8_e4m3(
+        np.ascontiguousarray((values.reshape(n, -1, block) / scales[:, :, None]).reshape(n, width),
+                             dtype=np.float32))
+    dequantised = (dsattn.fp8_e4m3_to_float32(e4m3).reshape(n, -1, block)
+                   * scales[:, :, None]).reshape(n, width).astype(np.float64)
+    return np.concatenate([e4m3, scales.view(np.uint8)], axis=1), dequantised
+
+
+def sparse_formula(q, keys, indices, d_v, scale, dtype):
+    out = np.zeros((q.shape[0], q.shape[1], d_v))
+    for t in range(q.shape[0]):
+        chosen = indices[t][indices[t] >= 0]
+        if len(chosen) == 0:
+            continue
+        for h in range(q.shape[1]):
+            out[t, h] = attention(q[t, h], keys[chosen], keys[chosen, :d_v], scale, len(chosen),
+                                  dtype)
+    return out
+
+
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_sparse_mla_matches_formula(rng, cache):
+    n, heads, d_v, d_rope, slots, topk = 5, 3, 128, 16, 40, 12
+    d_qk = d_v + d_rope
+    q = random_bf16(rng, (n, heads, d_qk))
+    latent = random_bf16(rng, (slots, d_qk))
+    indices = np.stack([rng.permutation(slots)[:topk] for _ in range(n)]).astype(np.int32)
+    indices[1, 5:] = -1  # a row with unused slots
+    indices[3, :] = -1  # a row with none: zeros
+    if cache == "bf16":
+        kv_cache, keys = latent, f64(latent)
+    else:
+        quantised, c_kv = quantize_rows(dsattn.bf16_to_float32(np.ascontiguousarray(latent[:, :d_v])))
+        kv_cache = np.concatenate([quantised, latent[:, d_v:].view(np.uint8)], axis=1)
+        assert kv_cache.shape == (slots, d_v + 4 * d_v // 128 + 2 * d_rope)
+        keys = np.concatenate([c_kv, f64(latent[:, d_v:])], axis=1)
+    scale = d_qk**-0.5
+    out = poisoned_bf16((n, heads, d_v))
+    assert dsattn.sparse_mla(q, kv_cache, indices, scale, out=out) is out
+    ref = sparse_formula(f64(q), keys, indices, d_v, scale, np.float64)
+    plain = round_bf16(sparse_formula(f64(q), keys, indices, d_v, scale, np.float32))
+    assert_within_tolerance(f64(out), ref, plain, f"sparse_mla ({cache} cache)")
+    assert (f64(out)[3] == 0).all()
+    allocated = dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v)
+    np.testing.assert_array_equal(allocated, out)
+
+
+def indexer_formula(q, q_scale, weights, keys, tables, cu_q, context_lens, max_k, dtype):
+    """Scores with -inf past each row's visible keys and NaN where nothing is written."""
+    scores = np.full((q.shape[0], max_k), np.nan)
+    d = q.shape[2]
+    qd = (q.reshape(q.shape[0], q.shape[1], -1, 128) * q_scale[..., None]).reshape(q.shape)
+    for b in range(len(context_lens)):
+        n_q, n_k = cu_q[b + 1] - cu_q[b], context_lens[b]
+        slot = lambda s: tables[b, s // PAGE] * PAGE + s % PAGE  # noqa: E731
+        k = np.stack([keys[slot(s)] for s in range(n_k)]).astype(dtype)
+        for i in range(n_q):
+            row = cu_q[b] + i
+            visible = n_k - n_q + i + 1
+            logits = qd[row].astype(dtype) @ k[:visible].T  # [heads, visible]
+            scores[row, :visible] = weights[row].astype(dtype) @ np.maximum(logits, 0)
+            scores[row, visible:n_k] = -np.inf
+    assert d % 128 == 0
+    return scores
+
+
+def test_indexer_scores_match_formula(rng):
+    heads, d = 4, 128
+    n_q, context = [3, 1], [70, 5]  # a key range over two pages, and a short one
+    cu_q = np.concatenate([[0], np.cumsum(n_q)]).astype(np.int32)
+    context_lens = np.array(context, dtype=np.int32)
+    tables = np.array([[3, 0], [1, -1]], dtype=np.int32)  # unused entries need not be pages
+    slots = 4 * PAGE
+    key_values = rng.standard_normal((slots, d)).astype(np.float32)
+    key_cache, keys = quantize_rows(key_values)
+    q_values = rng.standard_normal((cu_q[-1] * heads, d)).astype(np.float32)
+    q_bytes, _ = quantize_rows(q_values)
+    q = np.ascontiguousarray(q_bytes[:, :d]).reshape(cu_q[-1], heads, d)
+    q_scale = np.ascontiguousarray(q_bytes[:, d:]).view(np.float32).reshape(cu_q[-1], heads, 1)
+    weights = rng.standard_normal((cu_q[-1], heads)).astype(np.float32)
+    max_k = 72
+    scores = np.full((cu_q[-1], max_k), np.nan, dtype=np.float32)
+    got = dsattn.indexer_scores(q, q_scale, weights, key_cache, tables, PAGE, cu_q, context_lens,
+                                scores=scores)
+    assert got is scores
+    q_f = dsattn.fp8_e4m3_to_float32(np.ascontiguousarray(q)).astype(np.float64)
+    args = (q_f, q_scale.astype(np.float64), weights, keys, tables, cu_q, context, max_k)
+    ref = indexer_formula(*args, np.float64)
+    plain = indexer_formula(*args, np.float32)
+    finite = np.isfinite(ref)
+    assert_within_tolerance(scores[finite], ref[finite], plain[finite], "indexer_scores")
+    np.testing.assert_array_equal(scores[np.isneginf(ref)], -np.inf)
+    assert np.isnan(scores[np.isnan(ref)]).all()  # columns past a request's keys: untouched
+
+    # Rows seeing at most skip_rows_up_to keys are not written.
+    skipped = np.full((cu_q[-1], max_k), np.nan, dtype=np.float32)
+    dsattn.indexer_scores(q, q_scale, weights, key_cache, tables, PAGE, cu_q, context_lens,
+                          skip_rows_up_to=68, scores=skipped)
+    assert np.isnan(skipped[0]).all() and np.isnan(skipped[3]).all()  # 68 and 5 visible keys
+    rows = np.isfinite(ref[1:3])
+    assert_within_tolerance(skipped[1:3][rows], ref[1:3][rows], plain[1:3][rows],
+                            "indexer_scores with skipped rows")
+    allocated = dsattn.indexer_scores(q, q_scale, weights, key_cache, tables, PAGE, cu_q,
+                                      context_lens)
+    assert allocated.shape == (cu_q[-1], 70)
+    # An allocated output starts at -inf: cells the op does not write read as "not selectable".
+    np.testing.assert_array_equal(allocated, np.where(np.isnan(scores), -np.inf, scores)[:, :70])
+
+
+def topk_formula(scores, lengths, k):
+    out = np.full((scores.shape[0], k), -1, dtype=np.int32)
+    for r, n in enumerate(lengths):
+        if n <= k:
+            chosen = np.arange(n)
+        else:
+            # Largest first, the lower position first among equals; NaN below every number.
+            keyed = np.where(np.isnan(scores[r, :n]), -np.inf, scores[r, :n])
+            order = sorted(range(n), key=lambda s: (-keyed[s], np.isnan(scores[r, s]), s))
+            chosen = np.sort(order[:k])
+        out[r, :len(chosen)] = chosen
+    return out
+
+
+def test_topk_matches_formula(rng):
+    rows, n, k = 6, 300, 16
+    scores = rng.standard_normal((rows, n)).astype(np.float32)
+    scores[1, 40:80] = 2.5  # ties across the boundary: lower positions win
+    scores[2, ::3] = np.nan
+    lengths = np.array([300, 200, 250, 16, 3, 0], dtype=np.int32)
+    out = np.full((rows, k), 12345, dtype=np.int32)
+    assert dsattn.topk(scores, lengths, k, out=out) is out
+    np.testing.assert_array_equal(out, topk_formula(scores, lengths, k))
+    np.testing.assert_array_equal(dsattn.topk(scores, lengths, k), out)
+    strided = np.full((rows, 2 * n), np.nan, dtype=np.float32)
+    strided[:, :n] = scores
+    np.testing.assert_array_equal(dsattn.topk(strided[:, :n], lengths, k), out)
