@@ -2,6 +2,7 @@
 // of two bf16 values once, and a copy moves bits.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
 #include "dsattn/ops/elementwise.h"
@@ -45,6 +46,35 @@ TEST_F(ElementwiseGpu, AddInPlaceMatchesCpu) {
   ops::add(a, b, a);
   ops::add(a_dev.on_gpu(), b_dev.on_gpu(), a_dev.on_gpu());
   EXPECT_TRUE(same_bytes(a, a_dev.fetch(), "add in place"));
+}
+
+// SwiGLU on strided rows: within f32 rounding of the CPU, so within the float64 rule.
+TEST_F(ElementwiseGpu, SiluMulMatchesCpuOnStridedRows) {
+  const std::int64_t rows = 257, n = 1536;
+  Tensor x_backing = random_tensor({rows, 2 * n + 8}, DType::bf16, 5, 1, 6.0);
+  const TensorView x = x_backing.view().slice(1, 8, 2 * n + 8);
+  Tensor out_backing = poisoned({rows, n + 16}, DType::bf16);
+  const TensorView out = out_backing.view().slice(1, 16, n + 16);
+  const Mirror x_dev(x_backing), out_dev(out_backing);
+  ops::silu_mul(x, out);
+  ops::silu_mul(x_dev.on_gpu(x), out_dev.on_gpu(out));
+  const Tensor fetched = out_dev.fetch();
+
+  const std::vector<double> xv = read_doubles(x);
+  std::vector<double> ref;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double g = xv[r * 2 * n + j];
+      ref.push_back(g / (1.0 + std::exp(-g)) * xv[r * 2 * n + n + j]);
+    }
+  }
+  EXPECT_TRUE(within_tolerance(read_doubles(Mirror::same_view(out, out_backing, fetched)),
+                               read_doubles(out), ref, 1e-6, shape_of(out)));
+  // The columns left of the window keep their poison (a NaN).
+  for (double v :
+       read_doubles(Mirror::same_view(out_backing.view().slice(1, 0, 16), out_backing, fetched))) {
+    ASSERT_TRUE(std::isnan(v)) << "silu_mul wrote outside out's window";
+  }
 }
 
 // One strided_copy case: `src` is a view into `src_backing`, `dst` a view into `dst_backing`

@@ -233,5 +233,42 @@ TEST(AddTest, RoundsTheSumOnceIncludingInPlace) {
   EXPECT_TRUE(rejects([&] { ops::add(a, b, on_cuda(out)); }, "out is on cuda:0", {watch(out)}));
 }
 
+// SwiGLU: silu(gate) · up against float64, on a row-strided input and a window of a wider output.
+TEST(SiluMulTest, MatchesFloat64OnStridedRows) {
+  const std::int64_t rows = 7, n = 300;
+  Tensor x_wide = random_tensor({rows, 2 * n + 6}, DType::bf16, 4, 1, 6.0);
+  const TensorView x = x_wide.view().slice(1, 6, 2 * n + 6);
+  Tensor out_wide = Tensor::empty({rows, n + 3}, DType::bf16);
+  poison(out_wide);
+  const std::vector<std::uint8_t> before = snapshot(out_wide);
+  const TensorView out = out_wide.view().slice(1, 3, n + 3);
+  ops::silu_mul(x, out);
+
+  const std::vector<double> xv = read_doubles(x);
+  std::vector<double> ref, plain;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double g = xv[r * 2 * n + j], u = xv[r * 2 * n + n + j];
+      ref.push_back(g / (1.0 + std::exp(-g)) * u);
+      const float gf = static_cast<float>(g);
+      plain.push_back(round_bf16(gf / (1.0f + std::exp(-gf)) * static_cast<float>(u)));
+    }
+  }
+  EXPECT_TRUE(within_tolerance(read_doubles(out), ref, plain, 1e-6));
+  EXPECT_TRUE(only_view_written(out_wide, before, out));
+
+  Tensor odd = random_tensor({rows, 2 * n + 1}, DType::bf16, 4, 2);
+  Tensor narrow = Tensor::empty({rows, n - 1}, DType::bf16);
+  Tensor f32_x = random_tensor({rows, 2 * n}, DType::f32, 4, 3);
+  Tensor out_c = Tensor::empty({rows, n}, DType::bf16);
+  EXPECT_TRUE(
+      rejects([&] { ops::silu_mul(odd, out_c); }, "even number of columns", {watch(out_c)}));
+  EXPECT_TRUE(rejects([&] { ops::silu_mul(x, narrow); }, "out must have shape", {watch(narrow)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::silu_mul(f32_x, out_c); }, "x must have dtype bf16", {watch(out_c)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::silu_mul(x, on_cuda(out_c)); }, "out is on cuda:0", {watch(out_c)}));
+}
+
 }  // namespace
 }  // namespace dsattn::test

@@ -17,6 +17,7 @@
 namespace dsattn::ops::cpu {
 
 void add(const TensorView& a, const TensorView& b, const TensorView& out);
+void silu_mul(const TensorView& x, const TensorView& out);
 void strided_copy(const TensorView& src, const TensorView& dst);
 void rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
 void layer_norm(const TensorView& x, const TensorView& weight, const TensorView& bias, float eps,

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <cstring>
 
 #include "dsattn/ops/cpu/cpu_ops.h"
@@ -12,6 +13,20 @@ void add(const TensorView& a, const TensorView& b, const TensorView& out) {
     const bf16* y = b.row<bf16>(r);
     bf16* o = out.row<bf16>(r);
     for (std::int64_t j = 0; j < n; ++j) o[j] = bf16::from_float(x[j].to_float() + y[j].to_float());
+  }
+}
+
+void silu_mul(const TensorView& x, const TensorView& out) {
+  const std::int64_t rows = x.size(0), n = out.size(1);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const bf16* gate = x.row<bf16>(r);
+    const bf16* up = gate + n;
+    bf16* o = out.row<bf16>(r);
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float g = gate[j].to_float();
+      o[j] = bf16::from_float(g / (1.0f + std::exp(-g)) * up[j].to_float());
+    }
   }
 }
 

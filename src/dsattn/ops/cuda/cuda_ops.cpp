@@ -69,6 +69,11 @@ void add(const TensorView& a, const TensorView& b, const TensorView& out) {
   check_launch(launch_add(p, stream()), "add");
 }
 
+void silu_mul(const TensorView& x, const TensorView& out) {
+  const SiluMulParams p{x.data(), out.data(), x.size(0), out.size(1), x.stride(0), out.stride(0)};
+  check_launch(launch_silu_mul(p, stream()), "silu_mul");
+}
+
 void strided_copy(const TensorView& src, const TensorView& dst) {
   StridedCopyParams p{};
   p.src = src.data();

@@ -12,6 +12,17 @@ __global__ void add_kernel(AddParams p) {
       __float2bfloat16_rn(bf(p.a, r * p.stride_a + j) + bf(p.b, r * p.stride_b + j));
 }
 
+// expf (full precision), not __expf: the result then differs from the CPU backend by f32
+// rounding only, far below bf16.
+__global__ void silu_mul_kernel(SiluMulParams p) {
+  const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
+  if (i >= p.rows * p.n) return;
+  const std::int64_t r = i / p.n, j = i % p.n;
+  const float g = bf(p.x, r * p.stride_x + j), u = bf(p.x, r * p.stride_x + p.n + j);
+  static_cast<__nv_bfloat16*>(p.out)[r * p.stride_out + j] =
+      __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+}
+
 template <typename T>
 __global__ void strided_copy_kernel(StridedCopyParams p, std::int64_t total) {
   const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
@@ -30,6 +41,11 @@ __global__ void strided_copy_kernel(StridedCopyParams p, std::int64_t total) {
 
 cudaError_t launch_add(const AddParams& p, cudaStream_t stream) {
   add_kernel<<<blocks_for(p.rows * p.n, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
+  silu_mul_kernel<<<blocks_for(p.rows * p.n, 256), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

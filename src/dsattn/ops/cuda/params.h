@@ -16,6 +16,12 @@ struct AddParams {
   std::int64_t rows, n, stride_a, stride_b, stride_out;
 };
 
+struct SiluMulParams {
+  const void* x;  // [rows, 2n] bf16: gate, then up
+  void* out;      // [rows, n] bf16
+  std::int64_t rows, n, stride_x, stride_out;
+};
+
 struct StridedCopyParams {
   const void* src;
   void* dst;
@@ -124,6 +130,7 @@ struct SparseMlaParams {
 };
 
 cudaError_t launch_add(const AddParams& p, cudaStream_t stream);
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream);
 cudaError_t launch_strided_copy(const StridedCopyParams& p, cudaStream_t stream);
 cudaError_t launch_rms_norm(const NormParams& p, cudaStream_t stream);
 cudaError_t launch_layer_norm(const NormParams& p, cudaStream_t stream);
