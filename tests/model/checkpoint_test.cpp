@@ -2,6 +2,7 @@
 // through single-file and sharded layouts, and the refusals of malformed files with messages that
 // name the file and the tensor.
 #include "dsattn/model/checkpoint.h"
+#include "dsattn/model/checkpoint_writer.h"
 
 #include <gmock/gmock-matchers.h>
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/error_message.h"
+#include "core/temp_dir.h"
 #include "dsattn/model/safetensors.h"
 #include "model/model_test_config.h"
 
@@ -31,26 +33,7 @@ using ::testing::HasSubstr;
 
 AttentionConfig small_config() { return testing::small_model_config(); }
 
-// A fresh directory under the system temporary directory, removed with the fixture.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("dsattn_ckpt_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using ::dsattn::testing::TempDir;
 
 struct Slot {
   const char* name;
@@ -454,7 +437,7 @@ TEST_F(CheckpointErrors, TruncatedShard) {
   const std::string bytes = read_all(shard().string());
   write_all(shard().string(), bytes.substr(0, bytes.size() / 2));
   EXPECT_THAT(load_error(), AllOf(HasSubstr("model-00001-of-00001.safetensors"),
-                                  HasSubstr("truncated"), HasSubstr("model.layers.0.self_attn.")));
+                                  HasSubstr("truncated"), HasSubstr("tensor model.layers.0.")));
 }
 
 TEST_F(CheckpointErrors, BadHeader) {

@@ -1,7 +1,7 @@
 #include "dsattn/layer/attention_stack.h"
 
 #include "dsattn/core/checks.h"
-#include "dsattn/core/random.h"
+#include "dsattn/model/checkpoint_writer.h"
 #include "dsattn/ops/elementwise.h"
 #include "dsattn/ops/norm.h"
 
@@ -15,8 +15,23 @@ AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int
     LayerWeights weights = LayerWeights::synthetic(config, seed + l);
     s.layers_.emplace_back(config, device.is_cpu() ? std::move(weights) : weights.to(device),
                            policy);
-    Tensor norm = Tensor::empty({config.hidden_size}, DType::bf16);
-    fill_uniform(norm, seed + l, /*stream=*/1000, 0.05f, 1.0f);
+    Tensor norm = synthetic_input_norm(config, seed + l);
+    s.input_norms_.push_back(device.is_cpu() ? std::move(norm) : norm.to(device));
+  }
+  return s;
+}
+
+AttentionStack AttentionStack::from_checkpoint(const Checkpoint& checkpoint, int first_layer,
+                                               int num_layers, Policy policy, Device device) {
+  if (num_layers <= 0) fail("num_layers must be positive, got {}", num_layers);
+  if (first_layer < 0) fail("first_layer must be >= 0, got {}", first_layer);
+  const AttentionConfig& config = checkpoint.config();
+  AttentionStack s;
+  for (int l = first_layer; l < first_layer + num_layers; ++l) {
+    LayerWeights weights = load_layer_weights(checkpoint, l);
+    s.layers_.emplace_back(config, device.is_cpu() ? std::move(weights) : weights.to(device),
+                           policy);
+    Tensor norm = load_bf16_weight(checkpoint, input_norm_name(l), {config.hidden_size});
     s.input_norms_.push_back(device.is_cpu() ? std::move(norm) : norm.to(device));
   }
   return s;

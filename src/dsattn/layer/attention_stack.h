@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dsattn/layer/attention_layer.h"
+#include "dsattn/model/checkpoint.h"
 
 namespace dsattn {
 
@@ -29,6 +30,12 @@ class AttentionStack {
   std::int64_t num_layers() const { return static_cast<std::int64_t>(layers_.size()); }
   const AttentionLayer& layer(std::int64_t l) const { return layers_[l]; }
   const Tensor& input_norm(std::int64_t l) const { return input_norms_[l]; }
+  // Layers [first_layer, first_layer + num_layers) of a checkpoint: each layer's attention
+  // weights (FP8 ones dequantised) and its input_layernorm, placed on `device`.
+  static AttentionStack from_checkpoint(const Checkpoint& checkpoint, int first_layer,
+                                        int num_layers, Policy policy = {},
+                                        Device device = Device::cpu());
+
   void set_policy(const Policy& policy);
 
   // hidden: [T, hidden_size] bf16, updated in place. Layer l uses cache.layer(l).

@@ -25,21 +25,9 @@ std::string read_text(const fs::path& path) {
   return ss.str();
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail<CheckpointError>("cannot create {}", path.string());
-  out << text;
-  out.close();
-  if (!out) fail<CheckpointError>("cannot write {}", path.string());
-}
+}  // namespace
 
-struct WeightSlot {
-  const char* name;  // after the layer prefix
-  Tensor LayerWeights::*member;
-  Shape shape;
-};
-
-std::vector<WeightSlot> weight_slots(const AttentionConfig& c) {
+std::vector<AttentionWeightSlot> attention_weight_slots(const AttentionConfig& c) {
   const std::int64_t H = c.num_heads;
   return {
       {"q_a_proj.weight", &LayerWeights::q_a_proj, {c.q_lora_rank, c.hidden_size}},
@@ -65,6 +53,8 @@ std::vector<WeightSlot> weight_slots(const AttentionConfig& c) {
   };
 }
 
+namespace {
+
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 Tensor to_bf16(const Tensor& t) {
@@ -74,46 +64,6 @@ Tensor to_bf16(const Tensor& t) {
   bf16* dst = out.ptr<bf16>();
   for (std::int64_t i = 0; i < t.numel(); ++i) dst[i] = bf16::from_float(src[i]);
   return out;
-}
-
-json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
-  json j = {
-      {"architectures", {"DeepseekV32ForCausalLM"}},
-      {"model_type", "deepseek_v32"},
-      {"num_hidden_layers", num_layers},
-      {"hidden_size", c.hidden_size},
-      {"num_attention_heads", c.num_heads},
-      {"q_lora_rank", c.q_lora_rank},
-      {"kv_lora_rank", c.kv_lora_rank},
-      {"qk_nope_head_dim", c.qk_nope_head_dim},
-      {"qk_rope_head_dim", c.qk_rope_head_dim},
-      {"v_head_dim", c.v_head_dim},
-      {"index_n_heads", c.index_n_heads},
-      {"index_head_dim", c.index_head_dim},
-      {"index_topk", c.index_topk},
-      {"max_position_embeddings", c.max_position_embeddings},
-      {"rope_theta", c.rope_theta},
-      {"rms_norm_eps", c.rms_norm_eps},
-  };
-  if (c.use_yarn) {
-    j["rope_scaling"] = {
-        {"type", "yarn"},
-        {"factor", c.yarn.factor},
-        {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
-        {"beta_fast", c.yarn.beta_fast},
-        {"beta_slow", c.yarn.beta_slow},
-        {"mscale", c.yarn.mscale},
-        {"mscale_all_dim", c.yarn.mscale_all_dim}};
-  } else {
-    j["rope_scaling"] = nullptr;
-  }
-  if (fp8) {
-    j["quantization_config"] = {{"activation_scheme", "dynamic"},
-                                {"fmt", "e4m3"},
-                                {"quant_method", "fp8"},
-                                {"weight_block_size", {128, 128}}};
-  }
-  return j;
 }
 
 }  // namespace
@@ -246,59 +196,63 @@ const SafetensorsFile& Checkpoint::shard_for(const std::string& tensor) const {
 
 std::string attention_prefix(int layer) { return fmt::format("model.layers.{}.self_attn.", layer); }
 
+std::string input_norm_name(int layer) {
+  return fmt::format("model.layers.{}.input_layernorm.weight", layer);
+}
+
+Tensor load_bf16_weight(const Checkpoint& checkpoint, const std::string& name, const Shape& shape) {
+  const SafetensorsFile& file = checkpoint.shard_for(name);
+  const SafetensorsTensor& info = file.tensor(name);
+  if (info.shape != shape) {
+    fail<CheckpointError>("{}: tensor {} has shape {}, the config needs {}", file.path(), name,
+                          shape_string(info.shape), shape_string(shape));
+  }
+  if (info.dtype != DType::fp8_e4m3) return to_bf16(file.load(name));
+  if (shape.size() != 2) {
+    fail<CheckpointError>("{}: tensor {} is F8_E4M3, but only 2-D weights may be fp8", file.path(),
+                          name);
+  }
+  if (!checkpoint.quantization().fp8) {
+    fail<CheckpointError>(
+        "{}: tensor {} is F8_E4M3, but config.json has no fp8 quantization_config", file.path(),
+        name);
+  }
+  const std::string scale_name = name + "_scale_inv";
+  if (!checkpoint.contains(scale_name)) {
+    fail<CheckpointError>("{}: fp8 tensor {} has no scale tensor {}", file.path(), name,
+                          scale_name);
+  }
+  const SafetensorsFile& scale_file = checkpoint.shard_for(scale_name);
+  const SafetensorsTensor& scale_info = scale_file.tensor(scale_name);
+  const std::int64_t block = checkpoint.quantization().block_rows;
+  const Shape scale_shape{ceil_div(shape[0], block), ceil_div(shape[1], block)};
+  if (scale_info.shape != scale_shape) {
+    fail<CheckpointError>("{}: scale tensor {} has shape {}, weight {} {} needs {}",
+                          scale_file.path(), scale_name, shape_string(scale_info.shape), name,
+                          shape_string(shape), shape_string(scale_shape));
+  }
+  if (scale_info.dtype != DType::f32 && scale_info.dtype != DType::bf16) {
+    fail<CheckpointError>("{}: scale tensor {} must be F32 or BF16, got {}", scale_file.path(),
+                          scale_name, safetensors_dtype_name(scale_info.dtype));
+  }
+  Tensor scale = scale_file.load(scale_name);
+  if (scale.dtype() == DType::bf16) {
+    Tensor f = Tensor::empty(scale.view().shape(), DType::f32);
+    for (std::int64_t i = 0; i < scale.numel(); ++i) {
+      f.ptr<float>()[i] = scale.ptr<bf16>()[i].to_float();
+    }
+    scale = f;
+  }
+  return dequantize_fp8_blocks(file.load(name), scale, block);
+}
+
 LayerWeights load_layer_weights(const Checkpoint& checkpoint, int layer) {
   DSATTN_CHECK(layer >= 0, "load_layer_weights: layer must be >= 0, got {}", layer);
   const AttentionConfig& config = checkpoint.config();
   const std::string prefix = attention_prefix(layer);
   LayerWeights w;
-  for (const WeightSlot& slot : weight_slots(config)) {
-    const std::string name = prefix + slot.name;
-    const SafetensorsFile& file = checkpoint.shard_for(name);
-    const SafetensorsTensor& info = file.tensor(name);
-    if (info.shape != slot.shape) {
-      fail<CheckpointError>("{}: tensor {} has shape {}, the config needs {}", file.path(), name,
-                            shape_string(info.shape), shape_string(slot.shape));
-    }
-    if (info.dtype != DType::fp8_e4m3) {
-      w.*slot.member = to_bf16(file.load(name));
-      continue;
-    }
-    if (slot.shape.size() != 2) {
-      fail<CheckpointError>("{}: tensor {} is F8_E4M3, but only 2-D weights may be fp8",
-                            file.path(), name);
-    }
-    if (!checkpoint.quantization().fp8) {
-      fail<CheckpointError>(
-          "{}: tensor {} is F8_E4M3, but config.json has no fp8 quantization_config", file.path(),
-          name);
-    }
-    const std::string scale_name = name + "_scale_inv";
-    if (!checkpoint.contains(scale_name)) {
-      fail<CheckpointError>("{}: fp8 tensor {} has no scale tensor {}", file.path(), name,
-                            scale_name);
-    }
-    const SafetensorsFile& scale_file = checkpoint.shard_for(scale_name);
-    const SafetensorsTensor& scale_info = scale_file.tensor(scale_name);
-    const std::int64_t block = checkpoint.quantization().block_rows;
-    const Shape scale_shape{ceil_div(slot.shape[0], block), ceil_div(slot.shape[1], block)};
-    if (scale_info.shape != scale_shape) {
-      fail<CheckpointError>("{}: scale tensor {} has shape {}, weight {} {} needs {}",
-                            scale_file.path(), scale_name, shape_string(scale_info.shape), name,
-                            shape_string(slot.shape), shape_string(scale_shape));
-    }
-    if (scale_info.dtype != DType::f32 && scale_info.dtype != DType::bf16) {
-      fail<CheckpointError>("{}: scale tensor {} must be F32 or BF16, got {}", scale_file.path(),
-                            scale_name, safetensors_dtype_name(scale_info.dtype));
-    }
-    Tensor scale = scale_file.load(scale_name);
-    if (scale.dtype() == DType::bf16) {
-      Tensor f = Tensor::empty(scale.view().shape(), DType::f32);
-      for (std::int64_t i = 0; i < scale.numel(); ++i) {
-        f.ptr<float>()[i] = scale.ptr<bf16>()[i].to_float();
-      }
-      scale = f;
-    }
-    w.*slot.member = dequantize_fp8_blocks(file.load(name), scale, block);
+  for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
+    w.*slot.member = load_bf16_weight(checkpoint, prefix + slot.name, slot.shape);
   }
   try {
     w.validate(config);
@@ -361,66 +315,6 @@ Tensor dequantize_fp8_blocks(const Tensor& values, const Tensor& scale_inv, std:
     }
   }
   return out;
-}
-
-void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& config,
-                                int num_layers, std::uint64_t seed, bool fp8,
-                                CheckpointLayout layout) {
-  DSATTN_CHECK(num_layers >= 1, "write_synthetic_checkpoint: num_layers must be >= 1, got {}",
-               num_layers);
-  config.validate();
-  const fs::path root(dir);
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  if (ec) fail<CheckpointError>("cannot create checkpoint directory {}: {}", dir, ec.message());
-  write_text(root / "config.json", config_to_json(config, num_layers, fp8).dump(2) + "\n");
-
-  // Tensors are kept alive here until their file is written.
-  std::vector<Tensor> keep;
-  std::vector<SafetensorsEntry> entries;
-  json weight_map = json::object();
-  std::uint64_t total_size = 0;
-  auto flush = [&](const std::string& file) {
-    write_safetensors((root / file).string(), entries, {{"format", "pt"}});
-    for (const SafetensorsEntry& e : entries) {
-      weight_map[e.name] = file;
-      total_size += e.bytes.size();
-    }
-    entries.clear();
-    keep.clear();
-  };
-  auto add = [&](const std::string& name, const Tensor& t) {
-    keep.push_back(t);
-    entries.push_back({name, t.dtype(), Shape(t.view().shape().begin(), t.view().shape().end()),
-                       tensor_bytes(keep.back())});
-  };
-  keep.reserve(64 * std::size_t(num_layers));
-  for (int layer = 0; layer < num_layers; ++layer) {
-    const LayerWeights w = LayerWeights::synthetic(config, seed + std::uint64_t(layer));
-    const std::string prefix = attention_prefix(layer);
-    for (const WeightSlot& slot : weight_slots(config)) {
-      const Tensor& t = w.*slot.member;
-      const std::string name = prefix + slot.name;
-      if (fp8 && slot.shape.size() == 2) {
-        Fp8BlockWeight q = quantize_fp8_blocks(t);
-        add(name, q.values);
-        add(name + "_scale_inv", q.scale_inv);
-      } else {
-        add(name, t);
-      }
-    }
-    if (layout == CheckpointLayout::sharded) {
-      flush(fmt::format("model-{:05d}-of-{:05d}.safetensors", layer + 1, num_layers));
-    }
-  }
-  if (layout == CheckpointLayout::single_file) {
-    flush(kSingleFile);
-    fs::remove(root / kIndexFile, ec);
-  } else {
-    json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
-    write_text(root / kIndexFile, index.dump(2) + "\n");
-    fs::remove(root / kSingleFile, ec);
-  }
 }
 
 }  // namespace dsattn

@@ -63,6 +63,22 @@ class Checkpoint {
 
 // The checkpoint name prefix of layer `layer`'s attention: "model.layers.{layer}.self_attn.".
 std::string attention_prefix(int layer);
+// The pre-attention RMSNorm weight of layer `layer`: "model.layers.{layer}.input_layernorm.weight".
+std::string input_norm_name(int layer);
+
+// One attention weight: its checkpoint name after attention_prefix(), its LayerWeights member and
+// the shape the config gives it.
+struct AttentionWeightSlot {
+  const char* name;
+  Tensor LayerWeights::*member;
+  Shape shape;
+};
+std::vector<AttentionWeightSlot> attention_weight_slots(const AttentionConfig& config);
+
+// Loads the weight `name` as a bf16 host tensor of shape `shape`: bf16 as stored, f32 rounded to
+// bf16, fp8 e4m3 dequantised with its <name>_scale_inv block scales. Throws CheckpointError naming
+// the file and the tensor when it is missing, has another shape or lacks its scales.
+Tensor load_bf16_weight(const Checkpoint& checkpoint, const std::string& name, const Shape& shape);
 
 // Loads model.layers.{layer}.self_attn.* as bf16 host tensors: bf16 tensors as stored, f32 ones
 // rounded to bf16, fp8 e4m3 ones dequantised with their <name>_scale_inv block scales
@@ -70,18 +86,7 @@ std::string attention_prefix(int layer);
 // checkpoint's config; errors name the file and the tensor.
 LayerWeights load_layer_weights(const Checkpoint& checkpoint, int layer);
 
-enum class CheckpointLayout { sharded, single_file };
-
-// Writes a checkpoint of `num_layers` layers of LayerWeights::synthetic(config, seed + layer) into
-// `dir` (created if needed): config.json, and either one shard per layer with
-// model.safetensors.index.json or a single model.safetensors. With `fp8`, every 2-D weight is
-// stored as fp8 e4m3 per 128x128 block (scale = amax / 448, round to nearest even) with an f32
-// <name>_scale_inv, and config.json carries the matching quantization_config.
-void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& config,
-                                int num_layers, std::uint64_t seed, bool fp8,
-                                CheckpointLayout layout = CheckpointLayout::sharded);
-
-// The block quantisation write_synthetic_checkpoint uses, for a bf16 [rows, cols] weight:
+// The block quantisation CheckpointWriter uses, for a bf16 [rows, cols] weight:
 // fp8 e4m3 values and f32 scales of shape [ceil(rows / 128), ceil(cols / 128)].
 struct Fp8BlockWeight {
   Tensor values;     // fp8_e4m3 [rows, cols]

@@ -1,0 +1,161 @@
+#include "dsattn/model/checkpoint_writer.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "dsattn/core/error.h"
+#include "dsattn/core/random.h"
+#include "dsattn/model/checkpoint.h"
+#include "dsattn/model/weights.h"
+
+namespace dsattn {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kSingleFile = "model.safetensors";
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail<CheckpointError>("cannot create {}", path.string());
+  out << text;
+  out.close();
+  if (!out) fail<CheckpointError>("cannot write {}", path.string());
+}
+
+json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
+  json j = {
+      {"architectures", {"DeepseekV32ForCausalLM"}},
+      {"model_type", "deepseek_v32"},
+      {"num_hidden_layers", num_layers},
+      {"hidden_size", c.hidden_size},
+      {"num_attention_heads", c.num_heads},
+      {"q_lora_rank", c.q_lora_rank},
+      {"kv_lora_rank", c.kv_lora_rank},
+      {"qk_nope_head_dim", c.qk_nope_head_dim},
+      {"qk_rope_head_dim", c.qk_rope_head_dim},
+      {"v_head_dim", c.v_head_dim},
+      {"index_n_heads", c.index_n_heads},
+      {"index_head_dim", c.index_head_dim},
+      {"index_topk", c.index_topk},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"rope_theta", c.rope_theta},
+      {"rms_norm_eps", c.rms_norm_eps},
+  };
+  if (c.use_yarn) {
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", c.yarn.factor},
+        {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
+        {"beta_fast", c.yarn.beta_fast},
+        {"beta_slow", c.yarn.beta_slow},
+        {"mscale", c.yarn.mscale},
+        {"mscale_all_dim", c.yarn.mscale_all_dim}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (fp8) {
+    j["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                {"fmt", "e4m3"},
+                                {"quant_method", "fp8"},
+                                {"weight_block_size", {128, 128}}};
+  }
+  return j;
+}
+
+}  // namespace
+
+CheckpointWriter::CheckpointWriter(std::string dir, bool fp8, CheckpointLayout layout,
+                                   int num_shards)
+    : dir_(std::move(dir)), fp8_(fp8), layout_(layout), num_shards_(num_shards) {
+  DSATTN_CHECK(num_shards >= 1, "CheckpointWriter: num_shards must be >= 1, got {}", num_shards);
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec) fail<CheckpointError>("cannot create checkpoint directory {}: {}", dir_, ec.message());
+}
+
+void CheckpointWriter::add(const std::string& name, const Tensor& weight) {
+  DSATTN_CHECK(weight.dtype() == DType::bf16 && weight.device().is_cpu(),
+               "CheckpointWriter::add: {} must be a bf16 host tensor", name);
+  auto queue = [&](const std::string& n, const Tensor& t) {
+    keep_.push_back(t);
+    entries_.push_back({n, t.dtype(), Shape(t.view().shape().begin(), t.view().shape().end()),
+                        tensor_bytes(keep_.back())});
+  };
+  if (fp8_ && weight.view().ndim() == 2) {
+    Fp8BlockWeight q = quantize_fp8_blocks(weight);
+    queue(name, q.values);
+    queue(name + "_scale_inv", q.scale_inv);
+  } else {
+    queue(name, weight);
+  }
+}
+
+void CheckpointWriter::flush(const std::string& file) {
+  write_safetensors((fs::path(dir_) / file).string(), entries_, {{"format", "pt"}});
+  for (const SafetensorsEntry& e : entries_) {
+    weight_map_[e.name] = file;
+    total_size_ += e.bytes.size();
+  }
+  entries_.clear();
+  keep_.clear();
+}
+
+void CheckpointWriter::end_shard() {
+  if (layout_ != CheckpointLayout::sharded) return;
+  DSATTN_CHECK(shards_written_ < num_shards_, "CheckpointWriter: more than the {} shards declared",
+               num_shards_);
+  ++shards_written_;
+  flush(fmt::format("model-{:05d}-of-{:05d}.safetensors", shards_written_, num_shards_));
+}
+
+void CheckpointWriter::finish(const AttentionConfig& config, int num_layers,
+                              const std::map<std::string, std::int64_t>& extra) {
+  const fs::path root(dir_);
+  std::error_code ec;
+  if (layout_ == CheckpointLayout::single_file) {
+    flush(kSingleFile);
+    fs::remove(root / kIndexFile, ec);
+  } else {
+    if (!entries_.empty()) end_shard();
+    DSATTN_CHECK(shards_written_ == num_shards_, "CheckpointWriter: {} shards declared, {} written",
+                 num_shards_, shards_written_);
+    json index = {{"metadata", {{"total_size", total_size_}}}, {"weight_map", weight_map_}};
+    write_text(root / kIndexFile, index.dump(2) + "\n");
+    fs::remove(root / kSingleFile, ec);
+  }
+  json cfg = config_to_json(config, num_layers, fp8_);
+  for (const auto& [key, value] : extra) cfg[key] = value;
+  write_text(root / "config.json", cfg.dump(2) + "\n");
+}
+
+Tensor synthetic_input_norm(const AttentionConfig& config, std::uint64_t seed) {
+  Tensor norm = Tensor::empty({config.hidden_size}, DType::bf16);
+  fill_uniform(norm, seed, /*stream=*/1000, 0.05f, 1.0f);
+  return norm;
+}
+
+void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& config,
+                                int num_layers, std::uint64_t seed, bool fp8,
+                                CheckpointLayout layout) {
+  DSATTN_CHECK(num_layers >= 1, "write_synthetic_checkpoint: num_layers must be >= 1, got {}",
+               num_layers);
+  config.validate();
+  CheckpointWriter writer(dir, fp8, layout, num_layers);
+  for (int layer = 0; layer < num_layers; ++layer) {
+    const std::uint64_t layer_seed = seed + std::uint64_t(layer);
+    const LayerWeights w = LayerWeights::synthetic(config, layer_seed);
+    for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
+      writer.add(attention_prefix(layer) + slot.name, w.*slot.member);
+    }
+    writer.add(input_norm_name(layer), synthetic_input_norm(config, layer_seed));
+    writer.end_shard();
+  }
+  writer.finish(config, num_layers);
+}
+
+}  // namespace dsattn
