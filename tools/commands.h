@@ -12,5 +12,7 @@ using Command = std::function<int()>;
 Command add_run_command(CLI::App& app);
 Command add_check_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_generate_command(CLI::App& app);
+Command add_write_checkpoint_command(CLI::App& app);
 
 }  // namespace dsattn::tools

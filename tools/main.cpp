@@ -2,6 +2,8 @@
 //   dsattn run    serve a synthetic workload through the layer and compare the paths
 //   dsattn check  random shapes through every path against a float64 reference
 //   dsattn bench  every stage against the hardware ceilings, JSON under bench/results/
+//   dsattn generate          greedy generation with the tiny decoder, each step's paths
+//   dsattn write-checkpoint  a synthetic tiny-decoder checkpoint
 #include <cstdio>
 #include <map>
 
@@ -13,7 +15,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::map<CLI::App*, dsattn::tools::Command> commands;
   for (auto add : {dsattn::tools::add_run_command, dsattn::tools::add_check_command,
-                   dsattn::tools::add_bench_command}) {
+                   dsattn::tools::add_bench_command, dsattn::tools::add_generate_command,
+                   dsattn::tools::add_write_checkpoint_command}) {
     const std::size_t before = app.get_subcommands({}).size();
     dsattn::tools::Command run = add(app);
     commands[app.get_subcommands({}).at(before)] = std::move(run);

@@ -2,13 +2,11 @@
 // exact path on the same requests.
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "cli_common.h"
 #include "commands.h"
-#include "dsattn/core/cuda_runtime.h"
 #include "tensor_parallel.h"
 #include "workload.h"
 
@@ -22,6 +20,8 @@ struct RunOptions {
   std::string device = "auto";
   std::string kv_cache = "bf16";
   std::string config_path;
+  std::string checkpoint_dir;
+  int layer = 0;
   std::string json_path;
   std::int64_t seed = 0;
   TensorParallelOptions tp;
@@ -30,20 +30,6 @@ struct RunOptions {
 // The CPU backend runs the workload scaled down so that it ends in well under a minute on two
 // cores; flags given explicitly are always honoured.
 constexpr WorkloadSpec kCpuScaledDefaults{4, 256, 0, 4, 1, 16384, 0};
-
-std::string paths_summary(const std::vector<Path>& paths) {
-  // Runs of equal paths: "0-3 dense_mha, 4 sparse_mla".
-  std::string out;
-  for (std::size_t i = 0; i < paths.size();) {
-    std::size_t j = i;
-    while (j + 1 < paths.size() && paths[j + 1] == paths[i]) ++j;
-    if (!out.empty()) out += ", ";
-    out += i == j ? fmt::format("{} {}", i, path_name(paths[i]))
-                  : fmt::format("{}-{} {}", i, j, path_name(paths[i]));
-    i = j + 1;
-  }
-  return out;
-}
 
 double per_second(std::int64_t n, double s) { return s > 0 ? double(n) / s : 0.0; }
 
@@ -73,42 +59,35 @@ nlohmann::json pass_json(const PassResult& p, std::optional<double> diff) {
   return j;
 }
 
-// Writes `text` to `path` through a temporary file, so that a failure leaves no partial file.
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    if (!out) fail("--json: cannot write {}", path);
-    out << text << "\n";
-    if (!out) fail("--json: cannot write {}", path);
-  }
-  std::filesystem::rename(tmp, path);
-}
-
 int run(const RunOptions& o, const CLI::App& cmd) {
   WorkloadSpec spec = o.spec;
   spec.seed = static_cast<std::uint64_t>(o.seed);
   spec.kv_cache = parse_latent_format(o.kv_cache);
   const Policy policy = Policy::parse(o.policy);
-  const AttentionConfig config = o.config_path.empty()
+  std::optional<Checkpoint> checkpoint;
+  if (!o.checkpoint_dir.empty()) {
+    if (!o.config_path.empty()) {
+      fail("--config and --checkpoint exclude each other: the checkpoint's config.json is used");
+    }
+    if (o.tp.requested()) {
+      fail<Unsupported>(
+          "--checkpoint with --tp: the tensor-parallel workload uses synthetic "
+          "weights only");
+    }
+    checkpoint = Checkpoint::open(o.checkpoint_dir);
+  } else if (cmd.count("--layer") > 0) {
+    fail("--layer selects a layer of --checkpoint, which is not given");
+  }
+  if (o.layer < 0) fail("--layer must be >= 0, got {}", o.layer);
+  const AttentionConfig config = checkpoint ? checkpoint->config()
+                                 : o.config_path.empty()
                                      ? AttentionConfig::deepseek_v32()
                                      : AttentionConfig::from_json_file(o.config_path);
   if (o.tp.requested()) {
     return run_tensor_parallel(o.tp, {spec, policy, config, o.device, o.json_path});
   }
-  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
-    fail("--device must be auto, cpu or cuda, got '{}'", o.device);
-  }
-  const bool gpu = cuda::built_with_cuda() && cuda::device_count() > 0;
-  if (o.device == "cuda" && !gpu) {
-    fail<Unsupported>(
-        "--device cuda: {}; use --device cpu",
-        cuda::built_with_cuda() ? "no CUDA device is visible" : "this build has no CUDA backend");
-  }
-  const Device dev =
-      (o.device == "cuda" || (o.device == "auto" && gpu)) ? Device::cuda(0) : Device::cpu();
-  const std::string device =
-      dev.is_cpu() ? std::string("cpu") : fmt::format("cuda ({})", cuda::device_name(0));
+  const Device dev = resolve_device(o.device);
+  const std::string device = device_label(dev);
 
   bool scaled = false;
   auto scale = [&](const char* flag, std::int64_t& field, std::int64_t value) {
@@ -123,14 +102,15 @@ int run(const RunOptions& o, const CLI::App& cmd) {
     scale("--decode-steps", spec.decode_steps, kCpuScaledDefaults.decode_steps);
   }
   spec.validate();
-  if (!o.json_path.empty()) {  // fail now, not after the work, on an unwritable path
-    const auto dir = std::filesystem::absolute(o.json_path).parent_path();
-    if (!std::filesystem::is_directory(dir))
-      fail("--json: directory {} does not exist", dir.string());
-  }
+  if (!o.json_path.empty()) check_writable_path("--json", o.json_path);
 
   std::printf("dsattn run: %s on %s, policy %s\n", spec.to_string().c_str(), device.c_str(),
               policy.to_string().c_str());
+  if (checkpoint) {
+    std::printf("  weights: checkpoint %s, layers %d..%lld%s\n", o.checkpoint_dir.c_str(), o.layer,
+                static_cast<long long>(o.layer + spec.layers - 1),
+                checkpoint->quantization().fp8 ? " (fp8 weights dequantised to bf16)" : "");
+  }
   if (scaled) {
     std::printf(
         "  (CPU backend: the default workload, 100 requests x 1024-token prompts + 32 decode "
@@ -140,7 +120,10 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   auto progress = [](const std::string& line) { std::fprintf(stderr, "  ... %s\n", line.c_str()); };
 
   const auto t0 = std::chrono::steady_clock::now();
-  AttentionStack stack = AttentionStack::synthetic(config, spec.layers, spec.seed, policy, dev);
+  AttentionStack stack =
+      checkpoint ? AttentionStack::from_checkpoint(*checkpoint, o.layer,
+                                                   static_cast<int>(spec.layers), policy, dev)
+                 : AttentionStack::synthetic(config, spec.layers, spec.seed, policy, dev);
   std::vector<PassResult> passes;
   passes.push_back(run_pass(config, stack, spec, policy, dev, progress));
 
@@ -213,6 +196,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
                      {"seed", spec.seed},
                      {"scaled_down_for_cpu", scaled}};
     j["device"] = device;
+    if (checkpoint) j["weights"] = {{"checkpoint", o.checkpoint_dir}, {"first_layer", o.layer}};
     j["policy"] = passes[0].policy;
     j["index_topk"] = config.index_topk;
     j["passes"] = json_passes;
@@ -254,6 +238,12 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--json", o->json_path, "Also write the figures as JSON to this file");
   cmd->add_option("--config", o->config_path,
                   "A Hugging Face config.json (default: DeepSeek-V3.2's attention)");
+  cmd->add_option("--checkpoint", o->checkpoint_dir,
+                  "A Hugging Face checkpoint folder: its config and its layers' weights (FP8 "
+                  "block-scaled ones dequantised) instead of synthetic ones");
+  cmd->add_option("--layer", o->layer,
+                  "With --checkpoint: the first of the --layers layers taken from it")
+      ->capture_default_str();
   add_tensor_parallel_options(cmd, o->tp,
                               "Split the heads over N GPUs, one process each, joined by NCCL");
   return [o, cmd] { return run(*o, *cmd); };
