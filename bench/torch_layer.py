@@ -9,7 +9,7 @@ over the selected keys. For each prompt length it checks the two layers' outputs
 other and times both (CUDA events, median of several runs) in one process.
 
     python3 bench/torch_layer.py [--requests 100] [--lens 512,1024,2000] [--json FILE]
-                                 [--commit SHA] [--quick]
+                                 [--max-batch-tokens 16384] [--commit SHA] [--quick]
 """
 
 from __future__ import annotations
@@ -134,17 +134,21 @@ class TorchLayer:
         out = torch.empty(T, H, dv, dtype=torch.bfloat16, device=hidden.device)
         for n, group in self._groups(lens):
             rows = torch.cat([torch.arange(s, s + n, device=hidden.device) for s in group])
-            qg, kg, vg = (t[rows].view(len(group), n, H, -1).transpose(1, 2) for t in (q, k, v))
+            if len(group) * n == T:  # the whole batch: views, no gathered copies
+                qg, kg, vg = (t.view(len(group), n, H, -1).transpose(1, 2) for t in (q, k, v))
+            else:
+                qg, kg, vg = (t[rows].view(len(group), n, H, -1).transpose(1, 2)
+                              for t in (q, k, v))
             if n <= c.index_topk:
                 with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                     og = F.scaled_dot_product_attention(
-                        qg, kg, vg, is_causal=True, scale=c.softmax_scale()
+                        qg, kg, vg, is_causal=True, scale=c.softmax_scale
                     )
             else:
                 mask = self._topk_mask(hidden, cq, k_idx_q, k_idx_scale, cos, sin, rows,
                                        len(group), n)
                 og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask[:, None],
-                                                    scale=c.softmax_scale())
+                                                    scale=c.softmax_scale)
             out[rows] = og.transpose(1, 2).reshape(len(group) * n, H, dv)
         return out.view(T, H * dv) @ w["o_proj.weight"].T, cache
 
@@ -206,6 +210,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--lens", default="512,1024,2000")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--json", default="")
@@ -223,49 +228,63 @@ def main() -> int:
     peer = TorchLayer(config, weights.tensors("torch"))
     rows = []
     for n in lens:
-        seq = [n] * args.requests
-        T = sum(seq)
+        # Engines prefill in batches of a token budget; both layers get the same batches.
+        per_batch = max(1, args.max_batch_tokens // n)
+        batches = [min(per_batch, args.requests - i) for i in range(0, args.requests, per_batch)]
         gen = torch.Generator(device="cuda").manual_seed(args.seed + n)
-        hidden = torch.randn(T, config.hidden_size, device="cuda", generator=gen).to(torch.bfloat16)
-        pages = -(-n // 64)
+        inputs = [torch.randn(b * n, config.hidden_size, device="cuda", generator=gen)
+                  .to(torch.bfloat16) for b in batches]
         layer = dsattn.AttentionLayer(config, weights, policy="per-request",
-                                      num_pages=pages * args.requests + 8)
-        tables = [layer.allocate(n) for _ in seq]
-        ours = torch.empty_like(hidden)
-        result = layer.prefill(hidden, [0] * len(seq), seq, tables, out=ours)
-        theirs, _ = peer.forward(hidden, seq)
-        torch.cuda.synchronize()
-        diff = ((ours.float() - theirs.float()).abs().max() / theirs.float().abs().max()).item()
+                                      num_pages=-(-n // 64) * max(batches) + 8)
+        tables = [layer.allocate(n) for _ in range(max(batches))]
+        outs = [torch.empty_like(x) for x in inputs]
 
-        t_ours = time_ms(lambda: layer.prefill(hidden, [0] * len(seq), seq, tables, out=ours),
-                         args.reps)
+        def ours():
+            paths = set()
+            for x, o, b in zip(inputs, outs, batches):
+                paths.update(layer.prefill(x, [0] * b, [n] * b, tables[:b], out=o).paths)
+            return paths
+
+        def theirs():
+            return [peer.forward(x, [n] * b)[0] for x, b in zip(inputs, batches)]
+
+        paths = ours()
+        diff = 0.0
+        for o, t in zip(outs, theirs()):
+            diff = max(diff, ((o.float() - t.float()).abs().max() / t.float().abs().max()).item())
+        torch.cuda.synchronize()
+
+        t_ours = time_ms(ours, args.reps)
         layer.policy = "mla"
-        t_mla = time_ms(lambda: layer.prefill(hidden, [0] * len(seq), seq, tables, out=ours),
-                        args.reps)
-        t_torch = time_ms(lambda: peer.forward(hidden, seq), args.reps)
+        t_mla = time_ms(ours, args.reps)
+        t_torch = time_ms(theirs, args.reps)
         row = {
             "requests": args.requests,
             "prompt_len": n,
-            "paths": sorted(set(result.paths)),
+            "batches": len(batches),
+            "paths": sorted(paths),
             "dsattn_per_request_ms": t_ours,
             "dsattn_mla_ms": t_mla,
             "torch_ms": t_torch,
             "speedup_vs_torch": t_torch / t_ours,
+            "per_request_speedup_vs_mla": t_mla / t_ours,
             "max_relative_difference_vs_torch": diff,
         }
         rows.append(row)
-        print(f"{args.requests} x {n:5d}: dsattn per-request {t_ours:8.2f} ms, dsattn mla "
-              f"{t_mla:8.2f} ms, torch {t_torch:8.2f} ms, torch/dsattn {t_torch / t_ours:5.2f}x, "
-              f"max rel diff {diff:.2e}", flush=True)
-        del layer
+        print(f"{args.requests} x {n:5d} in {len(batches)} batches: dsattn per-request "
+              f"{t_ours:8.2f} ms, dsattn mla {t_mla:8.2f} ms, torch {t_torch:8.2f} ms, "
+              f"torch/dsattn {t_torch / t_ours:5.2f}x, max rel diff {diff:.2e}", flush=True)
+        del layer, inputs, outs
+        torch.cuda.empty_cache()
 
     record = {
         "device": torch.cuda.get_device_name(),
         "date": datetime.date.today().isoformat(),
         "commit": args.commit,
         "torch": torch.__version__,
-        "what": "whole-layer prefill of fresh prompts: dsattn per-request (and mla) against the "
-                "PyTorch peer of bench/torch_layer.py on the same weights and inputs, median of "
+        "what": "whole-layer prefill of fresh prompts, in batches of at most "
+                f"{args.max_batch_tokens} tokens: dsattn per-request (and mla) against the PyTorch "
+                "peer of bench/torch_layer.py on the same weights and inputs, median of "
                 f"{args.reps} runs timed with CUDA events",
         "rows": rows,
     }
