@@ -7,6 +7,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "pass_report.h"
 #include "tensor_parallel.h"
 #include "workload.h"
 
@@ -30,34 +31,6 @@ struct RunOptions {
 // The CPU backend runs the workload scaled down so that it ends in well under a minute on two
 // cores; flags given explicitly are always honoured.
 constexpr WorkloadSpec kCpuScaledDefaults{4, 256, 0, 4, 1, 16384, 0};
-
-double per_second(std::int64_t n, double s) { return s > 0 ? double(n) / s : 0.0; }
-
-nlohmann::json pass_json(const PassResult& p, std::optional<double> diff) {
-  nlohmann::json j;
-  j["policy"] = p.policy;
-  j["prefill"] = {{"tokens", p.prefill_tokens},
-                  {"seconds", p.prefill_seconds},
-                  {"tokens_per_s", per_second(p.prefill_tokens, p.prefill_seconds)},
-                  {"stage_seconds",
-                   {{"projections", p.prefill_stages.projections},
-                    {"dense_mha", p.prefill_stages.dense_mha},
-                    {"sparse_mla", p.prefill_stages.sparse_mla},
-                    {"o_proj", p.prefill_stages.o_proj}}}};
-  std::vector<std::string> paths;
-  for (Path x : p.prefill_paths) paths.emplace_back(path_name(x));
-  j["prefill"]["paths"] = paths;
-  j["decode"] = {{"tokens", p.decode_tokens},
-                 {"seconds", p.decode_seconds},
-                 {"tokens_per_s", per_second(p.decode_tokens, p.decode_seconds)}};
-  if (!p.decode_paths.empty()) j["decode"]["path"] = path_name(p.decode_paths.front());
-  j["decode"]["cuda_graph"] = p.decode_graph;
-  j["memory_bytes"] = {{"kv_cache", p.cache_bytes},
-                       {"decode_graph", p.decode_graph_bytes},
-                       {"peak_device", p.peak_device_bytes}};
-  if (diff) j["max_relative_difference"] = *diff;
-  return j;
-}
 
 int run(const RunOptions& o, const CLI::App& cmd) {
   WorkloadSpec spec = o.spec;
@@ -124,20 +97,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
       checkpoint ? AttentionStack::from_checkpoint(*checkpoint, o.layer,
                                                    static_cast<int>(spec.layers), policy, dev)
                  : AttentionStack::synthetic(config, spec.layers, spec.seed, policy, dev);
-  std::vector<PassResult> passes;
-  passes.push_back(run_pass(config, stack, spec, policy, dev, progress));
-
-  // The comparison passes: each forced path that is exact for every request and decides
-  // differently from the policy somewhere.
-  const bool mha_exact = spec.prefix_len + spec.prompt_len + spec.decode_steps <= config.index_topk;
-  for (const char* forced : {"mha", "mla"}) {
-    const Policy p = Policy::parse(forced);
-    if (p.kind == Policy::Kind::mha && !mha_exact) continue;
-    const Path path = p.kind == Policy::Kind::mha ? Path::dense_mha : Path::sparse_mla;
-    bool differs = spec.decode_steps > 0 && passes[0].decode_paths.front() != path;
-    for (Path x : passes[0].prefill_paths) differs = differs || x != path;
-    if (differs) passes.push_back(run_pass(config, stack, spec, p, dev, progress));
-  }
+  const std::vector<PassResult> passes = serve_passes(config, stack, spec, policy, dev, progress);
   const double total_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -146,21 +106,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
               passes[0].decode_paths.empty()
                   ? "-"
                   : std::string(path_name(passes[0].decode_paths.front())).c_str());
-  std::printf("\n%-12s %10s %10s %12s %10s %10s %12s %14s\n", "pass", "prefill tok", "seconds",
-              "tok/s", "decode tok", "seconds", "tok/s", "max rel diff");
-  nlohmann::json json_passes = nlohmann::json::array();
-  for (std::size_t i = 0; i < passes.size(); ++i) {
-    const PassResult& p = passes[i];
-    std::optional<double> diff;
-    if (i > 0) diff = max_relative_difference(p, passes[0]);
-    std::printf("%-12s %10lld %10.3f %12.1f %10lld %10.3f %12.1f %14s\n", p.policy.c_str(),
-                static_cast<long long>(p.prefill_tokens), p.prefill_seconds,
-                per_second(p.prefill_tokens, p.prefill_seconds),
-                static_cast<long long>(p.decode_tokens), p.decode_seconds,
-                per_second(p.decode_tokens, p.decode_seconds),
-                diff ? fmt::format("{:.2e}", *diff).c_str() : "(baseline)");
-    json_passes.push_back(pass_json(p, diff));
-  }
+  const nlohmann::json json_passes = print_passes(passes);
   const StageTimes& st = passes[0].prefill_stages;
   std::printf(
       "\nprefill stages under %s: projections %.3f s, dense_mha %.3f s, sparse_mla %.3f s, "

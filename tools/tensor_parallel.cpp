@@ -1,5 +1,7 @@
 #include "tensor_parallel.h"
 
+#include "pass_report.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -87,41 +89,11 @@ std::string outputs_checksum(const std::vector<PassResult>& passes) {
   return fmt::format("{:016x}", h);
 }
 
-double per_second(std::int64_t n, double s) { return s > 0 ? double(n) / s : 0.0; }
-
 std::string path_counts(const std::vector<Path>& paths) {
   std::int64_t dense = 0;
   for (Path p : paths) dense += p == Path::dense_mha;
   return fmt::format("{} dense_mha, {} sparse_mla", dense,
                      static_cast<std::int64_t>(paths.size()) - dense);
-}
-
-nlohmann::json pass_json(const PassResult& p) {
-  return {{"policy", p.policy},
-          {"prefill", {{"tokens", p.prefill_tokens}, {"seconds", p.prefill_seconds}}},
-          {"decode",
-           {{"tokens", p.decode_tokens},
-            {"seconds", p.decode_seconds},
-            {"cuda_graph", p.decode_graph}}}};
-}
-
-// The passes of `dsattn run`: the policy, then each forced path that is exact for the workload
-// and decides differently somewhere. Every rank decides alike: the plan depends on shapes only.
-std::vector<PassResult> serve(const TensorParallelRun& run, AttentionStack& stack, Device dev,
-                              const Progress& progress) {
-  std::vector<PassResult> passes;
-  passes.push_back(run_pass(run.config, stack, run.spec, run.policy, dev, progress));
-  const WorkloadSpec& s = run.spec;
-  const bool mha_exact = s.prefix_len + s.prompt_len + s.decode_steps <= run.config.index_topk;
-  for (const char* forced : {"mha", "mla"}) {
-    const Policy p = Policy::parse(forced);
-    if (p.kind == Policy::Kind::mha && !mha_exact) continue;
-    const Path path = p.kind == Policy::Kind::mha ? Path::dense_mha : Path::sparse_mla;
-    bool differs = s.decode_steps > 0 && passes[0].decode_paths.front() != path;
-    for (Path x : passes[0].prefill_paths) differs = differs || x != path;
-    if (differs) passes.push_back(run_pass(run.config, stack, s, p, dev, progress));
-  }
-  return passes;
 }
 
 int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
@@ -136,7 +108,7 @@ int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
   std::vector<PassResult> passes;
   {
     AttentionStack stack = rank_stack(run, shard, *comm);
-    passes = serve(run, stack, dev, progress);
+    passes = serve_passes(run.config, stack, run.spec, run.policy, dev, progress);
   }
   const std::string checksum = outputs_checksum(passes);
   write_file_by_rename(fmt::format("{}/rank{}.checksum", o.rendezvous, o.rank), checksum);
@@ -148,23 +120,7 @@ int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
               passes[0].decode_paths.empty()
                   ? "-"
                   : std::string(path_name(passes[0].decode_paths.front())).c_str());
-  std::printf("\n%-12s %10s %10s %12s %10s %10s %12s %14s\n", "pass", "prefill tok", "seconds",
-              "tok/s", "decode tok", "seconds", "tok/s", "max rel diff");
-  nlohmann::json json_passes = nlohmann::json::array();
-  for (std::size_t i = 0; i < passes.size(); ++i) {
-    const PassResult& p = passes[i];
-    const std::optional<double> diff =
-        i > 0 ? std::optional(max_relative_difference(p, passes[0])) : std::nullopt;
-    std::printf("%-12s %10lld %10.3f %12.1f %10lld %10.3f %12.1f %14s\n", p.policy.c_str(),
-                static_cast<long long>(p.prefill_tokens), p.prefill_seconds,
-                per_second(p.prefill_tokens, p.prefill_seconds),
-                static_cast<long long>(p.decode_tokens), p.decode_seconds,
-                per_second(p.decode_tokens, p.decode_seconds),
-                diff ? fmt::format("{:.2e}", *diff).c_str() : "(baseline)");
-    nlohmann::json j = pass_json(p);
-    if (diff) j["max_relative_difference"] = *diff;
-    json_passes.push_back(j);
-  }
+  const nlohmann::json json_passes = print_passes(passes);
 
   // The same workload with every head on this GPU, for the figures and the outputs.
   std::printf("\nthe same workload on one GPU (all %lld heads on cuda:0):\n",
@@ -175,11 +131,7 @@ int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
   const PassResult one =
       run_pass(run.config, single, run.spec, run.policy, Device::cuda(0), progress);
   const double diff = max_relative_difference(passes[0], one);
-  std::printf("%-12s %10lld %10.3f %12.1f %10lld %10.3f %12.1f %14.2e\n", "1 GPU",
-              static_cast<long long>(one.prefill_tokens), one.prefill_seconds,
-              per_second(one.prefill_tokens, one.prefill_seconds),
-              static_cast<long long>(one.decode_tokens), one.decode_seconds,
-              per_second(one.decode_tokens, one.decode_seconds), diff);
+  print_pass_row("1 GPU", one, diff);
   std::printf(
       "%d-GPU speedup over 1 GPU: prefill %.2fx, decode %.2fx; largest relative difference of "
       "the outputs %.2e\n",
@@ -199,8 +151,7 @@ int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
                    {"seed", run.spec.seed},
                    {"max_batch_tokens", run.spec.max_batch_tokens}};
   j["passes"] = json_passes;
-  j["single_gpu"] = pass_json(one);
-  j["single_gpu"]["max_relative_difference"] = diff;
+  j["single_gpu"] = pass_json(one, diff);
   write_file_by_rename(o.rendezvous + "/run.json", j.dump(1));
   return 0;
 }
