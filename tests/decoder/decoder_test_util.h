@@ -100,4 +100,53 @@ inline void expect_prefill_paths(const Generation& g,
   }
 }
 
+// Prompt sets: mixed lengths around index_topk = 64 (threshold then takes MLA for the whole
+// batch), and short ones only (threshold takes dense MHA for all of them).
+inline const std::vector<std::vector<std::int64_t>> kPromptSets = {{23, 64, 65, 150}, {5, 40, 64}};
+inline constexpr std::int64_t kNewTokens = 256;
+
+// One attention layer: identical tokens under mla, threshold and per-request (see
+// tests/decoder/generation_test.cpp for why), the model on `device`.
+inline void expect_identical_tokens_with_one_layer(Device device, LatentFormat format) {
+  DecoderConfig config = DecoderConfig::tiny();
+  config.num_layers = 1;
+  const DecoderWeights weights = tiny_weights_from_checkpoint(config, /*fp8=*/false);
+  for (const std::vector<std::int64_t>& lengths : kPromptSets) {
+    SCOPED_TRACE(::testing::Message() << "prompt lengths " << ::testing::PrintToString(lengths));
+    const auto prompts = random_prompts(lengths, config.vocab_size, 7);
+    const Generation mla = run_greedy(config, weights, prompts, kNewTokens, "mla", format, device);
+    expect_prefill_paths(mla, prompts, config, Policy::parse("mla"));
+    for (const char* policy : {"threshold", "per-request"}) {
+      SCOPED_TRACE(policy);
+      const Generation other =
+          run_greedy(config, weights, prompts, kNewTokens, policy, format, device);
+      expect_prefill_paths(other, prompts, config, Policy::parse(policy));
+      expect_decode_on_sparse_mla(other);
+      for (std::size_t r = 0; r < prompts.size(); ++r) {
+        EXPECT_EQ(other.tokens[r], mla.tokens[r]) << "request " << r;
+      }
+    }
+  }
+}
+
+// Two layers (FP8 checkpoint weights): with the MLA run's tokens fed to every policy, the same
+// greedy choice at nearly every step.
+inline void expect_same_choices_with_two_layers(Device device, LatentFormat format) {
+  const DecoderConfig config = DecoderConfig::tiny();
+  const DecoderWeights weights = tiny_weights_from_checkpoint(config, /*fp8=*/true);
+  for (const std::vector<std::int64_t>& lengths : kPromptSets) {
+    SCOPED_TRACE(::testing::Message() << "prompt lengths " << ::testing::PrintToString(lengths));
+    const auto prompts = random_prompts(lengths, config.vocab_size, 7);
+    const Generation mla = run_greedy(config, weights, prompts, kNewTokens, "mla", format, device);
+    for (const char* policy : {"threshold", "per-request"}) {
+      SCOPED_TRACE(policy);
+      const Generation other =
+          run_greedy(config, weights, prompts, kNewTokens, policy, format, device, mla.tokens);
+      expect_prefill_paths(other, prompts, config, Policy::parse(policy));
+      expect_decode_on_sparse_mla(other);
+      expect_same_choices(mla, other);
+    }
+  }
+}
+
 }  // namespace dsattn::testing

@@ -4,26 +4,7 @@
 set -u
 dsattn=$1
 data=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-# expect_error NAME EXPECTED_SUBSTRING ARGS...: non-zero exit, exactly one stderr line that
-# starts with "dsattn: error:" and contains the substring, and no stack dump.
-expect_error() {
-  local name=$1 want=$2
-  shift 2
-  "$dsattn" "$@" >"$work/out" 2>"$work/err"
-  local status=$?
-  [[ $status -ne 0 ]] || fail "$name: exit status 0"
-  [[ $(wc -l <"$work/err") -eq 1 ]] || fail "$name: stderr is not one line: $(cat "$work/err")"
-  grep -q "^dsattn: error: .*$want" "$work/err" || fail "$name: stderr lacks '$want': $(cat "$work/err")"
-}
+source "$(dirname "$0")/cli_test_lib.sh"
 
 # Contexts of 22 <= index_topk 24: the policy takes dense MHA for prefill, both forced paths
 # are exact and each differs from it somewhere, so both comparison passes run.
@@ -80,8 +61,4 @@ expect_error "json dir" "--json: directory" run --requests 1 --prompt-len 4 --de
 expect_error "unknown flag" "" run --no-such-flag
 expect_error "check cases" "--cases must be >= 1" check --cases 0
 
-if ((failures)); then
-  echo "$failures CLI check(s) failed"
-  exit 1
-fi
-echo "all CLI checks passed"
+finish CLI

@@ -4,24 +4,7 @@
 # Usage: generate_cli_test.sh DSATTN_BINARY
 set -u
 dsattn=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
-
-expect_error() {
-  local name=$1 want=$2
-  shift 2
-  "$dsattn" "$@" >"$work/out" 2>"$work/err"
-  local status=$?
-  [[ $status -ne 0 ]] || fail "$name: exit status 0"
-  [[ $(wc -l <"$work/err") -eq 1 ]] || fail "$name: stderr is not one line: $(cat "$work/err")"
-  grep -q "^dsattn: error: .*$want" "$work/err" || fail "$name: stderr lacks '$want': $(cat "$work/err")"
-}
+source "$(dirname "$0")/cli_test_lib.sh"
 
 "$dsattn" write-checkpoint "$work/ck" --fp8 >"$work/out" 2>"$work/err" ||
   fail "write-checkpoint: exit status $?: $(cat "$work/err")"
@@ -74,8 +57,4 @@ expect_error "bad cache" "fp16" generate --device cpu --kv-cache fp16
 expect_error "write-checkpoint layers" "num_hidden_layers must be positive, got 0" \
   write-checkpoint "$work/ck0" --layers 0
 
-if ((failures)); then
-  echo "$failures generate CLI check(s) failed"
-  exit 1
-fi
-echo "all generate CLI checks passed"
+finish "generate CLI"

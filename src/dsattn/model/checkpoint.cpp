@@ -14,9 +14,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr const char* kIndexFile = "model.safetensors.index.json";
-constexpr const char* kSingleFile = "model.safetensors";
-
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail<CheckpointError>("cannot open {}", path.string());
@@ -124,7 +121,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   ck.config_ = AttentionConfig::from_json_file(config_path.string());
   ck.quant_ = quantization_config_from_json_text(read_text(config_path), config_path.string());
 
-  const fs::path index_path = root / kIndexFile;
+  const fs::path index_path = root / kCheckpointIndexFile;
   if (fs::exists(index_path)) {
     const std::string source = index_path.string();
     json index;
@@ -159,13 +156,14 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       }
       ck.weight_map_[name] = file.get<std::string>();
     }
-  } else if (fs::exists(root / kSingleFile)) {
-    auto file =
-        std::make_unique<SafetensorsFile>(SafetensorsFile::open((root / kSingleFile).string()));
-    for (const auto& [name, t] : file->tensors()) ck.weight_map_[name] = kSingleFile;
-    ck.shards_->open.emplace(kSingleFile, std::move(file));
+  } else if (fs::exists(root / kCheckpointSingleFile)) {
+    auto file = std::make_unique<SafetensorsFile>(
+        SafetensorsFile::open((root / kCheckpointSingleFile).string()));
+    for (const auto& [name, t] : file->tensors()) ck.weight_map_[name] = kCheckpointSingleFile;
+    ck.shards_->open.emplace(kCheckpointSingleFile, std::move(file));
   } else {
-    fail<CheckpointError>("checkpoint {} has neither {} nor {}", dir, kIndexFile, kSingleFile);
+    fail<CheckpointError>("checkpoint {} has neither {} nor {}", dir, kCheckpointIndexFile,
+                          kCheckpointSingleFile);
   }
   return ck;
 }

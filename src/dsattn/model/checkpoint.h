@@ -17,6 +17,10 @@
 
 namespace dsattn {
 
+// The files of a checkpoint folder besides config.json: the shard index, or the single file.
+inline constexpr const char* kCheckpointIndexFile = "model.safetensors.index.json";
+inline constexpr const char* kCheckpointSingleFile = "model.safetensors";
+
 // quantization_config of config.json. Only block-scaled fp8 e4m3 ("quant_method": "fp8",
 // "fmt": "e4m3", "weight_block_size": [128, 128]) is supported.
 struct QuantizationConfig {

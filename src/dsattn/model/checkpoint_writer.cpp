@@ -16,9 +16,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr const char* kIndexFile = "model.safetensors.index.json";
-constexpr const char* kSingleFile = "model.safetensors";
-
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) fail<CheckpointError>("cannot create {}", path.string());
@@ -118,15 +115,15 @@ void CheckpointWriter::finish(const AttentionConfig& config, int num_layers,
   const fs::path root(dir_);
   std::error_code ec;
   if (layout_ == CheckpointLayout::single_file) {
-    flush(kSingleFile);
-    fs::remove(root / kIndexFile, ec);
+    flush(kCheckpointSingleFile);
+    fs::remove(root / kCheckpointIndexFile, ec);
   } else {
     if (!entries_.empty()) end_shard();
     DSATTN_CHECK(shards_written_ == num_shards_, "CheckpointWriter: {} shards declared, {} written",
                  num_shards_, shards_written_);
     json index = {{"metadata", {{"total_size", total_size_}}}, {"weight_map", weight_map_}};
-    write_text(root / kIndexFile, index.dump(2) + "\n");
-    fs::remove(root / kSingleFile, ec);
+    write_text(root / kCheckpointIndexFile, index.dump(2) + "\n");
+    fs::remove(root / kCheckpointSingleFile, ec);
   }
   json cfg = config_to_json(config, num_layers, fp8_);
   for (const auto& [key, value] : extra) cfg[key] = value;
