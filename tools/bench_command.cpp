@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/stages.h"
+#include "cli_common.h"
 #include "commands.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "tensor_parallel.h"
@@ -60,9 +61,6 @@ std::string git_commit() {
 
 int run(const BenchOptions& o) {
   if (o.tp.requested()) return bench_tensor_parallel(o.tp, o.device, o.json_path, o.quick);
-  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda") {
-    fail("--device must be auto, cpu or cuda, got '{}'", o.device);
-  }
   for (const std::string& s : o.stages) {
     static const std::vector<std::string> known = {"mha",  "projections", "sparse_mla", "indexer",
                                                    "topk", "decode",      "layer"};
@@ -73,10 +71,7 @@ int run(const BenchOptions& o) {
           s);
     }
   }
-  const bool gpu = cuda::built_with_cuda() && cuda::device_count() > 0;
-  if (o.device == "cuda" && !gpu) fail<Unsupported>("--device cuda: no CUDA device is visible");
-  const Device dev =
-      (o.device == "cuda" || (o.device == "auto" && gpu)) ? Device::cuda(0) : Device::cpu();
+  const Device dev = resolve_device(o.device);
   if (dev.is_cpu() && !o.quick) {
     fail("dsattn bench runs the full sweep on a GPU; on the CPU pass --quick (small sizes)");
   }

@@ -45,6 +45,7 @@ assert "layer" not in j and "indexer" not in j
 PY
 expect_error "bench stage" "unknown stage 'nope'" bench --device cpu --quick --stages nope
 expect_error "bench full on cpu" "pass --quick" bench --device cpu
+expect_error "bench device" "--device must be auto, cpu or cuda" bench --device tpu
 
 expect_error "bad policy" "policy must be one of" run --policy nonsense
 expect_error "forced mha past topk" "policy mha is not exact for request 0" \
