@@ -33,17 +33,13 @@ class ReservedTables {
 struct Choice {
   std::int32_t token = 0;
   float margin = 0;
-  float spread = 0;
 };
 
 Choice argmax(const float* logits, std::int64_t vocab, std::size_t request, std::size_t step) {
   float best = -std::numeric_limits<float>::infinity(), second = best;
   std::int32_t token = -1;
-  double sum = 0, sum_sq = 0;
   for (std::int64_t v = 0; v < vocab; ++v) {
     const float x = logits[v];
-    sum += x;
-    sum_sq += double(x) * x;
     if (!std::isfinite(x)) {
       fail<Error>("step {}: logit {} of request {} is {}", step, v, request, x);
     }
@@ -55,9 +51,7 @@ Choice argmax(const float* logits, std::int64_t vocab, std::size_t request, std:
       second = x;
     }
   }
-  const double mean = sum / double(vocab);
-  return {token, best - second,
-          static_cast<float>(std::sqrt(std::max(0.0, sum_sq / double(vocab) - mean * mean)))};
+  return {token, best - second};
 }
 
 }  // namespace
@@ -127,7 +121,6 @@ Generation generate_greedy(const DecoderModel& model,
       const Choice c = argmax(out.logits.ptr<float>() + r * vocab, vocab, r, std::size_t(step));
       s.tokens.push_back(c.token);
       s.margins.push_back(c.margin);
-      s.spreads.push_back(c.spread);
       gen.tokens[r].push_back(c.token);
       fed[r] = feed.empty() ? c.token : feed[r][std::size_t(step)];
       // The next step feeds this token after everything cached so far.

@@ -14,7 +14,6 @@ struct GenerationStep {
   std::vector<Path> paths;           // per request
   std::vector<std::int32_t> tokens;  // the token each request chose at this step
   std::vector<float> margins;        // per request: its best logit minus its second best
-  std::vector<float> spreads;        // per request: the standard deviation of its logits
 };
 
 struct Generation {
