@@ -56,6 +56,25 @@ std::optional<std::size_t> first_difference(const Generation& a, const Generatio
   return std::nullopt;
 }
 
+// Where two generations part at `step`: for each request that chose differently, both tokens and
+// both top-two logit margins. A margin near rounding size marks a near-tie (the paths' results
+// differ by rounding), not a wrong result.
+struct Parting {
+  std::size_t request;
+  std::int32_t token_a, token_b;
+  float margin_a, margin_b;
+};
+
+std::vector<Parting> partings_at(const Generation& a, const Generation& b, std::size_t step) {
+  std::vector<Parting> out;
+  const GenerationStep &sa = a.steps[step], &sb = b.steps[step];
+  for (std::size_t r = 0; r < sa.tokens.size(); ++r) {
+    if (sa.tokens[r] == sb.tokens[r]) continue;
+    out.push_back({r, sa.tokens[r], sb.tokens[r], sa.margins[r], sb.margins[r]});
+  }
+  return out;
+}
+
 int generate(const GenerateOptions& o) {
   const Device dev = resolve_device(o.device);
   if (o.tokens < 1) fail("--tokens must be at least 1, got {}", o.tokens);
@@ -114,7 +133,8 @@ int generate(const GenerateOptions& o) {
     }
     std::vector<std::string> paths;
     for (Path p : step.paths) paths.emplace_back(path_name(p));
-    steps.push_back({{"mode", mode}, {"paths", paths}, {"tokens", step.tokens}});
+    steps.push_back(
+        {{"mode", mode}, {"paths", paths}, {"tokens", step.tokens}, {"margins", step.margins}});
   }
   std::printf("\n");
   for (std::size_t r = 0; r < prompts.size(); ++r) {
@@ -124,16 +144,33 @@ int generate(const GenerateOptions& o) {
   std::printf("smallest top-two logit margin: %.3g\n", g.min_margin());
 
   nlohmann::json comparisons = nlohmann::json::object();
+  nlohmann::json partings_vs = nlohmann::json::object();  // where the policies part, if they do
   if (o.compare) {
     std::printf("\n");
     for (const char* other : {"mla", "threshold", "per-request"}) {
       const Policy p = Policy::parse(other);
       if (p.to_string() == policy.to_string()) continue;
-      const std::optional<std::size_t> diff = first_difference(g, run(p));
-      std::printf("%-12s %s\n", other,
-                  diff ? fmt::format("first different token at step {}", *diff).c_str()
-                       : "identical tokens at every step");
-      comparisons[other] = diff ? nlohmann::json(*diff) : nlohmann::json("identical");
+      const Generation g_other = run(p);
+      const std::optional<std::size_t> diff = first_difference(g, g_other);
+      if (!diff) {
+        std::printf("%-12s identical tokens at every step\n", other);
+        comparisons[other] = "identical";
+        continue;
+      }
+      std::printf("%-12s first different token at step %zu\n", other, *diff);
+      nlohmann::json partings = nlohmann::json::array();
+      for (const Parting& x : partings_at(g, g_other, *diff)) {
+        std::printf(
+            "             request %zu: %s chose %d (top-two margin %.3g), %s chose %d (top-two "
+            "margin %.3g)\n",
+            x.request, policy.to_string().c_str(), x.token_a, x.margin_a, other, x.token_b,
+            x.margin_b);
+        partings.push_back({{"request", x.request},
+                            {"tokens", {{policy.to_string(), x.token_a}, {other, x.token_b}}},
+                            {"margins", {{policy.to_string(), x.margin_a}, {other, x.margin_b}}}});
+      }
+      comparisons[other] = *diff;
+      partings_vs[other] = partings;
     }
   }
   if (!o.json_path.empty()) {
@@ -146,7 +183,10 @@ int generate(const GenerateOptions& o) {
                         {"tokens", g.tokens},
                         {"steps", steps},
                         {"min_margin", g.min_margin()}};
-    if (o.compare) j["first_difference_vs"] = comparisons;
+    if (o.compare) {
+      j["first_difference_vs"] = comparisons;
+      j["partings_vs"] = partings_vs;
+    }
     write_file_atomically(o.json_path, j.dump(1));
     std::printf("wrote %s\n", o.json_path.c_str());
   }

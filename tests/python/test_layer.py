@@ -63,15 +63,16 @@ def test_mha_and_mla_agree_where_both_are_exact(config, weights, rng, prefix_len
 
 def test_per_request_policy_splits_a_batch_across_index_topk(config, weights, rng):
     # Request 0 stays within index_topk (dense MHA), request 1 does not (sparse MLA); each row
-    # equals the same request run alone.
+    # agrees with the same request run alone. Not bit for bit: alone, the projections are GEMMs
+    # of other shapes, which BLAS may sum in another order.
     hidden = random_bf16(rng, (10 + 45, config.hidden_size))
     layer = layer_for(config, weights)
     batch = prefill_batch(layer, hidden, [0, 0], [10, 45])
     assert batch.paths == ["dense_mha", "sparse_mla"]
     alone = [prefill_batch(layer_for(config, weights), hidden[:10], [0], [10]),
              prefill_batch(layer_for(config, weights), hidden[10:], [0], [45])]
-    np.testing.assert_array_equal(batch.out[:10], alone[0].out)
-    np.testing.assert_array_equal(batch.out[10:], alone[1].out)
+    assert relative_difference(batch.out[:10], alone[0].out) <= 1e-2
+    assert relative_difference(batch.out[10:], alone[1].out) <= 1e-2
 
 
 @pytest.mark.parametrize("n", [5, TOPK - 1, TOPK, 50])
