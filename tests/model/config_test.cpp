@@ -361,5 +361,90 @@ TEST(ConfigValidate, RefusesImpossibleStructs) {
   EXPECT_NO_THROW(c.validate());
 }
 
+// transformers v5 writes rope_parameters instead of rope_scaling and rope_theta: every field in
+// it is read (a changed theta or factor changes the config), flat or keyed by attention type.
+TEST(ConfigJson, RopeParametersAreRead) {
+  const AttentionConfig c = parse(R"({"rope_parameters": {"rope_type": "yarn", "rope_theta": 50000,
+      "factor": 8, "original_max_position_embeddings": 2048, "beta_fast": 16, "beta_slow": 2,
+      "mscale": 0.5, "mscale_all_dim": 0.5, "truncate": true}})");
+  EXPECT_TRUE(c.use_yarn);
+  EXPECT_EQ(c.rope_theta, 50000.0);
+  EXPECT_EQ(c.yarn.factor, 8.0);
+  EXPECT_EQ(c.yarn.original_max_position_embeddings, 2048);
+  EXPECT_EQ(c.yarn.beta_fast, 16.0);
+  EXPECT_EQ(c.yarn.beta_slow, 2.0);
+  EXPECT_EQ(c.yarn.mscale, 0.5);
+  const double m = 0.1 * 0.5 * std::log(8.0) + 1.0;
+  EXPECT_NEAR(c.softmax_scale(), m * m / std::sqrt(192.0), 1e-12);
+
+  // The v5 form of DeepSeek-V3.2's own settings gives DeepSeek-V3.2's config.
+  const std::string v5 =
+      replaced(replaced(v32_config_json(), R"("rope_scaling": )", R"("rope_parameters": )"),
+               R"("type": "yarn")", R"("rope_type": "yarn", "rope_theta": 10000)");
+  expect_deepseek_v32(parse(v5));
+
+  // "default": plain RoPE with its theta, and a softmax scale without YaRN's factor.
+  const AttentionConfig plain =
+      parse(R"({"rope_parameters": {"full_attention": {"rope_type": "default",
+          "rope_theta": 1000000}}})");
+  EXPECT_FALSE(plain.use_yarn);
+  EXPECT_EQ(plain.rope_theta, 1e6);
+  EXPECT_NEAR(plain.softmax_scale(), 1.0 / std::sqrt(192.0), 1e-12);
+  EXPECT_EQ(plain.rope_mscale(), 1.0);
+  EXPECT_FALSE(parse(R"({"rope_parameters": {"rope_theta": 8e6}})").use_yarn);
+  EXPECT_EQ(parse(R"({"rope_parameters": {"rope_theta": 8e6}})").rope_theta, 8e6);
+
+  // rope_scaling beside an equal rope_parameters (some files carry both) is accepted.
+  EXPECT_EQ(parse(R"({"rope_scaling": {"type": "yarn", "factor": 4},
+                      "rope_parameters": {"rope_type": "yarn", "factor": 4}})")
+                .yarn.factor,
+            4.0);
+}
+
+// Any field that would change the rotation or the scale and that the reader does not implement
+// is refused by name, never ignored.
+TEST(ConfigJson, RopeFieldsThatChangeTheMathematicsAreNeverIgnored) {
+  EXPECT_THAT(config_error(R"({"rope_parameters": {"rope_type": "llama3", "factor": 8}})"),
+              AllOf(HasSubstr("rope_parameters.type"), HasSubstr("llama3")));
+  EXPECT_THAT(
+      config_error(R"({"rope_parameters": {"rope_type": "yarn", "attention_factor": 1.2}})"),
+      AllOf(HasSubstr("rope_parameters.attention_factor"), HasSubstr("1.2"),
+            HasSubstr("not supported")));
+  EXPECT_THAT(config_error(R"({"rope_scaling": {"type": "yarn", "attention_factor": 1.2}})"),
+              AllOf(HasSubstr("rope_scaling.attention_factor"), HasSubstr("not supported")));
+  EXPECT_THAT(config_error(R"({"rope_parameters": {"rope_type": "yarn", "truncate": false}})"),
+              HasSubstr("rope_parameters.truncate"));
+  EXPECT_THAT(config_error(R"({"rope_parameters": {"partial_rotary_factor": 0.5}})"),
+              HasSubstr("rope_parameters.partial_rotary_factor"));
+  EXPECT_THAT(config_error(R"({"rope_parameters": {"rope_type": "default", "factor": 4}})"),
+              AllOf(HasSubstr("rope_parameters.factor"), HasSubstr("YaRN")));
+  EXPECT_THAT(config_error(R"({"rope_parameters": {"full_attention": {"rope_type": "default"},
+                                                   "sliding_attention": {"rope_type": "default"}}})"),
+              AllOf(HasSubstr("rope_parameters.sliding_attention"), HasSubstr("not supported")));
+  EXPECT_THAT(config_error(R"({"rope_theta": 10000, "rope_parameters": {"rope_theta": 50000}})"),
+              AllOf(HasSubstr("rope_theta"), HasSubstr("disagree")));
+  EXPECT_THAT(config_error(R"({"rope_scaling": {"type": "yarn", "factor": 4},
+                               "rope_parameters": {"rope_type": "yarn", "factor": 8}})"),
+              AllOf(HasSubstr("rope_scaling"), HasSubstr("rope_parameters")));
+  EXPECT_THAT(config_error(R"({"rope_parameters": [1]})"), HasSubstr("rope_parameters"));
+}
+
+// Other DSA models' fields that this layer does not implement (GLM-5's interleaved indexer RoPE,
+// IndexShare) are refused by name.
+TEST(ConfigJson, UnimplementedDsaVariantsAreRefused) {
+  EXPECT_THAT(config_error(R"({"indexer_rope_interleave": true})"),
+              AllOf(HasSubstr("indexer_rope_interleave"), HasSubstr("not supported")));
+  EXPECT_EQ(parse(R"({"indexer_rope_interleave": false})").index_topk, 2048);
+  EXPECT_THAT(config_error(R"({"rope_interleave": false})"), HasSubstr("rope_interleave"));
+  EXPECT_EQ(parse(R"({"rope_interleave": true})").index_topk, 2048);
+  EXPECT_THAT(config_error(R"({"indexer_types": ["full", "shared"]})"),
+              AllOf(HasSubstr("indexer_types"), HasSubstr("IndexShare")));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 4})"), HasSubstr("index_topk_freq"));
+  EXPECT_THAT(config_error(R"({"index_skip_topk_offset": 2})"),
+              HasSubstr("index_skip_topk_offset"));
+  EXPECT_THAT(config_error(R"({"partial_rotary_factor": 0.5})"),
+              HasSubstr("partial_rotary_factor"));
+}
+
 }  // namespace
 }  // namespace dsattn

@@ -1,8 +1,10 @@
 #include "dsattn/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "dsattn/core/error.h"
@@ -124,6 +126,106 @@ struct Reader {
   }
 };
 
+// A RoPE description read from rope_scaling or rope_parameters.
+struct RopeSettings {
+  bool yarn = true;
+  YarnScaling scaling{};
+  std::optional<double> theta;
+};
+
+// The same rotation and scaling (theta aside: rope_scaling carries none).
+bool same_rope(const RopeSettings& a, const RopeSettings& b) {
+  const YarnScaling &x = a.scaling, &y = b.scaling;
+  const bool same_scaling =
+      x.factor == y.factor &&
+      x.original_max_position_embeddings == y.original_max_position_embeddings &&
+      x.beta_fast == y.beta_fast && x.beta_slow == y.beta_slow && x.mscale == y.mscale &&
+      x.mscale_all_dim == y.mscale_all_dim;
+  return a.yarn == b.yarn && (!a.yarn || same_scaling);
+}
+
+// Reads one RoPE object. Every key must be one this reader knows: a key it ignored could change
+// the rotation or the softmax scale, so an unknown or unsupported one is refused by name.
+RopeSettings read_rope(const json& obj, const std::string& source, const std::string& prefix,
+                       bool theta_allowed, const char* default_type) {
+  RopeSettings r;
+  std::string type = default_type;
+  for (const char* key : {"type", "rope_type"}) {
+    if (auto t = obj.find(key); t != obj.end()) {
+      if (!t->is_string()) {
+        fail<ConfigError>("{}: field {}{} must be a string, got {}", source, prefix, key,
+                          t->dump());
+      }
+      type = t->get<std::string>();
+    }
+  }
+  if (type != "yarn" && type != "default") {
+    fail<ConfigError>(
+        "{}: field {}type must be \"yarn\" or \"default\" (the RoPE types supported), got \"{}\"",
+        source, prefix, type);
+  }
+  r.yarn = type == "yarn";
+  static const char* const yarn_keys[] = {"factor",    "original_max_position_embeddings",
+                                          "beta_fast", "beta_slow",
+                                          "mscale",    "mscale_all_dim"};
+  for (const auto& [key, value] : obj.items()) {
+    if (key == "type" || key == "rope_type") continue;
+    if (key == "rope_theta" && theta_allowed) continue;
+    const bool yarn_key =
+        std::find_if(std::begin(yarn_keys), std::end(yarn_keys),
+                     [&](const char* k) { return key == k; }) != std::end(yarn_keys);
+    if (yarn_key && r.yarn) continue;
+    if (key == "truncate" && r.yarn && value == json(true)) continue;  // DeepSeek's YaRN rounds
+    if (key == "partial_rotary_factor" && value == json(1)) continue;
+    if (yarn_key) {
+      fail<ConfigError>("{}: field {}{} is a YaRN parameter, but the RoPE type is \"{}\"", source,
+                        prefix, key, type);
+    }
+    fail<ConfigError>(
+        "{}: field {}{} = {} is not supported: it would change the rotary embedding or the "
+        "softmax scale",
+        source, prefix, key, value.dump());
+  }
+  const Reader y{obj, source, prefix};
+  if (theta_allowed && obj.contains("rope_theta")) {
+    double theta = 0;
+    y.read_number("rope_theta", theta);
+    r.theta = theta;
+  }
+  y.read_number("factor", r.scaling.factor);
+  y.read_int("original_max_position_embeddings", r.scaling.original_max_position_embeddings);
+  y.read_number("beta_fast", r.scaling.beta_fast);
+  y.read_number("beta_slow", r.scaling.beta_slow);
+  y.read_number("mscale", r.scaling.mscale);
+  y.read_number("mscale_all_dim", r.scaling.mscale_all_dim);
+  return r;
+}
+
+// Fields of other DSA models that change the mathematics in ways this layer does not implement:
+// refused by name rather than ignored.
+void refuse_unsupported_fields(const json& root, const std::string& source) {
+  const auto refuse = [&](const char* field, const json& value, const char* what) {
+    fail<ConfigError>("{}: field {} = {} is not supported: {}", source, field, value.dump(), what);
+  };
+  if (auto it = root.find("indexer_rope_interleave"); it != root.end() && *it != json(false)) {
+    refuse("indexer_rope_interleave", *it,
+           "the indexer pairs RoPE dimensions by halves (interleaved pairs are not implemented)");
+  }
+  if (auto it = root.find("rope_interleave"); it != root.end() && *it != json(true)) {
+    refuse("rope_interleave", *it, "MLA's RoPE pairs interleaved dimensions");
+  }
+  for (const char* field : {"indexer_types", "index_topk_freq", "index_skip_topk_offset"}) {
+    if (auto it = root.find(field); it != root.end() && !it->is_null()) {
+      refuse(field, *it,
+             "layers sharing another layer's top-k (IndexShare) are not implemented; every layer "
+             "runs its own indexer");
+    }
+  }
+  if (auto it = root.find("partial_rotary_factor"); it != root.end() && *it != json(1)) {
+    refuse("partial_rotary_factor", *it, "RoPE rotates all qk_rope_head_dim dimensions");
+  }
+}
+
 }  // namespace
 
 AttentionConfig AttentionConfig::from_json_text(const std::string& text,
@@ -160,38 +262,59 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   r.read_number("rope_theta", c.rope_theta);
   r.read_number("rms_norm_eps", c.rms_norm_eps);
 
+  std::optional<RopeSettings> from_scaling, from_parameters;
   if (auto it = root.find("rope_scaling"); it != root.end()) {
     if (it->is_null()) {
-      c.use_yarn = false;
+      from_scaling = RopeSettings();
+      from_scaling->yarn = false;
     } else if (!it->is_object()) {
       fail<ConfigError>("{}: field rope_scaling must be an object or null, got {}", source,
                         it->dump());
     } else {
-      const json& rs = *it;
-      std::string type = "yarn";
-      for (const char* key : {"type", "rope_type"}) {
-        if (auto t = rs.find(key); t != rs.end()) {
-          if (!t->is_string()) {
-            fail<ConfigError>("{}: field rope_scaling.{} must be a string, got {}", source, key,
-                              t->dump());
-          }
-          type = t->get<std::string>();
-        }
-      }
-      if (type != "yarn") {
-        fail<ConfigError>(
-            "{}: field rope_scaling.type must be \"yarn\" (supported: yarn), got \"{}\"", source,
-            type);
-      }
-      const Reader y{rs, source, "rope_scaling."};
-      y.read_number("factor", c.yarn.factor);
-      y.read_int("original_max_position_embeddings", c.yarn.original_max_position_embeddings);
-      y.read_number("beta_fast", c.yarn.beta_fast);
-      y.read_number("beta_slow", c.yarn.beta_slow);
-      y.read_number("mscale", c.yarn.mscale);
-      y.read_number("mscale_all_dim", c.yarn.mscale_all_dim);
+      from_scaling = read_rope(*it, source, "rope_scaling.", /*theta_allowed=*/false, "yarn");
     }
   }
+  // transformers v5 writes rope_parameters (the rope type, theta and scaling together), flat or
+  // keyed by attention type; DSA models have full attention only.
+  if (auto it = root.find("rope_parameters"); it != root.end() && !it->is_null()) {
+    if (!it->is_object()) {
+      fail<ConfigError>("{}: field rope_parameters must be an object, got {}", source, it->dump());
+    }
+    const json* params = &*it;
+    if (!it->empty() &&
+        std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_object(); })) {
+      for (const auto& [key, value] : it->items()) {
+        if (key != "full_attention") {
+          fail<ConfigError>(
+              "{}: field rope_parameters.{}: attention of type '{}' is not supported (DSA layers "
+              "use full attention only)",
+              source, key, key);
+        }
+      }
+      params = &(*it)["full_attention"];
+    }
+    const std::string prefix =
+        params == &*it ? "rope_parameters." : "rope_parameters.full_attention.";
+    from_parameters = read_rope(*params, source, prefix, /*theta_allowed=*/true, "default");
+  }
+  if (from_scaling && from_parameters && !same_rope(*from_scaling, *from_parameters)) {
+    fail<ConfigError>(
+        "{}: fields rope_scaling and rope_parameters describe different RoPE settings; give one",
+        source);
+  }
+  if (const std::optional<RopeSettings>& rope = from_parameters ? from_parameters : from_scaling) {
+    c.use_yarn = rope->yarn;
+    if (rope->yarn) c.yarn = rope->scaling;
+    if (rope->theta) {
+      if (root.contains("rope_theta") && *rope->theta != c.rope_theta) {
+        fail<ConfigError>(
+            "{}: fields rope_theta ({}) and rope_parameters.rope_theta ({}) disagree; give one",
+            source, c.rope_theta, *rope->theta);
+      }
+      c.rope_theta = *rope->theta;
+    }
+  }
+  refuse_unsupported_fields(root, source);
   try {
     c.validate();
   } catch (const ConfigError& e) {
