@@ -2,6 +2,9 @@
 // the CPU backend passes), and the full-size layer against the CPU backend.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
@@ -115,6 +118,60 @@ TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
     EXPECT_LE(diff / scale, 1.0 / 64)
         << policy << ": GPU vs CPU relative difference " << diff / scale;
   }
+}
+
+// The full-size indexer (64 heads, the FP8 tensor-core kernel) past a lowered index_topk, its
+// scores whole and in windows of 40 rows: the same scores, so the same selections and outputs,
+// bit for bit (each score is computed alike in either).
+TEST_F(LayerGpu, FullSizeScoreWindowsAreBitIdentical) {
+  AttentionConfig config = AttentionConfig::deepseek_v32();
+  config.index_topk = 64;
+  const Device dev = Device::cuda(0);
+  AttentionLayer layer(config, LayerWeights::synthetic(config, 6).to(dev), Policy::parse("mla"));
+  CacheOptions opts;
+  opts.num_pages = 16;
+  opts.device = dev;
+  PagedKvCache cache(config, opts);
+  BlockTable a, b;
+  cache.reserve(a, 300);
+  cache.reserve(b, 300);
+  Batch prefix, batch;
+  prefix.requests.push_back({0, 200, b});
+  batch.requests.push_back({0, 300, a});
+  batch.requests.push_back({200, 100, b});
+  Tensor x0 = Tensor::empty({200, config.hidden_size}, DType::bf16);
+  Tensor x1 = Tensor::empty({400, config.hidden_size}, DType::bf16);
+  fill_uniform(x0, 2, 1, 1.0f);
+  fill_uniform(x1, 2, 2, 1.0f);
+  const Tensor in0 = x0.to(dev), in1 = x1.to(dev);
+  Tensor out0 = Tensor::empty({200, config.hidden_size}, DType::bf16, dev);
+  layer.forward(prefix, in0, cache.layer(0), out0);
+  std::vector<ForwardResult> results;
+  std::vector<Tensor> outputs;
+  for (std::int64_t budget : {std::int64_t(1) << 30, std::int64_t(40 * 300 * 4)}) {
+    ForwardOptions fo;
+    fo.record_topk = true;
+    fo.max_score_bytes = budget;
+    Tensor out = Tensor::empty({400, config.hidden_size}, DType::bf16, dev);
+    results.push_back(layer.forward(batch, in1, cache.layer(0), out, fo));
+    outputs.push_back(out.to(Device::cpu()));
+  }
+  for (std::size_t r = 0; r < 2; ++r) {
+    const Tensor& whole = results[0].topk_positions[r];
+    const Tensor& windowed = results[1].topk_positions[r];
+    ASSERT_EQ(whole.numel(), windowed.numel());
+    EXPECT_EQ(std::memcmp(whole.ptr<std::int32_t>(), windowed.ptr<std::int32_t>(), whole.nbytes()),
+              0)
+        << "request " << r << ": other keys selected in windows";
+  }
+  EXPECT_EQ(std::memcmp(outputs[0].ptr<bf16>(), outputs[1].ptr<bf16>(), outputs[0].nbytes()), 0);
+  double largest = 0;
+  for (std::int64_t i = 0; i < outputs[0].numel(); ++i) {
+    const float v = outputs[0].ptr<bf16>()[i].to_float();
+    ASSERT_TRUE(std::isfinite(v)) << "element " << i;
+    largest = std::max(largest, double(std::fabs(v)));
+  }
+  EXPECT_GT(largest, 0.0);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "dsattn/layer/paths.h"
 #include "dsattn/reference/layer_check.h"
 #include "layer_test_util.h"
 
@@ -105,6 +106,84 @@ TEST_F(MixedBatchOrder, ForcedMhaIsRefusedPastTopkAndLeavesCacheUnchanged) {
     EXPECT_THAT(e.what(), HasSubstr("exceeds index_topk 32"));
   }
   EXPECT_EQ(testing::snapshot(cache.layer(0)), before);
+}
+
+// A long prefill scores its rows in windows when the scores would pass the budget: every
+// window's clipped requests let each row see exactly the keys it sees in one pass.
+TEST(ScoreWindows, ClipRequestsSoThatEveryRowSeesItsOwnKeys) {
+  CacheOptions opts;
+  opts.num_pages = 64;
+  const AttentionConfig config = testing::small_config(kTopk);
+  PagedKvCache cache(config, opts);
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {
+      {30, 50}, {0, 70}, {5, 1}, {0, 40}};
+  std::vector<BlockTable> tables(shapes.size());
+  Batch batch;
+  PathGroup group;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    cache.reserve(tables[i], shapes[i].first + shapes[i].second);
+    batch.requests.push_back({shapes[i].first, shapes[i].second, tables[i]});
+    group.requests.push_back(i);
+  }
+  group.build(batch, cache.page_size());
+  const std::int64_t n = 50 + 70 + 1 + 40, max_k = 80;
+  const SparseMeta whole = SparseMeta::build(batch, group, true, Device::cpu());
+  EXPECT_TRUE(whole.windows.empty());
+  const SparseMeta meta = SparseMeta::build(batch, group, true, Device::cpu(), 7 * max_k * 4);
+  ASSERT_EQ(meta.windows.size(), std::size_t((n + 6) / 7));
+  const std::int32_t* visible = meta.visible.ptr<std::int32_t>();
+  std::int64_t expected_begin = 0;
+  for (const ScoreWindow& w : meta.windows) {
+    EXPECT_EQ(w.row_begin, expected_begin);
+    EXPECT_LE(w.row_end - w.row_begin, 7);
+    expected_begin = w.row_end;
+    const std::int32_t* cu = w.cu_q.ptr<std::int32_t>();
+    const std::int32_t* lens = w.context_lens.ptr<std::int32_t>();
+    const std::int64_t requests = w.request_end - w.request_begin;
+    ASSERT_EQ(w.cu_q.size(0), requests + 1);
+    EXPECT_EQ(cu[requests], w.row_end - w.row_begin);
+    std::int64_t widest = 0;
+    for (std::int64_t g = 0; g < requests; ++g) {
+      const std::int64_t n_q = cu[g + 1] - cu[g], n_k = lens[g];
+      EXPECT_GT(n_q, 0) << "window " << w.row_begin << " request " << g;
+      widest = std::max(widest, n_k);
+      for (std::int64_t i = 0; i < n_q; ++i) {
+        // The op's rule: row i of a request sees n_k - n_q + i + 1 keys.
+        const std::int64_t row = w.row_begin + cu[g] + i;
+        EXPECT_EQ(n_k - n_q + i + 1, visible[row]) << "row " << row;
+        // The window's request is the request owning that row.
+        EXPECT_EQ(meta.row_request.ptr<std::int32_t>()[row], w.request_begin + g) << "row " << row;
+      }
+    }
+    EXPECT_EQ(w.max_k, widest);
+  }
+  EXPECT_EQ(expected_begin, n);
+}
+
+// The layer gives the same outputs with its scores in windows of a few rows.
+TEST_F(MixedBatchOrder, ScoresInWindowsGiveTheSameOutputs) {
+  CacheOptions opts;
+  opts.num_pages = 64;
+  PagedKvCache cache(config, opts);
+  BlockTable a, b;
+  cache.reserve(a, 30 + 50);
+  cache.reserve(b, 70);
+  Batch prefix;
+  prefix.requests.push_back({0, 30, a});
+  Tensor prefix_in = testing::random_hidden(30, config.hidden_size, 7);
+  Tensor prefix_out = Tensor::empty({30, config.hidden_size}, DType::bf16);
+  layer.forward(prefix, prefix_in, cache.layer(0), prefix_out);
+  Batch batch;
+  batch.requests.push_back({30, 50, a});
+  batch.requests.push_back({0, 70, b});
+  Tensor in = testing::random_hidden(120, config.hidden_size, 8);
+  Tensor whole = Tensor::empty({120, config.hidden_size}, DType::bf16);
+  Tensor windowed = Tensor::empty({120, config.hidden_size}, DType::bf16);
+  layer.forward(batch, in, cache.layer(0), whole);
+  ForwardOptions small;
+  small.max_score_bytes = 9 * 80 * 4;  // windows of 9 rows
+  layer.forward(batch, in, cache.layer(0), windowed, small);
+  EXPECT_LE(testing::relative_difference(windowed, whole), 1e-2);
 }
 
 }  // namespace

@@ -138,7 +138,8 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   result.times.dense_mha = clock.lap();
   if (!sparse.empty()) {
     const bool all_rows = sparse.requests.size() == batch.requests.size();
-    const SparseMeta meta = SparseMeta::build(batch, sparse, all_rows, dev);
+    const SparseMeta meta =
+        SparseMeta::build(batch, sparse, all_rows, dev, options.max_score_bytes);
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o,
                    options.record_topk ? &selected : nullptr);

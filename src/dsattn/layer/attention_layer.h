@@ -34,6 +34,9 @@ struct ForwardResult {
 
 struct ForwardOptions {
   bool record_topk = false;
+  // The most bytes the indexer's f32 scores may take at once: a long prefill scores its rows in
+  // windows of at most this many rows x context columns (docs/design.md, "Bounded scores").
+  std::int64_t max_score_bytes = std::int64_t(1) << 30;
   // Stage times are wall clock; on a GPU, timing them waits for each stage's kernels.
   bool time_stages = true;
 };

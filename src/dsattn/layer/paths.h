@@ -35,6 +35,15 @@ void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenP
 
 // What the sparse path reads, on the layer's device: fixed shapes and no host work once built,
 // so that a decode step can be captured in a CUDA graph and replayed with new contents.
+// A window of consecutive rows [row_begin, row_end) of a sparse group whose indexer scores are
+// computed together: each request's rows clipped to the window, its context cut after the last
+// of them (rows see the same keys as before; columns past a row's own keys are not read).
+struct ScoreWindow {
+  std::int64_t row_begin = 0, row_end = 0, request_begin = 0, request_end = 0, max_k = 0;
+  TensorView cu_q;          // [requests + 1] i32, from 0
+  TensorView context_lens;  // [requests] i32
+};
+
 struct SparseMeta {
   TensorView rows;          // [n] i32 batch rows of the path's queries; empty: every row, in order
   TensorView positions;     // [n] i32
@@ -44,9 +53,14 @@ struct SparseMeta {
   TensorView context_lens;  // [G] i32
   TensorView block_tables;  // [G, max_pages] i32
   std::int64_t n = 0, max_k = 0;
+  // Empty: all n rows are scored at once (n x max_k f32). Else windows covering the rows in
+  // order, each within the score budget it was built for.
+  std::vector<ScoreWindow> windows;
   std::vector<Tensor> storage;  // what the views point into, when built here
 
-  static SparseMeta build(const Batch& batch, const PathGroup& group, bool all_rows, Device device);
+  // Rows are scored in windows when n x max_k f32 scores exceed max_score_bytes.
+  static SparseMeta build(const Batch& batch, const PathGroup& group, bool all_rows, Device device,
+                          std::int64_t max_score_bytes = std::int64_t(1) << 30);
 };
 
 // Sparse MLA: indexer scores and top-k per query, absorbed queries, sparse attention over the

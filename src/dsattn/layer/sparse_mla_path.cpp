@@ -10,8 +10,48 @@
 
 namespace dsattn {
 
+namespace {
+
+// Windows of at most `rows_per_window` rows over requests whose rows are cu[g] .. cu[g + 1] and
+// whose contexts are lens[g] (the rows being each request's newest positions).
+std::vector<ScoreWindow> score_windows(const std::vector<std::int32_t>& cu,
+                                       const std::vector<std::int32_t>& lens,
+                                       std::int64_t rows_per_window, Device device,
+                                       std::vector<Tensor>& storage) {
+  std::vector<ScoreWindow> windows;
+  const std::int64_t n = cu.back();
+  std::size_t g = 0;
+  for (std::int64_t r0 = 0; r0 < n; r0 += rows_per_window) {
+    const std::int64_t r1 = std::min(n, r0 + rows_per_window);
+    while (cu[g + 1] <= r0) ++g;  // the first request with a row in the window
+    ScoreWindow w;
+    w.row_begin = r0;
+    w.row_end = r1;
+    w.request_begin = static_cast<std::int64_t>(g);
+    std::vector<std::int32_t> wcu{0}, wlens;
+    for (std::size_t h = g; h + 1 < cu.size() && cu[h] < r1; ++h) {
+      const std::int64_t first = std::max<std::int64_t>(r0, cu[h]);
+      const std::int64_t last = std::min<std::int64_t>(r1, cu[h + 1]);  // exclusive
+      const std::int64_t cut = lens[h] - (cu[h + 1] - last);  // context up to the last row
+      wcu.push_back(
+          static_cast<std::int32_t>(wcu.back() + std::max<std::int64_t>(0, last - first)));
+      wlens.push_back(static_cast<std::int32_t>(cut));
+      w.max_k = std::max(w.max_k, cut);
+      w.request_end = std::int64_t(h) + 1;
+    }
+    storage.push_back(upload_i32(wcu, device));
+    w.cu_q = storage.back().view();
+    storage.push_back(upload_i32(wlens, device));
+    w.context_lens = storage.back().view();
+    windows.push_back(w);
+  }
+  return windows;
+}
+
+}  // namespace
+
 SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
-                             Device device) {
+                             Device device, std::int64_t max_score_bytes) {
   std::vector<std::int32_t> positions, visible, row_request, lens;
   std::int64_t max_pages = 1, max_k = 1;
   for (std::size_t i : group.requests) {
@@ -46,6 +86,11 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
       keep(upload_i32(tables, static_cast<std::int64_t>(group.requests.size()), max_pages, device));
   m.n = static_cast<std::int64_t>(positions.size());
   m.max_k = max_k;
+  const std::int64_t rows_per_window =
+      std::max<std::int64_t>(1, max_score_bytes / (max_k * std::int64_t(sizeof(float))));
+  if (m.n > rows_per_window) {
+    m.windows = score_windows(group.cu_q, lens, rows_per_window, device, m.storage);
+  }
   return m;
 }
 
@@ -69,11 +114,35 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
   const TensorView x = all_rows ? hidden : x_packed.view();
   const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
   const IndexQueries iq = compute_index_queries(ctx, x, q_latent, meta.positions);
-  Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
-  ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
-                      cache.page_size, meta.cu_q, meta.context_lens, K, scores);
   Tensor selected = Tensor::empty({n, K}, DType::i32, dev);
-  ops::topk(scores, meta.visible, selected);
+  if (meta.windows.empty()) {
+    Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
+    ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
+                        cache.page_size, meta.cu_q, meta.context_lens, K, scores);
+    ops::topk(scores, meta.visible, selected);
+  } else {
+    // One scores buffer, reused by every window (each within the budget).
+    std::int64_t rows = 0, cols = 1;
+    for (const ScoreWindow& w : meta.windows) {
+      rows = std::max(rows, w.row_end - w.row_begin);
+      cols = std::max(cols, w.max_k);
+    }
+    Tensor scores = Tensor::empty({rows, cols}, DType::f32, dev);
+    for (const ScoreWindow& w : meta.windows) {
+      const auto window_rows = [&](const Tensor& t) {
+        return t.view().slice(0, w.row_begin, w.row_end);
+      };
+      const TensorView s = scores.view()
+                               .slice(0, 0, w.row_end - w.row_begin)
+                               .slice(1, 0, std::max<std::int64_t>(1, w.max_k));
+      ops::indexer_scores(window_rows(iq.q), window_rows(iq.q_scale), window_rows(iq.weights),
+                          cache.index_keys,
+                          meta.block_tables.slice(0, w.request_begin, w.request_end),
+                          cache.page_size, w.cu_q, w.context_lens, K, s);
+      ops::topk(s, meta.visible.slice(0, w.row_begin, w.row_end),
+                selected.view().slice(0, w.row_begin, w.row_end));
+    }
+  }
   if (selected_out) {
     *selected_out = Tensor::empty({n, K}, DType::i32, dev);
     copy(selected, *selected_out);
