@@ -23,8 +23,9 @@ struct BenchOptions {
   std::string commit;
   std::string anchors;
   std::vector<std::string> stages = {"mha",  "projections", "sparse_mla", "indexer",
-                                     "topk", "decode",      "layer"};
+                                     "topk", "decode",      "layer",      "layer_long"};
   bool quick = false;
+  std::vector<std::int64_t> seqs;  // overrides the sweep's sequence lengths
   TensorParallelOptions tp;
 };
 
@@ -62,13 +63,20 @@ std::string git_commit() {
 int run(const BenchOptions& o) {
   if (o.tp.requested()) return bench_tensor_parallel(o.tp, o.device, o.json_path, o.quick);
   for (const std::string& s : o.stages) {
-    static const std::vector<std::string> known = {"mha",  "projections", "sparse_mla", "indexer",
-                                                   "topk", "decode",      "layer"};
+    static const std::vector<std::string> known = {
+        "mha", "projections", "sparse_mla", "indexer", "topk", "decode", "layer", "layer_long"};
     if (std::find(known.begin(), known.end(), s) == known.end()) {
       fail(
           "--stages: unknown stage '{}' (known: mha, projections, sparse_mla, indexer, topk, "
-          "decode, layer)",
+          "decode, layer, layer_long)",
           s);
+    }
+  }
+  // Each sweep batch holds about `tokens` tokens: a length must fit in one.
+  const std::int64_t sweep_tokens = o.quick ? 512 : Sweep{}.tokens;
+  for (std::int64_t s : o.seqs) {
+    if (s < 1 || s > sweep_tokens) {
+      fail("--seqs: every length must be in [1, {}], got {}", sweep_tokens, s);
     }
   }
   const Device dev = resolve_device(o.device);
@@ -104,11 +112,12 @@ int run(const BenchOptions& o) {
   std::vector<std::int64_t> layer_lens = {512, 1024, 2000};
   if (o.quick) {
     sweep.seqs = {128, 256};
-    sweep.tokens = 512;
+    sweep.tokens = sweep_tokens;
     topk_sizes = {4096};
     layer_requests = 2;
     layer_lens = {64};
   }
+  if (!o.seqs.empty()) sweep.seqs = o.seqs;
 
   nlohmann::json j;
   j["device"] = device_name;
@@ -121,9 +130,12 @@ int run(const BenchOptions& o) {
   if (wants("projections")) j["projections"] = bench_projections(dev, sweep, c);
   if (wants("sparse_mla")) j["sparse_mla_prefill"] = bench_sparse_mla_prefill(dev, sweep, c);
   if (wants("indexer")) j["indexer"] = bench_indexer(dev, sweep, c);
+  if (wants("indexer") && !o.quick) j["indexer_decode"] = bench_indexer_decode(dev, c);
   if (wants("topk")) j["topk"] = bench_topk(dev, topk_sizes, c);
   if (wants("decode") && !o.quick) j["sparse_mla_decode"] = bench_decode(dev, c);
   if (wants("layer")) j["layer"] = bench_layer(dev, layer_requests, layer_lens);
+  // Long contexts, where the sparse path and so selection dominate.
+  if (wants("layer_long") && !o.quick) j["layer_long"] = bench_layer(dev, 8, {8192});
   if (!anchors.is_null()) j["torch_anchors"] = anchors;
 
   const std::string tmp = path + ".tmp";
@@ -150,6 +162,8 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--anchors", o->anchors, "PyTorch anchor figures (JSON) to record alongside");
   cmd->add_option("--stages", o->stages, "Stages to run")->capture_default_str();
   cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");
+  cmd->add_option("--seqs", o->seqs, "Sequence lengths of the stage sweeps (default 256 ... 8192)")
+      ->delimiter(',');
   add_tensor_parallel_options(
       cmd, o->tp, "Layer prefill and decode with the heads split over 1, 2, 4 ... N GPUs");
   return [o] { return run(*o); };

@@ -44,6 +44,8 @@ assert j["topk"][0]["rows"] == 4096 and j["topk"][0]["us"] > 0, j["topk"]
 assert "layer" not in j and "indexer" not in j
 PY
 expect_error "bench stage" "unknown stage 'nope'" bench --device cpu --quick --stages nope
+expect_error "bench seqs" "--seqs: every length must be in \\[1, 512\\], got 0" \
+  bench --device cpu --quick --stages mha --seqs 128,0
 expect_error "bench full on cpu" "pass --quick" bench --device cpu
 expect_error "bench device" "--device must be auto, cpu or cuda" bench --device tpu
 

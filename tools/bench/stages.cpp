@@ -200,6 +200,45 @@ json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c) {
   return rows;
 }
 
+json bench_indexer_decode(Device device, const Ceilings& c) {
+  json rows = json::array();
+  for (std::int64_t batch : {8, 128}) {
+    for (std::int64_t ctx : {8192, 65536}) {
+      // One query row per request (a decode step) against `ctx` cached keys in its own pages.
+      const std::int64_t pages = ctx / kPageSize;
+      const Tensor q = random_tensor({batch, kIndexHeads, kIndexDim}, DType::u8, device, 21);
+      Tensor q_scale = Tensor::empty({batch, kIndexHeads, 1}, DType::f32);
+      fill_uniform(q_scale, 1, 22, 0.001f, 0.01f);
+      Tensor weights = Tensor::empty({batch, kIndexHeads}, DType::f32);
+      fill_uniform(weights, 1, 23, 0.1f);
+      std::vector<std::int32_t> tables(batch * pages);
+      std::iota(tables.begin(), tables.end(), 0);
+      const Tensor table = upload(tables, {batch, pages}, device);
+      const Tensor keys =
+          random_tensor({batch * pages * kPageSize, kIndexDim + 4}, DType::u8, device, 24);
+      const Tensor cu = upload(offsets(batch, 1), {batch + 1}, device);
+      const Tensor lens =
+          upload(std::vector<std::int32_t>(batch, static_cast<std::int32_t>(ctx)), {batch}, device);
+      const Tensor qs = device.is_cpu() ? q_scale : q_scale.to(device);
+      const Tensor w = device.is_cpu() ? weights : weights.to(device);
+      Tensor scores = Tensor::empty({batch, ctx}, DType::f32, device);
+      const Timing t = time_median(device, [&] {
+        ops::indexer_scores(q, qs, w, keys, table, kPageSize, cu, lens, 0, scores);
+      });
+      const double key_bytes = double(batch) * ctx * (kIndexDim + 4);
+      const double tbps = key_bytes / (t.median_ms * 1e9);
+      rows.push_back({{"batch", batch},
+                      {"context", ctx},
+                      {"us", t.median_ms * 1e3},
+                      {"key_tbps", tbps},
+                      {"pct_copy_ceiling", pct(tbps, c.copy_tbps / 2)}});
+      say(fmt::format("indexer decode b={} ctx={}: {:.1f} us, keys read at {:.2f} TB/s", batch, ctx,
+                      t.median_ms * 1e3, tbps));
+    }
+  }
+  return rows;
+}
+
 json bench_topk(Device device, const std::vector<std::int64_t>& sizes, const Ceilings& c) {
   json rows = json::array();
   for (std::int64_t s : sizes) {

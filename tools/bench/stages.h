@@ -26,6 +26,9 @@ nlohmann::json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilin
 nlohmann::json bench_projections(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c);
+// A decode step's indexer: b requests of one query row against 8K and 64K cached keys each;
+// figures in bytes of keys read per second against the copy ceiling (a read is half a copy).
+nlohmann::json bench_indexer_decode(Device device, const Ceilings& c);
 nlohmann::json bench_topk(Device device, const std::vector<std::int64_t>& sizes, const Ceilings& c);
 nlohmann::json bench_decode(Device device, const Ceilings& c);
 // The whole layer at DeepSeek-V3.2 size: `requests` prompts of each length, prefilled under
