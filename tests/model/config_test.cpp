@@ -446,5 +446,17 @@ TEST(ConfigJson, UnimplementedDsaVariantsAreRefused) {
               HasSubstr("partial_rotary_factor"));
 }
 
+// A dimension so large that shapes built from it would wrap int64 (2^62 heads x 192 = 0) is
+// refused with its limit, before any tensor is sized from it.
+TEST(ConfigJson, HugeDimensionsAreRefusedBeforeSizesWrap) {
+  EXPECT_THAT(config_error(R"({"num_attention_heads": 4611686018427387904})"),
+              AllOf(HasSubstr("num_attention_heads"), HasSubstr("at most 1048576"),
+                    HasSubstr("4611686018427387904")));
+  EXPECT_THAT(config_error(R"({"hidden_size": 2097152})"), HasSubstr("hidden_size"));
+  EXPECT_THAT(config_error(R"({"max_position_embeddings": 4294967296})"),
+              AllOf(HasSubstr("max_position_embeddings"), HasSubstr("2147483647")));
+  EXPECT_EQ(parse(R"({"max_position_embeddings": 1048576})").max_position_embeddings, 1048576);
+}
+
 }  // namespace
 }  // namespace dsattn

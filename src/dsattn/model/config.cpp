@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -32,9 +33,20 @@ double AttentionConfig::rope_mscale() const {
 
 namespace {
 
-void require_positive(std::int64_t value, const char* field) {
+// Sizes multiply into tensor shapes (heads x head dim x hidden size, ...): bounding every
+// dimension keeps those products far inside int64, so a huge value is refused here instead of
+// wrapping into a small allocation later.
+constexpr std::int64_t kMaxDimension = std::int64_t(1) << 20;
+
+// Positions are int32 on the device.
+constexpr std::int64_t kMaxPosition = std::numeric_limits<std::int32_t>::max();
+
+void require_positive(std::int64_t value, const char* field, std::int64_t limit = kMaxDimension) {
   if (value <= 0)
     fail<ConfigError>("config field {} must be a positive integer, got {}", field, value);
+  if (value > limit) {
+    fail<ConfigError>("config field {} must be at most {}, got {}", field, limit, value);
+  }
 }
 
 bool is_power_of_two(std::int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -52,7 +64,7 @@ void AttentionConfig::validate() const {
   require_positive(index_n_heads, "index_n_heads");
   require_positive(index_head_dim, "index_head_dim");
   require_positive(index_topk, "index_topk");
-  require_positive(max_position_embeddings, "max_position_embeddings");
+  require_positive(max_position_embeddings, "max_position_embeddings", kMaxPosition);
   if (qk_rope_head_dim % 2 != 0) {
     fail<ConfigError>("config field qk_rope_head_dim must be even (RoPE rotates pairs), got {}",
                       qk_rope_head_dim);
@@ -81,7 +93,7 @@ void AttentionConfig::validate() const {
                         yarn.factor);
     }
     require_positive(yarn.original_max_position_embeddings,
-                     "rope_scaling.original_max_position_embeddings");
+                     "rope_scaling.original_max_position_embeddings", kMaxPosition);
     if (!(yarn.beta_fast > 0.0) || !(yarn.beta_slow > 0.0) || yarn.beta_fast < yarn.beta_slow) {
       fail<ConfigError>(
           "config fields rope_scaling.beta_fast and beta_slow must be positive with beta_fast >= "
