@@ -51,6 +51,9 @@ def test_impossible_values_raise_value_error_naming_the_field():
         small_config(qk_rope_head_dim=15)
     with pytest.raises(ValueError, match="rope_theta"):
         small_config().replace(rope_theta=-1.0)
+    # So large that heads x head dim would wrap a tensor size.
+    with pytest.raises(ValueError, match="num_attention_heads must be at most 1048576"):
+        dsattn.AttentionConfig(num_heads=2**62)
 
 
 def test_from_json_reads_hugging_face_config():
