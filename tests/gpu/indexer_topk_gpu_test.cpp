@@ -188,6 +188,13 @@ const IndexerCase kIndexerCases[] = {
     {"H64_Mixed", 64, kPageSize, {{1, 300}, {40, 40}, {25, 180}, {0, 10}, {3, 3}}, 0, 7},
     // Rows that see at most 50 keys are skipped (top-k takes all their keys without scores).
     {"H64_SkipShortRows", 64, kPageSize, {{60, 60}, {1, 30}, {20, 70}, {2, 400}}, 50, 0},
+    // The FP8 tensor-core kernel's shapes: a chunk of many query blocks over a prefix, its keys
+    // in several splits and an odd number of 64-key tiles; speculative verify rows over long
+    // contexts on pages of 16; a prefill chunk crossing index_topk = 2048, whose first rows are
+    // skipped.
+    {"H64_LongChunkOverPrefix", 64, kPageSize, {{130, 2100}, {3, 700}}, 0, 3},
+    {"H64_Page16_VerifyRows", 64, 16, {{4, 1500}, {2, 999}, {1, 64}, {3, 3}}, 0, 0},
+    {"H64_ChunkCrossingTopk", 64, kPageSize, {{70, 2100}, {1, 2049}}, 2048, 1},
     // Few heads, pages of 16, an empty request between others, contexts that are not multiples
     // of 128.
     {"H4_Page16_EmptyRequest", 4, 16, {{5, 129}, {0, 0}, {7, 7}, {1, 257}}, 0, 130},

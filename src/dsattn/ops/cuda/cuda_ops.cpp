@@ -235,7 +235,9 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   p.skip_rows_up_to = skip_rows_up_to;
   p.batch = static_cast<int>(cu_q.size(0) - 1);
   p.heads = static_cast<int>(q.size(1));
-  check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
+  check_launch(indexer_fp8_sm90_supports(p) ? launch_indexer_fp8_sm90(p, stream())
+                                            : launch_indexer_scores(p, stream()),
+               "indexer_scores");
 }
 
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {

@@ -96,6 +96,9 @@ struct IndexerParams {
   std::int64_t total_q, max_k, stride_q_row, stride_q_head, stride_qs_row, stride_qs_head, stride_w,
       stride_key, stride_scores, stride_tables, page_size, skip_rows_up_to;
   int batch, heads;
+  // Set at launch for the FP8 tensor-core kernel: its split of each context, and log2(page_size)
+  // when that is a power of two (else -1).
+  int keys_per_split, page_shift;
 };
 
 struct TopkParams {
@@ -141,6 +144,11 @@ cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream);
 cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream);
 cudaError_t launch_latent_fp8(const LatentFp8Params& p, cudaStream_t stream);
 cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
+// The FP8 tensor-core (wgmma) kernel for the model's indexer: 64 heads of 128, 16-byte aligned
+// query rows, 4-byte aligned key rows, non-negative scales (as the quantiser makes them);
+// supports() says whether it takes p.
+bool indexer_fp8_sm90_supports(const IndexerParams& p);
+cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream);
 cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
 // The tensor-core kernel for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q, k

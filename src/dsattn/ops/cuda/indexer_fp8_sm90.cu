@@ -1,0 +1,412 @@
+// The lightning indexer's scores on Hopper's FP8 tensor cores (wgmma, sm_90a), for the model's
+// shape: 64 index heads of 128 e4m3 values, keys read straight from the paged 132-byte cache.
+//
+// Keys are the M side of the product and (query, head) pairs the N side, so that the sum over a
+// query's heads runs along a thread's own accumulator columns and one quad of lanes: no
+// cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each)
+// against one split of the request's keys; each warpgroup scores every 64-key tile of the split
+// with four m64n128k32 MMAs. All threads copy tiles with 4-byte cp.async (cache rows are 132
+// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step; the
+// MMAs of both tiles go out together, so the first tile's epilogue (ReLU, head weights, quad
+// sum, key scale, causal mask, store) runs while the second tile's MMAs do.
+//
+// The per-token key scale and the per-(query, head) query scale come out of the ReLU because
+// both are non-negative, as the quantiser makes them: Σ_h w_h ReLU(q_s k_s dot) = k_s Σ_h (w_h q_s)
+// ReLU(dot).
+#include <algorithm>
+#include <cub/block/block_scan.cuh>
+#include <type_traits>
+
+#include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/ptx.cuh"
+#include "dsattn/ops/cuda/wgmma.cuh"
+
+namespace dsattn::ops::cuda {
+
+namespace {
+
+constexpr int kHeads = 64;           // index heads (the N of one query)
+constexpr int kDim = 128;            // bytes of one e4m3 key or query head; one f32 scale each
+constexpr int kRowBytes = kDim + 4;  // a cached key: its values, then its scale
+constexpr int kKeysPerTile = 64;     // the M of one MMA
+constexpr int kQueriesPerGroup = 2;  // N = 128
+constexpr int kPairStages = 3;       // pairs of key tiles in flight: pair u + 2 loads during pair u
+constexpr int kStages = 2 * kPairStages;
+constexpr int kKeyTileBytes = kKeysPerTile * kDim;
+constexpr int kQueryTileBytes = kQueriesPerGroup * kHeads * kDim;
+
+// G warpgroups, each scoring kQueriesPerGroup query rows: 2 for prefill; 1 for decode and short
+// verify steps (one or two rows per request), so that a CTA's second warpgroup does not run
+// its MMAs on missing queries.
+template <int G>
+struct Smem {
+  alignas(1024) std::uint8_t queries[G][kQueryTileBytes];
+  alignas(1024) std::uint8_t keys[kStages][kKeyTileBytes];
+  float key_scales[kStages][kKeysPerTile];
+  float weights[G * kQueriesPerGroup][kHeads];  // head weight x query scale
+  int request, block;                           // this CTA's request and query block within it
+};
+
+// CTA y-slot -> (request, query block): request b owns ceil(n_q(b) / kQueriesPerCta) slots, in
+// order. Returns false for the spare slots past the last request's.
+template <int G>
+__device__ bool find_query_block(const IndexerParams& p, Smem<G>& s) {
+  constexpr int kQueriesPerCta = G * kQueriesPerGroup, kThreads = 128 * G;
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  const int slot = static_cast<int>(blockIdx.x);
+  if (threadIdx.x == 0) s.request = -1;
+  __syncthreads();
+  int before = 0;  // slots of the requests already passed
+  for (int base = 0; base < p.batch; base += kThreads) {
+    const int b = base + static_cast<int>(threadIdx.x);
+    const int blocks =
+        b < p.batch ? (p.cu_q[b + 1] - p.cu_q[b] + kQueriesPerCta - 1) / kQueriesPerCta : 0;
+    int first, total;
+    Scan(scan).ExclusiveSum(blocks, first, total);
+    if (slot >= before + first && slot < before + first + blocks) {
+      s.request = b;
+      s.block = slot - before - first;
+    }
+    before += total;
+    __syncthreads();  // the scan storage is reused
+  }
+  return s.request >= 0;
+}
+
+// Copies the 64 keys from `tile_begin` (those below `end`; zeros past it) and their scales into
+// a stage: a warp per key row per step, 4 bytes per lane, then one scale per thread of the first
+// 64. When pages hold whole tiles (page_size a multiple of 64, the model's 64 among them; tiles
+// start at multiples of 64) a tile's slots are consecutive: one block-table read per tile and
+// addresses that step by a constant. Other page sizes look each key's page up.
+__device__ __forceinline__ void copy4(std::uint32_t dst, const std::uint8_t* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 4 : 0));
+}
+
+// A copy that is issued only when `valid` (no zero-fill).
+__device__ __forceinline__ void copy4_if(std::uint32_t dst, const std::uint8_t* src, bool valid) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p cp.async.ca.shared.global [%0], [%1], 4;\n}\n" ::
+          "r"(dst),
+      "l"(src), "r"(static_cast<int>(valid)));
+}
+
+template <int G>
+__device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table, int tile_begin,
+                              int end, Smem<G>& s, int stage) {
+  constexpr int kThreads = 128 * G;
+  constexpr int kWarps = kThreads / 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int page_size = static_cast<int>(p.page_size);
+  // This lane's 4 bytes of row `warp` (row & 7 is the same for rows warp + 8 i).
+  const std::uint32_t dst = ptx::smem_addr(s.keys[stage]) + wgmma::swizzled_offset(warp, lane * 4);
+  const bool scale_thread = threadIdx.x < kKeysPerTile;
+  const std::uint32_t scale_dst = ptx::smem_addr(&s.key_scales[stage][threadIdx.x % kKeysPerTile]);
+  if (p.page_size % kKeysPerTile == 0) {
+    // The tile's page and offset: by shifts for a power-of-two page size (no integer division
+    // in the loop).
+    const int page = p.page_shift >= 0 ? tile_begin >> p.page_shift : tile_begin / page_size;
+    const int offset = tile_begin - page * page_size;
+    const std::int64_t first_slot =
+        tile_begin < end ? std::int64_t(table[page]) * page_size + offset : 0;
+    const int valid_rows = min(kKeysPerTile, end - tile_begin);
+    const std::uint8_t* tile = p.keys + first_slot * p.stride_key;
+    if (p.stride_key == kRowBytes) {
+      // The cache's own rows: the eight rows of this lane differ by constant offsets. Rows past
+      // the end are not copied; their scores are never stored (each key row of the product
+      // depends on its own row of keys only).
+      const std::uint8_t* src = tile + warp * kRowBytes + lane * 4;
+#pragma unroll
+      for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
+        copy4_if(dst + i * kWarps * 128, src + i * kWarps * kRowBytes,
+                 i * kWarps + warp < valid_rows);
+      }
+      if (scale_thread) {
+        copy4_if(scale_dst, tile + threadIdx.x * kRowBytes + kDim,
+                 static_cast<int>(threadIdx.x) < valid_rows);
+      }
+      return;
+    }
+    const int stride = static_cast<int>(p.stride_key);
+    const std::uint8_t* src = tile + warp * stride + lane * 4;
+#pragma unroll
+    for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
+      const bool valid = i * kWarps + warp < valid_rows;
+      copy4(dst + i * kWarps * 128, src + (valid ? i * kWarps * stride : 0), valid);
+    }
+    if (scale_thread) {
+      const bool valid = static_cast<int>(threadIdx.x) < valid_rows;
+      copy4(scale_dst, tile + (valid ? static_cast<int>(threadIdx.x) * stride : 0) + kDim, valid);
+    }
+    return;
+  }
+  const auto key_row = [&](int row) -> const std::uint8_t* {
+    const int pos = tile_begin + row;
+    if (pos >= end) return nullptr;
+    return p.keys +
+           (std::int64_t(table[pos / page_size]) * page_size + pos % page_size) * p.stride_key;
+  };
+#pragma unroll
+  for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
+    const std::uint8_t* src = key_row(i * kWarps + warp);
+    copy4(dst + i * kWarps * 128, src ? src + lane * 4 : p.keys, src != nullptr);
+  }
+  if (scale_thread) {
+    const std::uint8_t* src = key_row(static_cast<int>(threadIdx.x));
+    copy4(scale_dst, src ? src + kDim : p.keys, src != nullptr);
+  }
+}
+
+// Tiles 2u and 2u + 1 of the split into the stages of pair u, as one cp.async group.
+template <int G>
+__device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int split_begin,
+                              int u, int end, Smem<G>& s) {
+  const int stage = 2 * (u % kPairStages);
+  load_key_tile(p, table, split_begin + 2 * u * kKeysPerTile, end, s, stage);
+  load_key_tile(p, table, split_begin + (2 * u + 1) * kKeysPerTile, end, s, stage + 1);
+}
+
+// The one query row whose scores a thread stores (its quad's lane picks the query and key row).
+struct StoreRow {
+  float* out;  // the row of scores; null when the row is missing or skipped
+  int limit;   // its last visible key position
+  int half;    // which of the thread's two key rows it stores
+};
+
+// The epilogue of one key tile for one warpgroup: ReLU, head weights, the sum over heads (a
+// thread's 16 columns per query, then its quad), the key scale, the causal mask, the store.
+__device__ __forceinline__ void score_tile(const float (&acc)[64],
+                                           const float (&w)[kQueriesPerGroup][16],
+                                           const float* key_scales, int tile_begin, int end,
+                                           const StoreRow& mine) {
+  float sum[kQueriesPerGroup][2] = {};
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const int q = i / 32, half = (i / 2) % 2, j = ((i / 4) % 8) * 2 + i % 2;
+    sum[q][half] = fmaf(w[q][j], fmaxf(acc[i], 0.0f), sum[q][half]);
+  }
+#pragma unroll
+  for (int q = 0; q < kQueriesPerGroup; ++q) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      sum[q][half] += __shfl_xor_sync(0xffffffffu, sum[q][half], 1);
+      sum[q][half] += __shfl_xor_sync(0xffffffffu, sum[q][half], 2);
+    }
+  }
+  // Lane c of each quad stores query c % 2 of its key row c / 2.
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int c = lane % 4;
+  const float v = c == 0 ? sum[0][0] : c == 1 ? sum[1][0] : c == 2 ? sum[0][1] : sum[1][1];
+  const int row = ((static_cast<int>(threadIdx.x) / 32) % 4) * 16 + lane / 4 + mine.half * 8;
+  const int pos = tile_begin + row;
+  if (mine.out == nullptr || pos >= end) return;
+  mine.out[pos] = pos <= mine.limit ? v * key_scales[row] : -INFINITY;
+}
+
+template <int G>
+__global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerParams p) {
+  constexpr int kWarpgroups = G, kQueriesPerCta = G * kQueriesPerGroup, kThreads = 128 * G;
+  extern __shared__ std::uint8_t smem_raw[];
+  Smem<G>& s = *reinterpret_cast<Smem<G>*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
+                                           ~std::uintptr_t(1023));
+  if (!find_query_block(p, s)) return;
+  const int b = s.request;
+  const int n_q = p.cu_q[b + 1] - p.cu_q[b], n_k = p.context_lens[b];
+  const int first = s.block * kQueriesPerCta;  // the CTA's first query within the request
+  const int rows_here = min(kQueriesPerCta, n_q - first);
+  const std::int64_t row0 = p.cu_q[b] + first;
+
+  // Row i of the CTA sees keys 0 .. limit(i); it is written unless missing or skipped.
+  const auto limit = [&](int i) { return n_k - n_q + first + i; };
+  const auto written = [&](int i) { return i < rows_here && limit(i) + 1 > p.skip_rows_up_to; };
+  int last_visible = 0;  // keys the CTA must score: up to its last written row's visible count
+  bool any = false;
+#pragma unroll
+  for (int i = 0; i < kQueriesPerCta; ++i) {
+    if (written(i)) last_visible = max(last_visible, limit(i) + 1);
+    any |= written(i);
+  }
+  const int split_begin = static_cast<int>(blockIdx.y) * p.keys_per_split;
+  const int split_end = min(n_k, split_begin + p.keys_per_split);
+  if (!any || split_begin >= split_end) return;
+
+  const int score_end = min(split_end, last_visible);  // keys to score; -inf past them
+  const int tiles =
+      score_end > split_begin ? (score_end - split_begin + kKeysPerTile - 1) / kKeysPerTile : 0;
+  const int tiles_end = min(split_end, split_begin + tiles * kKeysPerTile);
+
+  if (tiles > 0) {
+    const std::int32_t* table = p.block_tables + b * p.stride_tables;
+    // Queries: warpgroup g's B tile holds rows (query 2g + n / 64, head n % 64), zeros for
+    // missing queries; weights folded with the query scales.
+    for (int c = threadIdx.x; c < kWarpgroups * kQueriesPerGroup * kHeads * (kDim / 16);
+         c += kThreads) {
+      const int g = c / (kQueriesPerGroup * kHeads * (kDim / 16));
+      const int rem = c % (kQueriesPerGroup * kHeads * (kDim / 16));
+      const int n = rem / (kDim / 16), chunk = rem % (kDim / 16);
+      const int query = g * kQueriesPerGroup + n / kHeads, head = n % kHeads;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (query < rows_here) {
+        v = *reinterpret_cast<const uint4*>(p.q + (row0 + query) * p.stride_q_row +
+                                            head * p.stride_q_head + chunk * 16);
+      }
+      *reinterpret_cast<uint4*>(s.queries[g] + wgmma::swizzled_offset(n, chunk * 16)) = v;
+    }
+    for (int i = threadIdx.x; i < kQueriesPerCta * kHeads; i += kThreads) {
+      const int query = i / kHeads, head = i % kHeads;
+      float w = 0.0f;
+      if (query < rows_here) {
+        const std::int64_t row = row0 + query;
+        w = p.weights[row * p.stride_w + head] *
+            p.q_scale[row * p.stride_qs_row + head * p.stride_qs_head];
+      }
+      s.weights[query][head] = w;
+    }
+    wgmma::fence_proxy_async_smem();
+    const int pairs = (tiles + 1) / 2;
+#pragma unroll
+    for (int u = 0; u < kPairStages - 1; ++u) {
+      if (u < pairs) load_key_pair(p, table, split_begin, u, split_end, s);
+      ptx::cp_async_commit();
+    }
+    __syncthreads();
+
+    const int group = static_cast<int>(threadIdx.x) / 128,
+              lane = static_cast<int>(threadIdx.x) % 32;
+    float w[kQueriesPerGroup][16];
+#pragma unroll
+    for (int q = 0; q < kQueriesPerGroup; ++q) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        w[q][j] = s.weights[group * kQueriesPerGroup + q][(j / 2) * 8 + (lane % 4) * 2 + j % 2];
+      }
+    }
+    const std::uint32_t queries = ptx::smem_addr(s.queries[group]);
+    StoreRow mine;
+    {
+      const int query = group * kQueriesPerGroup + (lane % 4) % 2;
+      mine.out = written(query) ? p.scores + (row0 + query) * p.stride_scores : nullptr;
+      mine.limit = limit(query);
+      mine.half = (lane % 4) / 2;
+    }
+
+    // Two tiles per step: their MMAs go out back to back, and the first tile's epilogue runs
+    // while the second's MMAs do (a pair past the last tile scores zeros and stores nothing).
+    float acc0[64], acc1[64];
+    for (int u = 0; u < pairs; ++u) {
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(kPairStages - 2) : "memory");
+      wgmma::fence_proxy_async_smem();
+      __syncthreads();
+      const int stage = 2 * (u % kPairStages);
+      const std::uint32_t keys0 = ptx::smem_addr(s.keys[stage]);
+      const std::uint32_t keys1 = ptx::smem_addr(s.keys[stage + 1]);
+      {
+        wgmma::fence();
+        wgmma::fence_operands(acc0);
+        wgmma::fence_operands(acc1);
+#pragma unroll
+        for (int k = 0; k < kDim / 32; ++k) {
+          wgmma::mma_m64n128k32_e4m3(acc0, wgmma::desc_k_major_sw128(keys0 + 32 * k),
+                                     wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
+        }
+        wgmma::commit_group();
+#pragma unroll
+        for (int k = 0; k < kDim / 32; ++k) {
+          wgmma::mma_m64n128k32_e4m3(acc1, wgmma::desc_k_major_sw128(keys1 + 32 * k),
+                                     wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
+        }
+        wgmma::commit_group();
+      }
+      // The stages of pair u - 1 are free: its MMAs finished and its epilogue ran before the
+      // barrier above.
+      if (u + kPairStages - 1 < pairs) {
+        load_key_pair(p, table, split_begin, u + kPairStages - 1, split_end, s);
+      }
+      ptx::cp_async_commit();
+      {
+        const int begin = split_begin + 2 * u * kKeysPerTile;
+        wgmma::wait_group<1>();
+        wgmma::fence_operands(acc0);
+        score_tile(acc0, w, s.key_scales[stage], begin, split_end, mine);
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(acc1);
+        score_tile(acc1, w, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+      }
+    }
+  }
+
+  // Keys of the split past every scored tile are masked for each written row.
+  for (int i = 0; i < kQueriesPerCta; ++i) {
+    if (!written(i)) continue;
+    float* out = p.scores + (row0 + i) * p.stride_scores;
+    for (int pos = tiles_end + static_cast<int>(threadIdx.x); pos < split_end; pos += kThreads) {
+      out[pos] = -INFINITY;
+    }
+  }
+}
+
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, n = 132;
+    if (cudaGetDevice(&device) == cudaSuccess) {
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    }
+    return n;
+  }();
+  return count;
+}
+
+}  // namespace
+
+bool indexer_fp8_sm90_supports(const IndexerParams& p) {
+  const auto aligned = [](const void* ptr, std::int64_t n) {
+    return reinterpret_cast<std::uintptr_t>(ptr) % n == 0;
+  };
+  return p.heads == kHeads && p.stride_q_head % 16 == 0 && p.stride_q_row % 16 == 0 &&
+         aligned(p.q, 16) && p.stride_key % 4 == 0 && p.stride_key < (1 << 20) &&
+         aligned(p.keys, 4) && p.max_k <= (std::int64_t(1) << 30) &&
+         p.total_q <= (std::int64_t(1) << 30) && p.page_size > 0 &&
+         p.page_size <= (std::int64_t(1) << 30);
+}
+
+namespace {
+
+template <int G>
+cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
+  constexpr int kQueriesPerCta = G * kQueriesPerGroup;
+  // Query blocks: each request's rows in groups of kQueriesPerCta (at most one spare per
+  // request). Keys are split so that a small batch of long contexts (decode) still fills the
+  // chip: about two CTAs per multiprocessor, splits of 256 to 4096 keys.
+  const std::int64_t blocks = (p.total_q + kQueriesPerCta - 1) / kQueriesPerCta + p.batch;
+  const std::int64_t wanted_splits = (2 * multiprocessors() + blocks - 1) / blocks;
+  std::int64_t per_split = (p.max_k + wanted_splits - 1) / wanted_splits;
+  per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
+  p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, 4096));
+  p.page_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((std::int64_t(1) << shift) == p.page_size) p.page_shift = shift;
+  }
+  const std::int64_t splits = (p.max_k + p.keys_per_split - 1) / p.keys_per_split;
+  if (blocks > 0x7fffffff || splits > 65535) return cudaErrorInvalidConfiguration;
+
+  const int smem = static_cast<int>(sizeof(Smem<G>)) + 1024;  // + alignment slack
+  const cudaError_t set = cudaFuncSetAttribute(indexer_fp8_sm90_kernel<G>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (set != cudaSuccess) return set;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
+  indexer_fp8_sm90_kernel<G><<<grid, 128 * G, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream) {
+  if (p.total_q == 0 || p.max_k == 0) return cudaSuccess;
+  // Decode and short verify steps (at most two rows per request on average) take one
+  // warpgroup per CTA; prefills two, sharing each key tile between four queries.
+  return p.total_q <= 2 * std::int64_t(p.batch) ? launch_with<1>(p, stream)
+                                                : launch_with<2>(p, stream);
+}
+
+}  // namespace dsattn::ops::cuda
