@@ -168,32 +168,48 @@ json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings&
   return rows;
 }
 
+namespace {
+
+// The indexer's inputs for `batch` requests of `rows` query rows each over `context` cached keys
+// (the request's newest rows), each request's keys in its own pages, in order; seeded from `seed`.
+struct IndexerInputs {
+  Tensor q, q_scale, weights, keys, tables, cu_q, context_lens, scores;
+
+  IndexerInputs(Device device, std::int64_t batch, std::int64_t rows, std::int64_t context,
+                std::uint64_t seed) {
+    const std::int64_t T = batch * rows, pages = (context + kPageSize - 1) / kPageSize;
+    q = random_tensor({T, kIndexHeads, kIndexDim}, DType::u8, device, seed);
+    Tensor qs = Tensor::empty({T, kIndexHeads, 1}, DType::f32);
+    fill_uniform(qs, 1, seed + 1, 0.001f, 0.01f);
+    Tensor w = Tensor::empty({T, kIndexHeads}, DType::f32);
+    fill_uniform(w, 1, seed + 2, 0.1f);
+    q_scale = device.is_cpu() ? qs : qs.to(device);
+    weights = device.is_cpu() ? w : w.to(device);
+    std::vector<std::int32_t> table(batch * pages);
+    std::iota(table.begin(), table.end(), 0);
+    tables = upload(table, {batch, pages}, device);
+    keys = random_tensor({batch * pages * kPageSize, kIndexDim + 4}, DType::u8, device, seed + 3);
+    cu_q = upload(offsets(batch, rows), {batch + 1}, device);
+    context_lens = upload(std::vector<std::int32_t>(batch, static_cast<std::int32_t>(context)),
+                          {batch}, device);
+    scores = Tensor::empty({T, context}, DType::f32, device);
+  }
+
+  Timing time(Device device) {
+    return time_median(device, [&] {
+      ops::indexer_scores(q, q_scale, weights, keys, tables, kPageSize, cu_q, context_lens, 0,
+                          scores);
+    });
+  }
+};
+
+}  // namespace
+
 json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c) {
   json rows = json::array();
   for (std::int64_t s : sweep.seqs) {
-    const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
-    const Tensor q = random_tensor({T, kIndexHeads, kIndexDim}, DType::u8, device, 11);
-    Tensor q_scale = Tensor::empty({T, kIndexHeads, 1}, DType::f32);
-    fill_uniform(q_scale, 1, 12, 0.001f, 0.01f);
-    Tensor weights = Tensor::empty({T, kIndexHeads}, DType::f32);
-    fill_uniform(weights, 1, 13, 0.1f);
-
-    // Request b's keys fill pages b·s/64 onwards, in order.
-    const std::int64_t pages = (s + kPageSize - 1) / kPageSize;
-    std::vector<std::int32_t> tables(batch * pages);
-    std::iota(tables.begin(), tables.end(), 0);
-    const Tensor cu = upload(offsets(batch, s), {batch + 1}, device);
-    const Tensor table = upload(tables, {batch, pages}, device);
-    const Tensor keys =
-        random_tensor({batch * pages * kPageSize, kIndexDim + 4}, DType::u8, device, 14);
-    const Tensor lens =
-        upload(std::vector<std::int32_t>(batch, static_cast<std::int32_t>(s)), {batch}, device);
-    const Tensor qs = device.is_cpu() ? q_scale : q_scale.to(device);
-    const Tensor w = device.is_cpu() ? weights : weights.to(device);
-    Tensor scores = Tensor::empty({T, s}, DType::f32, device);
-    const Timing t = time_median(device, [&] {
-      ops::indexer_scores(q, qs, w, keys, table, kPageSize, cu, lens, 0, scores);
-    });
+    const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s);
+    const Timing t = IndexerInputs(device, batch, s, s, 11).time(device);
     const double flops = double(batch) * s * (s + 1) / 2 * kIndexHeads * kIndexDim * 2;
     rows.push_back(sweep_row("indexer", s, batch, t.median_ms, flops, c));
   }
@@ -204,27 +220,8 @@ json bench_indexer_decode(Device device, const Ceilings& c) {
   json rows = json::array();
   for (std::int64_t batch : {8, 128}) {
     for (std::int64_t ctx : {8192, 65536}) {
-      // One query row per request (a decode step) against `ctx` cached keys in its own pages.
-      const std::int64_t pages = ctx / kPageSize;
-      const Tensor q = random_tensor({batch, kIndexHeads, kIndexDim}, DType::u8, device, 21);
-      Tensor q_scale = Tensor::empty({batch, kIndexHeads, 1}, DType::f32);
-      fill_uniform(q_scale, 1, 22, 0.001f, 0.01f);
-      Tensor weights = Tensor::empty({batch, kIndexHeads}, DType::f32);
-      fill_uniform(weights, 1, 23, 0.1f);
-      std::vector<std::int32_t> tables(batch * pages);
-      std::iota(tables.begin(), tables.end(), 0);
-      const Tensor table = upload(tables, {batch, pages}, device);
-      const Tensor keys =
-          random_tensor({batch * pages * kPageSize, kIndexDim + 4}, DType::u8, device, 24);
-      const Tensor cu = upload(offsets(batch, 1), {batch + 1}, device);
-      const Tensor lens =
-          upload(std::vector<std::int32_t>(batch, static_cast<std::int32_t>(ctx)), {batch}, device);
-      const Tensor qs = device.is_cpu() ? q_scale : q_scale.to(device);
-      const Tensor w = device.is_cpu() ? weights : weights.to(device);
-      Tensor scores = Tensor::empty({batch, ctx}, DType::f32, device);
-      const Timing t = time_median(device, [&] {
-        ops::indexer_scores(q, qs, w, keys, table, kPageSize, cu, lens, 0, scores);
-      });
+      // One query row per request (a decode step) against `ctx` cached keys.
+      const Timing t = IndexerInputs(device, batch, 1, ctx, 21).time(device);
       const double key_bytes = double(batch) * ctx * (kIndexDim + 4);
       const double tbps = key_bytes / (t.median_ms * 1e9);
       rows.push_back({{"batch", batch},
