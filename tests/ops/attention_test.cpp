@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <utility>
@@ -148,6 +149,42 @@ const MhaCase kMhaCases[] = {
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, MhaVarlenCausalTest, ::testing::ValuesIn(kMhaCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// A NaN in a key or value reaches exactly the rows that see that key: the others equal, bit for
+// bit, what they give with the NaN replaced by a number (the same operations either way).
+TEST(MhaVarlenCausalTest, NanInAKeyOrValueNeverReachesRowsThatCannotSeeIt) {
+  const std::int64_t H = 2, dq = 24, dv = 16, n = 150, bad = 70;  // rows 64.. form a second block
+  Tensor q = random_tensor({n, H, dq}, DType::bf16, 111, 1);
+  Tensor cu = i32_tensor({0, static_cast<std::int32_t>(n)});
+  for (const bool in_value : {false, true}) {
+    SCOPED_TRACE(in_value ? "NaN in a value" : "NaN in a key");
+    Tensor k = random_tensor({n, H, dq}, DType::bf16, 111, 2);
+    Tensor v = random_tensor({n, H, dv}, DType::bf16, 111, 3);
+    Tensor& poisoned_input = in_value ? v : k;
+    const std::int64_t width = poisoned_input.size(2);
+    Tensor clean = Tensor::empty({n, H, dv}, DType::bf16);
+    Tensor dirty = Tensor::empty({n, H, dv}, DType::bf16);
+    ops::mha_varlen_causal(q, k, v, cu, cu, n, 0.2f, clean);
+    for (std::int64_t h = 0; h < H; ++h) {
+      poisoned_input.ptr<bf16>()[(bad * H + h) * width + 3] =
+          bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+    }
+    ops::mha_varlen_causal(q, k, v, cu, cu, n, 0.2f, dirty);
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t e = 0; e < H * dv; ++e) {
+        const float x = dirty.ptr<bf16>()[i * H * dv + e].to_float();
+        if (i < bad) {
+          ASSERT_EQ(std::memcmp(&dirty.ptr<bf16>()[i * H * dv + e],
+                                &clean.ptr<bf16>()[i * H * dv + e], sizeof(bf16)),
+                    0)
+              << "row " << i << " element " << e << " cannot see key " << bad << " but changed";
+        } else if (!in_value || e % dv == 3) {  // a NaN key spoils the softmax of its head
+          ASSERT_TRUE(std::isnan(x)) << "row " << i << " element " << e << " sees key " << bad;
+        }
+      }
+    }
+  }
+}
 
 TEST(MhaVarlenCausalTest, RejectsBadArguments) {
   const std::int64_t H = 2, dq = 16, dv = 8;

@@ -40,6 +40,32 @@ void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std:
   }
 }
 
+// o = P · V over each row's visible keys only: a masked probability is 0, but 0 · NaN is NaN,
+// so a masked key's non-finite value must never enter a row's sum. Rows go in blocks: the keys
+// every row of a block sees (up to its first row's count) by one GEMM, the causal triangle
+// after them row by row.
+void causal_probs_times_values(const float* p, const float* v, std::int64_t rows, std::int64_t n,
+                               std::int64_t d_v, const std::int64_t* visible, float* o) {
+  constexpr std::int64_t kBlock = 64;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const std::int64_t count = std::min(kBlock, rows - r0);
+    const std::int64_t common = std::clamp<std::int64_t>(visible[r0], 0, n);
+    float* out = o + r0 * d_v;
+    if (common > 0) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, count, d_v, common, 1.0f, p + r0 * n,
+                  n, v, d_v, 0.0f, out, d_v);
+    } else {
+      std::fill_n(out, count * d_v, 0.0f);
+    }
+    for (std::int64_t i = 0; i < count; ++i) {
+      const std::int64_t end = std::clamp<std::int64_t>(visible[r0 + i], 0, n);
+      for (std::int64_t j = common; j < end; ++j) {
+        cblas_saxpy(static_cast<int>(d_v), p[(r0 + i) * n + j], v + j * d_v, 1, out + i * d_v, 1);
+      }
+    }
+  }
+}
+
 // Dequantises one FP8 latent row (latent_fp8.h) to f32: r e4m3 values with r/128 scales, then
 // the bf16 rope part.
 void widen_latent_fp8(const std::uint8_t* row, std::int64_t r, std::int64_t width, float* out) {
@@ -83,8 +109,7 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d_qk, scale, qh.data(), d_qk,
                   kh.data(), d_qk, 0.0f, s.data(), nk);
       masked_softmax_rows(s.data(), nq, nk, visible.data());
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d_v, nk, 1.0f, s.data(), nk,
-                  vh.data(), d_v, 0.0f, o.data(), d_v);
+      causal_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(), o.data());
       for (std::int64_t i = 0; i < nq; ++i) {
         bf16* dst = out.ptr<bf16>() + (q0 + i) * out.stride(0) + h * out.stride(1);
         for (std::int64_t j = 0; j < d_v; ++j) dst[j] = bf16::from_float(o[i * d_v + j]);
