@@ -98,6 +98,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
                                                    static_cast<int>(spec.layers), policy, dev)
                  : AttentionStack::synthetic(config, spec.layers, spec.seed, policy, dev);
   const std::vector<PassResult> passes = serve_passes(config, stack, spec, policy, dev, progress);
+  for (const PassResult& pass : passes) check_outputs_finite(pass);
   const double total_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

@@ -114,6 +114,7 @@ int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {
   write_file_by_rename(fmt::format("{}/rank{}.checksum", o.rendezvous, o.rank), checksum);
   comm.reset();  // every rank leaves the group here, before rank 0's single-GPU pass
   if (!lead) return 0;
+  for (const PassResult& pass : passes) check_outputs_finite(pass);
 
   std::printf("\npaths under %s: prefill %s; decode %s\n", passes[0].policy.c_str(),
               path_counts(passes[0].prefill_paths).c_str(),

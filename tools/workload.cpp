@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 
 #include "dsattn/core/cuda_runtime.h"
@@ -76,12 +77,29 @@ double max_relative_difference(const PassResult& a, const PassResult& b) {
     const bf16* y = b.outputs[r].ptr<bf16>();
     double diff = 0, scale = 0;
     for (std::int64_t i = 0; i < a.outputs[r].numel(); ++i) {
-      diff = std::max(diff, double(std::fabs(x[i].to_float() - y[i].to_float())));
-      scale = std::max(scale, double(std::fabs(y[i].to_float())));
+      const float u = x[i].to_float(), v = y[i].to_float();
+      // A NaN or Inf on either side is no agreement (std::max would skip a NaN).
+      if (!std::isfinite(u) || !std::isfinite(v)) return std::numeric_limits<double>::infinity();
+      diff = std::max(diff, double(std::fabs(u - v)));
+      scale = std::max(scale, double(std::fabs(v)));
     }
     worst = std::max(worst, scale > 0 ? diff / scale : diff);
   }
   return worst;
+}
+
+void check_outputs_finite(const PassResult& pass) {
+  for (std::size_t r = 0; r < pass.outputs.size(); ++r) {
+    const bf16* x = pass.outputs[r].ptr<bf16>();
+    for (std::int64_t i = 0; i < pass.outputs[r].numel(); ++i) {
+      if (!std::isfinite(x[i].to_float())) {
+        fail<Error>(
+            "the {} pass's output for request {} is {} at element {}: the weights or the inputs "
+            "hold a NaN or an Inf",
+            pass.policy, r, x[i].to_float(), i);
+      }
+    }
+  }
 }
 
 PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const WorkloadSpec& spec,

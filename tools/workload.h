@@ -46,7 +46,11 @@ struct PassResult {
 };
 
 // Largest, over requests, of max|a - b| / max|b| over the request's rows.
+// max |a - b| / max |b| over each request's outputs, the largest over requests; +inf when either
+// holds a NaN or an Inf.
 double max_relative_difference(const PassResult& a, const PassResult& b);
+// Throws Error naming the pass, the request and the element of the first NaN or Inf output.
+void check_outputs_finite(const PassResult& pass);
 
 // Called with a short status line while a pass runs.
 using Progress = std::function<void(const std::string&)>;

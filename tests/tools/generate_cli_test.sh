@@ -84,6 +84,25 @@ grep -q "weights: checkpoint $work/ck, layers 1..1 (fp8 weights dequantised to b
 grep -q "paths under per-request: prefill 0-1 dense_mha; decode sparse_mla" "$work/out" ||
   fail "run --checkpoint: paths line missing"
 
+# A NaN block scale in kv_b_proj makes NaN outputs: the run fails in one line naming the pass and
+# request, instead of reporting agreement between NaN outputs.
+cp -r "$work/ck" "$work/ck_nan"
+python3 - "$work/ck_nan" <<'PY' || fail "could not write a NaN scale into the checkpoint"
+import json, struct, sys
+folder = sys.argv[1]
+name = "model.layers.1.self_attn.kv_b_proj.weight_scale_inv"
+shard = json.load(open(f"{folder}/model.safetensors.index.json"))["weight_map"][name]
+with open(f"{folder}/{shard}", "r+b") as f:
+    header_len = struct.unpack("<Q", f.read(8))[0]
+    entry = json.loads(f.read(header_len))[name]
+    assert entry["dtype"] == "F32", entry
+    f.seek(8 + header_len + entry["data_offsets"][0])
+    f.write(struct.pack("<f", float("nan")))
+PY
+expect_error "NaN weights" "the per-request pass's output for request 0 is nan at element" \
+  run --checkpoint "$work/ck_nan" --layer 1 --device cpu --requests 2 --prompt-len 40 \
+  --decode-steps 1
+
 expect_error "layer past the checkpoint" "no tensor model.layers.2.self_attn.q_a_proj.weight" \
   run --checkpoint "$work/ck" --layer 2 --device cpu --requests 1 --prompt-len 4
 expect_error "layer without checkpoint" "--layer selects a layer of --checkpoint" run --layer 1
