@@ -170,6 +170,17 @@ TEST(Safetensors, InvalidJson) {
   EXPECT_THAT(msg, AllOf(HasSubstr("j.safetensors"), HasSubstr("not valid JSON")));
 }
 
+// A number JSON cannot hold (1e400) is the reader's own error naming the file, not the JSON
+// library's out_of_range.
+TEST(Safetensors, NumberOutOfRange) {
+  TempDir dir;
+  write_raw(dir.file("n.safetensors"),
+            R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e400]}})", 4);
+  const std::string msg =
+      thrown_message<CheckpointError>([&] { SafetensorsFile::open(dir.file("n.safetensors")); });
+  EXPECT_THAT(msg, AllOf(HasSubstr("n.safetensors"), HasSubstr("not valid JSON")));
+}
+
 TEST(Safetensors, HeaderNotAnObject) {
   TempDir dir;
   write_raw(dir.file("j.safetensors"), "[1, 2]", 0);

@@ -458,5 +458,10 @@ TEST(ConfigJson, HugeDimensionsAreRefusedBeforeSizesWrap) {
   EXPECT_EQ(parse(R"({"max_position_embeddings": 1048576})").max_position_embeddings, 1048576);
 }
 
+TEST(ConfigJson, NumberOutOfRangeIsAConfigError) {
+  EXPECT_THAT(config_error(R"({"rope_theta": 1e400})"),
+              AllOf(HasSubstr("test.json"), HasSubstr("not valid JSON")));
+}
+
 }  // namespace
 }  // namespace dsattn

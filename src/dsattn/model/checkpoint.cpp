@@ -70,7 +70,7 @@ QuantizationConfig quantization_config_from_json_text(const std::string& text,
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, and numbers out of range (1e400)
     fail<ConfigError>("{}: not valid JSON: {}", source, e.what());
   }
   QuantizationConfig q;
@@ -127,7 +127,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     json index;
     try {
       index = json::parse(read_text(index_path));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // syntax, and numbers out of range (1e400)
       fail<CheckpointError>("{}: not valid JSON: {}", source, e.what());
     }
     if (!index.is_object()) {

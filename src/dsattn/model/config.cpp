@@ -245,7 +245,7 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, and numbers out of range (1e400)
     fail<ConfigError>("{}: not valid JSON: {}", source, e.what());
   }
   if (!root.is_object()) {

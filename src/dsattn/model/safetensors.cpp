@@ -103,7 +103,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   json header;
   try {
     header = json::parse(text, text + header_len);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, and numbers out of range (1e400)
     fail<CheckpointError>("safetensors file {}: header is not valid JSON: {}", path, e.what());
   }
   if (!header.is_object()) {
