@@ -87,9 +87,7 @@ int run(const BenchOptions& o) {
   const std::string path = o.json_path.empty()
                                ? fmt::format("bench/results/{}-{}.json", slug(device_name), today())
                                : o.json_path;
-  const auto dir = std::filesystem::absolute(path).parent_path();
-  if (!std::filesystem::is_directory(dir))
-    fail("--json: directory {} does not exist", dir.string());
+  check_writable_path("--json", path);
   nlohmann::json anchors;
   if (!o.anchors.empty()) {
     std::ifstream in(o.anchors);
@@ -138,13 +136,7 @@ int run(const BenchOptions& o) {
   if (wants("layer_long") && !o.quick) j["layer_long"] = bench_layer(dev, 8, {8192});
   if (!anchors.is_null()) j["torch_anchors"] = anchors;
 
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(1) << "\n";
-    if (!out) fail("--json: cannot write {}", path);
-  }
-  std::filesystem::rename(tmp, path);
+  write_file_atomically(path, j.dump(1));
   std::printf("\n%s\nwrote %s\n", j.dump(1).c_str(), path.c_str());
   return 0;
 }

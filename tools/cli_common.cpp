@@ -44,17 +44,26 @@ void check_writable_path(const std::string& flag, const std::string& path) {
   if (!std::filesystem::is_directory(dir)) {
     fail("{}: directory {} does not exist", flag, dir.string());
   }
+  // Checked before any work, so that a run does not end by failing to write its figures.
+  if (std::filesystem::is_directory(path)) fail("{}: {} is a directory, not a file", flag, path);
 }
 
 void write_file_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
+  std::error_code ec;
   {
     std::ofstream out(tmp);
-    if (!out) fail("cannot write {}", path);
-    out << text << "\n";
-    if (!out) fail("cannot write {}", path);
+    if (out) out << text << "\n";
+    if (!out) {
+      std::filesystem::remove(tmp, ec);
+      fail("cannot write {}", path);
+    }
   }
-  std::filesystem::rename(tmp, path);
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);  // nothing half-written is left behind
+    fail("cannot write {}: {}", path, ec.message());
+  }
 }
 
 }  // namespace dsattn::tools

@@ -61,6 +61,13 @@ expect_error "bad size" "--requests must be >= 1, got 0" run --requests 0
 expect_error "json dir" "--json: directory" run --requests 1 --prompt-len 4 --decode-steps 0 \
   --json "$work/no/such/dir/out.json"
 [[ -e "$work/no" ]] && fail "json dir: something was written"
+# --json naming a directory is refused before the run, and leaves no DIR.tmp behind.
+mkdir -p "$work/figures"
+expect_error "json is a directory" "--json: .*figures is a directory" run --device cpu \
+  --requests 1 --prompt-len 4 --decode-steps 0 --json "$work/figures"
+[[ -e "$work/figures.tmp" ]] && fail "json is a directory: $work/figures.tmp was left behind"
+expect_error "bench json is a directory" "--json: .*figures is a directory" bench --device cpu \
+  --quick --stages mha --json "$work/figures"
 expect_error "unknown flag" "" run --no-such-flag
 expect_error "check cases" "--cases must be >= 1" check --cases 0
 
