@@ -208,6 +208,39 @@ TEST(Safetensors, OffsetsReversed) {
   EXPECT_THAT(msg, AllOf(HasSubstr("layer.w"), HasSubstr("[8, 4]")));
 }
 
+// The format requires the tensors to tile the data section: overlapping tensors (one tensor's
+// bytes read as another's), holes, bytes after the last tensor and a name given twice are
+// refused, naming the file and the tensors.
+TEST(Safetensors, TensorsMustTileTheDataSectionExactly) {
+  TempDir dir;
+  const auto open_error = [&](const std::string& header, std::size_t data_bytes) {
+    write_raw(dir.file("t.safetensors"), header, data_bytes);
+    return thrown_message<CheckpointError>(
+        [&] { SafetensorsFile::open(dir.file("t.safetensors")); });
+  };
+  EXPECT_THAT(open_error(R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                             "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}})",
+                         24),
+              AllOf(HasSubstr("t.safetensors"), HasSubstr("tensors a and b overlap")));
+  EXPECT_THAT(open_error(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                             "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}})",
+                         20),
+              AllOf(HasSubstr("bytes 8 to 12"), HasSubstr("belong to no tensor"), HasSubstr("b")));
+  EXPECT_THAT(open_error(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 12),
+              AllOf(HasSubstr("4 bytes after the last tensor")));
+  EXPECT_THAT(open_error(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                             "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+                         8),
+              AllOf(HasSubstr("t.safetensors"), HasSubstr("names a twice")));
+  // Zero-size tensors and any order of entries are fine.
+  write_raw(dir.file("ok.safetensors"),
+            R"({"b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+                "e": {"dtype": "BF16", "shape": [0], "data_offsets": [8, 8]},
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})",
+            8);
+  EXPECT_EQ(SafetensorsFile::open(dir.file("ok.safetensors")).tensor("b").offset, 4u);
+}
+
 TEST(Safetensors, DtypeShapeMismatch) {
   TempDir dir;
   // 3 x 4 BF16 needs 24 bytes; the offsets give 48 (as if F32).

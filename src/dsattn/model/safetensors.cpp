@@ -1,5 +1,7 @@
 #include "dsattn/model/safetensors.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -101,10 +103,24 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const char* text = reinterpret_cast<const char*>(f.base_ + 8);
 
   json header;
+  // The JSON library keeps the last of two equal keys; a file naming a tensor twice is refused.
+  std::set<std::string> names;
+  std::string duplicate;
+  const json::parser_callback_t note_names = [&](int depth, json::parse_event_t event,
+                                                 json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1 && duplicate.empty() &&
+        !names.insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    header = json::parse(text, text + header_len);
+    header = json::parse(text, text + header_len, note_names);
   } catch (const json::exception& e) {  // syntax, and numbers out of range (1e400)
     fail<CheckpointError>("safetensors file {}: header is not valid JSON: {}", path, e.what());
+  }
+  if (!duplicate.empty()) {
+    fail<CheckpointError>("safetensors file {}: header names {} twice", path, duplicate);
   }
   if (!header.is_object()) {
     fail<CheckpointError>("safetensors file {}: header must be a JSON object, got {}", path,
@@ -195,6 +211,33 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     t.offset = static_cast<std::size_t>(begin);
     t.nbytes = static_cast<std::size_t>(want);
     f.tensors_.emplace(name, std::move(t));
+  }
+  // As the format requires, the tensors tile the data section exactly: no two share bytes (one
+  // tensor's bytes read as another's), no holes, nothing after the last.
+  std::vector<const SafetensorsTensor*> by_offset;
+  for (const auto& [name, t] : f.tensors_) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) {
+    return a->offset != b->offset ? a->offset < b->offset : a->nbytes < b->nbytes;
+  });
+  std::size_t covered = 0;
+  const SafetensorsTensor* previous = nullptr;
+  for (const SafetensorsTensor* t : by_offset) {
+    if (t->offset < covered) {
+      fail<CheckpointError>("safetensors file {}: tensors {} and {} overlap (bytes {} to {})", path,
+                            previous->name, t->name, t->offset, covered);
+    }
+    if (t->offset > covered) {
+      fail<CheckpointError>(
+          "safetensors file {}: bytes {} to {} of the data section belong to no tensor (before {})",
+          path, covered, t->offset, t->name);
+    }
+    covered = t->offset + t->nbytes;
+    previous = t;
+  }
+  if (covered != data_size) {
+    fail<CheckpointError>(
+        "safetensors file {}: {} bytes after the last tensor's data belong to no tensor", path,
+        data_size - covered);
   }
   return f;
 }
