@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -339,6 +340,55 @@ TEST(Checkpoint, Bf16RoundTripSharded) {
   }
   EXPECT_THAT(thrown_message<CheckpointError>([&] { load_layer_weights(ck, 3); }),
               HasSubstr("model.layers.3.self_attn.q_a_proj.weight"));
+}
+
+// The files of a folder, name -> bytes.
+std::map<std::string, std::string> folder_contents(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    files[e.path().filename().string()] =
+        e.is_regular_file() ? read_all(e.path().string()) : std::string("<folder>");
+  }
+  return files;
+}
+
+// A smaller checkpoint written over a larger one leaves none of the larger one's shards, and the
+// folder's other files alone.
+TEST(CheckpointWriter, OverwritingLeavesNoStaleShards) {
+  TempDir dir;
+  const AttentionConfig c = small_config();
+  write_synthetic_checkpoint(dir.path().string(), c, 3, 100, false);
+  write_all((dir.path() / "tokenizer.json").string(), "{}");
+  write_synthetic_checkpoint(dir.path().string(), c, 1, 200, false);
+  std::vector<std::string> names;
+  for (const auto& [name, bytes] : folder_contents(dir.path())) names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{"config.json", "model-00001-of-00001.safetensors",
+                                             "model.safetensors.index.json", "tokenizer.json"}));
+  expect_bit_identical(load_layer_weights(Checkpoint::open(dir.path().string()), 0),
+                       LayerWeights::synthetic(c, 200));
+  // Sharded over single-file and back: the other layout's files go.
+  write_synthetic_checkpoint(dir.path().string(), c, 2, 300, false, CheckpointLayout::single_file);
+  EXPECT_FALSE(fs::exists(dir.path() / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(dir.path() / "model-00001-of-00001.safetensors"));
+  EXPECT_TRUE(fs::exists(dir.path() / "model.safetensors"));
+}
+
+// A writer that fails before finish() leaves the old checkpoint byte for byte and nothing of
+// its own (no staging folder, no partial shard).
+TEST(CheckpointWriter, AFailureLeavesTheOldCheckpointIntact) {
+  TempDir dir;
+  const AttentionConfig c = small_config();
+  write_synthetic_checkpoint(dir.path().string(), c, 2, 100, true);
+  const auto before = folder_contents(dir.path());
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] {
+                CheckpointWriter writer(dir.path().string(), false, CheckpointLayout::sharded, 3);
+                writer.add("model.layers.0.self_attn.o_proj.weight",
+                           LayerWeights::synthetic(c, 9).o_proj);
+                writer.end_shard();   // written to the staging folder
+                writer.finish(c, 3);  // only one of three shards: refused
+              }),
+              HasSubstr("3 shards declared, 1 written"));
+  EXPECT_EQ(folder_contents(dir.path()), before);
 }
 
 TEST(Checkpoint, Bf16RoundTripSingleFile) {

@@ -1,8 +1,12 @@
 #include "dsattn/model/checkpoint_writer.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "dsattn/core/error.h"
 #include "dsattn/core/random.h"
@@ -73,6 +77,38 @@ CheckpointWriter::CheckpointWriter(std::string dir, bool fp8, CheckpointLayout l
   std::error_code ec;
   fs::create_directories(dir_, ec);
   if (ec) fail<CheckpointError>("cannot create checkpoint directory {}: {}", dir_, ec.message());
+  static std::atomic<int> writers{0};  // several writers of one process need their own folders
+  staging_ =
+      (fs::path(dir_) / fmt::format(".dsattn-partial-{}-{}", ::getpid(), writers++)).string();
+  fs::remove_all(staging_, ec);  // a staging folder a killed writer of this pid left behind
+  fs::create_directory(staging_, ec);
+  if (ec) fail<CheckpointError>("cannot create staging folder {}: {}", staging_, ec.message());
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  std::error_code ec;
+  fs::remove_all(staging_, ec);
+}
+
+void CheckpointWriter::install() {
+  const fs::path root(dir_), staged(staging_);
+  std::error_code ec;
+  // The earlier checkpoint's files that the new one does not replace.
+  const std::regex ours(R"(model-\d{5}-of-\d{5}\.safetensors|model\.safetensors(\.index\.json)?)");
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, ours) && !fs::exists(staged / name)) fs::remove(e.path(), ec);
+  }
+  std::vector<std::string> files;
+  for (const fs::directory_entry& e : fs::directory_iterator(staged)) {
+    if (e.path().filename() != "config.json") files.push_back(e.path().filename().string());
+  }
+  files.push_back("config.json");  // last: a loader finds a complete checkpoint or the old one
+  for (const std::string& name : files) {
+    fs::rename(staged / name, root / name, ec);
+    if (ec) fail<CheckpointError>("cannot move {} into {}: {}", name, dir_, ec.message());
+  }
+  fs::remove_all(staged, ec);
 }
 
 void CheckpointWriter::add(const std::string& name, const Tensor& weight) {
@@ -93,7 +129,7 @@ void CheckpointWriter::add(const std::string& name, const Tensor& weight) {
 }
 
 void CheckpointWriter::flush(const std::string& file) {
-  write_safetensors((fs::path(dir_) / file).string(), entries_, {{"format", "pt"}});
+  write_safetensors((fs::path(staging_) / file).string(), entries_, {{"format", "pt"}});
   for (const SafetensorsEntry& e : entries_) {
     weight_map_[e.name] = file;
     total_size_ += e.bytes.size();
@@ -112,22 +148,22 @@ void CheckpointWriter::end_shard() {
 
 void CheckpointWriter::finish(const AttentionConfig& config, int num_layers,
                               const std::map<std::string, std::int64_t>& extra) {
-  const fs::path root(dir_);
-  std::error_code ec;
+  DSATTN_CHECK(!finished_, "CheckpointWriter::finish: called twice for {}", dir_);
+  const fs::path staged(staging_);
   if (layout_ == CheckpointLayout::single_file) {
     flush(kCheckpointSingleFile);
-    fs::remove(root / kCheckpointIndexFile, ec);
   } else {
     if (!entries_.empty()) end_shard();
     DSATTN_CHECK(shards_written_ == num_shards_, "CheckpointWriter: {} shards declared, {} written",
                  num_shards_, shards_written_);
     json index = {{"metadata", {{"total_size", total_size_}}}, {"weight_map", weight_map_}};
-    write_text(root / kCheckpointIndexFile, index.dump(2) + "\n");
-    fs::remove(root / kCheckpointSingleFile, ec);
+    write_text(staged / kCheckpointIndexFile, index.dump(2) + "\n");
   }
   json cfg = config_to_json(config, num_layers, fp8_);
   for (const auto& [key, value] : extra) cfg[key] = value;
-  write_text(root / "config.json", cfg.dump(2) + "\n");
+  write_text(staged / "config.json", cfg.dump(2) + "\n");
+  install();
+  finished_ = true;
 }
 
 Tensor synthetic_input_norm(const AttentionConfig& config, std::uint64_t seed) {

@@ -16,12 +16,21 @@ namespace dsattn {
 
 enum class CheckpointLayout { sharded, single_file };
 
+// Writing is all or nothing: every file goes first into a staging folder inside `dir`, and only
+// finish() moves them into place (the index and shards, then config.json last), removing the
+// checkpoint files of an earlier, larger checkpoint there (model-*-of-*.safetensors,
+// model.safetensors, the index) that the new one does not have. A writer destroyed before
+// finish() (an error, a full disk) removes its staging folder and leaves `dir` as it was. Files
+// in `dir` that are not checkpoint files (a tokenizer, say) are left alone.
 class CheckpointWriter {
  public:
   // Creates `dir` if needed. With `fp8`, every 2-D weight is stored as fp8 e4m3 per 128x128 block
   // (quantize_fp8_blocks) with an f32 <name>_scale_inv, and config.json carries the matching
   // quantization_config. A sharded checkpoint has `num_shards` shards, written by end_shard().
   CheckpointWriter(std::string dir, bool fp8, CheckpointLayout layout, int num_shards);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
   // Queues a bf16 host tensor (1-D tensors are never quantised); it is written with its shard.
   void add(const std::string& name, const Tensor& weight);
@@ -35,6 +44,8 @@ class CheckpointWriter {
 
  private:
   std::string dir_;
+  std::string staging_;  // inside dir_, so that moving a file into place is a rename
+  bool finished_ = false;
   bool fp8_;
   CheckpointLayout layout_;
   int num_shards_;
@@ -45,6 +56,7 @@ class CheckpointWriter {
   std::uint64_t total_size_ = 0;
 
   void flush(const std::string& file);
+  void install();
 };
 
 // Writes a checkpoint of `num_layers` layers of LayerWeights::synthetic(config, seed + layer)
