@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/error_message.h"
@@ -496,6 +497,26 @@ class Fp8CheckpointErrors : public CheckpointErrors {
  protected:
   bool fp8() const override { return true; }
 };
+
+// A shard that is a FIFO is refused at once (opening it would wait for a writer forever); one
+// that is a symbolic link is followed only inside the checkpoint folder.
+TEST_F(CheckpointErrors, ShardsMustBeRegularFilesInsideTheFolder) {
+  TempDir elsewhere;
+  const fs::path outside = elsewhere.path() / "shard.safetensors";
+  fs::rename(shard(), outside);
+  fs::create_symlink(outside, shard());
+  EXPECT_THAT(load_error(), AllOf(HasSubstr("model-00001-of-00001.safetensors"),
+                                  HasSubstr("outside the checkpoint folder")));
+  // A link to a file inside the folder is fine.
+  fs::remove(shard());
+  fs::rename(outside, dir_.path() / "real.safetensors");
+  fs::create_symlink(dir_.path() / "real.safetensors", shard());
+  EXPECT_NO_THROW(load_layer_weights(Checkpoint::open(dir_.path().string()), 0));
+  fs::remove(shard());
+  ASSERT_EQ(::mkfifo(shard().c_str(), 0600), 0);
+  EXPECT_THAT(load_error(), AllOf(HasSubstr("model-00001-of-00001.safetensors"),
+                                  HasSubstr("not a regular file")));
+}
 
 TEST_F(CheckpointErrors, MissingTensorInShard) {
   rewrite_shard(shard(), [](std::vector<SafetensorsEntry>& e) {

@@ -1,5 +1,7 @@
 #include "dsattn/model/checkpoint.h"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -181,6 +183,16 @@ const SafetensorsFile& Checkpoint::shard_for(const std::string& tensor) const {
       shards_->open.erase(it->second);
       fail<CheckpointError>("checkpoint {}: shard {} (holding tensor {}) does not exist", dir_,
                             path.string(), tensor);
+    }
+    // A shard reached through a symbolic link must still lie inside the checkpoint folder.
+    std::error_code ec;
+    const fs::path real = fs::canonical(path, ec), folder = fs::canonical(dir_, ec);
+    const auto [mismatch, unused] =
+        std::mismatch(folder.begin(), folder.end(), real.begin(), real.end());
+    if (ec || mismatch != folder.end()) {
+      shards_->open.erase(it->second);
+      fail<CheckpointError>("checkpoint {}: shard {} resolves to {}, outside the checkpoint folder",
+                            dir_, path.string(), real.string());
     }
     try {
       slot = std::make_unique<SafetensorsFile>(SafetensorsFile::open(path.string()));

@@ -62,7 +62,12 @@ std::int64_t SafetensorsTensor::numel() const {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Only a regular file: opening a FIFO would wait for a writer forever, a device is no file.
+  struct stat kind {};
+  if (::stat(path.c_str(), &kind) == 0 && !S_ISREG(kind.st_mode)) {
+    fail<CheckpointError>("safetensors file {} is not a regular file", path);
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     fail<CheckpointError>("cannot open safetensors file {}: {}", path, std::strerror(errno));
   }
