@@ -16,6 +16,9 @@ namespace dsattn::tools {
 
 namespace {
 
+// Prompt and generation lengths stay far below what would wrap the cache's sizes.
+constexpr std::int64_t kMaxTokens = std::int64_t(1) << 20;
+
 struct GenerateOptions {
   std::string checkpoint_dir;
   std::vector<std::int64_t> prompt_lens = {23, 64, 65, 150};
@@ -36,6 +39,8 @@ std::vector<std::vector<std::int32_t>> seeded_prompts(const std::vector<std::int
   std::vector<std::vector<std::int32_t>> prompts;
   for (std::int64_t n : lengths) {
     if (n < 1) fail("--prompt-lens: every length must be positive, got {}", n);
+    if (n > kMaxTokens)
+      fail("--prompt-lens: every length must be at most {}, got {}", kMaxTokens, n);
     auto& p = prompts.emplace_back();
     for (std::int64_t i = 0; i < n; ++i) p.push_back(token(rng));
   }
@@ -78,6 +83,10 @@ std::vector<Parting> partings_at(const Generation& a, const Generation& b, std::
 int generate(const GenerateOptions& o) {
   const Device dev = resolve_device(o.device);
   if (o.tokens < 1) fail("--tokens must be at least 1, got {}", o.tokens);
+  if (o.tokens > kMaxTokens) fail("--tokens must be at most {}, got {}", kMaxTokens, o.tokens);
+  if (o.prompt_lens.size() > 4096) {
+    fail("--prompt-lens: at most 4096 prompts, got {}", o.prompt_lens.size());
+  }
   const LatentFormat format = parse_latent_format(o.kv_cache);
   const Policy policy = Policy::parse(o.policy);
   if (!o.json_path.empty()) check_writable_path("--json", o.json_path);

@@ -14,12 +14,24 @@
 namespace dsattn::tools {
 
 void WorkloadSpec::validate() const {
-  DSATTN_CHECK(requests >= 1, "--requests must be >= 1, got {}", requests);
-  DSATTN_CHECK(prompt_len >= 1, "--prompt-len must be >= 1, got {}", prompt_len);
-  DSATTN_CHECK(prefix_len >= 0, "--prefix-len must be >= 0, got {}", prefix_len);
-  DSATTN_CHECK(decode_steps >= 0, "--decode-steps must be >= 0, got {}", decode_steps);
-  DSATTN_CHECK(layers >= 1, "--layers must be >= 1, got {}", layers);
-  DSATTN_CHECK(max_batch_tokens >= 1, "--max-batch-tokens must be >= 1, got {}", max_batch_tokens);
+  // Bounds that keep every size computed from them (tokens, pages, positions) far inside int64
+  // and positions inside int32, so that no product or sum below wraps.
+  constexpr std::int64_t kMaxRequests = std::int64_t(1) << 20, kMaxLayers = 1024;
+  constexpr std::int64_t kMaxPosition = std::numeric_limits<std::int32_t>::max();
+  const auto in_range = [](std::int64_t v, std::int64_t lo, std::int64_t hi, const char* flag) {
+    DSATTN_CHECK(v >= lo && v <= hi, "{} must be in [{}, {}], got {}", flag, lo, hi, v);
+  };
+  in_range(requests, 1, kMaxRequests, "--requests");
+  in_range(prompt_len, 1, kMaxPosition, "--prompt-len");
+  in_range(prefix_len, 0, kMaxPosition, "--prefix-len");
+  in_range(decode_steps, 0, kMaxPosition, "--decode-steps");
+  in_range(layers, 1, kMaxLayers, "--layers");
+  in_range(max_batch_tokens, 1, kMaxPosition, "--max-batch-tokens");
+  // Each below 2^31, so the sum cannot wrap.
+  DSATTN_CHECK(prefix_len + prompt_len + decode_steps <= kMaxPosition,
+               "--prefix-len + --prompt-len + --decode-steps must be at most {} (positions are "
+               "int32), got {}",
+               kMaxPosition, prefix_len + prompt_len + decode_steps);
 }
 
 std::string WorkloadSpec::to_string() const {

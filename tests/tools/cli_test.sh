@@ -57,7 +57,14 @@ echo '{"index_topk": 0}' >"$work/bad.json"
 expect_error "bad config" "index_topk must be a positive integer, got 0" run --config "$work/bad.json"
 expect_error "bad device" "--device must be auto, cpu or cuda" run --device tpu
 expect_error "cuda device" "--device cuda" run --device cuda
-expect_error "bad size" "--requests must be >= 1, got 0" run --requests 0
+expect_error "bad size" "--requests must be in \\[1, 1048576\\], got 0" run --requests 0
+# Sizes whose products or sums would wrap int64 (or int32 positions) are refused by name.
+expect_error "huge decode" "--decode-steps must be in \\[0, 2147483647\\], got 9223372036854775807" \
+  run --device cpu --requests 2 --prompt-len 4 --decode-steps 9223372036854775807
+expect_error "huge requests" "--requests must be in \\[1, 1048576\\]" \
+  run --device cpu --requests 99999999999999999999
+expect_error "positions past int32" "must be at most 2147483647 \\(positions are int32\\)" \
+  run --device cpu --requests 1 --prompt-len 2000000000 --prefix-len 2000000000
 expect_error "json dir" "--json: directory" run --requests 1 --prompt-len 4 --decode-steps 0 \
   --json "$work/no/such/dir/out.json"
 [[ -e "$work/no" ]] && fail "json dir: something was written"

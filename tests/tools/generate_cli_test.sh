@@ -110,6 +110,10 @@ expect_error "checkpoint and config" "exclude each other" \
   run --checkpoint "$work/ck" --config "$work/ck/config.json"
 expect_error "missing checkpoint" "has no config.json" generate --checkpoint "$work/none"
 expect_error "no tokens" "--tokens must be at least 1, got 0" generate --device cpu --tokens 0
+expect_error "huge tokens" "--tokens must be at most 1048576, got 9223372036854775807" \
+  generate --device cpu --tokens 9223372036854775807
+expect_error "huge prompt" "every length must be at most 1048576" \
+  generate --device cpu --prompt-lens 4,4611686018427387904
 expect_error "empty prompt" "every length must be positive, got 0" \
   generate --device cpu --prompt-lens 4,0
 expect_error "bad cache" "fp16" generate --device cpu --kv-cache fp16
