@@ -69,7 +69,7 @@ class MemoryPool {
     Use& operator=(const Use&) = delete;
 
    private:
-    MemoryPool* previous_;
+    [[maybe_unused]] MemoryPool* previous_;  // restored by the destructor (CUDA builds)
   };
 
   std::size_t reserved_bytes() const;

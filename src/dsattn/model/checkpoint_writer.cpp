@@ -2,11 +2,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "dsattn/core/error.h"
 #include "dsattn/core/random.h"
@@ -68,6 +68,21 @@ json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
   return j;
 }
 
+// model.safetensors, its index, or a shard model-XXXXX-of-YYYYY.safetensors.
+bool is_checkpoint_file(const std::string& name) {
+  if (name == kCheckpointSingleFile || name == kCheckpointIndexFile) return true;
+  const std::string shard = "model-00000-of-00000.safetensors";
+  if (name.size() != shard.size() || !name.starts_with("model-") ||
+      !name.ends_with(".safetensors") || name.substr(11, 4) != "-of-") {
+    return false;
+  }
+  const auto digits = [&](std::size_t at) {
+    return std::all_of(name.begin() + at, name.begin() + at + 5,
+                       [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return digits(6) && digits(15);
+}
+
 }  // namespace
 
 CheckpointWriter::CheckpointWriter(std::string dir, bool fp8, CheckpointLayout layout,
@@ -94,10 +109,9 @@ void CheckpointWriter::install() {
   const fs::path root(dir_), staged(staging_);
   std::error_code ec;
   // The earlier checkpoint's files that the new one does not replace.
-  const std::regex ours(R"(model-\d{5}-of-\d{5}\.safetensors|model\.safetensors(\.index\.json)?)");
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
-    if (std::regex_match(name, ours) && !fs::exists(staged / name)) fs::remove(e.path(), ec);
+    if (is_checkpoint_file(name) && !fs::exists(staged / name)) fs::remove(e.path(), ec);
   }
   std::vector<std::string> files;
   for (const fs::directory_entry& e : fs::directory_iterator(staged)) {

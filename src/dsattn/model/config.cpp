@@ -180,7 +180,11 @@ RopeSettings read_rope(const json& obj, const std::string& source, const std::st
   static const char* const yarn_keys[] = {"factor",    "original_max_position_embeddings",
                                           "beta_fast", "beta_slow",
                                           "mscale",    "mscale_all_dim"};
-  for (const auto& [key, value] : obj.items()) {
+  for (const auto& item : obj.items()) {
+    // Named, not structured bindings: lambdas below use them (C++20 lets them capture bindings,
+    // clang 14 does not).
+    const std::string& key = item.key();
+    const json& value = item.value();
     if (key == "type" || key == "rope_type") continue;
     if (key == "rope_theta" && theta_allowed) continue;
     const bool yarn_key =
