@@ -15,7 +15,6 @@
 // ReLU(dot).
 #include <algorithm>
 #include <cub/block/block_scan.cuh>
-#include <type_traits>
 
 #include "dsattn/ops/cuda/common.cuh"
 #include "dsattn/ops/cuda/ptx.cuh"
