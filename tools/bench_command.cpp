@@ -105,13 +105,13 @@ int run(const BenchOptions& o) {
   std::printf("dsattn bench on %s\n", device_name.c_str());
   std::fflush(stdout);
   Sweep sweep;
-  std::vector<std::int64_t> topk_sizes = {8192, 32768};
+  std::vector<TopkShape> topk_shapes = {{8192, 8192}, {32768, 32768}, {16, 131072}, {128, 65536}};
   std::int64_t layer_requests = 100;
   std::vector<std::int64_t> layer_lens = {512, 1024, 2000};
   if (o.quick) {
     sweep.seqs = {128, 256};
     sweep.tokens = sweep_tokens;
-    topk_sizes = {4096};
+    topk_shapes = {{4096, 4096}};
     layer_requests = 2;
     layer_lens = {64};
   }
@@ -129,11 +129,14 @@ int run(const BenchOptions& o) {
   if (wants("sparse_mla")) j["sparse_mla_prefill"] = bench_sparse_mla_prefill(dev, sweep, c);
   if (wants("indexer")) j["indexer"] = bench_indexer(dev, sweep, c);
   if (wants("indexer") && !o.quick) j["indexer_decode"] = bench_indexer_decode(dev, c);
-  if (wants("topk")) j["topk"] = bench_topk(dev, topk_sizes, c);
+  if (wants("topk")) j["topk"] = bench_topk(dev, topk_shapes, c);
   if (wants("decode") && !o.quick) j["sparse_mla_decode"] = bench_decode(dev, c);
   if (wants("layer")) j["layer"] = bench_layer(dev, layer_requests, layer_lens);
   // Long contexts, where the sparse path and so selection dominate.
-  if (wants("layer_long") && !o.quick) j["layer_long"] = bench_layer(dev, 8, {8192});
+  if (wants("layer_long") && !o.quick) {
+    j["layer_long"] = bench_layer(dev, 8, {8192});
+    j["layer_long_chunked"] = bench_layer_chunked(dev, {65536, 131072}, 8192);
+  }
   if (!anchors.is_null()) j["torch_anchors"] = anchors;
 
   write_file_atomically(path, j.dump(1));

@@ -230,7 +230,18 @@ struct TopkCase {
   const char* name;
   std::int64_t n, k;
   std::vector<TopkRow> rows;
+  // Where the n scores start in a row of n + pad: 3 misaligns every row (the kernel's scalar
+  // path); 4 with n a multiple of 4 aligns them to 16 bytes (its vector path).
+  std::int64_t pad = 3;
 };
+
+// `count` rows cycling through the given ones: enough rows that the kernel gives each row one
+// block (or a cluster cut only for the cache), as in prefill.
+std::vector<TopkRow> cycled(std::int64_t count, const std::vector<TopkRow>& pattern) {
+  std::vector<TopkRow> rows;
+  for (std::int64_t i = 0; i < count; ++i) rows.push_back(pattern[i % pattern.size()]);
+  return rows;
+}
 
 void PrintTo(const TopkCase& c, std::ostream* os) { *os << c.name; }
 
@@ -272,12 +283,13 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
   const TopkCase c = GetParam();
   const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
   // Scores are rows of a wider tensor; out is a column window of a wider, poisoned one.
-  Tensor scores_backing = Tensor::empty({rows, c.n + 3}, DType::f32);
-  const TensorView scores = scores_backing.view().slice(1, 3, 3 + c.n);
+  const std::int64_t width = c.n + c.pad;
+  Tensor scores_backing = Tensor::empty({rows, width}, DType::f32);
+  const TensorView scores = scores_backing.view().slice(1, c.pad, c.pad + c.n);
   std::vector<std::int32_t> lengths;
   for (std::int64_t r = 0; r < rows; ++r) {
     fill_row(scores.row<float>(r), c.n, c.rows[r].fill, static_cast<std::uint64_t>(r + 71));
-    std::fill_n(scores_backing.ptr<float>() + r * (c.n + 3), 3, 1e30f);  // outside: never read
+    std::fill_n(scores_backing.ptr<float>() + r * width, c.pad, 1e30f);  // outside: never read
     lengths.push_back(static_cast<std::int32_t>(c.rows[r].length));
   }
   Tensor len = i32_tensor(lengths);
@@ -343,6 +355,46 @@ const TopkCase kTopkCases[] = {
      1537,
      600,
      {{1537, Fill::continuous}, {601, Fill::ties}, {1200, Fill::specials}, {599, Fill::unread}}},
+    // 16-byte aligned rows (the vector loads). Few rows: each row is cut into slices, one per
+    // block of a cluster (2 blocks at 8K, 8 at 32K and 128K, where part of each slice is not
+    // cached); lengths not a multiple of 4 end inside a vector.
+    {"K2048_N8192_Aligned",
+     8192,
+     2048,
+     {{8192, Fill::continuous},
+      {8192, Fill::ties},
+      {8190, Fill::continuous},
+      {5001, Fill::specials},
+      {2049, Fill::zeros},
+      {7000, Fill::nans},
+      {2048, Fill::unread},
+      {3000, Fill::all_nan}},
+     4},
+    {"K2048_N32768_FewRows_Aligned",
+     32768,
+     2048,
+     {{32768, Fill::continuous}, {32768, Fill::ties}, {30001, Fill::nans}, {20000, Fill::specials}},
+     4},
+    {"K2048_N131072_Aligned",
+     131072,
+     2048,
+     {{131072, Fill::continuous}, {131071, Fill::ties}, {100003, Fill::zeros}},
+     4},
+    // Many rows: one block per row at 8K; at 40K each row's four blocks cache their slices.
+    {"K2048_N8192_ManyRows_Aligned", 8192, 2048,
+     cycled(300, {{8192, Fill::continuous},
+                  {8191, Fill::ties},
+                  {4000, Fill::specials},
+                  {100, Fill::unread}}),
+     4},
+    {"K2048_N40000_ManyRows_Aligned", 40000, 2048,
+     cycled(300, {{40000, Fill::continuous},
+                  {39999, Fill::ties},
+                  {12345, Fill::zeros},
+                  {2048, Fill::unread}}),
+     4},
+    {"K2048_N40000_ManyRows", 40000, 2048,
+     cycled(280, {{40000, Fill::continuous}, {29999, Fill::ties}})},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, TopkGpu, ::testing::ValuesIn(kTopkCases),
                          [](const auto& info) { return std::string(info.param.name); });

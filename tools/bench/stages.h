@@ -27,13 +27,22 @@ nlohmann::json bench_projections(Device device, const Sweep& sweep, const Ceilin
 nlohmann::json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c);
 // A decode step's indexer: b requests of one query row against 8K and 64K cached keys each;
-// figures in bytes of keys read per second against the copy ceiling (a read is half a copy).
+// figures in bytes of keys read per second against the copy ceiling (bytes moved per second).
 nlohmann::json bench_indexer_decode(Device device, const Ceilings& c);
-nlohmann::json bench_topk(Device device, const std::vector<std::int64_t>& sizes, const Ceilings& c);
+// Top-k rows x cols: many rows (prefill) and few long rows (decode).
+struct TopkShape {
+  std::int64_t rows, cols;
+};
+nlohmann::json bench_topk(Device device, const std::vector<TopkShape>& shapes, const Ceilings& c);
 nlohmann::json bench_decode(Device device, const Ceilings& c);
 // The whole layer at DeepSeek-V3.2 size: `requests` prompts of each length, prefilled under
 // mla, threshold and per-request, then one decode step.
 nlohmann::json bench_layer(Device device, std::int64_t requests,
                            const std::vector<std::int64_t>& prompt_lens);
+// One long prompt per context length, prefilled in chunks of `chunk` tokens over its cached
+// prefix (per-request policy: every chunk past index_topk takes the sparse path); reports the
+// time and the peak device memory the prefill allocates beyond the cache and weights.
+nlohmann::json bench_layer_chunked(Device device, const std::vector<std::int64_t>& contexts,
+                                   std::int64_t chunk);
 
 }  // namespace dsattn::tools

@@ -165,6 +165,12 @@ class CachingAllocator {
     return devices_[device].stats;
   }
 
+  void reset_peak(int device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DeviceMemoryStats& st = devices_[device].stats;
+    st.peak_in_use = st.in_use;
+  }
+
   void release() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& [device, d] : devices_) release_locked(d, device);
@@ -214,6 +220,8 @@ void device_free(void* p, Device device) noexcept { allocator().free(p, device.i
 
 DeviceMemoryStats device_memory_stats(Device device) { return allocator().stats(device.index); }
 
+void reset_peak_device_memory(Device device) { allocator().reset_peak(device.index); }
+
 void release_cached_memory() { allocator().release(); }
 
 MemoryPool::MemoryPool() : state_(new State) { allocator().add_pool(this); }
@@ -257,6 +265,7 @@ void* device_malloc(std::size_t, Device device) {
 }
 void device_free(void*, Device) noexcept {}
 DeviceMemoryStats device_memory_stats(Device) { return {}; }
+void reset_peak_device_memory(Device) {}
 void release_cached_memory() {}
 
 struct MemoryPool::State {};

@@ -46,6 +46,8 @@ struct DeviceMemoryStats {
   std::size_t in_use = 0, cached = 0, peak_in_use = 0;
 };
 DeviceMemoryStats device_memory_stats(Device device);
+// Starts a new peak: peak_in_use becomes what is in use now.
+void reset_peak_device_memory(Device device);
 // Returns every cached (unused) block to the driver.
 void release_cached_memory();
 

@@ -5,6 +5,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "dsattn/ops/cuda/params.h"
@@ -13,6 +14,23 @@ namespace dsattn::ops::cuda {
 
 inline unsigned blocks_for(std::int64_t n, int per_block) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+// The current device's multiprocessor count, asked once per device (132 if it cannot be asked).
+inline int multiprocessor_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> counts[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
+  int n = counts[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        n <= 0) {
+      n = 132;
+    }
+    counts[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

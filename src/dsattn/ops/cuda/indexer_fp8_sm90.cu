@@ -345,17 +345,6 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
   }
 }
 
-int multiprocessors() {
-  static const int count = [] {
-    int device = 0, n = 132;
-    if (cudaGetDevice(&device) == cudaSuccess) {
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-    }
-    return n;
-  }();
-  return count;
-}
-
 }  // namespace
 
 bool indexer_fp8_sm90_supports(const IndexerParams& p) {
@@ -378,7 +367,7 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   // request). Keys are split so that a small batch of long contexts (decode) still fills the
   // chip: about two CTAs per multiprocessor, splits of 256 to 4096 keys.
   const std::int64_t blocks = (p.total_q + kQueriesPerCta - 1) / kQueriesPerCta + p.batch;
-  const std::int64_t wanted_splits = (2 * multiprocessors() + blocks - 1) / blocks;
+  const std::int64_t wanted_splits = (2 * multiprocessor_count() + blocks - 1) / blocks;
   std::int64_t per_split = (p.max_k + wanted_splits - 1) / wanted_splits;
   per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
   p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, 4096));
