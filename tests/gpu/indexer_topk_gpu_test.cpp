@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "dsattn/cache/cache_format.h"
+#include "dsattn/ops/cuda/kernel_choice.h"
+#include "dsattn/ops/cuda/params.h"
 #include "dsattn/ops/indexer.h"
 #include "dsattn/ops/quantize.h"
 #include "dsattn/ops/topk.h"
@@ -99,6 +101,9 @@ TEST_P(IndexerGpu, MatchesFloat64AndLeavesUnwrittenColumns) {
   ops::indexer_scores(q_dev.on_gpu(), qs_dev.on_gpu(), w_dev.on_gpu(weights), cache_dev.on_gpu(),
                       tables_dev.on_gpu(), ps, cu_q_dev.on_gpu(), lens_dev.on_gpu(),
                       c.skip_rows_up_to, scores_dev.on_gpu(scores));
+  // The model's 64 heads take the tensor-core kernel; other head counts the generic one.
+  EXPECT_EQ(ops::cuda::last_kernel("indexer_scores"),
+            H == ops::cuda::kIndexerSm90Heads ? "indexer_fp8_sm90" : "indexer_generic");
   const Tensor fetched = scores_dev.fetch();
 
   const auto key_value = [&](std::int64_t slot, std::int64_t e) {

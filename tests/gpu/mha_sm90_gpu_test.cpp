@@ -13,6 +13,7 @@
 
 #include "dsattn/model/config.h"
 #include "dsattn/ops/attention.h"
+#include "dsattn/ops/cuda/kernel_choice.h"
 #include "dsattn/ops/cuda/params.h"
 #include "gpu_test_util.h"
 
@@ -75,6 +76,7 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
   ops::mha_varlen_causal(q_dev.on_gpu(q), k_dev.on_gpu(), kv_dev.on_gpu(v), cu_q_dev.on_gpu(),
                          cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out));
+  EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"), "mha_sm90");
   const Tensor fetched = out_dev.fetch();
 
   const std::vector<double> qd = read_doubles(q), kd = read_doubles(k), vd = read_doubles(v);

@@ -6,6 +6,7 @@
 
 #include "dsattn/core/cuda_check.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "dsattn/ops/cuda/kernel_choice.h"
 #include "dsattn/ops/cuda/params.h"
 
 namespace dsattn::ops::cuda {
@@ -235,9 +236,16 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   p.skip_rows_up_to = skip_rows_up_to;
   p.batch = static_cast<int>(cu_q.size(0) - 1);
   p.heads = static_cast<int>(q.size(1));
-  check_launch(indexer_fp8_sm90_supports(p) ? launch_indexer_fp8_sm90(p, stream())
-                                            : launch_indexer_scores(p, stream()),
-               "indexer_scores");
+  if (indexer_fp8_sm90_supports(p)) {
+    record_kernel("indexer_scores", "indexer_fp8_sm90");
+    check_launch(launch_indexer_fp8_sm90(p, stream()), "indexer_scores");
+    return;
+  }
+  record_fallback("indexer_scores", "indexer_generic", "indexer_fp8_sm90",
+                  fmt::format("it takes {} index heads of 128 with 16-byte aligned query rows; got "
+                              "{} heads, query strides {} and {}",
+                              kIndexerSm90Heads, p.heads, p.stride_q_row, p.stride_q_head));
+  check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
 }
 
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
@@ -277,9 +285,17 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   p.d_qk = static_cast<int>(q.size(2));
   p.d_v = static_cast<int>(v.size(2));
   p.scale = scale;
-  check_launch(
-      mha_sm90_supports(p) ? launch_mha_sm90(p, stream()) : launch_mha_generic(p, stream()),
-      "mha_varlen_causal");
+  if (mha_sm90_supports(p)) {
+    record_kernel("mha_varlen_causal", "mha_sm90");
+    check_launch(launch_mha_sm90(p, stream()), "mha_varlen_causal");
+    return;
+  }
+  record_fallback(
+      "mha_varlen_causal", "mha_generic", "mha_sm90",
+      fmt::format("it takes q/k head dim {} and v head dim {} with 16-byte aligned "
+                  "rows and a positive scale; got {} and {}, strides {}/{}/{}, scale {}",
+                  kMhaSm90Dqk, kMhaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sk0, p.sv0, p.scale));
+  check_launch(launch_mha_generic(p, stream()), "mha_varlen_causal");
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
@@ -303,8 +319,17 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
   if (sparse_mla_sm90_supports(p)) {
+    record_kernel("sparse_mla", "sparse_mla_sm90");
     check_launch(launch_sparse_mla_sm90(p, stream()), "sparse_mla");
-  } else if (!sparse_mla_on_padded_heads(p, q, out)) {
+  } else if (sparse_mla_on_padded_heads(p, q, out)) {
+    record_kernel("sparse_mla", "sparse_mla_sm90 (zero-padded heads)");
+  } else {
+    record_fallback(
+        "sparse_mla", "sparse_mla_generic", "sparse_mla_sm90",
+        fmt::format("it takes d_qk {}, d_v {}, top-k up to {} and 16-byte aligned rows; got d_qk "
+                    "{}, d_v {}, top-k {}, {} heads",
+                    kSparseMlaSm90Dqk, kSparseMlaSm90Dv, kSparseMlaSm90MaxTopk, p.d_qk, p.d_v,
+                    p.topk, p.heads));
     check_launch(launch_sparse_mla_generic(p, stream()), "sparse_mla");
   }
 }

@@ -24,7 +24,7 @@ namespace dsattn::ops::cuda {
 
 namespace {
 
-constexpr int kHeads = 64;           // index heads (the N of one query)
+constexpr int kHeads = kIndexerSm90Heads;  // index heads (the N of one query)
 constexpr int kDim = 128;            // bytes of one e4m3 key or query head; one f32 scale each
 constexpr int kRowBytes = kDim + 4;  // a cached key: its values, then its scale
 constexpr int kKeysPerTile = 64;     // the M of one MMA

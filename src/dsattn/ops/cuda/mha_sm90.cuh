@@ -31,7 +31,7 @@ namespace dsattn::ops::cuda::mha_sm90 {
 
 using namespace ptx;  // NOLINT: the PTX wrappers read as intrinsics
 
-inline constexpr int kDqk = 192, kDv = 128;
+inline constexpr int kDqk = kMhaSm90Dqk, kDv = kMhaSm90Dv;
 inline constexpr int kChunksQk = kDqk / 8, kChunksV = kDv / 8;      // 16-byte chunks per row
 inline constexpr int kRowQk = kDqk * 2 + 16, kRowV = kDv * 2 + 16;  // padded shared row bytes
 

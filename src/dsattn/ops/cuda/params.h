@@ -147,12 +147,14 @@ cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
 // The FP8 tensor-core (wgmma) kernel for the model's indexer: 64 heads of 128, 16-byte aligned
 // query rows, 4-byte aligned key rows, non-negative scales (as the quantiser makes them);
 // supports() says whether it takes p.
+inline constexpr int kIndexerSm90Heads = 64;
 bool indexer_fp8_sm90_supports(const IndexerParams& p);
 cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream);
 cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
 // The tensor-core kernel for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q, k
 // and v rows, scale > 0); supports() says whether it takes p.
+inline constexpr int kMhaSm90Dqk = 192, kMhaSm90Dv = 128;
 bool mha_sm90_supports(const MhaParams& p);
 cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t stream);
@@ -160,6 +162,7 @@ cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t str
 // multiple of kSparseMlaSm90HeadGroup, top-k <= 2048, 16-byte aligned rows); supports() says
 // whether it takes p.
 inline constexpr int kSparseMlaSm90HeadGroup = 64;  // heads per CTA
+inline constexpr int kSparseMlaSm90Dqk = 576, kSparseMlaSm90Dv = 512, kSparseMlaSm90MaxTopk = 2048;
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 

@@ -44,9 +44,9 @@ namespace {
 using namespace ptx;  // NOLINT: the PTX wrappers read as intrinsics
 
 constexpr int kHeads = kSparseMlaSm90HeadGroup;
-constexpr int kKeys = 64;   // keys per tile
-constexpr int kDqk = 576, kDv = 512;
-constexpr int kMaxTopk = 2048;
+constexpr int kKeys = 64;  // keys per tile
+constexpr int kDqk = kSparseMlaSm90Dqk, kDv = kSparseMlaSm90Dv;
+constexpr int kMaxTopk = kSparseMlaSm90MaxTopk;
 constexpr int kThreads = 256;
 constexpr int kLoaders = 128;        // warps 4..7 issue the gathers while warps 0..3 compute S
 constexpr int kRowBytes = kDqk * 2;  // one bf16 row of Q or K: 72 chunks
