@@ -89,6 +89,9 @@ const std::vector<Field>& fields() {
       field<&C::index_topk>("index_topk", "K, keys selected per query [2048]"),
       field<&C::rope_theta>("rope_theta", "RoPE base [10000]"),
       field<&C::use_yarn>("use_yarn", "YaRN context extension on [True]"),
+      field<&C::indexer_rope_interleave>(
+          "indexer_rope_interleave",
+          "the indexer's RoPE pairs interleaved dims (GLM-5), not halves [False]"),
       yarn_field<&Y::factor>("yarn_factor", "YaRN factor [40]"),
       yarn_field<&Y::original_max_position_embeddings>("yarn_original_max_position_embeddings",
                                                        "YaRN original context [4096]"),

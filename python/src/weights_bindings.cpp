@@ -3,6 +3,7 @@
 // layer can run on the very same weights.
 #include <fmt/format.h>
 #include <nanobind/stl/string.h>
+#include <algorithm>
 
 #include <set>
 #include <string>
@@ -56,6 +57,7 @@ nb::dict tensors_of(const LayerWeights& w, const std::string& framework) {
   nb::dict out;
   for (const AttentionWeightSlot& slot : attention_weight_slots(AttentionConfig{})) {
     const Tensor& t = w.*slot.member;
+    if (!t.defined()) continue;  // the indexer of a layer sharing another's top-k (IndexShare)
     out[slot.name] = numpy ? export_tensor<nb::numpy>(t, nb::dtype<std::uint16_t>())
                            : export_tensor<nb::pytorch>(t, kBf16);
   }
@@ -65,7 +67,11 @@ nb::dict tensors_of(const LayerWeights& w, const std::string& framework) {
 LayerWeights from_tensors(const AttentionConfig& config, const nb::dict& tensors,
                           nb::handle stream) {
   config.validate();
-  const std::vector<AttentionWeightSlot> slots = attention_weight_slots(config);
+  // Without any indexer weight: a layer that shares an earlier layer's top-k (IndexShare).
+  std::vector<AttentionWeightSlot> slots = attention_weight_slots(config);
+  const bool indexer = std::any_of(slots.begin(), slots.end(), [&](const auto& slot) {
+    return is_indexer_weight(slot) && tensors.contains(slot.name);
+  });
   std::set<std::string> known;
   for (const AttentionWeightSlot& slot : slots) known.insert(slot.name);
   for (auto [key, value] : tensors) {
@@ -79,6 +85,7 @@ LayerWeights from_tensors(const AttentionConfig& config, const nb::dict& tensors
     }
   }
 
+  if (!indexer) std::erase_if(slots, [](const auto& slot) { return is_indexer_weight(slot); });
   std::vector<TensorArg> args;
   for (const AttentionWeightSlot& slot : slots) {
     if (!tensors.contains(slot.name)) {

@@ -429,21 +429,75 @@ TEST(ConfigJson, RopeFieldsThatChangeTheMathematicsAreNeverIgnored) {
   EXPECT_THAT(config_error(R"({"rope_parameters": [1]})"), HasSubstr("rope_parameters"));
 }
 
-// Other DSA models' fields that this layer does not implement (GLM-5's interleaved indexer RoPE,
-// IndexShare) are refused by name.
+// Fields of other DSA models that this layer does not implement are refused by name.
 TEST(ConfigJson, UnimplementedDsaVariantsAreRefused) {
-  EXPECT_THAT(config_error(R"({"indexer_rope_interleave": true})"),
-              AllOf(HasSubstr("indexer_rope_interleave"), HasSubstr("not supported")));
-  EXPECT_EQ(parse(R"({"indexer_rope_interleave": false})").index_topk, 2048);
   EXPECT_THAT(config_error(R"({"rope_interleave": false})"), HasSubstr("rope_interleave"));
   EXPECT_EQ(parse(R"({"rope_interleave": true})").index_topk, 2048);
-  EXPECT_THAT(config_error(R"({"indexer_types": ["full", "shared"]})"),
-              AllOf(HasSubstr("indexer_types"), HasSubstr("IndexShare")));
-  EXPECT_THAT(config_error(R"({"index_topk_freq": 4})"), HasSubstr("index_topk_freq"));
-  EXPECT_THAT(config_error(R"({"index_skip_topk_offset": 2})"),
-              HasSubstr("index_skip_topk_offset"));
   EXPECT_THAT(config_error(R"({"partial_rotary_factor": 0.5})"),
               HasSubstr("partial_rotary_factor"));
+}
+
+// GLM-5's indexer ropes interleaved pairs; DeepSeek-V3.2's (the default) pairs halves.
+TEST(ConfigJson, IndexerRopeInterleave) {
+  EXPECT_FALSE(parse("{}").indexer_rope_interleave);
+  EXPECT_TRUE(parse(R"({"indexer_rope_interleave": true})").indexer_rope_interleave);
+  EXPECT_FALSE(parse(R"({"indexer_rope_interleave": false})").indexer_rope_interleave);
+  EXPECT_THAT(config_error(R"({"indexer_rope_interleave": 1})"),
+              AllOf(HasSubstr("indexer_rope_interleave"), HasSubstr("true or false")));
+}
+
+std::vector<int> shared_layers(const AttentionConfig& c, int layers) {
+  std::vector<int> out;
+  for (int l = 0; l < layers; ++l) {
+    if (c.shares_topk(l)) out.push_back(l);
+  }
+  return out;
+}
+
+// IndexShare's schedule, from indexer_types or from index_topk_freq and index_skip_topk_offset.
+TEST(ConfigJson, IndexShareSchedule) {
+  EXPECT_TRUE(shared_layers(parse("{}"), 100).empty());
+  const AttentionConfig listed =
+      parse(R"({"indexer_types": ["full", "shared", "full", "shared"]})");
+  EXPECT_EQ(shared_layers(listed, 8), (std::vector<int>{1, 3}));  // past the list: own indexer
+  // GLM-5.2: index_topk_freq 4, index_skip_topk_offset 3 over 78 layers: layers 0-2 and every
+  // fourth from 6 run the indexer, 21 in all.
+  const AttentionConfig rule = parse(R"({"index_topk_freq": 4, "index_skip_topk_offset": 3})");
+  std::vector<int> own;
+  for (int l = 0; l < 78; ++l) {
+    if (!rule.shares_topk(l)) own.push_back(l);
+  }
+  std::vector<int> expected{0, 1, 2};
+  for (int l = 6; l < 78; l += 4) expected.push_back(l);
+  EXPECT_EQ(own, expected);
+  EXPECT_EQ(own.size(), 21u);
+  EXPECT_EQ(shared_layers(parse(R"({"index_topk_pattern": "FFSS"})"), 4), (std::vector<int>{2, 3}));
+  // A list and a rule that agree are accepted; any disagreement is refused by layer.
+  EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 2, "index_skip_topk_offset": 1,
+                                     "indexer_types": ["full", "shared", "full"]})"),
+                          3),
+            (std::vector<int>{1}));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 2, "index_skip_topk_offset": 1,
+                               "indexer_types": ["full", "full"]})"),
+              AllOf(HasSubstr("disagree at layer 1"), HasSubstr("indexer_types")));
+  EXPECT_THAT(config_error(R"({"indexer_types": ["full"], "index_topk_pattern": "FS"})"),
+              HasSubstr("index_topk_pattern"));
+}
+
+TEST(ConfigJson, IndexShareRefusals) {
+  EXPECT_THAT(config_error(R"({"indexer_types": ["shared", "full"]})"),
+              AllOf(HasSubstr("layer 0"), HasSubstr("indexer_types")));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 4, "index_skip_topk_offset": 0})"),
+              HasSubstr("layer 0"));
+  EXPECT_THAT(config_error(R"({"indexer_types": ["full", "sparse"]})"),
+              AllOf(HasSubstr("indexer_types[1]"), HasSubstr("sparse")));
+  EXPECT_THAT(config_error(R"({"indexer_types": "full"})"), HasSubstr("indexer_types"));
+  EXPECT_THAT(config_error(R"({"index_topk_pattern": "FX"})"), HasSubstr("index_topk_pattern"));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 4})"),
+              AllOf(HasSubstr("index_topk_freq"), HasSubstr("index_skip_topk_offset")));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 0})"), HasSubstr("index_topk_freq"));
+  EXPECT_THAT(config_error(R"({"index_topk_freq": 2, "index_skip_topk_offset": -1})"),
+              HasSubstr("index_skip_topk_offset"));
 }
 
 // A dimension so large that shapes built from it would wrap int64 (2^62 heads x 192 = 0) is

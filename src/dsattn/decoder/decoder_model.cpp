@@ -53,11 +53,12 @@ DecoderOutput DecoderModel::forward(const Batch& batch, std::span<const std::int
   DecoderOutput out;
   ForwardOptions options;
   options.time_stages = false;
+  SharedTopk shared;  // IndexShare: from each layer with an indexer to the layers without
   for (std::size_t l = 0; l < attention_.size(); ++l) {
     const DecoderLayerWeights& w = weights_.layers[l];
     ops::rms_norm(hidden, w.input_norm, eps, normed);
     ForwardResult r =
-        attention_[l].forward(batch, normed, cache.layer(std::int64_t(l)), delta, options);
+        attention_[l].forward(batch, normed, cache.layer(std::int64_t(l)), delta, options, &shared);
     if (l == 0) out.paths = std::move(r.paths);
     ops::add(hidden, delta, hidden);
     ops::rms_norm(hidden, w.post_attention_norm, eps, normed);

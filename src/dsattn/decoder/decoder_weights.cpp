@@ -61,6 +61,7 @@ DecoderWeights DecoderWeights::synthetic(const DecoderConfig& config, std::uint6
     DecoderLayerWeights& layer = w.layers.emplace_back();
     layer.input_norm = synthetic_input_norm(config.attention, s);
     layer.attention = LayerWeights::synthetic(config.attention, s);
+    if (config.attention.shares_topk(static_cast<std::int64_t>(l))) layer.attention.drop_indexer();
     layer.post_attention_norm = uniform({D}, s, kPostNorm, 0.05f, 1.0f);
     layer.gate_up =
         stack_rows(uniform({I, D}, s, kGate, inv_sqrt(D)), uniform({I, D}, s, kUp, inv_sqrt(D)));
@@ -145,7 +146,8 @@ void write_synthetic_decoder_checkpoint(const std::string& dir, const DecoderCon
     const int li = static_cast<int>(l);
     writer.add(input_norm_name(li), layer.input_norm);
     for (const AttentionWeightSlot& slot : attention_weight_slots(config.attention)) {
-      writer.add(attention_prefix(li) + slot.name, layer.attention.*slot.member);
+      const Tensor& t = layer.attention.*slot.member;
+      if (t.defined()) writer.add(attention_prefix(li) + slot.name, t);  // none: IndexShare
     }
     writer.add(layer_name(l, "post_attention_layernorm.weight"), layer.post_attention_norm);
     writer.add(layer_name(l, "mlp.gate_proj.weight"), rows_of(layer.gate_up, 0, I));

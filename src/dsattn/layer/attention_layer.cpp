@@ -71,26 +71,28 @@ void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView&
     ops::quantize_latent_fp8(proj.latent, ctx_.config.kv_lora_rank, rows);
     ops::scatter_rows(rows, new_slots, cache.latent);
   }
-  ops::scatter_rows(proj.index_keys, new_slots, cache.index_keys);
+  // A layer sharing another's top-k has no indexer keys: its cache rows stay unwritten.
+  if (proj.index_keys.defined()) ops::scatter_rows(proj.index_keys, new_slots, cache.index_keys);
 }
 
 void AttentionLayer::forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
                                               const TensorView& hidden_in,
                                               const LayerCacheView& cache,
-                                              const TensorView& hidden_out) const {
+                                              const TensorView& hidden_out,
+                                              SharedTopk* shared) const {
   const AttentionConfig& c = ctx_.config;
   const std::int64_t T = hidden_in.size(0);
   const TokenProjections proj = project_tokens(ctx_, hidden_in, meta.positions);
   write_cache(proj, new_slots, cache);
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, hidden_in.device());
-  run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, nullptr);
+  run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, nullptr, shared);
   ops::gemm(o.view().reshape({T, c.num_heads * c.v_head_dim}), ctx_.weights.o_proj, hidden_out,
             ops::BLayout::nt);
 }
 
 ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidden_in,
                                       const LayerCacheView& cache, const TensorView& hidden_out,
-                                      const ForwardOptions& options) const {
+                                      const ForwardOptions& options, SharedTopk* shared) const {
   const AttentionConfig& c = ctx_.config;
   // Every check first: nothing is written unless the whole forward can run.
   check_cache(cache, c);
@@ -110,6 +112,20 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   }
   ForwardResult result;
   result.paths = plan_batch(batch, c, policy_);
+  std::vector<std::size_t> sparse_requests;
+  for (std::size_t i = 0; i < result.paths.size(); ++i) {
+    if (result.paths[i] == Path::sparse_mla) sparse_requests.push_back(i);
+  }
+  if (!has_indexer() && !sparse_requests.empty() &&
+      (!shared || !shared->slots.defined() || shared->requests != sparse_requests)) {
+    fail("this layer has no indexer: it takes the top-k of an earlier layer (IndexShare), but {}",
+         !shared || !shared->slots.defined()
+             ? "no earlier layer of this forward computed one (run it after a layer with its own "
+               "indexer, passing the same SharedTopk)"
+             : "the earlier layer put other requests on the sparse path (give every layer the "
+               "same policy)");
+  }
+  if (has_indexer() && shared) *shared = SharedTopk{};  // this layer's top-k replaces any older
 
   StageClock clock(dev, options.time_stages);
   const std::vector<std::int64_t> offsets = batch.token_offsets();
@@ -141,8 +157,9 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
     const SparseMeta meta =
         SparseMeta::build(batch, sparse, all_rows, dev, options.max_score_bytes);
     Tensor selected;
-    run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o,
-                   options.record_topk ? &selected : nullptr);
+    run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
+                   shared);
+    if (shared && has_indexer()) shared->requests = sparse.requests;
     if (options.record_topk) {
       result.topk_positions.resize(batch.requests.size());
       const Tensor host = selected.to(Device::cpu());

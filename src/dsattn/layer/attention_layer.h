@@ -41,6 +41,15 @@ struct ForwardOptions {
   bool time_stages = true;
 };
 
+// IndexShare: the top-k that a layer with its own indexer hands to the following layers that
+// have none (GLM-5.2's "shared" layers). Pass the same object to each layer of a forward, in
+// order; a layer with an indexer overwrites it, a layer without one reads it.
+struct SharedTopk {
+  std::vector<std::size_t> requests;  // the batch's requests on the sparse path, in order
+  Tensor slots;      // [rows of those requests, index_topk] i32 cache slots, -1 = unused
+  Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on
+};
+
 class AttentionLayer {
  public:
   AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy = {});
@@ -54,16 +63,21 @@ class AttentionLayer {
   // may be the same tensor). Writes each request's new latents and indexer keys to `cache` at
   // positions [prefix_len, prefix_len + extend_len). Every check (batch, tensors, policy) runs
   // before anything is written, so a refused call leaves the cache and hidden_out untouched.
+  // A layer without indexer weights (IndexShare) takes its sparse rows' top-k from `shared`,
+  // which an earlier layer of the same forward filled; InvalidArgument if there is none.
   ForwardResult forward(const Batch& batch, const TensorView& hidden_in,
                         const LayerCacheView& cache, const TensorView& hidden_out,
-                        const ForwardOptions& options = {}) const;
+                        const ForwardOptions& options = {}, SharedTopk* shared = nullptr) const;
 
   // The sparse path for every row, with all metadata already on the device (positions, cache
   // slots of the new tokens, and `meta`): no host work and no synchronisation, so that a decode
   // step can be captured in a CUDA graph. Used by DecodeGraph; the caller guarantees validity.
   void forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,
                                 const TensorView& hidden_in, const LayerCacheView& cache,
-                                const TensorView& hidden_out) const;
+                                const TensorView& hidden_out, SharedTopk* shared = nullptr) const;
+
+  // False for a layer that takes an earlier layer's top-k (IndexShare: no indexer weights).
+  bool has_indexer() const { return ctx_.weights.has_indexer(); }
 
  private:
   // Writes the new tokens' latents (quantised for an FP8 cache) and indexer keys.

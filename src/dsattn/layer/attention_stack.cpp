@@ -13,6 +13,7 @@ AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int
   AttentionStack s;
   for (std::int64_t l = 0; l < num_layers; ++l) {
     LayerWeights weights = LayerWeights::synthetic(config, seed + l);
+    if (config.shares_topk(l)) weights.drop_indexer();
     s.layers_.emplace_back(config, device.is_cpu() ? std::move(weights) : weights.to(device),
                            policy);
     Tensor norm = synthetic_input_norm(config, seed + l);
@@ -26,6 +27,14 @@ AttentionStack AttentionStack::from_checkpoint(const Checkpoint& checkpoint, int
   if (num_layers <= 0) fail("num_layers must be positive, got {}", num_layers);
   if (first_layer < 0) fail("first_layer must be >= 0, got {}", first_layer);
   const AttentionConfig& config = checkpoint.config();
+  if (config.shares_topk(first_layer)) {
+    int own = first_layer;
+    while (own > 0 && config.shares_topk(own)) --own;
+    fail(
+        "layer {} of checkpoint {} takes the top-k of an earlier layer (IndexShare) and so cannot "
+        "start a stack; start at layer {}, the last one before it with its own indexer",
+        first_layer, checkpoint.dir(), own);
+  }
   AttentionStack s;
   for (int l = first_layer; l < first_layer + num_layers; ++l) {
     LayerWeights weights = load_layer_weights(checkpoint, l);
@@ -43,6 +52,11 @@ AttentionStack::AttentionStack(std::vector<AttentionLayer> layers, std::vector<T
       input_norms_(std::move(input_norms)),
       reduce_output_(std::move(reduce_output)) {
   if (layers_.empty()) fail("an attention stack needs at least one layer, got none");
+  if (!layers_.front().has_indexer()) {
+    fail(
+        "the first layer of an attention stack must have its own indexer: a layer without one "
+        "takes the top-k of an earlier layer (IndexShare), and there is none before it");
+  }
   if (input_norms_.size() != layers_.size()) {
     fail("an attention stack needs one input norm per layer ({}), got {}", layers_.size(),
          input_norms_.size());
@@ -69,10 +83,11 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
   Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
   Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
   ForwardResult total;
+  SharedTopk shared;  // IndexShare: carried from each layer with an indexer to those without
   for (std::int64_t l = 0; l < num_layers(); ++l) {
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
-    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn, options);
+    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn, options, &shared);
     if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);
     total.paths = std::move(r.paths);
@@ -87,10 +102,11 @@ void AttentionStack::forward_sparse_on_device(const SparseMeta& meta, const Tens
   const std::int64_t T = hidden.size(0), D = hidden.size(1);
   Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
   Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  SharedTopk shared;
   for (std::int64_t l = 0; l < num_layers(); ++l) {
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
-    layers_[l].forward_sparse_on_device(meta, new_slots, normed, cache.layer(l), attn);
+    layers_[l].forward_sparse_on_device(meta, new_slots, normed, cache.layer(l), attn, &shared);
     if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);
   }

@@ -11,10 +11,12 @@ namespace dsattn {
 
 namespace {
 
-// The indexer ropes the first d_rope dims of each head with the halves pairing.
+// The indexer ropes the first d_rope dims of each head: pairs by halves (DeepSeek-V3.2) or
+// interleaved (indexer_rope_interleave, GLM-5-class models).
 void rope_index_heads(const LayerContext& ctx, const TensorView& x, const TensorView& positions) {
-  ops::apply_rope(x.slice(2, 0, ctx.config.qk_rope_head_dim), positions, ctx.rope,
-                  ops::RopeLayout::halves);
+  ops::apply_rope(
+      x.slice(2, 0, ctx.config.qk_rope_head_dim), positions, ctx.rope,
+      ctx.config.indexer_rope_interleave ? ops::RopeLayout::interleaved : ops::RopeLayout::halves);
 }
 
 }  // namespace

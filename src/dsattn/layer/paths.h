@@ -10,6 +10,10 @@
 #include "dsattn/layer/projections.h"
 
 namespace dsattn {
+struct SharedTopk;  // layer/attention_layer.h
+}
+
+namespace dsattn {
 
 // The requests a path serves (indices into the batch) and, built from them on the host, the
 // packed layout every path needs.
@@ -66,10 +70,12 @@ struct SparseMeta {
 // Sparse MLA: indexer scores and top-k per query, absorbed queries, sparse attention over the
 // selected latents, un-absorbed output. Exact always. Device work only. When `selected_out` is
 // given it receives the selected positions ([n, K] i32 on the device, ascending, -1 = unused)
-// before they are turned into slots.
+// before they are turned into slots. A layer with an indexer stores its selection in `shared`
+// when given (the positions too when `selected_out` is asked for); a layer without one reads
+// the selection from `shared` instead of running the indexer and top-k.
 void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                     const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
-                    Tensor* selected_out);
+                    Tensor* selected_out, SharedTopk* shared = nullptr);
 
 // The group's rows of a [T, ...] tensor, packed: [rows, ...].
 Tensor gather_group_rows(const TensorView& src, const TensorView& rows);

@@ -47,7 +47,7 @@ TokenProjections project_tokens(const LayerContext& ctx, const TensorView& hidde
   ops::apply_rope(TensorView(k_pe.data(), DType::bf16, dev, k_pe_shape, k_pe_strides), positions,
                   ctx.rope, ops::RopeLayout::interleaved);
 
-  p.index_keys = compute_index_keys(ctx, hidden, positions);
+  if (w.has_indexer()) p.index_keys = compute_index_keys(ctx, hidden, positions);
   return p;
 }
 

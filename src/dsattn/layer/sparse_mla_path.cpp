@@ -1,3 +1,4 @@
+#include "dsattn/layer/attention_layer.h"
 #include "dsattn/layer/host_meta.h"
 #include "dsattn/layer/indexer_path.h"
 #include "dsattn/layer/paths.h"
@@ -48,6 +49,52 @@ std::vector<ScoreWindow> score_windows(const std::vector<std::int32_t>& cu,
   return windows;
 }
 
+// The indexer and top-k: queries for every row at once, scores against each request's paged
+// keys (in windows when the scores would exceed their budget), and the top-k positions of each
+// row ([n, K] i32). Rows that see at most K keys select all of them without scores.
+Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
+                   const TokenProjections& proj, const LayerCacheView& cache) {
+  const std::int64_t K = ctx.config.index_topk, n = meta.n;
+  const Device dev = hidden.device();
+  const bool all_rows = meta.rows.empty();
+  const Tensor x_packed = all_rows ? Tensor() : gather_group_rows(hidden, meta.rows);
+  const Tensor q_latent_packed = all_rows ? Tensor() : gather_group_rows(proj.q_latent, meta.rows);
+
+  const TensorView x = all_rows ? hidden : x_packed.view();
+  const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
+  const IndexQueries iq = compute_index_queries(ctx, x, q_latent, meta.positions);
+  Tensor selected = Tensor::empty({n, K}, DType::i32, dev);
+  if (meta.windows.empty()) {
+    Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
+    ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
+                        cache.page_size, meta.cu_q, meta.context_lens, K, scores);
+    ops::topk(scores, meta.visible, selected);
+  } else {
+    // One scores buffer, reused by every window (each within the budget).
+    std::int64_t rows = 0, cols = 1;
+    for (const ScoreWindow& w : meta.windows) {
+      rows = std::max(rows, w.row_end - w.row_begin);
+      cols = std::max(cols, w.max_k);
+    }
+    Tensor scores = Tensor::empty({rows, cols}, DType::f32, dev);
+    for (const ScoreWindow& w : meta.windows) {
+      const auto window_rows = [&](const Tensor& t) {
+        return t.view().slice(0, w.row_begin, w.row_end);
+      };
+      const TensorView s = scores.view()
+                               .slice(0, 0, w.row_end - w.row_begin)
+                               .slice(1, 0, std::max<std::int64_t>(1, w.max_k));
+      ops::indexer_scores(window_rows(iq.q), window_rows(iq.q_scale), window_rows(iq.weights),
+                          cache.index_keys,
+                          meta.block_tables.slice(0, w.request_begin, w.request_end),
+                          cache.page_size, w.cu_q, w.context_lens, K, s);
+      ops::topk(s, meta.visible.slice(0, w.row_begin, w.row_end),
+                selected.view().slice(0, w.row_begin, w.row_end));
+    }
+  }
+  return selected;
+}
+
 }  // namespace
 
 SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
@@ -96,7 +143,7 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
 
 void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                     const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
-                    Tensor* selected_out) {
+                    Tensor* selected_out, SharedTopk* shared) {
   if (meta.n == 0) return;
   const AttentionConfig& c = ctx.config;
   const std::int64_t H = c.num_heads, d_nope = c.qk_nope_head_dim, d_qk = c.qk_head_dim();
@@ -108,46 +155,35 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
     return all_rows ? Tensor() : gather_group_rows(t, meta.rows);
   };
 
-  // The indexer: queries for every row at once, scores against each request's paged keys, and
-  // top-k. Rows that see at most K keys select all of them without scores.
-  const Tensor x_packed = rows_of(hidden), q_latent_packed = rows_of(proj.q_latent);
-  const TensorView x = all_rows ? hidden : x_packed.view();
-  const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
-  const IndexQueries iq = compute_index_queries(ctx, x, q_latent, meta.positions);
-  Tensor selected = Tensor::empty({n, K}, DType::i32, dev);
-  if (meta.windows.empty()) {
-    Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
-    ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
-                        cache.page_size, meta.cu_q, meta.context_lens, K, scores);
-    ops::topk(scores, meta.visible, selected);
+  Tensor selected;
+  if (ctx.weights.has_indexer()) {
+    selected = select_topk(ctx, meta, hidden, proj, cache);
+    if (selected_out) {
+      *selected_out = Tensor::empty({n, K}, DType::i32, dev);
+      copy(selected, *selected_out);
+    }
+    ops::map_positions_to_slots(selected, meta.row_request, meta.block_tables, cache.page_size);
+    if (shared) {
+      shared->slots = selected;  // read only from here on: the next layers may alias it
+      shared->positions = selected_out ? *selected_out : Tensor();
+    }
   } else {
-    // One scores buffer, reused by every window (each within the budget).
-    std::int64_t rows = 0, cols = 1;
-    for (const ScoreWindow& w : meta.windows) {
-      rows = std::max(rows, w.row_end - w.row_begin);
-      cols = std::max(cols, w.max_k);
+    // IndexShare: the slots an earlier layer selected for the same rows.
+    if (!shared || !shared->slots.defined() || shared->slots.size(0) != n) {
+      fail(
+          "this layer has no indexer and no earlier layer's top-k for its {} sparse rows was "
+          "given (IndexShare)",
+          n);
     }
-    Tensor scores = Tensor::empty({rows, cols}, DType::f32, dev);
-    for (const ScoreWindow& w : meta.windows) {
-      const auto window_rows = [&](const Tensor& t) {
-        return t.view().slice(0, w.row_begin, w.row_end);
-      };
-      const TensorView s = scores.view()
-                               .slice(0, 0, w.row_end - w.row_begin)
-                               .slice(1, 0, std::max<std::int64_t>(1, w.max_k));
-      ops::indexer_scores(window_rows(iq.q), window_rows(iq.q_scale), window_rows(iq.weights),
-                          cache.index_keys,
-                          meta.block_tables.slice(0, w.request_begin, w.request_end),
-                          cache.page_size, w.cu_q, w.context_lens, K, s);
-      ops::topk(s, meta.visible.slice(0, w.row_begin, w.row_end),
-                selected.view().slice(0, w.row_begin, w.row_end));
+    selected = shared->slots;
+    if (selected_out) {
+      if (!shared->positions.defined()) {
+        fail("record_topk: the layer whose top-k this layer shares did not record its positions");
+      }
+      *selected_out = Tensor::empty({n, K}, DType::i32, dev);
+      copy(shared->positions, *selected_out);
     }
   }
-  if (selected_out) {
-    *selected_out = Tensor::empty({n, K}, DType::i32, dev);
-    copy(selected, *selected_out);
-  }
-  ops::map_positions_to_slots(selected, meta.row_request, meta.block_tables, cache.page_size);
 
   // Absorb: q~_h = [W_UK,hᵀ q_nope_h, q_pe_h], 576 wide, against the cached [c_kv, k_pe]; one
   // batched product over the heads.

@@ -52,6 +52,10 @@ std::vector<AttentionWeightSlot> attention_weight_slots(const AttentionConfig& c
   };
 }
 
+bool is_indexer_weight(const AttentionWeightSlot& slot) {
+  return std::string_view(slot.name).starts_with("indexer.");
+}
+
 namespace {
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -261,7 +265,10 @@ LayerWeights load_layer_weights(const Checkpoint& checkpoint, int layer) {
   const AttentionConfig& config = checkpoint.config();
   const std::string prefix = attention_prefix(layer);
   LayerWeights w;
+  // A layer sharing an earlier layer's top-k (IndexShare) has no indexer weights.
+  const bool shares = config.shares_topk(layer);
   for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
+    if (shares && is_indexer_weight(slot)) continue;
     w.*slot.member = load_bf16_weight(checkpoint, prefix + slot.name, slot.shape);
   }
   try {

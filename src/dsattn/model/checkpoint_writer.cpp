@@ -46,7 +46,16 @@ json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
       {"max_position_embeddings", c.max_position_embeddings},
       {"rope_theta", c.rope_theta},
       {"rms_norm_eps", c.rms_norm_eps},
+      {"indexer_rope_interleave", c.indexer_rope_interleave},
   };
+  if (!c.shared_topk_layers.empty()) {
+    json types = json::array();
+    for (bool shared : c.shared_topk_layers) types.push_back(shared ? "shared" : "full");
+    j["indexer_types"] = types;
+  } else if (c.index_topk_freq > 1) {
+    j["index_topk_freq"] = c.index_topk_freq;
+    j["index_skip_topk_offset"] = c.index_skip_topk_offset;
+  }
   if (c.use_yarn) {
     j["rope_scaling"] = {
         {"type", "yarn"},
@@ -195,9 +204,11 @@ void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& c
   CheckpointWriter writer(dir, fp8, layout, num_layers);
   for (int layer = 0; layer < num_layers; ++layer) {
     const std::uint64_t layer_seed = seed + std::uint64_t(layer);
-    const LayerWeights w = LayerWeights::synthetic(config, layer_seed);
+    LayerWeights w = LayerWeights::synthetic(config, layer_seed);
+    if (config.shares_topk(layer)) w.drop_indexer();
     for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
-      writer.add(attention_prefix(layer) + slot.name, w.*slot.member);
+      if ((w.*slot.member).defined())
+        writer.add(attention_prefix(layer) + slot.name, w.*slot.member);
     }
     writer.add(input_norm_name(layer), synthetic_input_norm(config, layer_seed));
     writer.end_shard();

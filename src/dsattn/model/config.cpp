@@ -25,6 +25,15 @@ double AttentionConfig::softmax_scale() const {
   return scale;
 }
 
+bool AttentionConfig::shares_topk(std::int64_t layer) const {
+  if (!shared_topk_layers.empty()) {
+    return layer >= 0 && layer < static_cast<std::int64_t>(shared_topk_layers.size()) &&
+           shared_topk_layers[static_cast<std::size_t>(layer)];
+  }
+  if (index_topk_freq <= 1) return false;
+  return std::max<std::int64_t>(layer - index_skip_topk_offset + 1, 0) % index_topk_freq != 0;
+}
+
 double AttentionConfig::rope_mscale() const {
   if (!use_yarn) return 1.0;
   return yarn_get_mscale(yarn.factor, yarn.mscale) /
@@ -81,6 +90,18 @@ void AttentionConfig::validate() const {
         "ropes its first qk_rope_head_dim dimensions",
         qk_rope_head_dim, index_head_dim);
   }
+  require_positive(index_topk_freq, "index_topk_freq");
+  if (index_skip_topk_offset < 0 || index_skip_topk_offset > kMaxDimension) {
+    fail<ConfigError>("config field index_skip_topk_offset must be in [0, {}], got {}",
+                      kMaxDimension, index_skip_topk_offset);
+  }
+  if (shares_topk(0)) {
+    fail<ConfigError>(
+        "IndexShare: layer 0 must run its own indexer (it has no earlier layer to take the top-k "
+        "of), but {} make it share",
+        shared_topk_layers.empty() ? "index_topk_freq and index_skip_topk_offset"
+                                   : "indexer_types");
+  }
   if (!(rope_theta > 0.0) || !std::isfinite(rope_theta)) {
     fail<ConfigError>("config field rope_theta must be a positive number, got {}", rope_theta);
   }
@@ -135,6 +156,15 @@ struct Reader {
       fail<ConfigError>("{}: field {}{} must be a number, got {}", source, prefix, key, it->dump());
     }
     out = it->get<double>();
+  }
+  void read_bool(const char* key, bool& out) const {
+    auto it = object.find(key);
+    if (it == object.end() || it->is_null()) return;
+    if (!it->is_boolean()) {
+      fail<ConfigError>("{}: field {}{} must be true or false, got {}", source, prefix, key,
+                        it->dump());
+    }
+    out = it->get<bool>();
   }
 };
 
@@ -223,23 +253,73 @@ void refuse_unsupported_fields(const json& root, const std::string& source) {
   const auto refuse = [&](const char* field, const json& value, const char* what) {
     fail<ConfigError>("{}: field {} = {} is not supported: {}", source, field, value.dump(), what);
   };
-  if (auto it = root.find("indexer_rope_interleave"); it != root.end() && *it != json(false)) {
-    refuse("indexer_rope_interleave", *it,
-           "the indexer pairs RoPE dimensions by halves (interleaved pairs are not implemented)");
-  }
   if (auto it = root.find("rope_interleave"); it != root.end() && *it != json(true)) {
     refuse("rope_interleave", *it, "MLA's RoPE pairs interleaved dimensions");
-  }
-  for (const char* field : {"indexer_types", "index_topk_freq", "index_skip_topk_offset"}) {
-    if (auto it = root.find(field); it != root.end() && !it->is_null()) {
-      refuse(field, *it,
-             "layers sharing another layer's top-k (IndexShare) are not implemented; every layer "
-             "runs its own indexer");
-    }
   }
   if (auto it = root.find("partial_rotary_factor"); it != root.end() && *it != json(1)) {
     refuse("partial_rotary_factor", *it, "RoPE rotates all qk_rope_head_dim dimensions");
   }
+}
+
+// IndexShare's schedule: indexer_types (a list of "full" / "shared"), or index_topk_pattern (a
+// string of F / S), or the rule of index_topk_freq and index_skip_topk_offset. A list and a rule
+// given together must agree on every listed layer.
+void read_index_share(const json& root, const std::string& source, const Reader& r,
+                      AttentionConfig& c) {
+  r.read_int("index_topk_freq", c.index_topk_freq);
+  const bool has_offset = root.contains("index_skip_topk_offset");
+  r.read_int("index_skip_topk_offset", c.index_skip_topk_offset);
+  std::vector<bool> listed;
+  const char* list_field = nullptr;
+  if (auto it = root.find("indexer_types"); it != root.end() && !it->is_null()) {
+    list_field = "indexer_types";
+    if (!it->is_array()) {
+      fail<ConfigError>("{}: field indexer_types must be a list of \"full\" or \"shared\", got {}",
+                        source, it->dump());
+    }
+    for (std::size_t l = 0; l < it->size(); ++l) {
+      const json& v = (*it)[l];
+      if (v != json("full") && v != json("shared")) {
+        fail<ConfigError>("{}: field indexer_types[{}] must be \"full\" or \"shared\", got {}",
+                          source, l, v.dump());
+      }
+      listed.push_back(v == json("shared"));
+    }
+  }
+  if (auto it = root.find("index_topk_pattern"); it != root.end() && !it->is_null()) {
+    if (!it->is_string() || it->get<std::string>().find_first_not_of("FS") != std::string::npos) {
+      fail<ConfigError>(
+          "{}: field index_topk_pattern must be a string of F (full) and S (shared), "
+          "got {}",
+          source, it->dump());
+    }
+    std::vector<bool> pattern;
+    for (char ch : it->get<std::string>()) pattern.push_back(ch == 'S');
+    if (list_field && pattern != listed) {
+      fail<ConfigError>("{}: fields indexer_types and index_topk_pattern disagree; give one",
+                        source);
+    }
+    list_field = list_field ? list_field : "index_topk_pattern";
+    listed = std::move(pattern);
+  }
+  if (c.index_topk_freq > 1 && !has_offset && !list_field) {
+    fail<ConfigError>(
+        "{}: field index_topk_freq = {} needs index_skip_topk_offset (or indexer_types) to say "
+        "which layers run their own indexer",
+        source, c.index_topk_freq);
+  }
+  if (list_field && (c.index_topk_freq > 1 || has_offset)) {
+    AttentionConfig rule = c;
+    for (std::size_t l = 0; l < listed.size(); ++l) {
+      if (listed[l] != rule.shares_topk(static_cast<std::int64_t>(l))) {
+        fail<ConfigError>(
+            "{}: fields {} and index_topk_freq / index_skip_topk_offset disagree at layer {} ({} "
+            "says {}); give one",
+            source, list_field, l, list_field, listed[l] ? "shared" : "full");
+      }
+    }
+  }
+  c.shared_topk_layers = std::move(listed);
 }
 
 }  // namespace
@@ -276,6 +356,7 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   r.read_int("index_topk", c.index_topk);
   r.read_int("max_position_embeddings", c.max_position_embeddings);
   r.read_number("rope_theta", c.rope_theta);
+  r.read_bool("indexer_rope_interleave", c.indexer_rope_interleave);
   r.read_number("rms_norm_eps", c.rms_norm_eps);
 
   std::optional<RopeSettings> from_scaling, from_parameters;
@@ -330,6 +411,7 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
       c.rope_theta = *rope->theta;
     }
   }
+  read_index_share(root, source, r, c);
   refuse_unsupported_fields(root, source);
   try {
     c.validate();

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dsattn {
 
@@ -29,6 +30,17 @@ struct AttentionConfig {
   std::int64_t index_head_dim = 128;  // d_I
   std::int64_t index_topk = 2048;     // K
   double rope_theta = 10000.0;
+  // How the indexer's RoPE pairs dimensions: DeepSeek-V3.2 rotates (x[i], x[i + d/2]) (false);
+  // GLM-5-class models rotate interleaved pairs (x[2i], x[2i+1]) as MLA does (true).
+  bool indexer_rope_interleave = false;
+  // IndexShare (GLM-5.2): some layers run no indexer and take the top-k of the last earlier layer
+  // that does. `shared_topk_layers[l]` says layer l shares (config.json's indexer_types, "shared"
+  // or "full"); layers past its end run their own. When it is empty the rule of index_topk_freq
+  // and index_skip_topk_offset applies: layer l shares iff
+  // max(l - index_skip_topk_offset + 1, 0) % index_topk_freq != 0 (freq 1: no layer shares).
+  std::vector<bool> shared_topk_layers;
+  std::int64_t index_topk_freq = 1;
+  std::int64_t index_skip_topk_offset = 0;
   bool use_yarn = true;
   YarnScaling yarn{};
   double rms_norm_eps = 1e-6;
@@ -36,6 +48,8 @@ struct AttentionConfig {
   std::int64_t max_position_embeddings = 163840;
 
   std::int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Whether layer `layer` of the model reuses an earlier layer's top-k (IndexShare).
+  bool shares_topk(std::int64_t layer) const;
   // Width of one cached token: [c_kv, k_pe].
   std::int64_t latent_dim() const { return kv_lora_rank + qk_rope_head_dim; }
   // (d_nope + d_rope)^-1/2 · m², with m the YaRN attention factor when YaRN is on.

@@ -1,6 +1,7 @@
 #include "dsattn/model/weights.h"
 
 #include <cmath>
+#include <string_view>
 
 #include "dsattn/core/checks.h"
 #include "dsattn/core/random.h"
@@ -51,8 +52,25 @@ LayerWeights LayerWeights::synthetic(const AttentionConfig& config, std::uint64_
   return w;
 }
 
+void LayerWeights::drop_indexer() {
+  for (Tensor* t :
+       {&indexer_wq_b, &indexer_wk, &indexer_k_norm, &indexer_k_norm_bias, &indexer_weights_proj}) {
+    *t = Tensor();
+  }
+}
+
 void LayerWeights::validate(const AttentionConfig& config) const {
+  const bool indexer = has_indexer();
   for_each_weight(*this, config, [&](const char* name, const Tensor& t, const Shape& shape) {
+    if (!indexer && std::string_view(name).starts_with("indexer.")) {
+      if (t.defined()) {
+        fail(
+            "layer weight {} is given but indexer.wq_b is not: a layer has all five indexer "
+            "weights or none",
+            name);
+      }
+      return;
+    }
     if (!t.defined()) fail("layer weight {} is missing", name);
     check_dtype(t, name, DType::bf16);
     check_contiguous(t, name);
@@ -74,8 +92,10 @@ LayerWeights LayerWeights::to(Device device) const {
   for_each_weight(self, unused,
                   [&](const char*, const Tensor& t, const Shape&) { src.push_back(&t); });
   std::size_t i = 0;
-  for_each_weight(out, unused,
-                  [&](const char*, Tensor& t, const Shape&) { t = src[i++]->to(device); });
+  for_each_weight(out, unused, [&](const char*, Tensor& t, const Shape&) {
+    const Tensor& s = *src[i++];
+    if (s.defined()) t = s.to(device);
+  });
   return out;
 }
 

@@ -15,11 +15,13 @@ struct LayerWeights {
   Tensor q_b_proj;            // [H * (d_nope + d_rope), q_lora_rank]
   Tensor kv_a_proj_with_mqa;  // [kv_lora_rank + d_rope, hidden]
   Tensor kv_a_layernorm;      // [kv_lora_rank]         RMSNorm weight
-  Tensor kv_b_proj;       // [H * (d_nope + d_v), kv_lora_rank]; head h: k_nope rows, then v rows
-  Tensor o_proj;          // [hidden, H * d_v]
-  Tensor indexer_wq_b;    // [H_I * d_I, q_lora_rank]
-  Tensor indexer_wk;      // [d_I, hidden]
-  Tensor indexer_k_norm;  // [d_I]                  LayerNorm weight
+  Tensor kv_b_proj;  // [H * (d_nope + d_v), kv_lora_rank]; head h: k_nope rows, then v rows
+  Tensor o_proj;     // [hidden, H * d_v]
+  // The indexer's weights, absent (all five undefined) in a layer that takes the top-k of an
+  // earlier layer instead of running its own indexer (IndexShare, AttentionConfig::shares_topk).
+  Tensor indexer_wq_b;          // [H_I * d_I, q_lora_rank]
+  Tensor indexer_wk;            // [d_I, hidden]
+  Tensor indexer_k_norm;        // [d_I]                  LayerNorm weight
   Tensor indexer_k_norm_bias;   // [d_I]                  LayerNorm bias
   Tensor indexer_weights_proj;  // [H_I, hidden]
 
@@ -29,7 +31,12 @@ struct LayerWeights {
   static LayerWeights synthetic(const AttentionConfig& config, std::uint64_t seed,
                                 float output_gain = 0.5f);
 
-  // Throws InvalidArgument naming the first tensor whose shape or dtype does not fit `config`.
+  bool has_indexer() const { return indexer_wq_b.defined(); }
+  // Removes the indexer's weights (a layer sharing an earlier layer's top-k).
+  void drop_indexer();
+
+  // Throws InvalidArgument naming the first tensor whose shape or dtype does not fit `config`,
+  // or an indexer that is only partly there.
   void validate(const AttentionConfig& config) const;
   // A copy of every tensor on `device`.
   LayerWeights to(Device device) const;

@@ -250,7 +250,7 @@ std::vector<double> indexer_scores(const AttentionConfig& c, const LayerWeights&
   layer_norm(k, from_tensor<double>(w.indexer_k_norm), from_tensor<double>(w.indexer_k_norm_bias),
              c.index_layer_norm_eps, a);
   for (std::int64_t s = 0; s < ctx; ++s) {
-    rope(k, s, 0, s, table, false, a);
+    rope(k, s, 0, s, table, c.indexer_rope_interleave, a);
     hadamard(k, s);
   }
   Mat<double> xq(n_q, c.hidden_size);
@@ -262,7 +262,7 @@ std::vector<double> indexer_scores(const AttentionConfig& c, const LayerWeights&
   q3.v = qi.v;
   for (std::int64_t t = 0; t < n_q; ++t) {
     for (std::int64_t h = 0; h < HI; ++h) {
-      rope(q3, t * HI + h, 0, first + t, table, false, a);
+      rope(q3, t * HI + h, 0, first + t, table, c.indexer_rope_interleave, a);
       hadamard(q3, t * HI + h);
     }
   }
