@@ -65,9 +65,12 @@ Prefilled prefill(const AttentionStack& stack, const AttentionConfig& c,
   return p;
 }
 
-void run_steps(LatentFormat format) {
-  const AttentionConfig c = config_with_topk(32);
-  const AttentionStack stack = AttentionStack::synthetic(c, 2, 17, {}, Device::cuda(0));
+// With `index_share`, layers 1 and 2 of three take layer 0's top-k (IndexShare) inside the graph.
+void run_steps(LatentFormat format, bool index_share = false) {
+  AttentionConfig c = config_with_topk(32);
+  if (index_share) c.shared_topk_layers = {false, true, true};
+  const AttentionStack stack =
+      AttentionStack::synthetic(c, index_share ? 3 : 2, 17, {}, Device::cuda(0));
   // Contexts 9..., 31 -> 32 (crosses index_topk during the steps), 40 and 90 (long).
   const std::vector<std::int64_t> prompts = {8, 30, 40, 90};
   const std::int64_t steps = 4, max_context = 96;
@@ -111,6 +114,9 @@ void run_steps(LatentFormat format) {
 
 TEST_F(DecodeGraphGpu, ReplaysMatchTheForwardAcrossTopkBf16Cache) { run_steps(LatentFormat::bf16); }
 TEST_F(DecodeGraphGpu, ReplaysMatchTheForwardAcrossTopkFp8Cache) { run_steps(LatentFormat::fp8); }
+TEST_F(DecodeGraphGpu, ReplaysMatchTheForwardWithIndexShare) {
+  run_steps(LatentFormat::fp8, /*index_share=*/true);
+}
 
 TEST_F(DecodeGraphGpu, RefusesABatchThatDoesNotFit) {
   const AttentionConfig c = config_with_topk(32);
