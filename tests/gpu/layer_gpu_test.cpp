@@ -71,6 +71,32 @@ TEST_F(LayerGpu, DecodeAndVerifyAcrossTopk) {
   }
 }
 
+// GLM-5's shapes per head (q/k 192 + 64, v 256, 32 index heads with interleaved RoPE, no YaRN),
+// with its 64 heads and with a tensor-parallel rank's 32 (zero-padded heads in the sparse
+// kernel), against the float64 reference.
+TEST_F(LayerGpu, Glm5ShapesMatchReference) {
+  for (const auto& [heads, format] : {std::pair{std::int64_t{64}, LatentFormat::fp8},
+                                      std::pair{std::int64_t{32}, LatentFormat::bf16}}) {
+    reference::CheckCase c;
+    c.config = small(48);
+    c.config.hidden_size = 256;
+    c.config.num_heads = heads;
+    c.config.kv_lora_rank = 512;
+    c.config.qk_nope_head_dim = 192;
+    c.config.qk_rope_head_dim = 64;
+    c.config.v_head_dim = 256;
+    c.config.index_n_heads = 32;
+    c.config.rope_theta = 1e6;
+    c.config.use_yarn = false;
+    c.config.indexer_rope_interleave = true;
+    c.latent_format = format;
+    c.requests = {{0, 24}, {0, 80}, {40, 20}};
+    c.prefix_chunk = 30;
+    c.seed = 13;
+    expect_pass(c);
+  }
+}
+
 // The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on both paths.
 TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();

@@ -148,3 +148,69 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MhaSm90Gpu, ::testing::ValuesIn(kSm90Cases),
 
 }  // namespace
 }  // namespace dsattn::gpu_test
+
+namespace dsattn::gpu_test {
+namespace {
+
+// A NaN or Inf in a value (or a NaN in a key) reaches exactly the rows that see its key: every
+// other row equals, bit for bit, its output with a finite number in its place. The bad keys sit
+// inside masked (diagonal) tiles of the first and second 128-row blocks and in a tile every row
+// of the third block sees whole; on the tensor-core kernel (192 / 128) and the generic one.
+class MhaNonFiniteGpu : public GpuTest {};
+
+TEST_F(MhaNonFiniteGpu, NeverReachesRowsThatCannotSeeTheKey) {
+  const std::int64_t H = 2, n = 300;
+  const std::int32_t bad_keys[] = {70, 131, 150};
+  const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity()};
+  for (const auto& [dq, dv] : {std::pair<std::int64_t, std::int64_t>{192, 128}, {48, 32}}) {
+    const Tensor q = random_tensor({n, H, dq}, DType::bf16, 211, 1);
+    const Tensor cu = i32_tensor({0, static_cast<std::int32_t>(n)});
+    const Tensor q_d = q.to(gpu()), cu_d = cu.to(gpu());
+    for (const std::int32_t bad : bad_keys) {
+      for (int kind = 0; kind < 3; ++kind) {  // NaN value, Inf value, NaN key
+        const bool in_value = kind < 2;
+        SCOPED_TRACE(fmt::format("d {}/{}, key {}, {}", dq, dv, bad,
+                                 kind == 0   ? "NaN value"
+                                 : kind == 1 ? "Inf value"
+                                             : "NaN key"));
+        Tensor k = random_tensor({n, H, dq}, DType::bf16, 211, 2);
+        Tensor v = random_tensor({n, H, dv}, DType::bf16, 211, 3);
+        Tensor clean = Tensor::empty({n, H, dv}, DType::bf16, gpu());
+        Tensor dirty = Tensor::empty({n, H, dv}, DType::bf16, gpu());
+        ops::mha_varlen_causal(q_d, k.to(gpu()), v.to(gpu()), cu_d, cu_d, n, 0.1f, clean);
+        Tensor& target = in_value ? v : k;
+        const std::int64_t width = target.size(2);
+        for (std::int64_t h = 0; h < H; ++h) {
+          target.ptr<bf16>()[(bad * H + h) * width + 3] = bf16::from_float(bad_values[kind % 2]);
+        }
+        ops::mha_varlen_causal(q_d, k.to(gpu()), v.to(gpu()), cu_d, cu_d, n, 0.1f, dirty);
+        const Tensor c = clean.to(Device::cpu()), d = dirty.to(Device::cpu());
+        for (std::int64_t i = 0; i < n; ++i) {
+          for (std::int64_t e = 0; e < H * dv; ++e) {
+            const std::int64_t at = i * H * dv + e;
+            const float x = d.ptr<bf16>()[at].to_float();
+            if (i < bad) {
+              ASSERT_EQ(d.ptr<bf16>()[at].bits, c.ptr<bf16>()[at].bits)
+                  << "row " << i << " element " << e << " cannot see key " << bad;
+            } else if (!in_value || e % dv == 3) {
+              // NaN spoils the sum (a NaN key, the softmax of its head); +Inf times a positive
+              // probability stays +Inf.
+              if (kind == 1) {
+                ASSERT_TRUE(std::isinf(x) && x > 0) << "row " << i << " element " << e << " " << x;
+              } else {
+                ASSERT_TRUE(std::isnan(x)) << "row " << i << " element " << e << " " << x;
+              }
+            } else {
+              ASSERT_EQ(d.ptr<bf16>()[at].bits, c.ptr<bf16>()[at].bits)
+                  << "row " << i << " element " << e << " (other column)";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dsattn::gpu_test

@@ -29,6 +29,28 @@ inline AttentionConfig small_config(std::int64_t index_topk = 32) {
   return c;
 }
 
+// GLM-5's attention shapes per head (q/k 192 + 64, v 256, latent 512 + 64, 32 index heads with
+// interleaved RoPE, plain RoPE at theta 1e6 and so no mscale), with few heads and a small hidden
+// size so that the float64 reference stays quick.
+inline AttentionConfig glm5_shaped_config(std::int64_t heads, std::int64_t index_topk) {
+  AttentionConfig c;
+  c.hidden_size = 256;
+  c.num_heads = heads;
+  c.q_lora_rank = 128;
+  c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 192;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 256;
+  c.index_n_heads = 32;
+  c.index_head_dim = 128;
+  c.index_topk = index_topk;
+  c.rope_theta = 1e6;
+  c.use_yarn = false;
+  c.indexer_rope_interleave = true;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
 // Seeded hidden states, uniform with unit RMS.
 inline Tensor random_hidden(std::int64_t rows, std::int64_t d, std::uint64_t seed) {
   Tensor t = Tensor::empty({rows, d}, DType::bf16);

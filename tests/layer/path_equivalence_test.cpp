@@ -51,5 +51,20 @@ INSTANTIATE_TEST_SUITE_P(
         EquivalenceCase{"PrefixOnPageBoundary", 200, {{64, 64}, {128, 1}}}),
     [](const ::testing::TestParamInfo<EquivalenceCase>& info) { return info.param.name; });
 
+// GLM-5's shapes: every policy against the float64 reference, with sparse rows (contexts past
+// index_topk) and dense ones, a chunked prefix, both cache formats.
+TEST(Glm5Shapes, EveryPolicyMatchesReference) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    reference::CheckCase c;
+    c.config = testing::glm5_shaped_config(4, 48);
+    c.latent_format = f;
+    c.requests = {{0, 40}, {0, 90}, {50, 30}};
+    c.prefix_chunk = 25;
+    c.seed = 12;
+    const reference::CaseReport r = reference::check_case(c);
+    EXPECT_TRUE(r.pass) << c.to_string() << "\n" << r.to_string();
+  }
+}
+
 }  // namespace
 }  // namespace dsattn

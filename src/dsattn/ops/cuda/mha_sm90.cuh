@@ -298,6 +298,66 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     }
   };
 
+  // A masked tile's value rows are hidden from some rows of the block, whose probabilities there
+  // are 0; but 0 · NaN (or Inf) in P·V is NaN, so a non-finite value would reach rows that cannot
+  // see its key. Such a tile (the test is a scan of the tile, block-wide) is handled exactly: each
+  // thread adds, for its rows and columns, every non-finite value its rows see (so that a visible
+  // NaN or Inf reaches the output as it would in the sum), then the non-finite values are zeroed
+  // in shared memory before P·V. Tiles without one (every tile in practice) pay only the scan.
+  auto guard_values = [&](std::uint32_t v_tile, int limit) {
+    constexpr int kChunksPerThread = kBlockN * kChunksV / kThreads;
+    static_assert(kBlockN * kChunksV % kThreads == 0);
+    unsigned char* tile = smem + (v_tile - sQ);
+    const auto non_finite = [](std::uint32_t w, int half) {  // bf16 exponent all ones
+      return ((w >> (16 * half)) & 0x7f80u) == 0x7f80u;
+    };
+    int found = 0;
+#pragma unroll
+    for (int i = 0; i < kChunksPerThread; ++i) {
+      const int chunk = static_cast<int>(threadIdx.x) + i * kThreads;
+      const uint4 c = *reinterpret_cast<const uint4*>(tile + (chunk / kChunksV) * kRowV +
+                                                      (chunk % kChunksV) * 16);
+      const std::uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) found |= non_finite(words[j], 0) | non_finite(words[j], 1);
+    }
+    if (!__syncthreads_or(found)) return;
+    for (int c = 0; c < kBlockN; ++c) {
+#pragma unroll
+      for (int dn = 0; dn < kDv / 8; ++dn) {
+        const std::uint32_t w =
+            *reinterpret_cast<const std::uint32_t*>(tile + c * kRowV + dn * 16 + 4 * t);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (!non_finite(w, e)) continue;
+          const float value = __uint_as_float(((w >> (16 * e)) & 0xffffu) << 16);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              if (c <= limit + wrow + mt * 16 + g + 8 * hf) o[mt][dn][2 * hf + e] += value;
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // every thread has read the tile as it came
+#pragma unroll
+    for (int i = 0; i < kChunksPerThread; ++i) {
+      const int chunk = static_cast<int>(threadIdx.x) + i * kThreads;
+      auto* c = reinterpret_cast<std::uint32_t*>(tile + (chunk / kChunksV) * kRowV +
+                                                 (chunk % kChunksV) * 16);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        std::uint32_t w = c[j];
+        if (non_finite(w, 0)) w &= 0xffff0000u;
+        if (non_finite(w, 1)) w &= 0x0000ffffu;
+        c[j] = w;
+      }
+    }
+    __syncthreads();
+  };
+
   auto q_to_registers = [&] {
 #pragma unroll
     for (int ks = 0; ks < kDqk / 16; ++ks) ldmatrix_x4(qf[ks], q_frag + ks * 32);
@@ -338,7 +398,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       if (i + 2 < n_blocks) load_k(k_free, n - 2);
       if (i + 1 < n_blocks) load_v(v_free, n - 1);
       cp_async_commit();
-      const int limit = tile_needs_mask(n) ? offset + row0 - n * kBlockN : (1 << 30);
+      const bool masked = tile_needs_mask(n);
+      const int limit = masked ? offset + row0 - n * kBlockN : (1 << 30);
+      if (masked) guard_values(v_cur, limit);
       if (i + 1 < n_blocks) {
         qk(next, k_next);
         apply_mask(cur, limit);
@@ -394,7 +456,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
       float s[kMT][kBlockN / 8][4];
       qk(s, kv);
-      if (tile_needs_mask(n)) apply_mask(s, offset + row0 - n * kBlockN);
+      const bool masked = tile_needs_mask(n);
+      if (masked) apply_mask(s, offset + row0 - n * kBlockN);
 
       if constexpr (kSchedule == Schedule::single) {
         cp_async_wait_all();  // V(n) has landed ...
@@ -405,6 +468,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         }
       }
       softmax(s);
+      if (masked) guard_values(kv + Cfg::kSmemK, offset + row0 - n * kBlockN);
       pv(s, kv + Cfg::kSmemK);
     }
   }
