@@ -440,6 +440,11 @@ TEST(ConfigJson, UnimplementedDsaVariantsAreRefused) {
 // GLM-5's indexer ropes interleaved pairs; DeepSeek-V3.2's (the default) pairs halves.
 TEST(ConfigJson, IndexerRopeInterleave) {
   EXPECT_FALSE(parse("{}").indexer_rope_interleave);
+  EXPECT_FALSE(parse(R"({"model_type": "deepseek_v32"})").indexer_rope_interleave);
+  // transformers writes GLM-5 configs without the key: the model type implies it.
+  EXPECT_TRUE(parse(R"({"model_type": "glm_moe_dsa"})").indexer_rope_interleave);
+  EXPECT_FALSE(parse(R"({"model_type": "glm_moe_dsa", "indexer_rope_interleave": false})")
+                   .indexer_rope_interleave);
   EXPECT_TRUE(parse(R"({"indexer_rope_interleave": true})").indexer_rope_interleave);
   EXPECT_FALSE(parse(R"({"indexer_rope_interleave": false})").indexer_rope_interleave);
   EXPECT_THAT(config_error(R"({"indexer_rope_interleave": 1})"),
@@ -471,6 +476,8 @@ TEST(ConfigJson, IndexShareSchedule) {
   for (int l = 6; l < 78; l += 4) expected.push_back(l);
   EXPECT_EQ(own, expected);
   EXPECT_EQ(own.size(), 21u);
+  // Without an offset, transformers' default of 2: layers 0, 1 and every fourth from 5 run it.
+  EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 4})"), 9), (std::vector<int>{2, 3, 4, 6, 7, 8}));
   EXPECT_EQ(shared_layers(parse(R"({"index_topk_pattern": "FFSS"})"), 4), (std::vector<int>{2, 3}));
   // A list and a rule that agree are accepted; any disagreement is refused by layer.
   EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 2, "index_skip_topk_offset": 1,
@@ -493,8 +500,6 @@ TEST(ConfigJson, IndexShareRefusals) {
               AllOf(HasSubstr("indexer_types[1]"), HasSubstr("sparse")));
   EXPECT_THAT(config_error(R"({"indexer_types": "full"})"), HasSubstr("indexer_types"));
   EXPECT_THAT(config_error(R"({"index_topk_pattern": "FX"})"), HasSubstr("index_topk_pattern"));
-  EXPECT_THAT(config_error(R"({"index_topk_freq": 4})"),
-              AllOf(HasSubstr("index_topk_freq"), HasSubstr("index_skip_topk_offset")));
   EXPECT_THAT(config_error(R"({"index_topk_freq": 0})"), HasSubstr("index_topk_freq"));
   EXPECT_THAT(config_error(R"({"index_topk_freq": 2, "index_skip_topk_offset": -1})"),
               HasSubstr("index_skip_topk_offset"));

@@ -302,12 +302,6 @@ void read_index_share(const json& root, const std::string& source, const Reader&
     list_field = list_field ? list_field : "index_topk_pattern";
     listed = std::move(pattern);
   }
-  if (c.index_topk_freq > 1 && !has_offset && !list_field) {
-    fail<ConfigError>(
-        "{}: field index_topk_freq = {} needs index_skip_topk_offset (or indexer_types) to say "
-        "which layers run their own indexer",
-        source, c.index_topk_freq);
-  }
   if (list_field && (c.index_topk_freq > 1 || has_offset)) {
     AttentionConfig rule = c;
     for (std::size_t l = 0; l < listed.size(); ++l) {
@@ -356,6 +350,11 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   r.read_int("index_topk", c.index_topk);
   r.read_int("max_position_embeddings", c.max_position_embeddings);
   r.read_number("rope_theta", c.rope_theta);
+  // GLM-5-class models always rope their indexer by interleaved pairs; the configs transformers
+  // writes for them say so by model_type alone (no indexer_rope_interleave key).
+  if (auto it = root.find("model_type"); it != root.end() && *it == json("glm_moe_dsa")) {
+    c.indexer_rope_interleave = true;
+  }
   r.read_bool("indexer_rope_interleave", c.indexer_rope_interleave);
   r.read_number("rms_norm_eps", c.rms_norm_eps);
 

@@ -37,10 +37,11 @@ struct AttentionConfig {
   // that does. `shared_topk_layers[l]` says layer l shares (config.json's indexer_types, "shared"
   // or "full"); layers past its end run their own. When it is empty the rule of index_topk_freq
   // and index_skip_topk_offset applies: layer l shares iff
-  // max(l - index_skip_topk_offset + 1, 0) % index_topk_freq != 0 (freq 1: no layer shares).
+  // max(l - index_skip_topk_offset + 1, 0) % index_topk_freq != 0 (freq 1: no layer shares; the
+  // offset defaults to 2, as transformers' GlmMoeDsaConfig has it).
   std::vector<bool> shared_topk_layers;
   std::int64_t index_topk_freq = 1;
-  std::int64_t index_skip_topk_offset = 0;
+  std::int64_t index_skip_topk_offset = 2;
   bool use_yarn = true;
   YarnScaling yarn{};
   double rms_norm_eps = 1e-6;
