@@ -22,8 +22,8 @@ struct BenchOptions {
   std::string json_path;
   std::string commit;
   std::string anchors;
-  std::vector<std::string> stages = {"mha",  "projections", "sparse_mla", "indexer",
-                                     "topk", "decode",      "layer",      "layer_long"};
+  std::vector<std::string> stages = {"mha",    "projections", "sparse_mla", "indexer", "topk",
+                                     "decode", "layer",       "layer_long", "glm5"};
   bool quick = false;
   std::vector<std::int64_t> seqs;  // overrides the sweep's sequence lengths
   TensorParallelOptions tp;
@@ -63,12 +63,13 @@ std::string git_commit() {
 int run(const BenchOptions& o) {
   if (o.tp.requested()) return bench_tensor_parallel(o.tp, o.device, o.json_path, o.quick);
   for (const std::string& s : o.stages) {
-    static const std::vector<std::string> known = {
-        "mha", "projections", "sparse_mla", "indexer", "topk", "decode", "layer", "layer_long"};
+    static const std::vector<std::string> known = {"mha",     "projections", "sparse_mla",
+                                                   "indexer", "topk",        "decode",
+                                                   "layer",   "layer_long",  "glm5"};
     if (std::find(known.begin(), known.end(), s) == known.end()) {
       fail(
           "--stages: unknown stage '{}' (known: mha, projections, sparse_mla, indexer, topk, "
-          "decode, layer, layer_long)",
+          "decode, layer, layer_long, glm5)",
           s);
     }
   }
@@ -136,6 +137,19 @@ int run(const BenchOptions& o) {
   if (wants("layer_long") && !o.quick) {
     j["layer_long"] = bench_layer(dev, 8, {8192});
     j["layer_long_chunked"] = bench_layer_chunked(dev, {65536, 131072}, 8192);
+  }
+  // GLM-5's shapes: dense MHA at 64 heads of q/k 256 and v 256, and the layer.
+  if (wants("glm5")) {
+    Sweep glm_sweep = sweep;
+    if (!o.quick && o.seqs.empty()) glm_sweep.seqs = {1024, 4096};
+    nlohmann::json glm = {
+        {"mha_prefill",
+         bench_mha_prefill(dev, glm_sweep, c, {64, 256, 256, "GLM-5 dense MHA prefill"})}};
+    if (!o.quick) {
+      glm["layer"] = bench_layer(dev, 100, {1024}, AttentionConfig::glm5());
+      glm["layer_long"] = bench_layer(dev, 8, {8192}, AttentionConfig::glm5());
+    }
+    j["glm5"] = glm;
   }
   if (!anchors.is_null()) j["torch_anchors"] = anchors;
 

@@ -205,17 +205,24 @@ int generate(const GenerateOptions& o) {
 struct WriteCheckpointOptions {
   std::string dir;
   std::int64_t seed = 1;
-  std::int64_t layers = 2;
+  std::optional<std::int64_t> layers;  // default: the model's own (2, or 4 for glm5)
   bool fp8 = false;
+  std::string model = "deepseek-v32";
 };
 
 int write_checkpoint(const WriteCheckpointOptions& o) {
-  DecoderConfig config = DecoderConfig::tiny();
-  config.num_layers = o.layers;
+  if (o.model != "deepseek-v32" && o.model != "glm5") {
+    fail("--model must be deepseek-v32 or glm5, got '{}'", o.model);
+  }
+  DecoderConfig config = o.model == "glm5" ? DecoderConfig::tiny_glm5() : DecoderConfig::tiny();
+  if (o.layers) config.num_layers = *o.layers;
+  if (config.attention.shared_topk_layers.size() > static_cast<std::size_t>(config.num_layers)) {
+    config.attention.shared_topk_layers.resize(static_cast<std::size_t>(config.num_layers));
+  }
   write_synthetic_decoder_checkpoint(o.dir, config, static_cast<std::uint64_t>(o.seed), o.fp8);
-  std::printf("wrote a synthetic tiny decoder (%lld layers, %s weights, seed %lld) to %s\n",
-              static_cast<long long>(o.layers), o.fp8 ? "fp8 block-scaled" : "bf16",
-              static_cast<long long>(o.seed), o.dir.c_str());
+  std::printf("wrote a synthetic tiny %s decoder (%lld layers, %s weights, seed %lld) to %s\n",
+              o.model.c_str(), static_cast<long long>(config.num_layers),
+              o.fp8 ? "fp8 block-scaled" : "bf16", static_cast<long long>(o.seed), o.dir.c_str());
   return 0;
 }
 
@@ -251,7 +258,11 @@ Command add_write_checkpoint_command(CLI::App& app) {
       "write-checkpoint", "Write a synthetic tiny-decoder checkpoint (Hugging Face format)");
   cmd->add_option("dir", o->dir, "Folder to write (created if needed)")->required();
   cmd->add_option("--seed", o->seed, "Seed of the weights")->capture_default_str();
-  cmd->add_option("--layers", o->layers, "Decoder layers")->capture_default_str();
+  cmd->add_option("--layers", o->layers, "Decoder layers (default: 2, or 4 for glm5)");
+  cmd->add_option("--model", o->model,
+                  "deepseek-v32 | glm5: the attention shapes (glm5: GLM-5's per head, interleaved "
+                  "indexer RoPE, IndexShare on layers 1 and 3)")
+      ->capture_default_str();
   cmd->add_flag("--fp8", o->fp8, "Store 2-D weights as fp8 e4m3 with 128x128 block scales");
   return [o] { return write_checkpoint(*o); };
 }

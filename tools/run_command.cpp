@@ -21,6 +21,7 @@ struct RunOptions {
   std::string device = "auto";
   std::string kv_cache = "bf16";
   std::string config_path;
+  std::string model = "deepseek-v32";
   std::string checkpoint_dir;
   int layer = 0;
   std::string json_path;
@@ -52,9 +53,12 @@ int run(const RunOptions& o, const CLI::App& cmd) {
     fail("--layer selects a layer of --checkpoint, which is not given");
   }
   if (o.layer < 0) fail("--layer must be >= 0, got {}", o.layer);
+  if (cmd.count("--model") > 0 && (checkpoint || !o.config_path.empty())) {
+    fail("--model picks a synthetic model's shapes; --config and --checkpoint bring their own");
+  }
   const AttentionConfig config = checkpoint ? checkpoint->config()
                                  : o.config_path.empty()
-                                     ? AttentionConfig::deepseek_v32()
+                                     ? AttentionConfig::preset(o.model)
                                      : AttentionConfig::from_json_file(o.config_path);
   if (o.tp.requested()) {
     return run_tensor_parallel(o.tp, {spec, policy, config, o.device, o.json_path});
@@ -183,6 +187,9 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the synthetic weights and inputs")
       ->capture_default_str();
   cmd->add_option("--json", o->json_path, "Also write the figures as JSON to this file");
+  cmd->add_option("--model", o->model,
+                  "deepseek-v32 | glm5: the attention shapes of the synthetic layers")
+      ->capture_default_str();
   cmd->add_option("--config", o->config_path,
                   "A Hugging Face config.json (default: DeepSeek-V3.2's attention)");
   cmd->add_option("--checkpoint", o->checkpoint_dir,

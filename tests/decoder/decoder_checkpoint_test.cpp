@@ -59,6 +59,28 @@ TEST(DecoderCheckpoint, Bf16RoundTripIsExact) {
   }
 }
 
+// GLM-5's shapes with IndexShare: the config says glm_moe_dsa with its layers' roles, shared
+// layers carry no indexer weights, and generation from the checkpoint equals generation from the
+// same weights in memory.
+TEST(DecoderCheckpoint, Glm5RoundTripWithIndexShare) {
+  const DecoderConfig config = DecoderConfig::tiny_glm5();
+  TempDir dir;
+  write_synthetic_decoder_checkpoint(dir.path().string(), config, 6, false);
+  const DecoderConfig read = DecoderConfig::from_json_file(dir.file("config.json"));
+  EXPECT_EQ(read.attention.model_type, "glm_moe_dsa");
+  EXPECT_TRUE(read.attention.indexer_rope_interleave);
+  EXPECT_FALSE(read.attention.use_yarn);
+  EXPECT_EQ(read.attention.v_head_dim, 256);
+  EXPECT_EQ(read.attention.shared_topk_layers, (std::vector<bool>{false, true, false, true}));
+  const DecoderWeights got = load(dir);
+  const DecoderWeights want = DecoderWeights::synthetic(config, 6);
+  ASSERT_EQ(got.layers.size(), 4u);
+  for (std::size_t l = 0; l < 4; ++l) {
+    EXPECT_EQ(got.layers[l].attention.has_indexer(), l % 2 == 0) << l;
+    EXPECT_TRUE(same_bytes(got.layers[l].attention.kv_b_proj, want.layers[l].attention.kv_b_proj));
+  }
+}
+
 TEST(DecoderCheckpoint, Fp8WeightsLoadAsTheirBlockQuantisation) {
   const DecoderConfig config = DecoderConfig::tiny();
   TempDir dir;

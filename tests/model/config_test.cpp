@@ -477,7 +477,8 @@ TEST(ConfigJson, IndexShareSchedule) {
   EXPECT_EQ(own, expected);
   EXPECT_EQ(own.size(), 21u);
   // Without an offset, transformers' default of 2: layers 0, 1 and every fourth from 5 run it.
-  EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 4})"), 9), (std::vector<int>{2, 3, 4, 6, 7, 8}));
+  EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 4})"), 9),
+            (std::vector<int>{2, 3, 4, 6, 7, 8}));
   EXPECT_EQ(shared_layers(parse(R"({"index_topk_pattern": "FFSS"})"), 4), (std::vector<int>{2, 3}));
   // A list and a rule that agree are accepted; any disagreement is refused by layer.
   EXPECT_EQ(shared_layers(parse(R"({"index_topk_freq": 2, "index_skip_topk_offset": 1,
@@ -520,6 +521,26 @@ TEST(ConfigJson, HugeDimensionsAreRefusedBeforeSizesWrap) {
 TEST(ConfigJson, NumberOutOfRangeIsAConfigError) {
   EXPECT_THAT(config_error(R"({"rope_theta": 1e400})"),
               AllOf(HasSubstr("test.json"), HasSubstr("not valid JSON")));
+}
+
+}  // namespace
+}  // namespace dsattn
+
+namespace dsattn {
+namespace {
+
+TEST(ConfigPresets, Glm5) {
+  const AttentionConfig c = AttentionConfig::preset("glm5");
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_EQ(c.model_type, "glm_moe_dsa");
+  EXPECT_EQ(c.num_heads, 64);
+  EXPECT_EQ(c.qk_head_dim(), 256);
+  EXPECT_EQ(c.v_head_dim, 256);
+  EXPECT_EQ(c.index_n_heads, 32);
+  EXPECT_TRUE(c.indexer_rope_interleave);
+  EXPECT_DOUBLE_EQ(c.softmax_scale(), 1.0 / 16);  // 256^-1/2, no YaRN mscale
+  EXPECT_EQ(AttentionConfig::preset("deepseek-v32").num_heads, 128);
+  EXPECT_THROW(AttentionConfig::preset("glm-5"), InvalidArgument);
 }
 
 }  // namespace

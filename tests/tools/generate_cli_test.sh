@@ -119,5 +119,23 @@ expect_error "empty prompt" "every length must be positive, got 0" \
 expect_error "bad cache" "fp16" generate --device cpu --kv-cache fp16
 expect_error "write-checkpoint layers" "num_hidden_layers must be positive, got 0" \
   write-checkpoint "$work/ck0" --layers 0
+expect_error "write-checkpoint model" "--model must be deepseek-v32 or glm5, got 'llama'" \
+  write-checkpoint "$work/ckl" --model llama
+
+# GLM-5's shapes with IndexShare: the checkpoint runs and generates; a stack cannot start at a
+# layer that shares another's top-k.
+"$dsattn" write-checkpoint "$work/glm" --model glm5 >"$work/out" 2>"$work/err" ||
+  fail "write-checkpoint --model glm5: exit status $?: $(cat "$work/err")"
+grep -q '"model_type": "glm_moe_dsa"' "$work/glm/config.json" || fail "glm5: model_type"
+"$dsattn" run --checkpoint "$work/glm" --layers 4 --device cpu --requests 2 --prompt-len 80 \
+  --decode-steps 2 >"$work/out" 2>"$work/err" ||
+  fail "run --checkpoint glm5: exit status $?: $(cat "$work/err")"
+"$dsattn" generate --checkpoint "$work/glm" --device cpu --prompt-lens 30,90 --tokens 3 \
+  --compare --quiet >"$work/out" 2>"$work/err" ||
+  fail "generate --checkpoint glm5: exit status $?: $(cat "$work/err")"
+expect_error "shared first layer" "start at layer 0" \
+  run --checkpoint "$work/glm" --layer 1 --device cpu --requests 1 --prompt-len 4
+expect_error "model with config" "--model picks a synthetic model" \
+  run --model glm5 --config "$work/glm/config.json"
 
 finish "generate CLI"

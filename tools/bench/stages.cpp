@@ -1,6 +1,7 @@
 #include "bench/stages.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -88,19 +89,22 @@ Ceilings measure_ceilings(Device device) {
   return c;
 }
 
-json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c) {
+json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
+                       const MhaShape& shape) {
   json rows = json::array();
+  const std::int64_t heads = shape.heads, d_qk = shape.d_qk, d_v = shape.d_v;
+  const float scale = static_cast<float>(1.0 / std::sqrt(double(d_qk)));
   for (std::int64_t s : sweep.seqs) {
     const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
-    const Tensor q = random_tensor({T, H, kNope + kRope}, DType::bf16, device, 3);
-    const Tensor k = random_tensor({T, H, kNope + kRope}, DType::bf16, device, 4);
-    const Tensor v = random_tensor({T, H, kV}, DType::bf16, device, 5);
-    Tensor o = Tensor::empty({T, H, kV}, DType::bf16, device);
+    const Tensor q = random_tensor({T, heads, d_qk}, DType::bf16, device, 3);
+    const Tensor k = random_tensor({T, heads, d_qk}, DType::bf16, device, 4);
+    const Tensor v = random_tensor({T, heads, d_v}, DType::bf16, device, 5);
+    Tensor o = Tensor::empty({T, heads, d_v}, DType::bf16, device);
     const Tensor cu = upload(offsets(batch, s), {batch + 1}, device);
     const Timing t =
-        time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, 0.1352f, o); });
-    const double flops = double(batch) * s * (s + 1) * H * (kNope + kRope + kV);
-    rows.push_back(sweep_row("dense MHA prefill", s, batch, t.median_ms, flops, c));
+        time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, scale, o); });
+    const double flops = double(batch) * s * (s + 1) * heads * (d_qk + d_v);
+    rows.push_back(sweep_row(shape.label, s, batch, t.median_ms, flops, c));
   }
   return rows;
 }
@@ -300,10 +304,10 @@ json bench_decode(Device device, const Ceilings& c) {
   return rows;
 }
 
-json bench_layer(Device device, std::int64_t requests,
-                 const std::vector<std::int64_t>& prompt_lens) {
+json bench_layer(Device device, std::int64_t requests, const std::vector<std::int64_t>& prompt_lens,
+                 const AttentionConfig& config) {
   json rows = json::array();
-  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  const std::string model = config.model_type == "glm_moe_dsa" ? "GLM-5 " : "";
   AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
   const std::int64_t D = config.hidden_size, budget = 16384;
   for (std::int64_t len : prompt_lens) {
@@ -339,7 +343,8 @@ json bench_layer(Device device, std::int64_t requests,
       const Timing t = time_median(device, prefill, 2000);
       row[std::string(policy)] = {{"prefill_ms", t.median_ms},
                                   {"tokens_per_s", requests * len / (t.median_ms / 1e3)}};
-      say(fmt::format("layer {}x{} prefill {}: {:.2f} ms", requests, len, policy, t.median_ms));
+      say(fmt::format("{}layer {}x{} prefill {}: {:.2f} ms", model, requests, len, policy,
+                      t.median_ms));
     }
     // One decode step for every request (sparse MLA), after the prefill above.
     Batch decode;
@@ -353,8 +358,8 @@ json bench_layer(Device device, std::int64_t requests,
     row["decode_step_ms"] = td.median_ms;
     row["mla_over_per_request"] =
         row["mla"]["prefill_ms"].get<double>() / row["per-request"]["prefill_ms"].get<double>();
-    say(fmt::format("layer {}x{} decode step {:.3f} ms; mla / per-request prefill = {:.2f}",
-                    requests, len, td.median_ms, row["mla_over_per_request"].get<double>()));
+    say(fmt::format("{}layer {}x{} decode step {:.3f} ms; mla / per-request prefill = {:.2f}",
+                    model, requests, len, td.median_ms, row["mla_over_per_request"].get<double>()));
     rows.push_back(row);
   }
   return rows;

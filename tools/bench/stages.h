@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dsattn/core/tensor.h"
+#include "dsattn/model/config.h"
 
 namespace dsattn::tools {
 
@@ -22,7 +23,14 @@ struct Sweep {
   std::int64_t tokens = 16384;
 };
 
-nlohmann::json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c);
+// Dense causal MHA at a model's per-head sizes (default DeepSeek-V3.2's: 128 heads, q/k 192, v
+// 128).
+struct MhaShape {
+  std::int64_t heads = 128, d_qk = 192, d_v = 128;
+  const char* label = "dense MHA prefill";
+};
+nlohmann::json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
+                                 const MhaShape& shape = {});
 nlohmann::json bench_projections(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c);
@@ -38,7 +46,8 @@ nlohmann::json bench_decode(Device device, const Ceilings& c);
 // The whole layer at DeepSeek-V3.2 size: `requests` prompts of each length, prefilled under
 // mla, threshold and per-request, then one decode step.
 nlohmann::json bench_layer(Device device, std::int64_t requests,
-                           const std::vector<std::int64_t>& prompt_lens);
+                           const std::vector<std::int64_t>& prompt_lens,
+                           const AttentionConfig& config = AttentionConfig::deepseek_v32());
 // One long prompt per context length, prefilled in chunks of `chunk` tokens over its cached
 // prefix (per-request policy: every chunk past index_topk takes the sparse path); reports the
 // time and the peak device memory the prefill allocates beyond the cache and weights.

@@ -31,6 +31,22 @@ DecoderConfig DecoderConfig::tiny() {
   return c;
 }
 
+DecoderConfig DecoderConfig::tiny_glm5() {
+  DecoderConfig c = tiny();
+  const AttentionConfig full = AttentionConfig::glm5();
+  AttentionConfig& a = c.attention;
+  a.model_type = full.model_type;
+  a.qk_nope_head_dim = full.qk_nope_head_dim;
+  a.v_head_dim = full.v_head_dim;
+  a.rope_theta = full.rope_theta;
+  a.use_yarn = full.use_yarn;
+  a.indexer_rope_interleave = full.indexer_rope_interleave;
+  a.rms_norm_eps = full.rms_norm_eps;
+  a.shared_topk_layers = {false, true, false, true};
+  c.num_layers = 4;
+  return c;
+}
+
 DecoderConfig DecoderConfig::from_json_text(const std::string& text, const std::string& source) {
   DecoderConfig c;
   c.attention = AttentionConfig::from_json_text(text, source);  // also checks that it parses

@@ -24,6 +24,10 @@ struct DecoderConfig {
   // indexer heads of 128) and index_topk = 64, so that short prompts cross it: hidden 256,
   // 4 heads, q_lora_rank 128, 4 indexer heads, 2 layers, vocabulary 512, MLP width 512.
   static DecoderConfig tiny();
+  // The same with GLM-5's attention per head (q/k 192 + 64, v 256, the indexer's RoPE on
+  // interleaved pairs, plain RoPE at theta 1e6) and IndexShare: 4 layers, of which 1 and 3 take
+  // the top-k of the layer before.
+  static DecoderConfig tiny_glm5();
 
   // A Hugging Face config.json: the attention fields as AttentionConfig reads them, and
   // vocab_size, intermediate_size and num_hidden_layers (required). `source` names the file.

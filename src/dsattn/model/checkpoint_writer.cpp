@@ -29,9 +29,10 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
+  const bool glm = c.model_type == "glm_moe_dsa";
   json j = {
-      {"architectures", {"DeepseekV32ForCausalLM"}},
-      {"model_type", "deepseek_v32"},
+      {"architectures", {glm ? "GlmMoeDsaForCausalLM" : "DeepseekV32ForCausalLM"}},
+      {"model_type", glm ? "glm_moe_dsa" : "deepseek_v32"},
       {"num_hidden_layers", num_layers},
       {"hidden_size", c.hidden_size},
       {"num_attention_heads", c.num_heads},
@@ -56,7 +57,22 @@ json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
     j["index_topk_freq"] = c.index_topk_freq;
     j["index_skip_topk_offset"] = c.index_skip_topk_offset;
   }
-  if (c.use_yarn) {
+  if (glm) {
+    // As transformers v5 writes GLM configs: rope_parameters, and every MLP dense (the synthetic
+    // decoders have no experts).
+    j["rope_parameters"] = {{"rope_type", c.use_yarn ? "yarn" : "default"},
+                            {"rope_theta", c.rope_theta}};
+    if (c.use_yarn) {
+      j["rope_parameters"].update(
+          {{"factor", c.yarn.factor},
+           {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
+           {"beta_fast", c.yarn.beta_fast},
+           {"beta_slow", c.yarn.beta_slow},
+           {"mscale", c.yarn.mscale},
+           {"mscale_all_dim", c.yarn.mscale_all_dim}});
+    }
+    j["first_k_dense_replace"] = num_layers;
+  } else if (c.use_yarn) {
     j["rope_scaling"] = {
         {"type", "yarn"},
         {"factor", c.yarn.factor},

@@ -25,6 +25,33 @@ double AttentionConfig::softmax_scale() const {
   return scale;
 }
 
+AttentionConfig AttentionConfig::glm5() {
+  AttentionConfig c;
+  c.model_type = "glm_moe_dsa";
+  c.hidden_size = 6144;
+  c.num_heads = 64;
+  c.q_lora_rank = 2048;
+  c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 192;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 256;
+  c.index_n_heads = 32;
+  c.index_head_dim = 128;
+  c.index_topk = 2048;
+  c.rope_theta = 1e6;
+  c.use_yarn = false;
+  c.indexer_rope_interleave = true;
+  c.rms_norm_eps = 1e-5;
+  c.max_position_embeddings = 202752;
+  return c;
+}
+
+AttentionConfig AttentionConfig::preset(const std::string& name) {
+  if (name == "deepseek-v32") return deepseek_v32();
+  if (name == "glm5") return glm5();
+  fail("model preset must be deepseek-v32 or glm5, got '{}'", name);
+}
+
 bool AttentionConfig::shares_topk(std::int64_t layer) const {
   if (!shared_topk_layers.empty()) {
     return layer >= 0 && layer < static_cast<std::int64_t>(shared_topk_layers.size()) &&
@@ -352,8 +379,9 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   r.read_number("rope_theta", c.rope_theta);
   // GLM-5-class models always rope their indexer by interleaved pairs; the configs transformers
   // writes for them say so by model_type alone (no indexer_rope_interleave key).
-  if (auto it = root.find("model_type"); it != root.end() && *it == json("glm_moe_dsa")) {
-    c.indexer_rope_interleave = true;
+  if (auto it = root.find("model_type"); it != root.end() && it->is_string()) {
+    c.model_type = it->get<std::string>();
+    if (c.model_type == "glm_moe_dsa") c.indexer_rope_interleave = true;
   }
   r.read_bool("indexer_rope_interleave", c.indexer_rope_interleave);
   r.read_number("rms_norm_eps", c.rms_norm_eps);

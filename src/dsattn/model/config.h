@@ -19,6 +19,9 @@ struct YarnScaling {
 };
 
 struct AttentionConfig {
+  // config.json's model_type: "deepseek_v32" or "glm_moe_dsa" (GLM-5-class). It changes nothing
+  // by itself here; the reader derives GLM's defaults from it and checkpoints record it.
+  std::string model_type = "deepseek_v32";
   std::int64_t hidden_size = 7168;  // D
   std::int64_t num_heads = 128;     // H
   std::int64_t q_lora_rank = 1536;
@@ -62,6 +65,12 @@ struct AttentionConfig {
   void validate() const;
 
   static AttentionConfig deepseek_v32() { return {}; }
+  // GLM-5 / GLM-5.1's attention (zai-org/GLM-5): 64 heads of q/k 192 + 64 and v 256, q_lora 2048,
+  // plain RoPE at theta 1e6 (no YaRN, so no mscale in the scale), 32 index heads whose RoPE pairs
+  // interleaved dimensions; every layer has its own indexer.
+  static AttentionConfig glm5();
+  // A preset by name: "deepseek-v32" or "glm5" (InvalidArgument naming the choices otherwise).
+  static AttentionConfig preset(const std::string& name);
   // Fields absent from the JSON keep their DeepSeek-V3.2 values; present ones must have the right
   // type and a possible value. `source` names the file in messages.
   static AttentionConfig from_json_text(const std::string& text, const std::string& source);
