@@ -29,7 +29,8 @@ class AttentionLayer:
     512 e4m3 + 4 f32 scales + 64 bf16). policy: "per-request" (dense MHA where exact, else sparse
     MLA), "threshold" or "threshold=N" (the whole batch takes dense MHA iff every context <= N),
     "mha" (forced; refused where not exact) or "mla" (forced). num_pages: cache pages of
-    `page_size` (64) tokens. device: "cpu", "cuda" or "cuda:N"; default: the weights' device.
+    `page_size` tokens (a multiple of 16 up to 256; default 64). device: "cpu", "cuda" or
+    "cuda:N"; default: the weights' device.
 
     Hidden states are packed by request: the rows of request i follow those of request i - 1.
     Every forward takes an optional `out` (written in place and returned; it may be `hidden`
@@ -47,8 +48,11 @@ class AttentionLayer:
         policy: str = "per-request",
         num_pages: int = 1024,
         device: str | None = None,
+        page_size: int = 64,
     ) -> None:
-        self._layer = _core.AttentionLayer(config, weights, kv_cache, policy, num_pages, device)
+        self._layer = _core.AttentionLayer(
+            config, weights, kv_cache, policy, num_pages, device, page_size
+        )
 
     @property
     def config(self) -> _core.AttentionConfig:
@@ -80,7 +84,7 @@ class AttentionLayer:
 
     @property
     def page_size(self) -> int:
-        """Tokens per cache page (64): position p of a request lives in page table[p // 64]."""
+        """Tokens per cache page: position p of a request lives in page table[p // page_size]."""
         return self._layer.page_size
 
     @property

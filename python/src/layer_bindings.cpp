@@ -20,9 +20,11 @@ namespace dsattn::python {
 
 namespace {
 
-CacheOptions cache_options(const std::string& kv_cache, std::int64_t num_pages, Device device) {
+CacheOptions cache_options(const std::string& kv_cache, std::int64_t num_pages,
+                           std::int64_t page_size, Device device) {
   CacheOptions o;
   o.num_pages = num_pages;
+  o.page_size = page_size;
   o.num_layers = 1;
   o.latent_format = parse_latent_format(kv_cache);
   o.device = device;
@@ -65,11 +67,12 @@ std::vector<BlockTable> read_block_tables(nb::handle obj, std::size_t batch) {
 class Layer {
  public:
   Layer(const AttentionConfig& config, const LayerWeights& weights, const std::string& kv_cache,
-        const std::string& policy, std::int64_t num_pages, std::optional<std::string> device)
+        const std::string& policy, std::int64_t num_pages, std::optional<std::string> device,
+        std::int64_t page_size)
       : device_(device ? parse_device(*device) : weights.device()),
         layer_(config, weights.device() == device_ ? weights : weights.to(device_),
                Policy::parse(policy)),
-        cache_(config, cache_options(kv_cache, num_pages, device_)) {}
+        cache_(config, cache_options(kv_cache, num_pages, page_size, device_)) {}
 
   const AttentionConfig& config() const { return layer_.config(); }
   const LayerWeights& weights() const { return layer_.weights(); }
@@ -148,10 +151,10 @@ void bind_layer(nb::module_& m) {
                     "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
                     "including out.")
       .def(nb::init<const AttentionConfig&, const LayerWeights&, const std::string&,
-                    const std::string&, std::int64_t, std::optional<std::string>>(),
+                    const std::string&, std::int64_t, std::optional<std::string>, std::int64_t>(),
            nb::arg("config"), nb::arg("weights"), nb::arg("kv_cache") = "bf16",
            nb::arg("policy") = "per-request", nb::arg("num_pages") = 1024,
-           nb::arg("device") = nb::none())
+           nb::arg("device") = nb::none(), nb::arg("page_size") = kPageSize)
       .def_prop_ro("config", &Layer::config)
       .def_prop_ro("weights", &Layer::weights)
       .def_prop_ro("device", &Layer::device)

@@ -129,7 +129,8 @@ TEST(ScoreWindows, ClipRequestsSoThatEveryRowSeesItsOwnKeys) {
   const std::int64_t n = 50 + 70 + 1 + 40, max_k = 80;
   const SparseMeta whole = SparseMeta::build(batch, group, true, Device::cpu());
   EXPECT_TRUE(whole.windows.empty());
-  const SparseMeta meta = SparseMeta::build(batch, group, true, Device::cpu(), 7 * max_k * 4);
+  const SparseMeta meta =
+      SparseMeta::build(batch, group, true, Device::cpu(), kPageSize, 7 * max_k * 4);
   ASSERT_EQ(meta.windows.size(), std::size_t((n + 6) / 7));
   const std::int32_t* visible = meta.visible.ptr<std::int32_t>();
   std::int64_t expected_begin = 0;

@@ -168,3 +168,18 @@ def test_policy_is_readable_and_settable(config, weights):
     layer.policy = "mla"
     assert layer.policy == "mla"
     assert layer.device == "cpu" and "AttentionLayer" in repr(layer)
+
+
+def test_page_size_changes_where_tokens_live_not_the_output(config, weights, rng):
+    hidden = random_bf16(rng, (100, config.hidden_size))
+    outs = []
+    for page_size in (16, 64, 256):
+        layer = layer_for(config, weights, num_pages=8, page_size=page_size)
+        assert layer.page_size == page_size
+        table = layer.allocate(100)
+        assert len(table) == -(-100 // page_size)
+        outs.append(layer.prefill(hidden, [0], [100], [table]).out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[2], outs[1])
+    with pytest.raises(ValueError, match="page_size must be a multiple of 16"):
+        layer_for(config, weights, page_size=40)

@@ -5,8 +5,10 @@
 
 namespace dsattn {
 
-// Tokens per cache page.
+// Tokens per cache page: 64 unless the cache is made with another (CacheOptions::page_size, a
+// multiple of kPageSizeStep up to kMaxPageSize, as serving engines choose theirs).
 inline constexpr std::int64_t kPageSize = 64;
+inline constexpr std::int64_t kPageSizeStep = 16, kMaxPageSize = 256;
 
 // How the latent [c_kv, k_pe] of a token is cached.
 //   bf16: kv_lora_rank + d_rope bf16 values (1152 bytes for DeepSeek-V3.2)
@@ -27,8 +29,8 @@ inline constexpr std::int64_t latent_fp8_bytes(std::int64_t kv_lora_rank, std::i
 }
 
 // Pages needed to hold `tokens` positions.
-inline constexpr std::int64_t pages_for(std::int64_t tokens) {
-  return (tokens + kPageSize - 1) / kPageSize;
+inline constexpr std::int64_t pages_for(std::int64_t tokens, std::int64_t page_size = kPageSize) {
+  return (tokens + page_size - 1) / page_size;
 }
 
 }  // namespace dsattn

@@ -15,14 +15,19 @@ std::string_view latent_format_name(LatentFormat f) {
 PagedKvCache::PagedKvCache(const AttentionConfig& config, const CacheOptions& options)
     : device_(options.device),
       latent_format_(options.latent_format),
+      page_size_(options.page_size),
       allocator_(options.num_pages) {
   config.validate();
+  if (page_size_ < kPageSizeStep || page_size_ > kMaxPageSize || page_size_ % kPageSizeStep != 0) {
+    fail("page_size must be a multiple of {} in [{}, {}], got {}", kPageSizeStep, kPageSizeStep,
+         kMaxPageSize, page_size_);
+  }
   if (options.num_layers <= 0) fail("num_layers must be positive, got {}", options.num_layers);
   if (latent_format_ == LatentFormat::fp8 && config.kv_lora_rank % 128 != 0) {
     fail("kv cache format fp8 needs kv_lora_rank to be a multiple of 128, got {}",
          config.kv_lora_rank);
   }
-  const std::int64_t slots = options.num_pages * kPageSize;
+  const std::int64_t slots = options.num_pages * page_size_;
   for (std::int64_t l = 0; l < options.num_layers; ++l) {
     if (latent_format_ == LatentFormat::bf16) {
       latent_.push_back(Tensor::empty({slots, config.latent_dim()}, DType::bf16, device_));
@@ -48,7 +53,7 @@ std::int64_t PagedKvCache::bytes_per_token() const {
 void PagedKvCache::reserve(BlockTable& table, std::int64_t tokens) {
   if (tokens < 0) fail("tokens to reserve must be non-negative, got {}", tokens);
   const std::int64_t have = static_cast<std::int64_t>(table.size());
-  const std::int64_t need = pages_for(tokens);
+  const std::int64_t need = pages_for(tokens, page_size_);
   if (need > have) allocator_.allocate(need - have, table);
 }
 
@@ -56,7 +61,8 @@ LayerCacheView PagedKvCache::layer(std::int64_t index) const {
   if (index < 0 || index >= num_layers()) {
     fail("cache layer must be in [0, {}), got {}", num_layers(), index);
   }
-  return {latent_[index].view(), latent_format_, index_keys_[index].view(), kPageSize, num_pages()};
+  return {latent_[index].view(), latent_format_, index_keys_[index].view(), page_size_,
+          num_pages()};
 }
 
 }  // namespace dsattn

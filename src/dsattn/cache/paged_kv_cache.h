@@ -16,6 +16,7 @@ namespace dsattn {
 
 struct CacheOptions {
   std::int64_t num_pages = 1024;
+  std::int64_t page_size = kPageSize;  // tokens per page: a multiple of 16, at most 256
   std::int64_t num_layers = 1;
   LatentFormat latent_format = LatentFormat::bf16;
   Device device = Device::cpu();
@@ -40,7 +41,7 @@ class PagedKvCache {
  public:
   PagedKvCache(const AttentionConfig& config, const CacheOptions& options);
 
-  std::int64_t page_size() const { return kPageSize; }
+  std::int64_t page_size() const { return page_size_; }
   std::int64_t num_pages() const { return allocator_.num_pages(); }
   std::int64_t free_pages() const { return allocator_.free_pages(); }
   std::int64_t num_layers() const { return static_cast<std::int64_t>(latent_.size()); }
@@ -59,6 +60,7 @@ class PagedKvCache {
  private:
   Device device_;
   LatentFormat latent_format_;
+  std::int64_t page_size_;
   PageAllocator allocator_;
   std::vector<Tensor> latent_;
   std::vector<Tensor> index_keys_;

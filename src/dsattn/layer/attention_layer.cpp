@@ -155,7 +155,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   if (!sparse.empty()) {
     const bool all_rows = sparse.requests.size() == batch.requests.size();
     const SparseMeta meta =
-        SparseMeta::build(batch, sparse, all_rows, dev, options.max_score_bytes);
+        SparseMeta::build(batch, sparse, all_rows, dev, cache.page_size, options.max_score_bytes);
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
                    shared);

@@ -34,7 +34,7 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
       fail("request {}: context of {} tokens exceeds max_position_embeddings {}", i,
            r.context_len(), config.max_position_embeddings);
     }
-    const std::int64_t pages = pages_for(r.context_len());
+    const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
     if (static_cast<std::int64_t>(r.block_table.size()) < pages) {
       fail(
           "request {}: block table must cover {} positions ({} pages of {}), got {} pages: "

@@ -44,7 +44,7 @@ DecodeGraph::DecodeGraph(const AttentionStack& stack, const PagedKvCache& cache,
       batch_(batch_size),
       tokens_(tokens_per_request),
       max_context_(max_context),
-      max_pages_(pages_for(max_context)) {
+      max_pages_(pages_for(max_context, cache.page_size())) {
 #ifndef DSATTN_WITH_CUDA
   fail<Unsupported>("DecodeGraph needs the CUDA backend; this build has none");
 #else
@@ -104,11 +104,11 @@ void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
       const std::int64_t row = b * tokens_ + t, pos = r.prefix_len + t;
       h[layout.positions() + row] = static_cast<std::int32_t>(pos);
       h[layout.visible() + row] = static_cast<std::int32_t>(pos + 1);
-      h[layout.slots() + row] =
-          static_cast<std::int32_t>(r.block_table[pos / kPageSize] * kPageSize + pos % kPageSize);
+      const std::int64_t ps = cache_.page_size();
+      h[layout.slots() + row] = static_cast<std::int32_t>(r.block_table[pos / ps] * ps + pos % ps);
     }
     h[layout.context_lens() + b] = static_cast<std::int32_t>(r.context_len());
-    const std::int64_t pages = pages_for(r.context_len());
+    const std::int64_t pages = pages_for(r.context_len(), cache_.page_size());
     for (std::int64_t p = 0; p < max_pages_; ++p) {
       h[layout.tables() + b * max_pages_ + p] = p < pages ? r.block_table[p] : 0;
     }

@@ -98,11 +98,11 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
 }  // namespace
 
 SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
-                             Device device, std::int64_t max_score_bytes) {
+                             Device device, std::int64_t page_size, std::int64_t max_score_bytes) {
   std::vector<std::int32_t> positions, visible, row_request, lens;
   std::int64_t max_pages = 1, max_k = 1;
   for (std::size_t i : group.requests) {
-    max_pages = std::max(max_pages, pages_for(batch.requests[i].context_len()));
+    max_pages = std::max(max_pages, pages_for(batch.requests[i].context_len(), page_size));
     max_k = std::max(max_k, batch.requests[i].context_len());
   }
   std::vector<std::int32_t> tables(group.requests.size() * max_pages, 0);
@@ -114,7 +114,7 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
       row_request.push_back(static_cast<std::int32_t>(g));
     }
     lens.push_back(static_cast<std::int32_t>(req.context_len()));
-    const std::int64_t pages = pages_for(req.context_len());
+    const std::int64_t pages = pages_for(req.context_len(), page_size);
     std::copy(req.block_table.begin(), req.block_table.begin() + pages,
               tables.begin() + g * max_pages);
   }
