@@ -72,7 +72,13 @@ class Layer {
       : device_(device ? parse_device(*device) : weights.device()),
         layer_(config, weights.device() == device_ ? weights : weights.to(device_),
                Policy::parse(policy)),
-        cache_(config, cache_options(kv_cache, num_pages, page_size, device_)) {}
+        cache_(config, cache_options(kv_cache, num_pages, page_size, device_)) {
+    if (!weights.has_indexer()) {
+      fail(
+          "weights have no indexer (a layer that takes an earlier layer's top-k, IndexShare): "
+          "AttentionLayer runs one layer on its own, which needs its own indexer weights");
+    }
+  }
 
   const AttentionConfig& config() const { return layer_.config(); }
   const LayerWeights& weights() const { return layer_.weights(); }

@@ -81,6 +81,29 @@ TEST(DecoderCheckpoint, Glm5RoundTripWithIndexShare) {
   }
 }
 
+// A layer's indexer weights must match its role in the config: a full layer without them would
+// silently take the previous layer's top-k, a shared one with them would run its own.
+TEST(DecoderCheckpoint, IndexShareRolesMustMatchTheWeights) {
+  const DecoderConfig config = DecoderConfig::tiny_glm5();
+  DecoderWeights w = DecoderWeights::synthetic(config, 6);
+  w.layers[2].attention.drop_indexer();
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] { w.validate(config); }),
+              AllOf(HasSubstr("layer 2 has no indexer"), HasSubstr("runs its own")));
+  w.layers[2] = DecoderWeights::synthetic(config, 6).layers[2];
+  w.layers[1].attention = LayerWeights::synthetic(config.attention, 1);
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] { w.validate(config); }),
+              HasSubstr("layer 1 has indexer weights"));
+
+  // The config's list covers every layer.
+  TempDir dir;
+  write_synthetic_decoder_checkpoint(dir.path().string(), config, 6, false);
+  std::string cfg = read_all(dir.file("config.json"));
+  cfg.replace(cfg.find("\"num_hidden_layers\": 4"), 22, "\"num_hidden_layers\": 5");
+  EXPECT_THAT(
+      thrown_message<ConfigError>([&] { DecoderConfig::from_json_text(cfg, "cfg.json"); }),
+      HasSubstr("indexer_types (or index_topk_pattern) lists 4 layers, num_hidden_layers is 5"));
+}
+
 TEST(DecoderCheckpoint, Fp8WeightsLoadAsTheirBlockQuantisation) {
   const DecoderConfig config = DecoderConfig::tiny();
   TempDir dir;

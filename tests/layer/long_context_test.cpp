@@ -127,7 +127,7 @@ TEST(ScoreWindows, ClipRequestsSoThatEveryRowSeesItsOwnKeys) {
   }
   group.build(batch, cache.page_size());
   const std::int64_t n = 50 + 70 + 1 + 40, max_k = 80;
-  const SparseMeta whole = SparseMeta::build(batch, group, true, Device::cpu());
+  const SparseMeta whole = SparseMeta::build(batch, group, true, Device::cpu(), kPageSize);
   EXPECT_TRUE(whole.windows.empty());
   const SparseMeta meta =
       SparseMeta::build(batch, group, true, Device::cpu(), kPageSize, 7 * max_k * 4);

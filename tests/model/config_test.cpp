@@ -445,6 +445,9 @@ TEST(ConfigJson, IndexerRopeInterleave) {
   EXPECT_TRUE(parse(R"({"model_type": "glm_moe_dsa"})").indexer_rope_interleave);
   EXPECT_FALSE(parse(R"({"model_type": "glm_moe_dsa", "indexer_rope_interleave": false})")
                    .indexer_rope_interleave);
+  EXPECT_THAT(config_error(R"({"model_type": "glm5_next"})"),
+              AllOf(HasSubstr("model_type"), HasSubstr("glm5_next")));
+  EXPECT_THAT(config_error(R"({"model_type": 3})"), HasSubstr("model_type"));
   EXPECT_TRUE(parse(R"({"indexer_rope_interleave": true})").indexer_rope_interleave);
   EXPECT_FALSE(parse(R"({"indexer_rope_interleave": false})").indexer_rope_interleave);
   EXPECT_THAT(config_error(R"({"indexer_rope_interleave": 1})"),

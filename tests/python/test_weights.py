@@ -107,6 +107,20 @@ def test_from_tensors_refusals_name_the_weight():
             c, {**good, "kv_a_layernorm.weight": good["kv_a_layernorm.weight"][None, :]})
 
 
+def test_weights_without_an_indexer_are_an_index_share_layer():
+    c = small_config()
+    good = dsattn.LayerWeights.synthetic(c, seed=3).tensors()
+    no_indexer = {k: v for k, v in good.items() if not k.startswith("indexer.")}
+    shared = dsattn.LayerWeights.from_tensors(c, no_indexer)
+    assert not any(k.startswith("indexer.") for k in shared.tensors())
+    partial = {k: v for k, v in good.items() if k != "indexer.wk.weight"}
+    with pytest.raises(ValueError, match="missing weight 'indexer.wk.weight'"):
+        dsattn.LayerWeights.from_tensors(c, partial)
+    # One layer on its own cannot take another layer's top-k.
+    with pytest.raises(ValueError, match="weights have no indexer"):
+        dsattn.AttentionLayer(c, shared)
+
+
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8_blocks"])
 def test_load_reads_a_checkpoint_layer(tmp_path, rng, fp8):
     config_json = os.path.join(DATA, "small_config.json")

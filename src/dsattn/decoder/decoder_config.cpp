@@ -62,6 +62,12 @@ DecoderConfig DecoderConfig::from_json_text(const std::string& text, const std::
   c.vocab_size = required("vocab_size");
   c.intermediate_size = required("intermediate_size");
   c.num_layers = required("num_hidden_layers");
+  const std::size_t listed = c.attention.shared_topk_layers.size();
+  if (listed != 0 && static_cast<std::int64_t>(listed) != c.num_layers) {
+    fail<ConfigError>(
+        "{}: indexer_types (or index_topk_pattern) lists {} layers, num_hidden_layers is {}",
+        source, listed, c.num_layers);
+  }
   try {
     c.validate();
   } catch (const ConfigError& e) {

@@ -112,6 +112,13 @@ void DecoderWeights::validate(const DecoderConfig& config) const {
     const DecoderLayerWeights& layer = layers[l];
     check(layer.input_norm, fmt::format("layers[{}].input_norm", l), {D});
     layer.attention.validate(config.attention);
+    // IndexShare: a layer has indexer weights exactly when the config gives it its own indexer;
+    // otherwise a missing indexer would silently reuse another layer's top-k.
+    const bool shares = config.attention.shares_topk(static_cast<std::int64_t>(l));
+    if (layer.attention.has_indexer() == shares) {
+      fail("decoder layer {} {} indexer weights, but the config says it {} (IndexShare)", l,
+           shares ? "has" : "has no", shares ? "takes an earlier layer's top-k" : "runs its own");
+    }
     check(layer.post_attention_norm, fmt::format("layers[{}].post_attention_norm", l), {D});
     check(layer.gate_up, fmt::format("layers[{}].gate_up", l), {2 * I, D});
     check(layer.down, fmt::format("layers[{}].down", l), {D, I});

@@ -117,13 +117,16 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
     if (result.paths[i] == Path::sparse_mla) sparse_requests.push_back(i);
   }
   if (!has_indexer() && !sparse_requests.empty() &&
-      (!shared || !shared->slots.defined() || shared->requests != sparse_requests)) {
+      (!shared || !shared->slots.defined() || shared->requests != sparse_requests ||
+       shared->page_size != cache.page_size)) {
     fail("this layer has no indexer: it takes the top-k of an earlier layer (IndexShare), but {}",
          !shared || !shared->slots.defined()
              ? "no earlier layer of this forward computed one (run it after a layer with its own "
                "indexer, passing the same SharedTopk)"
-             : "the earlier layer put other requests on the sparse path (give every layer the "
-               "same policy)");
+         : shared->requests != sparse_requests
+             ? "the earlier layer put other requests on the sparse path (give every layer the "
+               "same batch and policy)"
+             : "the earlier layer's cache has another page size");
   }
   if (has_indexer() && shared) *shared = SharedTopk{};  // this layer's top-k replaces any older
 
@@ -159,7 +162,10 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
                    shared);
-    if (shared && has_indexer()) shared->requests = sparse.requests;
+    if (shared && has_indexer()) {
+      shared->requests = sparse.requests;
+      shared->page_size = cache.page_size;
+    }
     if (options.record_topk) {
       result.topk_positions.resize(batch.requests.size());
       const Tensor host = selected.to(Device::cpu());

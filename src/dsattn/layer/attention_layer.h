@@ -46,6 +46,7 @@ struct ForwardOptions {
 // order; a layer with an indexer overwrites it, a layer without one reads it.
 struct SharedTopk {
   std::vector<std::size_t> requests;  // the batch's requests on the sparse path, in order
+  std::int64_t page_size = 0;         // of the cache the slots address
   Tensor slots;      // [rows of those requests, index_topk] i32 cache slots, -1 = unused
   Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on
 };

@@ -64,7 +64,7 @@ struct SparseMeta {
 
   // Rows are scored in windows when n x max_k f32 scores exceed max_score_bytes.
   static SparseMeta build(const Batch& batch, const PathGroup& group, bool all_rows, Device device,
-                          std::int64_t page_size = kPageSize,
+                          std::int64_t page_size,
                           std::int64_t max_score_bytes = std::int64_t(1) << 30);
 };
 

@@ -51,7 +51,9 @@ json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
   };
   if (!c.shared_topk_layers.empty()) {
     json types = json::array();
-    for (bool shared : c.shared_topk_layers) types.push_back(shared ? "shared" : "full");
+    // One entry per layer, as transformers writes it (layers past the config's list run their
+    // own indexer).
+    for (int l = 0; l < num_layers; ++l) types.push_back(c.shares_topk(l) ? "shared" : "full");
     j["indexer_types"] = types;
   } else if (c.index_topk_freq > 1) {
     j["index_topk_freq"] = c.index_topk_freq;

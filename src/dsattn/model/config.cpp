@@ -379,7 +379,14 @@ AttentionConfig AttentionConfig::from_json_text(const std::string& text,
   r.read_number("rope_theta", c.rope_theta);
   // GLM-5-class models always rope their indexer by interleaved pairs; the configs transformers
   // writes for them say so by model_type alone (no indexer_rope_interleave key).
-  if (auto it = root.find("model_type"); it != root.end() && it->is_string()) {
+  if (auto it = root.find("model_type"); it != root.end()) {
+    // Another model type is another architecture, whose fields this reader may not know.
+    if (*it != json("deepseek_v32") && *it != json("glm_moe_dsa")) {
+      fail<ConfigError>(
+          "{}: field model_type must be \"deepseek_v32\" or \"glm_moe_dsa\" (the DSA models "
+          "supported), got {}",
+          source, it->dump());
+    }
     c.model_type = it->get<std::string>();
     if (c.model_type == "glm_moe_dsa") c.indexer_rope_interleave = true;
   }
