@@ -33,21 +33,11 @@ inline AttentionConfig small_config(std::int64_t index_topk = 32) {
 // interleaved RoPE, plain RoPE at theta 1e6 and so no mscale), with few heads and a small hidden
 // size so that the float64 reference stays quick.
 inline AttentionConfig glm5_shaped_config(std::int64_t heads, std::int64_t index_topk) {
-  AttentionConfig c;
+  AttentionConfig c = AttentionConfig::glm5();
   c.hidden_size = 256;
   c.num_heads = heads;
   c.q_lora_rank = 128;
-  c.kv_lora_rank = 512;
-  c.qk_nope_head_dim = 192;
-  c.qk_rope_head_dim = 64;
-  c.v_head_dim = 256;
-  c.index_n_heads = 32;
-  c.index_head_dim = 128;
   c.index_topk = index_topk;
-  c.rope_theta = 1e6;
-  c.use_yarn = false;
-  c.indexer_rope_interleave = true;
-  c.rms_norm_eps = 1e-5;
   return c;
 }
 
