@@ -23,7 +23,15 @@ from ._core import (
     float32_to_fp8_e4m3,
     fp8_e4m3_to_float32,
 )
-from .kernels import indexer_scores, mha_prefill, sparse_mla, topk
+from .kernels import (
+    indexer_scores,
+    map_positions_to_slots,
+    mha_prefill,
+    sparse_mla,
+    topk,
+    write_index_keys,
+    write_latent,
+)
 from .layer import AttentionLayer, LayerOutput
 
 __version__ = "0.1.0"
@@ -42,7 +50,10 @@ __all__ = [
     "float32_to_fp8_e4m3",
     "fp8_e4m3_to_float32",
     "indexer_scores",
+    "map_positions_to_slots",
     "mha_prefill",
     "sparse_mla",
     "topk",
+    "write_index_keys",
+    "write_latent",
 ]

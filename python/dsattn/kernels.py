@@ -134,3 +134,44 @@ def topk(
         out = empty_like(scores, (rows, k), "i32")
     _core.topk(scores, lengths, out, stream)
     return out
+
+
+def write_latent(
+    latent: Any, slots: Any, cache: Any, kv_lora_rank: int, stream: int | None = None
+) -> Any:
+    """Writes tokens' latents [c_kv, k_pe] into a latent cache at their slots (page * page_size +
+    offset), quantising them for an FP8 cache; returns `cache`.
+
+    latent: [n, kv_lora_rank + rope_dim] bf16; slots: [n] int32, distinct, in [0, num_slots);
+    cache: [num_slots, kv_lora_rank + rope_dim] bf16, or [num_slots, kv_lora_rank + 4 *
+    kv_lora_rank / 128 + 2 * rope_dim] uint8 for the FP8 format (kv_lora_rank e4m3 values, one
+    float32 scale = max(amax, 1e-4) / 448 per 128 of them, then rope_dim bf16): 656 bytes for
+    DeepSeek-V3.2, the layout FlashMLA and vLLM use. Rows of other slots are left as they are.
+    """
+    _core.write_latent(latent, slots, cache, kv_lora_rank, stream)
+    return cache
+
+
+def write_index_keys(keys: Any, slots: Any, cache: Any, stream: int | None = None) -> Any:
+    """Writes tokens' indexer keys (already quantised: index_head_dim e4m3 values, then one
+    float32 scale per 128) into the index-key cache at their slots; returns `cache`.
+
+    keys: [n, key bytes] uint8; slots: [n] int32, distinct; cache: [num_slots, key bytes] uint8
+    (132 bytes for DeepSeek-V3.2).
+    """
+    _core.write_rows(keys, slots, cache, stream)
+    return cache
+
+
+def map_positions_to_slots(
+    indices: Any, row_request: Any, block_tables: Any, page_size: int, stream: int | None = None
+) -> Any:
+    """Turns selected key positions into cache slots, in place, and returns `indices`: for row r,
+    p = indices[r, j] >= 0 becomes block_tables[row_request[r], p // page_size] * page_size +
+    p % page_size; -1 stays -1. This is what `sparse_mla` reads after `topk`.
+
+    indices: [rows, k] int32; row_request: [rows] int32 (each row's request); block_tables:
+    [requests, max_pages] int32.
+    """
+    _core.map_positions_to_slots(indices, row_request, block_tables, page_size, stream)
+    return indices

@@ -1,9 +1,13 @@
 // The layer's kernels on their own, for engines that bring their own layer: thin over the ops,
 // whose checks (shapes, strides, offsets) name the same arguments. Outputs are the caller's.
+#include <vector>
+
 #include "bindings.h"
 #include "call_scope.h"
 #include "dsattn/ops/attention.h"
+#include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/indexer.h"
+#include "dsattn/ops/latent_fp8.h"
 #include "dsattn/ops/topk.h"
 #include "tensor_args.h"
 
@@ -84,9 +88,83 @@ void topk(nb::handle scores_obj, nb::handle lengths_obj, nb::handle out_obj, nb:
   ops::topk(scores.view, lengths.view, out.view);
 }
 
+// On the CPU, slots are checked before anything is written: each in the cache, none twice (a
+// repeated slot would keep one of its rows silently). On CUDA they are trusted, as all metadata.
+void check_slots(const TensorArg& slots, std::int64_t num_slots) {
+  if (!slots.device().is_cpu()) return;
+  const TensorView& v = slots.view;
+  std::vector<bool> seen(static_cast<std::size_t>(num_slots), false);
+  for (std::int64_t i = 0; i < v.size(0); ++i) {
+    const std::int32_t s = static_cast<const std::int32_t*>(v.data())[i * v.stride(0)];
+    if (s < 0 || s >= num_slots) {
+      fail("slots[{}] = {} is outside the cache's [0, {}) slots", i, s, num_slots);
+    }
+    if (seen[static_cast<std::size_t>(s)]) fail("slots[{}] = {} is given twice", i, s);
+    seen[static_cast<std::size_t>(s)] = true;
+  }
+}
+
+void write_latent(nb::handle latent_obj, nb::handle slots_obj, nb::handle cache_obj,
+                  std::int64_t kv_lora_rank, nb::handle stream) {
+  const TensorArg latent =
+      tensor_arg(latent_obj, "latent", {DType::bf16}, 2, "[n, kv_lora_rank + rope_dim]");
+  const TensorArg slots = tensor_arg(slots_obj, "slots", {DType::i32}, 1, "[n]");
+  const TensorArg cache = tensor_arg(
+      cache_obj, "cache", {DType::bf16, DType::u8}, 2,
+      "[num_slots, kv_lora_rank + rope_dim] (bf16) or [num_slots, fp8 row bytes] (uint8)", true);
+  check_same_device({{"slots", &slots}, {"cache", &cache}}, latent.device(), "latent's device");
+  check_slots(slots, cache.view.size(0));
+  CallScope scope(latent.device(), resolve_stream(stream, latent_obj, latent.device()));
+  nb::gil_scoped_release release;
+  if (cache.view.dtype() == DType::bf16) {
+    ops::scatter_rows(latent.view, slots.view, cache.view);
+    return;
+  }
+  // FP8: quantised rows first (the op checks the widths), then one scatter.
+  Tensor rows =
+      Tensor::empty({latent.view.size(0), cache.view.size(1)}, DType::u8, latent.device());
+  ops::quantize_latent_fp8(latent.view, kv_lora_rank, rows);
+  ops::scatter_rows(rows, slots.view, cache.view);
+}
+
+void write_rows(nb::handle rows_obj, nb::handle slots_obj, nb::handle cache_obj,
+                nb::handle stream) {
+  const TensorArg rows = tensor_arg(rows_obj, "rows", {DType::u8}, 2, "[n, row bytes]");
+  const TensorArg slots = tensor_arg(slots_obj, "slots", {DType::i32}, 1, "[n]");
+  const TensorArg cache =
+      tensor_arg(cache_obj, "cache", {DType::u8}, 2, "[num_slots, row bytes]", true);
+  check_same_device({{"slots", &slots}, {"cache", &cache}}, rows.device(), "rows' device");
+  check_slots(slots, cache.view.size(0));
+  CallScope scope(rows.device(), resolve_stream(stream, rows_obj, rows.device()));
+  nb::gil_scoped_release release;
+  ops::scatter_rows(rows.view, slots.view, cache.view);
+}
+
+void map_positions_to_slots(nb::handle indices_obj, nb::handle row_request_obj,
+                            nb::handle block_tables_obj, std::int64_t page_size,
+                            nb::handle stream) {
+  const TensorArg indices = tensor_arg(indices_obj, "indices", {DType::i32}, 2, "[rows, k]", true);
+  const TensorArg row_request =
+      tensor_arg(row_request_obj, "row_request", {DType::i32}, 1, "[rows]");
+  const TensorArg block_tables =
+      tensor_arg(block_tables_obj, "block_tables", {DType::i32}, 2, "[requests, max_pages]");
+  check_same_device({{"row_request", &row_request}, {"block_tables", &block_tables}},
+                    indices.device(), "indices' device");
+  CallScope scope(indices.device(), resolve_stream(stream, indices_obj, indices.device()));
+  nb::gil_scoped_release release;
+  ops::map_positions_to_slots(indices.view, row_request.view, block_tables.view, page_size);
+}
+
 }  // namespace
 
 void bind_kernels(nb::module_& m) {
+  m.def("write_latent", &write_latent, nb::arg("latent"), nb::arg("slots"), nb::arg("cache"),
+        nb::arg("kv_lora_rank"), nb::arg("stream") = nb::none());
+  m.def("write_rows", &write_rows, nb::arg("rows"), nb::arg("slots"), nb::arg("cache"),
+        nb::arg("stream") = nb::none());
+  m.def("map_positions_to_slots", &map_positions_to_slots, nb::arg("indices"),
+        nb::arg("row_request"), nb::arg("block_tables"), nb::arg("page_size"),
+        nb::arg("stream") = nb::none());
   m.def("mha_prefill", &mha_prefill, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_q"),
         nb::arg("cu_k"), nb::arg("max_q"), nb::arg("scale"), nb::arg("out"),
         nb::arg("stream") = nb::none());

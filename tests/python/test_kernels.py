@@ -189,3 +189,49 @@ def test_topk_matches_formula(rng):
     strided = np.full((rows, 2 * n), np.nan, dtype=np.float32)
     strided[:, :n] = scores
     np.testing.assert_array_equal(dsattn.topk(strided[:, :n], lengths, k), out)
+
+
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_write_latent_writes_exactly_the_given_slots(rng, cache):
+    n, rank, rope, num_slots = 6, 256, 32, 40
+    latent = random_bf16(rng, (n, rank + rope))
+    slots = rng.permutation(num_slots)[:n].astype(np.int32)
+    if cache == "bf16":
+        store = poisoned_bf16((num_slots, rank + rope))
+        expected_rows = latent
+    else:
+        store = np.full((num_slots, rank + 4 * rank // 128 + 2 * rope), 0x7F, np.uint8)
+        quantised, _ = quantize_rows(dsattn.bf16_to_float32(np.ascontiguousarray(latent[:, :rank])))
+        expected_rows = np.concatenate([quantised, latent[:, rank:].view(np.uint8)], axis=1)
+    before = store.copy()
+    assert dsattn.write_latent(latent, slots, store, rank) is store
+    np.testing.assert_array_equal(store[slots], expected_rows)
+    untouched = np.setdiff1d(np.arange(num_slots), slots)
+    np.testing.assert_array_equal(store[untouched], before[untouched])
+    bad = slots.copy()
+    bad[2] = num_slots
+    with pytest.raises(ValueError, match=rf"slots\[2\] = {num_slots} is outside the cache's \[0, {num_slots}\)"):
+        dsattn.write_latent(latent, bad, store, rank)
+    bad[2] = slots[0]
+    with pytest.raises(ValueError, match=r"slots\[2\] = .* is given twice"):
+        dsattn.write_latent(latent, bad, store, rank)
+    np.testing.assert_array_equal(store[untouched], before[untouched])
+
+
+def test_write_index_keys_and_map_positions_to_slots(rng):
+    keys = rng.integers(0, 255, (3, 132), dtype=np.uint8)
+    store = np.zeros((64, 132), np.uint8)
+    slots = np.array([5, 63, 17], np.int32)
+    dsattn.write_index_keys(keys, slots, store)
+    np.testing.assert_array_equal(store[slots], keys)
+    assert not store[np.setdiff1d(np.arange(64), slots)].any()
+
+    page = 16
+    tables = np.array([[3, 0, 2], [1, 4, 5]], np.int32)
+    indices = np.array([[0, 17, 40, -1], [5, 16, 47, 33]], np.int32)
+    row_request = np.array([0, 1], np.int32)
+    expected = np.where(indices >= 0,
+                        tables[row_request[:, None], np.maximum(indices, 0) // page] * page
+                        + np.maximum(indices, 0) % page, -1)
+    assert dsattn.map_positions_to_slots(indices, row_request, tables, page) is indices
+    np.testing.assert_array_equal(indices, expected)
