@@ -22,6 +22,7 @@ from ._core import (
     float32_to_bf16,
     float32_to_fp8_e4m3,
     fp8_e4m3_to_float32,
+    plan,
 )
 from .kernels import (
     indexer_scores,
@@ -52,6 +53,7 @@ __all__ = [
     "indexer_scores",
     "map_positions_to_slots",
     "mha_prefill",
+    "plan",
     "sparse_mla",
     "topk",
     "write_index_keys",

@@ -152,7 +152,40 @@ class Layer {
 
 }  // namespace
 
+// The planner on its own: the path each request of a batch takes under `policy`.
+std::vector<std::string> plan(const AttentionConfig& config,
+                              const std::vector<std::int64_t>& prefix_lens,
+                              const std::vector<std::int64_t>& extend_lens,
+                              const std::string& policy, const std::string& mode) {
+  if (prefix_lens.size() != extend_lens.size()) {
+    fail("prefix_lens and extend_lens must have the same length, got {} and {}", prefix_lens.size(),
+         extend_lens.size());
+  }
+  if (mode != "prefill" && mode != "decode") {
+    fail("mode must be \"prefill\" or \"decode\", got \"{}\"", mode);
+  }
+  config.validate();
+  Batch batch;
+  batch.mode = mode == "decode" ? ForwardMode::decode : ForwardMode::prefill;
+  for (std::size_t i = 0; i < prefix_lens.size(); ++i) {
+    if (prefix_lens[i] < 0 || extend_lens[i] < 1) {
+      fail("request {}: prefix_len must be >= 0 and extend_len >= 1, got {} and {}", i,
+           prefix_lens[i], extend_lens[i]);
+    }
+    batch.requests.push_back({prefix_lens[i], extend_lens[i], {}});
+  }
+  std::vector<std::string> paths;
+  for (Path p : plan_batch(batch, config, Policy::parse(policy))) {
+    paths.emplace_back(path_name(p));
+  }
+  return paths;
+}
+
 void bind_layer(nb::module_& m) {
+  m.def("plan", &plan, nb::arg("config"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
+        nb::arg("policy") = "per-request", nb::arg("mode") = "prefill",
+        "The path (\"dense_mha\" or \"sparse_mla\") each request of a batch takes under "
+        "`policy`: what AttentionLayer would run, without running it.");
   nb::class_<Layer>(m, "AttentionLayer",
                     "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
                     "including out.")

@@ -183,3 +183,17 @@ def test_page_size_changes_where_tokens_live_not_the_output(config, weights, rng
     np.testing.assert_array_equal(outs[2], outs[1])
     with pytest.raises(ValueError, match="page_size must be a multiple of 16"):
         layer_for(config, weights, page_size=40)
+
+
+def test_plan_says_which_path_each_request_takes(config):
+    topk = config.index_topk
+    assert dsattn.plan(config, [0, 0, 10], [topk, topk + 1, topk - 10]) == [
+        "dense_mha", "sparse_mla", "dense_mha"]
+    assert dsattn.plan(config, [0], [5], policy="mla") == ["sparse_mla"]
+    assert dsattn.plan(config, [5, 3], [1, 1], mode="decode") == ["sparse_mla", "sparse_mla"]
+    with pytest.raises(ValueError, match="policy mha is not exact for request 1"):
+        dsattn.plan(config, [0, topk], [1, 1], policy="mha")
+    with pytest.raises(ValueError, match="same length"):
+        dsattn.plan(config, [0, 0], [1])
+    with pytest.raises(ValueError, match="extend_len >= 1"):
+        dsattn.plan(config, [0], [0])
