@@ -88,6 +88,26 @@ TEST_F(BadInput, PageSharedByTwoRequests) {
   expect_refused(b, 10, "request 1: page");
 }
 
+// A block table naming a page the cache has not handed out (released, or never allocated) would
+// read or overwrite whatever request gets that page next.
+TEST_F(BadInput, FreePage) {
+  const BlockTable bad = {table[0], (table[0] + 2) % 4};
+  Batch b;
+  b.requests.push_back({60, 10, bad});
+  expect_refused(b, 10, "block_table[1] = " + std::to_string(bad[1]) + " is a free page");
+}
+
+// Pages are shared read-only: a request may read pages another one writes in the same batch only
+// if neither writes them.
+TEST_F(BadInput, ReadingAPageAnotherRequestWrites) {
+  BlockTable other = {table[0]};
+  cache->reserve(other, 80);  // its own second page
+  Batch b;
+  b.requests.push_back({20, 5, table});  // writes page table[0]
+  b.requests.push_back({64, 5, other});  // reads page table[0] as its prefix
+  expect_refused(b, 10, "which writes its new tokens there");
+}
+
 TEST_F(BadInput, HiddenRowsDoNotMatchTheBatch) {
   Batch b;
   b.requests.push_back({20, 5, table});

@@ -15,6 +15,8 @@ class PageAllocator {
 
   std::int64_t num_pages() const { return num_pages_; }
   std::int64_t free_pages() const { return static_cast<std::int64_t>(free_.size()); }
+  // Whether `page` (in [0, num_pages)) is allocated to some block table now.
+  bool in_use(std::int32_t page) const { return in_use_[static_cast<std::size_t>(page)]; }
 
   // Appends `count` pages to `table`, all or nothing: throws CacheFull (and leaves `table` and
   // the allocator unchanged) when fewer than `count` pages are free.

@@ -62,7 +62,7 @@ LayerCacheView PagedKvCache::layer(std::int64_t index) const {
     fail("cache layer must be in [0, {}), got {}", num_layers(), index);
   }
   return {latent_[index].view(), latent_format_, index_keys_[index].view(), page_size_,
-          num_pages()};
+          num_pages(),           &allocator_};
 }
 
 }  // namespace dsattn

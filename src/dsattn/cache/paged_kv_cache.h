@@ -35,6 +35,9 @@ struct LayerCacheView {
   TensorView index_keys;  // [num_slots, index_key_bytes(d_I)] u8
   std::int64_t page_size = kPageSize;
   std::int64_t num_pages = 0;
+  // The cache's allocator, when the view comes from a PagedKvCache: a forward then refuses
+  // block tables that name free pages (released, or never allocated).
+  const PageAllocator* allocator = nullptr;
 };
 
 class PagedKvCache {

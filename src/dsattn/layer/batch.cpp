@@ -21,7 +21,9 @@ std::vector<std::int64_t> Batch::token_offsets() const {
 void validate_batch(const Batch& batch, const AttentionConfig& config,
                     const LayerCacheView& cache) {
   if (batch.requests.empty()) fail("batch must hold at least one request, got none");
-  std::vector<std::int32_t> owner(cache.num_pages, -1);
+  // Pages may be shared between requests (a prefix cache) as long as nobody writes them: the
+  // pages holding a request's new tokens must be its own in this batch.
+  std::vector<std::int32_t> writer(cache.num_pages, -1), user(cache.num_pages, -1);
   for (std::size_t i = 0; i < batch.requests.size(); ++i) {
     const RequestInput& r = batch.requests[i];
     if (r.prefix_len < 0) fail("request {}: prefix_len must be >= 0, got {}", i, r.prefix_len);
@@ -41,17 +43,30 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
           "reserve cache pages before the forward",
           i, r.context_len(), pages, cache.page_size, r.block_table.size());
     }
+    const std::int64_t first_written = r.prefix_len / cache.page_size;
     for (std::int64_t p = 0; p < pages; ++p) {
       const std::int32_t page = r.block_table[p];
       if (page < 0 || page >= cache.num_pages) {
         fail("request {}: block_table[{}] = {} is outside the cache's [0, {}) pages", i, p, page,
              cache.num_pages);
       }
-      if (owner[page] != -1) {
-        fail("request {}: page {} is also used by request {} (or twice by this one)", i, page,
-             owner[page]);
+      if (cache.allocator && !cache.allocator->in_use(page)) {
+        fail("request {}: block_table[{}] = {} is a free page (released, or never allocated)", i, p,
+             page);
       }
-      owner[page] = static_cast<std::int32_t>(i);
+      const std::int32_t self = static_cast<std::int32_t>(i);
+      if (user[page] == self) fail("request {}: page {} appears twice in its block table", i, page);
+      const bool writes = p >= first_written;
+      if (writes && user[page] != -1) {
+        fail("request {}: page {} receives its new tokens but is also used by request {}", i, page,
+             user[page]);
+      }
+      if (writer[page] != -1) {
+        fail("request {}: page {} is also used by request {}, which writes its new tokens there", i,
+             page, writer[page]);
+      }
+      user[page] = self;
+      if (writes) writer[page] = self;
     }
   }
 }
