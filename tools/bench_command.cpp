@@ -1,10 +1,12 @@
 // dsattn bench: every stage's time against the hardware ceilings measured in the same run, and
 // the whole layer under each policy; a table on screen and JSON under bench/results/.
+#include <fmt/ranges.h>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+
 #include <nlohmann/json.hpp>
 
 #include "bench/stages.h"
@@ -17,13 +19,16 @@ namespace dsattn::tools {
 
 namespace {
 
+// Every stage, in the order they run; the default runs them all.
+const std::vector<std::string> kStages = {"mha",    "projections", "sparse_mla", "indexer", "topk",
+                                          "decode", "layer",       "layer_long", "glm5"};
+
 struct BenchOptions {
   std::string device = "auto";
   std::string json_path;
   std::string commit;
   std::string anchors;
-  std::vector<std::string> stages = {"mha",    "projections", "sparse_mla", "indexer", "topk",
-                                     "decode", "layer",       "layer_long", "glm5"};
+  std::vector<std::string> stages = kStages;
   bool quick = false;
   std::vector<std::int64_t> seqs;  // overrides the sweep's sequence lengths
   TensorParallelOptions tp;
@@ -63,14 +68,8 @@ std::string git_commit() {
 int run(const BenchOptions& o) {
   if (o.tp.requested()) return bench_tensor_parallel(o.tp, o.device, o.json_path, o.quick);
   for (const std::string& s : o.stages) {
-    static const std::vector<std::string> known = {"mha",     "projections", "sparse_mla",
-                                                   "indexer", "topk",        "decode",
-                                                   "layer",   "layer_long",  "glm5"};
-    if (std::find(known.begin(), known.end(), s) == known.end()) {
-      fail(
-          "--stages: unknown stage '{}' (known: mha, projections, sparse_mla, indexer, topk, "
-          "decode, layer, layer_long, glm5)",
-          s);
+    if (std::find(kStages.begin(), kStages.end(), s) == kStages.end()) {
+      fail("--stages: unknown stage '{}' (known: {})", s, fmt::join(kStages, ", "));
     }
   }
   // Each sweep batch holds about `tokens` tokens: a length must fit in one.
@@ -144,7 +143,7 @@ int run(const BenchOptions& o) {
     if (!o.quick && o.seqs.empty()) glm_sweep.seqs = {1024, 4096};
     nlohmann::json glm = {
         {"mha_prefill",
-         bench_mha_prefill(dev, glm_sweep, c, {64, 256, 256, "GLM-5 dense MHA prefill"})}};
+         bench_mha_prefill(dev, glm_sweep, c, AttentionConfig::glm5(), "GLM-5 dense MHA prefill")}};
     if (!o.quick) {
       glm["layer"] = bench_layer(dev, 100, {1024}, AttentionConfig::glm5());
       glm["layer_long"] = bench_layer(dev, 8, {8192}, AttentionConfig::glm5());

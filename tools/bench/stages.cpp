@@ -1,7 +1,6 @@
 #include "bench/stages.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -90,10 +89,10 @@ Ceilings measure_ceilings(Device device) {
 }
 
 json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
-                       const MhaShape& shape) {
+                       const AttentionConfig& config, const char* label) {
   json rows = json::array();
-  const std::int64_t heads = shape.heads, d_qk = shape.d_qk, d_v = shape.d_v;
-  const float scale = static_cast<float>(1.0 / std::sqrt(double(d_qk)));
+  const std::int64_t heads = config.num_heads, d_qk = config.qk_head_dim(), d_v = config.v_head_dim;
+  const float scale = static_cast<float>(config.softmax_scale());
   for (std::int64_t s : sweep.seqs) {
     const std::int64_t batch = std::max<std::int64_t>(1, sweep.tokens / s), T = batch * s;
     const Tensor q = random_tensor({T, heads, d_qk}, DType::bf16, device, 3);
@@ -104,7 +103,7 @@ json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
     const Timing t =
         time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, scale, o); });
     const double flops = double(batch) * s * (s + 1) * heads * (d_qk + d_v);
-    rows.push_back(sweep_row(shape.label, s, batch, t.median_ms, flops, c));
+    rows.push_back(sweep_row(label, s, batch, t.median_ms, flops, c));
   }
   return rows;
 }

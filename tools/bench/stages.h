@@ -23,14 +23,11 @@ struct Sweep {
   std::int64_t tokens = 16384;
 };
 
-// Dense causal MHA at a model's per-head sizes (default DeepSeek-V3.2's: 128 heads, q/k 192, v
-// 128).
-struct MhaShape {
-  std::int64_t heads = 128, d_qk = 192, d_v = 128;
-  const char* label = "dense MHA prefill";
-};
+// Dense causal MHA at a model's heads, per-head sizes and softmax scale (default DeepSeek-V3.2's:
+// 128 heads, q/k 192, v 128).
 nlohmann::json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
-                                 const MhaShape& shape = {});
+                                 const AttentionConfig& config = AttentionConfig::deepseek_v32(),
+                                 const char* label = "dense MHA prefill");
 nlohmann::json bench_projections(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_sparse_mla_prefill(Device device, const Sweep& sweep, const Ceilings& c);
 nlohmann::json bench_indexer(Device device, const Sweep& sweep, const Ceilings& c);
