@@ -70,7 +70,7 @@ LayerWeights from_tensors(const AttentionConfig& config, const nb::dict& tensors
   // Without any indexer weight: a layer that shares an earlier layer's top-k (IndexShare).
   std::vector<AttentionWeightSlot> slots = attention_weight_slots(config);
   const bool indexer = std::any_of(slots.begin(), slots.end(), [&](const auto& slot) {
-    return is_indexer_weight(slot) && tensors.contains(slot.name);
+    return is_indexer_weight(slot.name) && tensors.contains(slot.name);
   });
   std::set<std::string> known;
   for (const AttentionWeightSlot& slot : slots) known.insert(slot.name);
@@ -85,7 +85,7 @@ LayerWeights from_tensors(const AttentionConfig& config, const nb::dict& tensors
     }
   }
 
-  if (!indexer) std::erase_if(slots, [](const auto& slot) { return is_indexer_weight(slot); });
+  if (!indexer) std::erase_if(slots, [](const auto& slot) { return is_indexer_weight(slot.name); });
   std::vector<TensorArg> args;
   for (const AttentionWeightSlot& slot : slots) {
     if (!tensors.contains(slot.name)) {

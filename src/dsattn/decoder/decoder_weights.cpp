@@ -60,8 +60,7 @@ DecoderWeights DecoderWeights::synthetic(const DecoderConfig& config, std::uint6
     const std::uint64_t s = seed + static_cast<std::uint64_t>(l);
     DecoderLayerWeights& layer = w.layers.emplace_back();
     layer.input_norm = synthetic_input_norm(config.attention, s);
-    layer.attention = LayerWeights::synthetic(config.attention, s);
-    if (config.attention.shares_topk(static_cast<std::int64_t>(l))) layer.attention.drop_indexer();
+    layer.attention = LayerWeights::synthetic_layer(config.attention, l, s);
     layer.post_attention_norm = uniform({D}, s, kPostNorm, 0.05f, 1.0f);
     layer.gate_up =
         stack_rows(uniform({I, D}, s, kGate, inv_sqrt(D)), uniform({I, D}, s, kUp, inv_sqrt(D)));

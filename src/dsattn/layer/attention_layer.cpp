@@ -112,18 +112,18 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   }
   ForwardResult result;
   result.paths = plan_batch(batch, c, policy_);
-  std::vector<std::size_t> sparse_requests;
+  PathGroup dense, sparse;
   for (std::size_t i = 0; i < result.paths.size(); ++i) {
-    if (result.paths[i] == Path::sparse_mla) sparse_requests.push_back(i);
+    (result.paths[i] == Path::dense_mha ? dense : sparse).requests.push_back(i);
   }
-  if (!has_indexer() && !sparse_requests.empty() &&
-      (!shared || !shared->slots.defined() || shared->requests != sparse_requests ||
+  if (!has_indexer() && !sparse.empty() &&
+      (!shared || !shared->slots.defined() || shared->requests != sparse.requests ||
        shared->page_size != cache.page_size)) {
     fail("this layer has no indexer: it takes the top-k of an earlier layer (IndexShare), but {}",
          !shared || !shared->slots.defined()
              ? "no earlier layer of this forward computed one (run it after a layer with its own "
                "indexer, passing the same SharedTopk)"
-         : shared->requests != sparse_requests
+         : shared->requests != sparse.requests
              ? "the earlier layer put other requests on the sparse path (give every layer the "
                "same batch and policy)"
              : "the earlier layer's cache has another page size");
@@ -146,10 +146,6 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   write_cache(proj, new_slots, cache);
   result.times.projections = clock.lap();
 
-  PathGroup dense, sparse;
-  for (std::size_t i = 0; i < result.paths.size(); ++i) {
-    (result.paths[i] == Path::dense_mha ? dense : sparse).requests.push_back(i);
-  }
   dense.build(batch, cache.page_size);
   sparse.build(batch, cache.page_size);
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);

@@ -12,8 +12,7 @@ AttentionStack AttentionStack::synthetic(const AttentionConfig& config, std::int
   if (num_layers <= 0) fail("num_layers must be positive, got {}", num_layers);
   AttentionStack s;
   for (std::int64_t l = 0; l < num_layers; ++l) {
-    LayerWeights weights = LayerWeights::synthetic(config, seed + l);
-    if (config.shares_topk(l)) weights.drop_indexer();
+    LayerWeights weights = LayerWeights::synthetic_layer(config, l, seed + l);
     s.layers_.emplace_back(config, device.is_cpu() ? std::move(weights) : weights.to(device),
                            policy);
     Tensor norm = synthetic_input_norm(config, seed + l);

@@ -1,8 +1,10 @@
 #include "dsattn/layer/decode_graph.h"
 
+#include <span>
 #include <vector>
 
 #include "dsattn/layer/paths.h"
+#include "dsattn/ops/cache_ops.h"
 #ifdef DSATTN_WITH_CUDA
 #include <cuda_runtime_api.h>
 
@@ -104,9 +106,12 @@ void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
       const std::int64_t row = b * tokens_ + t, pos = r.prefix_len + t;
       h[layout.positions() + row] = static_cast<std::int32_t>(pos);
       h[layout.visible() + row] = static_cast<std::int32_t>(pos + 1);
-      const std::int64_t ps = cache_.page_size();
-      h[layout.slots() + row] = static_cast<std::int32_t>(r.block_table[pos / ps] * ps + pos % ps);
     }
+    const auto rows_of_request = [&](std::int64_t offset) {
+      return std::span<std::int32_t>(h + offset + b * tokens_, static_cast<std::size_t>(tokens_));
+    };
+    ops::positions_to_slots(r.block_table, cache_.page_size(), rows_of_request(layout.positions()),
+                            rows_of_request(layout.slots()));
     h[layout.context_lens() + b] = static_cast<std::int32_t>(r.context_len());
     const std::int64_t pages = pages_for(r.context_len(), cache_.page_size());
     for (std::int64_t p = 0; p < max_pages_; ++p) {

@@ -49,6 +49,12 @@ std::vector<ScoreWindow> score_windows(const std::vector<std::int32_t>& cu,
   return windows;
 }
 
+// The group's rows of a [T, ...] tensor, packed; undefined when the group holds every row (the
+// tensor itself is then used as it is).
+Tensor packed_rows(const SparseMeta& meta, const TensorView& t) {
+  return meta.rows.empty() ? Tensor() : gather_group_rows(t, meta.rows);
+}
+
 // The indexer and top-k: queries for every row at once, scores against each request's paged
 // keys (in windows when the scores would exceed their budget), and the top-k positions of each
 // row ([n, K] i32). Rows that see at most K keys select all of them without scores.
@@ -57,8 +63,8 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
   const std::int64_t K = ctx.config.index_topk, n = meta.n;
   const Device dev = hidden.device();
   const bool all_rows = meta.rows.empty();
-  const Tensor x_packed = all_rows ? Tensor() : gather_group_rows(hidden, meta.rows);
-  const Tensor q_latent_packed = all_rows ? Tensor() : gather_group_rows(proj.q_latent, meta.rows);
+  const Tensor x_packed = packed_rows(meta, hidden);
+  const Tensor q_latent_packed = packed_rows(meta, proj.q_latent);
 
   const TensorView x = all_rows ? hidden : x_packed.view();
   const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
@@ -151,9 +157,6 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
   const std::int64_t K = c.index_topk, n = meta.n;
   const Device dev = o.device();
   const bool all_rows = meta.rows.empty();
-  auto rows_of = [&](const TensorView& t) {
-    return all_rows ? Tensor() : gather_group_rows(t, meta.rows);
-  };
 
   Tensor selected;
   if (ctx.weights.has_indexer()) {
@@ -187,7 +190,7 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
 
   // Absorb: q~_h = [W_UK,hᵀ q_nope_h, q_pe_h], 576 wide, against the cached [c_kv, k_pe]; one
   // batched product over the heads.
-  const Tensor q_packed = rows_of(proj.q);
+  const Tensor q_packed = packed_rows(meta, proj.q);
   const TensorView q = all_rows ? proj.q.view() : q_packed.view();
   Tensor q_absorbed = Tensor::empty({n, H, r + d_rope}, DType::bf16, dev);
   const TensorView w_kvb = ctx.weights.kv_b_proj.view().reshape({H, d_nope + d_v, r});

@@ -52,10 +52,6 @@ std::vector<AttentionWeightSlot> attention_weight_slots(const AttentionConfig& c
   };
 }
 
-bool is_indexer_weight(const AttentionWeightSlot& slot) {
-  return std::string_view(slot.name).starts_with("indexer.");
-}
-
 namespace {
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
@@ -268,7 +264,7 @@ LayerWeights load_layer_weights(const Checkpoint& checkpoint, int layer) {
   // A layer sharing an earlier layer's top-k (IndexShare) has no indexer weights.
   const bool shares = config.shares_topk(layer);
   for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
-    if (shares && is_indexer_weight(slot)) continue;
+    if (shares && is_indexer_weight(slot.name)) continue;
     w.*slot.member = load_bf16_weight(checkpoint, prefix + slot.name, slot.shape);
   }
   try {

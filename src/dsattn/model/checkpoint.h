@@ -78,8 +78,6 @@ struct AttentionWeightSlot {
   Shape shape;
 };
 std::vector<AttentionWeightSlot> attention_weight_slots(const AttentionConfig& config);
-// The indexer's five weights, absent from layers that share an earlier layer's top-k.
-bool is_indexer_weight(const AttentionWeightSlot& slot);
 
 // Loads the weight `name` as a bf16 host tensor of shape `shape`: bf16 as stored, f32 rounded to
 // bf16, fp8 e4m3 dequantised with its <name>_scale_inv block scales. Throws CheckpointError naming

@@ -59,30 +59,22 @@ json config_to_json(const AttentionConfig& c, int num_layers, bool fp8) {
     j["index_topk_freq"] = c.index_topk_freq;
     j["index_skip_topk_offset"] = c.index_skip_topk_offset;
   }
+  const json yarn = {{"factor", c.yarn.factor},
+                     {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
+                     {"beta_fast", c.yarn.beta_fast},
+                     {"beta_slow", c.yarn.beta_slow},
+                     {"mscale", c.yarn.mscale},
+                     {"mscale_all_dim", c.yarn.mscale_all_dim}};
   if (glm) {
     // As transformers v5 writes GLM configs: rope_parameters, and every MLP dense (the synthetic
     // decoders have no experts).
     j["rope_parameters"] = {{"rope_type", c.use_yarn ? "yarn" : "default"},
                             {"rope_theta", c.rope_theta}};
-    if (c.use_yarn) {
-      j["rope_parameters"].update(
-          {{"factor", c.yarn.factor},
-           {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
-           {"beta_fast", c.yarn.beta_fast},
-           {"beta_slow", c.yarn.beta_slow},
-           {"mscale", c.yarn.mscale},
-           {"mscale_all_dim", c.yarn.mscale_all_dim}});
-    }
+    if (c.use_yarn) j["rope_parameters"].update(yarn);
     j["first_k_dense_replace"] = num_layers;
   } else if (c.use_yarn) {
-    j["rope_scaling"] = {
-        {"type", "yarn"},
-        {"factor", c.yarn.factor},
-        {"original_max_position_embeddings", c.yarn.original_max_position_embeddings},
-        {"beta_fast", c.yarn.beta_fast},
-        {"beta_slow", c.yarn.beta_slow},
-        {"mscale", c.yarn.mscale},
-        {"mscale_all_dim", c.yarn.mscale_all_dim}};
+    j["rope_scaling"] = yarn;
+    j["rope_scaling"]["type"] = "yarn";
   } else {
     j["rope_scaling"] = nullptr;
   }
@@ -222,8 +214,7 @@ void write_synthetic_checkpoint(const std::string& dir, const AttentionConfig& c
   CheckpointWriter writer(dir, fp8, layout, num_layers);
   for (int layer = 0; layer < num_layers; ++layer) {
     const std::uint64_t layer_seed = seed + std::uint64_t(layer);
-    LayerWeights w = LayerWeights::synthetic(config, layer_seed);
-    if (config.shares_topk(layer)) w.drop_indexer();
+    const LayerWeights w = LayerWeights::synthetic_layer(config, layer, layer_seed);
     for (const AttentionWeightSlot& slot : attention_weight_slots(config)) {
       if ((w.*slot.member).defined())
         writer.add(attention_prefix(layer) + slot.name, w.*slot.member);

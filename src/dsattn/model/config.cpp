@@ -330,9 +330,9 @@ void read_index_share(const json& root, const std::string& source, const Reader&
     listed = std::move(pattern);
   }
   if (list_field && (c.index_topk_freq > 1 || has_offset)) {
-    AttentionConfig rule = c;
+    // c holds no list yet, so shares_topk applies the rule.
     for (std::size_t l = 0; l < listed.size(); ++l) {
-      if (listed[l] != rule.shares_topk(static_cast<std::int64_t>(l))) {
+      if (listed[l] != c.shares_topk(static_cast<std::int64_t>(l))) {
         fail<ConfigError>(
             "{}: fields {} and index_topk_freq / index_skip_topk_offset disagree at layer {} ({} "
             "says {}); give one",

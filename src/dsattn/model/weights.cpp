@@ -52,17 +52,25 @@ LayerWeights LayerWeights::synthetic(const AttentionConfig& config, std::uint64_
   return w;
 }
 
+bool is_indexer_weight(std::string_view name) { return name.starts_with("indexer."); }
+
+LayerWeights LayerWeights::synthetic_layer(const AttentionConfig& config, std::int64_t layer,
+                                           std::uint64_t seed) {
+  LayerWeights w = synthetic(config, seed);
+  if (config.shares_topk(layer)) w.drop_indexer();
+  return w;
+}
+
 void LayerWeights::drop_indexer() {
-  for (Tensor* t :
-       {&indexer_wq_b, &indexer_wk, &indexer_k_norm, &indexer_k_norm_bias, &indexer_weights_proj}) {
-    *t = Tensor();
-  }
+  for_each_weight(*this, AttentionConfig{}, [](const char* name, Tensor& t, const Shape&) {
+    if (is_indexer_weight(name)) t = Tensor();
+  });
 }
 
 void LayerWeights::validate(const AttentionConfig& config) const {
   const bool indexer = has_indexer();
   for_each_weight(*this, config, [&](const char* name, const Tensor& t, const Shape& shape) {
-    if (!indexer && std::string_view(name).starts_with("indexer.")) {
+    if (!indexer && is_indexer_weight(name)) {
       if (t.defined()) {
         fail(
             "layer weight {} is given but indexer.wq_b is not: a layer has all five indexer "

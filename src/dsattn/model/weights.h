@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "dsattn/core/tensor.h"
 #include "dsattn/model/config.h"
 
 namespace dsattn {
+
+// Whether a weight named `name` (as in LayerWeights or a checkpoint: "indexer.wk",
+// "indexer.wk.weight") is one of the indexer's, which IndexShare layers do not have.
+bool is_indexer_weight(std::string_view name);
 
 struct LayerWeights {
   Tensor q_a_proj;            // [q_lora_rank, hidden]
@@ -30,6 +35,9 @@ struct LayerWeights {
   // of many layers (x + attn(norm(x))) grows slowly. Same seed, same weights, on any machine.
   static LayerWeights synthetic(const AttentionConfig& config, std::uint64_t seed,
                                 float output_gain = 0.5f);
+  // The same for layer `layer` of a model: without an indexer where config.shares_topk(layer).
+  static LayerWeights synthetic_layer(const AttentionConfig& config, std::int64_t layer,
+                                      std::uint64_t seed);
 
   bool has_indexer() const { return indexer_wq_b.defined(); }
   // Removes the indexer's weights (a layer sharing an earlier layer's top-k).

@@ -30,7 +30,7 @@ void record_kernel(std::string_view op, std::string_view kernel) {
   auto it = r.last.find(op);
   if (it == r.last.end()) {
     r.last.emplace(std::string(op), std::string(kernel));
-  } else if (it->second != kernel) {
+  } else {
     it->second = kernel;
   }
 }
