@@ -1,9 +1,12 @@
-// The sm_90 tensor-core MHA kernel (DeepSeek-V3.2's q/k 192, v 128) through the op, against
-// float64 causal attention with the CPU backend's error as the yardstick. The shapes probe its
-// tiling: query blocks of 128 rows and key tiles of 64, so lengths one either side of those,
-// cached prefixes (n_q < n_k, bottom-right alignment) that make whole key tiles visible to every
-// row, long requests whose softmax runs over many tiles, and strided rows as the layer passes
-// them (v a slice of [k_nope, v], q a slice of a wider row, out a window at any offset).
+// The sm_90 tensor-core MHA kernels (DeepSeek-V3.2's q/k 192, v 128) against float64 causal
+// attention with the CPU backend's error as the yardstick: the op's wgmma kernel and the
+// mma.sync kernel kept as its GPU reference, each on the same inputs. The shapes probe both
+// tilings: query blocks of 128 rows (two warpgroups of 64 in the wgmma kernel) and key tiles of
+// 128 (wgmma) and 32 (mma.sync), so lengths one either side of those, cached prefixes (n_q < n_k,
+// bottom-right alignment) that make whole key tiles visible to every row, long requests whose
+// softmax runs over many tiles (the wgmma kernel's two-stage ring wraps many times), and strided
+// rows as the layer passes them (v a slice of [k_nope, v], q a slice of a wider row, out a window
+// at any offset).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "dsattn/core/cuda_runtime.h"
 #include "dsattn/model/config.h"
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/cuda/kernel_choice.h"
@@ -57,27 +61,35 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   const float scale = static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale());
 
   const Mirror q_dev(q_backing), k_dev(k), kv_dev(kv), cu_q_dev(cu_q), cu_k_dev(cu_k),
-      out_dev(out_backing);
-  // The shapes must reach the tensor-core kernel, not the generic fallback.
+      out_dev(out_backing), ref_out_dev(out_backing);
+  // The shapes must reach the tensor-core kernels, not the generic fallback.
   ops::cuda::MhaParams p{};
   p.q = q_dev.on_gpu(q).data();
   p.k = k_dev.on_gpu().data();
   p.v = kv_dev.on_gpu(v).data();
+  p.out = ref_out_dev.on_gpu(out).data();
+  p.cu_q = static_cast<const std::int32_t*>(cu_q_dev.on_gpu().data());
+  p.cu_k = static_cast<const std::int32_t*>(cu_k_dev.on_gpu().data());
+  p.total_q = total_q;
   p.sq0 = q.stride(0), p.sq1 = q.stride(1), p.sk0 = k.view().stride(0), p.sk1 = k.view().stride(1);
-  p.sv0 = v.stride(0), p.sv1 = v.stride(1);
+  p.sv0 = v.stride(0), p.sv1 = v.stride(1), p.so0 = out.stride(0), p.so1 = out.stride(1);
   p.max_q = max_q;
   p.batch = static_cast<int>(c.requests.size());
   p.heads = static_cast<int>(H);
   p.d_qk = static_cast<int>(kDqk);
   p.d_v = static_cast<int>(kDv);
   p.scale = scale;
+  ASSERT_TRUE(ops::cuda::mha_wgmma_sm90_supports(p));
   ASSERT_TRUE(ops::cuda::mha_sm90_supports(p));
 
   ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
   ops::mha_varlen_causal(q_dev.on_gpu(q), k_dev.on_gpu(), kv_dev.on_gpu(v), cu_q_dev.on_gpu(),
                          cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out));
-  EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"), "mha_sm90");
+  EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"), "mha_wgmma_sm90");
   const Tensor fetched = out_dev.fetch();
+  ASSERT_EQ(ops::cuda::launch_mha_sm90(p, nullptr), cudaSuccess);
+  dsattn::cuda::synchronize();
+  const Tensor fetched_ref = ref_out_dev.fetch();
 
   const std::vector<double> qd = read_doubles(q), kd = read_doubles(k), vd = read_doubles(v);
   std::vector<std::int64_t> request_of(static_cast<std::size_t>(total_q));
@@ -110,14 +122,21 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
     }
   }
 
-  const std::vector<double> gpu_out = read_doubles(Mirror::same_view(out, out_backing, fetched));
-  EXPECT_TRUE(within_tolerance(gpu_out, read_doubles(out), ref, relative_atol(ref), shape_of(out)));
-  EXPECT_TRUE(only_view_written(original, out_backing, out, fetched));
+  for (const auto& [kernel, result] :
+       {std::pair<const char*, const Tensor*>{"mha_wgmma_sm90", &fetched},
+        {"mha_sm90 (mma.sync)", &fetched_ref}}) {
+    SCOPED_TRACE(kernel);
+    const std::vector<double> gpu_out = read_doubles(Mirror::same_view(out, out_backing, *result));
+    EXPECT_TRUE(
+        within_tolerance(gpu_out, read_doubles(out), ref, relative_atol(ref), shape_of(out)));
+    EXPECT_TRUE(only_view_written(original, out_backing, out, *result));
+  }
 }
 
 const Sm90Case kSm90Cases[] = {
-    // Lengths either side of the 128-row query blocks and 64-key tiles, prefixes of whole and
-    // partial tiles, a request with a prefix but no new query, single rows.
+    // Lengths either side of the 64-row warpgroup halves, the 128-row query blocks and the 128-
+    // and 32-key tiles, prefixes of whole and partial tiles, a request with a prefix but no new
+    // query, single rows.
     {"Varlen_H8_TileEdges",
      8,
      {{1, 1},
@@ -131,7 +150,11 @@ const Sm90Case kSm90Cases[] = {
       {7, 7},
       {1, 300},
       {0, 50},
-      {127, 191}},
+      {127, 191},
+      {256, 256},
+      {257, 385},
+      {64, 128},
+      {100, 383}},
      0,
      0,
      0},
@@ -185,6 +208,8 @@ TEST_F(MhaNonFiniteGpu, NeverReachesRowsThatCannotSeeTheKey) {
           target.ptr<bf16>()[(bad * H + h) * width + 3] = bf16::from_float(bad_values[kind % 2]);
         }
         ops::mha_varlen_causal(q_d, k.to(gpu()), v.to(gpu()), cu_d, cu_d, n, 0.1f, dirty);
+        EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"),
+                  dq == 192 ? "mha_wgmma_sm90" : "mha_generic");
         const Tensor c = clean.to(Device::cpu()), d = dirty.to(Device::cpu());
         for (std::int64_t i = 0; i < n; ++i) {
           for (std::int64_t e = 0; e < H * dv; ++e) {

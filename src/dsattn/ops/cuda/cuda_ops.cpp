@@ -285,13 +285,13 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   p.d_qk = static_cast<int>(q.size(2));
   p.d_v = static_cast<int>(v.size(2));
   p.scale = scale;
-  if (mha_sm90_supports(p)) {
-    record_kernel("mha_varlen_causal", "mha_sm90");
-    check_launch(launch_mha_sm90(p, stream()), "mha_varlen_causal");
+  if (mha_wgmma_sm90_supports(p)) {
+    record_kernel("mha_varlen_causal", "mha_wgmma_sm90");
+    check_launch(launch_mha_wgmma_sm90(p, stream()), "mha_varlen_causal");
     return;
   }
   record_fallback(
-      "mha_varlen_causal", "mha_generic", "mha_sm90",
+      "mha_varlen_causal", "mha_generic", "mha_wgmma_sm90",
       fmt::format("it takes q/k head dim {} and v head dim {} with 16-byte aligned "
                   "rows and a positive scale; got {} and {}, strides {}/{}/{}, scale {}",
                   kMhaSm90Dqk, kMhaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sk0, p.sv0, p.scale));

@@ -152,9 +152,12 @@ bool indexer_fp8_sm90_supports(const IndexerParams& p);
 cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream);
 cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
-// The tensor-core kernel for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q, k
-// and v rows, scale > 0); supports() says whether it takes p.
+// The tensor-core kernels for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q,
+// k and v rows, scale > 0); supports() says whether one takes p. The wgmma kernel is the op's;
+// the mma.sync one (mha_sm90) is its GPU reference.
 inline constexpr int kMhaSm90Dqk = 192, kMhaSm90Dv = 128;
+bool mha_wgmma_sm90_supports(const MhaParams& p);
+cudaError_t launch_mha_wgmma_sm90(const MhaParams& p, cudaStream_t stream);
 bool mha_sm90_supports(const MhaParams& p);
 cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t stream);
