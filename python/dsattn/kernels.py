@@ -26,6 +26,9 @@ def mha_prefill(
     scale: float,
     out: Any = None,
     stream: int | None = None,
+    *,
+    lse: Any = None,
+    return_lse: bool = False,
 ) -> Any:
     """Dense causal attention over packed variable-length requests (the MHA form).
 
@@ -37,13 +40,20 @@ def mha_prefill(
     q: [total_q, heads, d_qk] bf16; k: [total_k, heads, d_qk] bf16; v: [total_k, heads, d_v]
     bf16 (unit stride in the last dimension, rows may be strided); cu_q, cu_k: [batch + 1]
     int32; max_q: the largest request's query count; out: [total_q, heads, d_v] bf16.
+
+    lse: [total_q, heads] float32 (heads contiguous), written when given: each row's and head's
+    log-sum-exp, ln sum_j exp(scale * q . k_j) over its visible keys, as FlashAttention's
+    softmax_lse, for merging attention over disjoint key sets. return_lse=True returns
+    (out, lse), allocating lse when it is not given.
     """
+    total_q, heads, _ = shape_of(q, "q", "[total_q, heads, d_qk]")
     if out is None:
-        total_q, heads, _ = shape_of(q, "q", "[total_q, heads, d_qk]")
         d_v = shape_of(v, "v", "[total_k, heads, d_v]")[2]
         out = empty_like(q, (total_q, heads, d_v), "bf16")
-    _core.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, out, stream)
-    return out
+    if lse is None and return_lse:
+        lse = empty_like(q, (total_q, heads), "f32")
+    _core.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, out, lse, stream)
+    return (out, lse) if return_lse else out
 
 
 def sparse_mla(

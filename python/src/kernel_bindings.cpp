@@ -1,5 +1,6 @@
 // The layer's kernels on their own, for engines that bring their own layer: thin over the ops,
 // whose checks (shapes, strides, offsets) name the same arguments. Outputs are the caller's.
+#include <optional>
 #include <vector>
 
 #include "bindings.h"
@@ -17,7 +18,7 @@ namespace {
 
 void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle cu_q_obj,
                  nb::handle cu_k_obj, std::int64_t max_q, float scale, nb::handle out_obj,
-                 nb::handle stream) {
+                 nb::handle lse_obj, nb::handle stream) {
   const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[total_q, heads, d_qk]");
   const TensorArg k = tensor_arg(k_obj, "k", {DType::bf16}, 3, "[total_k, heads, d_qk]");
   const TensorArg v = tensor_arg(v_obj, "v", {DType::bf16}, 3, "[total_k, heads, d_v]");
@@ -26,9 +27,16 @@ void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handl
   const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[total_q, heads, d_v]", true);
   check_same_device({{"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}},
                     q.device(), "q's device");
+  TensorView lse;
+  std::optional<TensorArg> lse_arg;
+  if (!lse_obj.is_none()) {
+    lse_arg = tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[total_q, heads]", true);
+    check_same_device({{"lse", &*lse_arg}}, q.device(), "q's device");
+    lse = lse_arg->view;
+  }
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
-  ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view);
+  ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view, lse);
 }
 
 void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
@@ -167,7 +175,7 @@ void bind_kernels(nb::module_& m) {
         nb::arg("stream") = nb::none());
   m.def("mha_prefill", &mha_prefill, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_q"),
         nb::arg("cu_k"), nb::arg("max_q"), nb::arg("scale"), nb::arg("out"),
-        nb::arg("stream") = nb::none());
+        nb::arg("lse") = nb::none(), nb::arg("stream") = nb::none());
   m.def("sparse_mla", &sparse_mla, nb::arg("q"), nb::arg("kv_cache"), nb::arg("indices"),
         nb::arg("scale"), nb::arg("out"), nb::arg("stream") = nb::none());
   m.def("indexer_scores", &indexer_scores, nb::arg("q"), nb::arg("q_scale"), nb::arg("weights"),

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <utility>
@@ -21,12 +22,13 @@ namespace dsattn::gpu_test {
 namespace {
 
 // softmax(logits) · values in float64 for one query row; `values(j, c)` is value column c of key
-// j. No key: zeros.
+// j. No key: zeros. Returns the row's log-sum-exp (-inf without a key).
 template <typename Values>
-void softmax_row(const std::vector<double>& logits, std::int64_t d_v, Values values, double* out) {
+double softmax_row(const std::vector<double>& logits, std::int64_t d_v, Values values,
+                   double* out) {
   if (logits.empty()) {
     std::fill_n(out, d_v, 0.0);
-    return;
+    return -INFINITY;
   }
   const double mx = *std::max_element(logits.begin(), logits.end());
   std::vector<double> p(logits.size());
@@ -37,6 +39,7 @@ void softmax_row(const std::vector<double>& logits, std::int64_t d_v, Values val
     for (std::size_t j = 0; j < logits.size(); ++j) acc += p[j] * values(j, c);
     out[c] = acc / sum;
   }
+  return mx + std::log(sum);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -46,7 +49,8 @@ struct MhaCase {
   const char* name;
   std::int64_t heads, d_qk, d_v;
   std::vector<std::pair<std::int64_t, std::int64_t>> requests;  // (query rows, key rows)
-  bool strided;  // v is the second half of [k_nope, v] rows and out a window of a wider tensor
+  bool strided;      // v is the second half of [k_nope, v] rows and out a window of a wider tensor
+  bool lse = false;  // ask for the log-sum-exp too
 };
 
 void PrintTo(const MhaCase& c, std::ostream* os) { *os << c.name; }
@@ -81,11 +85,20 @@ TEST_P(MhaGpu, MatchesFloat64CausalAttention) {
                           ? static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale())
                           : 1.0f / std::sqrt(static_cast<float>(dq));
 
-  const Mirror q_dev(q), k_dev(k), kv_dev(kv), cu_q_dev(cu_q), cu_k_dev(cu_k), out_dev(out_backing);
-  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
+  // The log-sum-exp too, on the first half of the cases (both kernels' paths): the op must give
+  // the same output with and without it.
+  const bool with_lse = c.lse;
+  Tensor lse_cpu = poisoned({total_q, H}, DType::f32),
+         lse_backing = poisoned({total_q, H}, DType::f32);
+  const Mirror q_dev(q), k_dev(k), kv_dev(kv), cu_q_dev(cu_q), cu_k_dev(cu_k), out_dev(out_backing),
+      lse_dev(lse_backing);
+  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out,
+                         with_lse ? lse_cpu.view() : TensorView{});
   ops::mha_varlen_causal(q_dev.on_gpu(), k_dev.on_gpu(), kv_dev.on_gpu(v), cu_q_dev.on_gpu(),
-                         cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out));
+                         cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out),
+                         with_lse ? lse_dev.on_gpu() : TensorView{});
   const Tensor fetched = out_dev.fetch();
+  const Tensor lse_gpu = lse_dev.fetch();
 
   const std::vector<double> qv = read_doubles(q), kd = read_doubles(k), vd = read_doubles(v);
   std::vector<std::int64_t> request_of(static_cast<std::size_t>(total_q));
@@ -93,6 +106,7 @@ TEST_P(MhaGpu, MatchesFloat64CausalAttention) {
     for (std::int64_t r = cq[b]; r < cq[b + 1]; ++r) request_of[r] = b;
   }
   std::vector<double> ref(static_cast<std::size_t>(total_q * H * dv));
+  std::vector<double> lse_ref(static_cast<std::size_t>(total_q * H));
 #pragma omp parallel for schedule(dynamic, 4)
   for (std::int64_t w = 0; w < total_q * H; ++w) {
     const std::int64_t row = w / H, h = w % H, b = request_of[row];
@@ -104,7 +118,7 @@ TEST_P(MhaGpu, MatchesFloat64CausalAttention) {
       for (std::int64_t e = 0; e < dq; ++e) dot += qv[w * dq + e] * kd[((k0 + j) * H + h) * dq + e];
       logits[j] = dot * static_cast<double>(scale);
     }
-    softmax_row(
+    lse_ref[w] = softmax_row(
         logits, dv,
         [&](std::size_t j, std::int64_t col) {
           return vd[((k0 + static_cast<std::int64_t>(j)) * H + h) * dv + col];
@@ -115,12 +129,20 @@ TEST_P(MhaGpu, MatchesFloat64CausalAttention) {
   const std::vector<double> gpu_out = read_doubles(Mirror::same_view(out, out_backing, fetched));
   EXPECT_TRUE(within_tolerance(gpu_out, read_doubles(out), ref, relative_atol(ref), shape_of(out)));
   EXPECT_TRUE(only_view_written(original, out_backing, out, fetched));
+  if (with_lse) {
+    SCOPED_TRACE("lse");
+    EXPECT_TRUE(within_tolerance(read_doubles(lse_gpu), read_doubles(lse_cpu), lse_ref,
+                                 relative_atol(lse_ref), shape_of(lse_cpu.view())));
+  } else {
+    EXPECT_EQ(std::memcmp(lse_backing.view().data(), lse_gpu.view().data(), lse_gpu.nbytes()), 0)
+        << "lse was written though not asked for";
+  }
 }
 
 const MhaCase kMhaCases[] = {
     // DeepSeek-V3.2's MHA form: 128 heads, q/k 192, v 128. A decode row over a prefix, a fresh
     // prefill, a chunk over a prefix, a request whose keys are all prefix with no new query.
-    {"Model_H128_Prefixes", 128, 192, 128, {{1, 257}, {33, 33}, {48, 130}, {0, 4}}, true},
+    {"Model_H128_Prefixes", 128, 192, 128, {{1, 257}, {33, 33}, {48, 130}, {0, 4}}, true, true},
     {"Model_H128_Prefill96", 128, 192, 128, {{96, 96}}, false},
     {"Model_H128_DecodeBatch", 128, 192, 128, {{1, 1}, {1, 64}, {1, 300}, {2, 129}}, true},
     // Query and key counts on both sides of 64- and 128-row tile edges, with and without a
@@ -130,9 +152,10 @@ const MhaCase kMhaCases[] = {
      192,
      128,
      {{130, 200}, {129, 129}, {65, 65}, {63, 127}, {64, 64}},
+     true,
      true},
     // Small odd shapes: head dims that fill no warp, an empty request in the middle.
-    {"Odd_H3_13x7", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true},
+    {"Odd_H3_13x7", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true, true},
     {"Odd_H5_40x24_EmptyRequest", 5, 40, 24, {{2, 2}, {0, 0}, {5, 8}, {7, 30}}, false},
     {"Odd_H2_100x72", 2, 100, 72, {{17, 17}, {9, 50}}, true},
 };

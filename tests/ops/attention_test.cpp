@@ -21,14 +21,17 @@ namespace dsattn::test {
 namespace {
 
 // softmax(logits) · values for one query row, in double and in plain f32 (rounded to bf16).
-// values(j, c) is value column c of key j.
+// values(j, c) is value column c of key j. When lse_ref / lse_plain are given they receive the
+// row's log-sum-exp in double and in f32.
 template <typename Values>
 void softmax_row(const std::vector<double>& logits, const std::vector<float>& logits_f,
-                 std::int64_t d_v, Values values, double* ref, double* plain) {
+                 std::int64_t d_v, Values values, double* ref, double* plain,
+                 double* lse_ref = nullptr, double* lse_plain = nullptr) {
   const std::size_t m = logits.size();
   if (m == 0) {
     std::fill_n(ref, d_v, 0.0);
     std::fill_n(plain, d_v, 0.0);
+    if (lse_ref != nullptr) *lse_ref = *lse_plain = -INFINITY;
     return;
   }
   const double mx = *std::max_element(logits.begin(), logits.end());
@@ -52,6 +55,10 @@ void softmax_row(const std::vector<double>& logits, const std::vector<float>& lo
     }
     ref[c] = acc / sum;
     plain[c] = round_bf16(acc_f);
+  }
+  if (lse_ref != nullptr) {
+    *lse_ref = mx + std::log(sum);
+    *lse_plain = mx_f + std::log(sum_f);
   }
 }
 
@@ -102,6 +109,7 @@ TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
 
   const std::vector<double> qv = read_doubles(q), kv = read_doubles(k), vv = read_doubles(v);
   std::vector<double> ref(total_q * H * dv), plain(ref.size());
+  std::vector<double> lse_ref(total_q * H), lse_plain(lse_ref.size());
   for (std::int64_t b = 0; b < batch; ++b) {
     const std::int64_t q0 = cu_q.ptr<std::int32_t>()[b], k0 = cu_k.ptr<std::int32_t>()[b];
     const std::int64_t nq = c.requests[b].first, nk = c.requests[b].second;
@@ -125,7 +133,9 @@ TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
           return vv[((k0 + static_cast<std::int64_t>(j)) * H + h) * dv + col];
         };
         const std::int64_t o = ((q0 + i) * H + h) * dv;
-        softmax_row(logits, logits_f, dv, values, &ref[o], &plain[o]);
+        const std::int64_t row = (q0 + i) * H + h;
+        softmax_row(logits, logits_f, dv, values, &ref[o], &plain[o], &lse_ref[row],
+                    &lse_plain[row]);
       }
     }
   }
@@ -136,6 +146,18 @@ TEST_P(MhaVarlenCausalTest, MatchesFloat64CausalAttention) {
   const std::vector<std::int64_t> shape{total_q, H, dv};
   EXPECT_TRUE(within_tolerance(read_doubles(out), ref, plain, 1e-5, shape));
   EXPECT_TRUE(only_view_written(out_backing, before, out));
+
+  // With the log-sum-exp asked for (rows of a wider tensor): the same output, and each row's
+  // and head's ln Σ exp(scale · q·k) over its visible keys.
+  Tensor lse_backing = random_tensor({total_q, H + 2}, DType::f32, 104, 1);
+  const TensorView lse = lse_backing.view().slice(1, 1, 1 + H);
+  const std::vector<std::uint8_t> lse_before = snapshot(lse_backing);
+  const std::vector<std::uint8_t> out_first = snapshot(out_backing);
+  ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out, lse);
+  EXPECT_EQ(snapshot(out_backing), out_first);
+  const std::vector<std::int64_t> lse_shape{total_q, H};
+  EXPECT_TRUE(within_tolerance(read_doubles(lse), lse_ref, lse_plain, 1e-5, lse_shape));
+  EXPECT_TRUE(only_view_written(lse_backing, lse_before, lse));
 }
 
 const MhaCase kMhaCases[] = {
@@ -244,6 +266,22 @@ TEST(MhaVarlenCausalTest, RejectsBadArguments) {
                       "max_q is 2 but request 1 has 3 query rows", {watch(out)}));
   EXPECT_TRUE(rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, -1, 0.25f, out); },
                       "max_q must be >= 0", {watch(out)}));
+  // The optional log-sum-exp: f32, [total_q, heads], heads contiguous, on the op's device.
+  Tensor lse_bf16 = random_tensor({5, 2}, DType::bf16, 110, 11);
+  EXPECT_TRUE(rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 3, 0.25f, out, lse_bf16); },
+                      "lse must have dtype f32", {watch(out), watch(lse_bf16)}));
+  Tensor lse_rows = random_tensor({4, 2}, DType::f32, 110, 12);
+  EXPECT_TRUE(rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 3, 0.25f, out, lse_rows); },
+                      "lse must have shape [5, 2]", {watch(out), watch(lse_rows)}));
+  Tensor lse_wide = random_tensor({5, 4}, DType::f32, 110, 13);
+  const TensorView lse_strided = strided_view(lse_wide, {5, 2}, {4, 2});
+  EXPECT_TRUE(
+      rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 3, 0.25f, out, lse_strided); },
+              "lse must have a unit stride", {watch(out), watch(lse_wide)}));
+  Tensor lse = random_tensor({5, 2}, DType::f32, 110, 14);
+  EXPECT_TRUE(
+      rejects([&] { ops::mha_varlen_causal(q, k, v, cu_q, cu_k, 3, 0.25f, out, on_cuda(lse)); },
+              "lse is on cuda:0", {watch(out)}));
 }
 
 TEST(MhaVarlenCausalTest, RefusesDeviceOffsetsWithoutReadingThem) {

@@ -46,6 +46,23 @@ def test_mha_prefill_matches_formula(rng):
     allocated = dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale)
     np.testing.assert_array_equal(allocated, out)
 
+    # The log-sum-exp beside the output: ln sum_j exp(scale * q . k_j) over the visible keys.
+    lse_ref = np.empty((cu_q[-1], q.shape[1]))
+    for b in range(len(n_q)):
+        for i in range(n_q[b]):
+            row = cu_q[b] + i
+            keys = f64(k)[cu_k[b]:cu_k[b] + n_k[b] - n_q[b] + i + 1]
+            logits = scale * np.einsum("hd,jhd->hj", f64(q)[row], keys)
+            mx = logits.max(axis=1)
+            lse_ref[row] = mx + np.log(np.exp(logits - mx[:, None]).sum(axis=1))
+    with_lse, lse = dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale, return_lse=True)
+    np.testing.assert_array_equal(with_lse, out)
+    assert lse.dtype == np.float32 and lse.shape == (cu_q[-1], q.shape[1])
+    np.testing.assert_allclose(lse, lse_ref, rtol=0, atol=1e-4)
+    given = np.full((cu_q[-1], q.shape[1]), np.nan, np.float32)
+    assert dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale, lse=given) is not None
+    np.testing.assert_array_equal(given, lse)
+
 
 def quantize_rows(values, block=128):
     """FP8 rows: e4m3(values / scale) then one f32 scale per block, scale = max(amax, 1e-4) / 448;

@@ -7,7 +7,7 @@ namespace dsattn::ops {
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out) {
+                       float scale, const TensorView& out, const TensorView& lse) {
   for (auto [name, t] :
        {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}, std::pair{"out", &out}}) {
     check_dtype(*t, name, DType::bf16);
@@ -18,6 +18,11 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   check_shape(k, "k", {kAny, heads, d_qk});
   check_shape(v, "v", {k.size(0), heads, kAny});
   check_shape(out, "out", {q.size(0), heads, d_v});
+  if (!lse.empty()) {
+    check_dtype(lse, "lse", DType::f32);
+    check_shape(lse, "lse", {q.size(0), heads});
+    check_inner_contiguous(lse, "lse");
+  }
   check_varlen_offsets(cu_q, cu_k, q.size(0), k.size(0), -1);
   DSATTN_CHECK(max_q >= 0, "max_q must be >= 0, got {}", max_q);
   if (cu_q.device().is_cpu()) {
@@ -27,10 +32,19 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
                    max_q, b, cq[b + 1] - cq[b]);
     }
   }
-  const Device d = common_device(
-      {{"q", &q}, {"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}});
+  const Device d =
+      lse.empty()
+          ? common_device(
+                {{"q", &q}, {"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}})
+          : common_device({{"q", &q},
+                           {"k", &k},
+                           {"v", &v},
+                           {"cu_q", &cu_q},
+                           {"cu_k", &cu_k},
+                           {"out", &out},
+                           {"lse", &lse}});
   if (q.size(0) == 0) return;
-  DSATTN_DISPATCH(d, mha_varlen_causal, q, k, v, cu_q, cu_k, max_q, scale, out);
+  DSATTN_DISPATCH(d, mha_varlen_causal, q, k, v, cu_q, cu_k, max_q, scale, out, lse);
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,

@@ -12,9 +12,12 @@ namespace dsattn::ops {
 //   q: [total_q, H, d_qk] bf16; k: [total_k, H, d_qk] bf16; v: [total_k, H, d_v] bf16;
 //   cu_q, cu_k: [batch + 1] i32 on the op's device; max_q: the largest request's n_q (sizes the
 //   launch); out: [total_q, H, d_v] bf16
+//   lse (optional): [total_q, H] f32, heads contiguous: each (row, head)'s log-sum-exp
+//   ln Σ_j exp(scale · q·k_j) over its visible keys, FlashAttention's softmax_lse (with rows
+//   first), which merging partial attentions over disjoint key sets needs.
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out);
+                       float scale, const TensorView& out, const TensorView& lse = {});
 
 // Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent rows
 // named by its index list, with keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).

@@ -21,9 +21,11 @@ void widen_head(const TensorView& t, std::int64_t row0, std::int64_t rows, std::
   }
 }
 
-// In place: row i of s (n columns) becomes softmax over columns [0, visible[i]), zeros after.
-// Returns nothing; a row with no visible column becomes all zeros.
-void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std::int64_t* visible) {
+// In place: row i of s (n columns) becomes softmax over columns [0, visible[i]), zeros after; a
+// row with no visible column becomes all zeros. When lse is given, lse[i * lse_stride] receives
+// row i's log-sum-exp (-inf for a row with no visible column).
+void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std::int64_t* visible,
+                         float* lse = nullptr, std::int64_t lse_stride = 0) {
   for (std::int64_t i = 0; i < rows; ++i) {
     float* row = s + i * n;
     const std::int64_t v = std::clamp<std::int64_t>(visible[i], 0, n);
@@ -35,6 +37,9 @@ void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std:
       sum += row[j];
     }
     const float inv = v > 0 ? 1.0f / sum : 0.0f;
+    if (lse != nullptr) {
+      lse[i * lse_stride] = v > 0 ? max_v + std::log(sum) : -std::numeric_limits<float>::infinity();
+    }
     for (std::int64_t j = 0; j < v; ++j) row[j] *= inv;
     for (std::int64_t j = v; j < n; ++j) row[j] = 0.0f;
   }
@@ -89,7 +94,7 @@ void widen_latent_fp8(const std::uint8_t* row, std::int64_t r, std::int64_t widt
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t /*max_q*/,
-                       float scale, const TensorView& out) {
+                       float scale, const TensorView& out, const TensorView& lse) {
   const std::int64_t batch = cu_q.size(0) - 1, heads = q.size(1);
   const std::int64_t d_qk = q.size(2), d_v = v.size(2);
   const std::int32_t* cq = cu_q.ptr<std::int32_t>();
@@ -108,7 +113,9 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
       widen_head(v, k0, nk, h, vh.data());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d_qk, scale, qh.data(), d_qk,
                   kh.data(), d_qk, 0.0f, s.data(), nk);
-      masked_softmax_rows(s.data(), nq, nk, visible.data());
+      masked_softmax_rows(s.data(), nq, nk, visible.data(),
+                          lse.empty() ? nullptr : lse.ptr<float>() + q0 * lse.stride(0) + h,
+                          lse.empty() ? 0 : lse.stride(0));
       causal_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(), o.data());
       for (std::int64_t i = 0; i < nq; ++i) {
         bf16* dst = out.ptr<bf16>() + (q0 + i) * out.stride(0) + h * out.stride(1);

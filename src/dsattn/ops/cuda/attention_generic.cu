@@ -60,6 +60,9 @@ __global__ void mha_generic_kernel(MhaParams p) {
     const int e = lane + 32 * i;
     if (e < p.d_v) out[e] = __float2bfloat16_rn(visible > 0 ? st.o[i] / st.sum : 0.0f);
   }
+  if (p.lse != nullptr && lane == 0) {
+    p.lse[row * p.s_lse + h] = visible > 0 ? st.max + logf(st.sum) : -INFINITY;
+  }
 }
 
 // Loads element e of the cached latent row: bf16 directly, or dequantised from the FP8 format

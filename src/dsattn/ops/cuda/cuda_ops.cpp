@@ -262,7 +262,7 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out) {
+                       float scale, const TensorView& out, const TensorView& lse) {
   MhaParams p{};
   p.q = q.data();
   p.k = k.data();
@@ -280,6 +280,8 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   p.sv1 = v.stride(1);
   p.so0 = out.stride(0);
   p.so1 = out.stride(1);
+  p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data());
+  p.s_lse = lse.empty() ? 0 : lse.stride(0);
   p.batch = static_cast<int>(cu_q.size(0) - 1);
   p.heads = static_cast<int>(q.size(1));
   p.d_qk = static_cast<int>(q.size(2));

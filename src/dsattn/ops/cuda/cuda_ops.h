@@ -43,7 +43,7 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out);
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out);
+                       float scale, const TensorView& out, const TensorView& lse);
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
                 float scale, const TensorView& out);
 

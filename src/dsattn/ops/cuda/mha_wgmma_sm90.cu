@@ -337,6 +337,11 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const float inv = 1.0f / sum;
     const int r = row_lo - 64 * c + 8 * hf;  // row within the consumer's 64
+    // sum = Σ exp(scale · (x - max)) over the row's keys, so ln Σ exp(scale · x) is this:
+    if (p.lse != nullptr && tq == 0 && row_lo + 8 * hf < rows_here) {
+      p.lse[(q_start + row0 + row_lo + 8 * hf) * p.s_lse + h] =
+          fmaf(row_max[hf], p.scale, logf(sum));
+    }
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       *reinterpret_cast<std::uint32_t*>(staging + (j / 8) * kSubTile + r * 128 +

@@ -114,9 +114,10 @@ struct MhaParams {
   const void* k;  // [total_k, heads, d_qk] bf16
   const void* v;  // [total_k, heads, d_v] bf16
   void* out;      // [total_q, heads, d_v] bf16
+  float* lse;     // [total_q, heads] f32 (row stride s_lse, heads contiguous), or nullptr
   const std::int32_t* cu_q;
   const std::int32_t* cu_k;
-  std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1;
+  std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1, s_lse;
   int batch, heads, d_qk, d_v;
   float scale;
 };
