@@ -20,8 +20,9 @@ namespace dsattn::tools {
 namespace {
 
 // Every stage, in the order they run; the default runs them all.
-const std::vector<std::string> kStages = {"mha",    "projections", "sparse_mla", "indexer", "topk",
-                                          "decode", "layer",       "layer_long", "glm5"};
+const std::vector<std::string> kStages = {"mha",        "projections", "sparse_mla", "indexer",
+                                          "topk",       "decode",      "layer",      "layer_prefix",
+                                          "layer_long", "glm5"};
 
 struct BenchOptions {
   std::string device = "auto";
@@ -132,6 +133,11 @@ int run(const BenchOptions& o) {
   if (wants("topk")) j["topk"] = bench_topk(dev, topk_shapes, c);
   if (wants("decode") && !o.quick) j["sparse_mla_decode"] = bench_decode(dev, c);
   if (wants("layer")) j["layer"] = bench_layer(dev, layer_requests, layer_lens);
+  // Chunked prefill over a cached prefix: new rows few, context just under index_topk.
+  if (wants("layer_prefix")) {
+    j["layer_prefix"] =
+        o.quick ? bench_layer_prefix(dev, 2, 192, 64) : bench_layer_prefix(dev, 64, 1984, 64);
+  }
   // Long contexts, where the sparse path and so selection dominate.
   if (wants("layer_long") && !o.quick) {
     j["layer_long"] = bench_layer(dev, 8, {8192});

@@ -14,5 +14,6 @@ Command add_check_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_generate_command(CLI::App& app);
 Command add_write_checkpoint_command(CLI::App& app);
+Command add_calibrate_command(CLI::App& app);
 
 }  // namespace dsattn::tools

@@ -23,7 +23,7 @@ struct GenerateOptions {
   std::string checkpoint_dir;
   std::vector<std::int64_t> prompt_lens = {23, 64, 65, 150};
   std::int64_t tokens = 32;
-  std::string policy = "per-request";
+  std::string policy = "auto";
   std::string kv_cache = "bf16";
   std::string device = "auto";
   std::int64_t seed = 1;
@@ -238,7 +238,7 @@ Command add_generate_command(CLI::App& app) {
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "New tokens per prompt")->capture_default_str();
-  cmd->add_option("--policy", o->policy, "per-request | threshold[=N] | mha | mla")
+  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla")
       ->capture_default_str();
   cmd->add_option("--kv-cache", o->kv_cache, "Latent cache format: bf16 | fp8")
       ->capture_default_str();

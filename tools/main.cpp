@@ -4,6 +4,7 @@
 //   dsattn bench  every stage against the hardware ceilings, JSON under bench/results/
 //   dsattn generate          greedy generation with the tiny decoder, each step's paths
 //   dsattn write-checkpoint  a synthetic tiny-decoder checkpoint
+//   dsattn calibrate         the planner's cost profile, measured on this device
 #include <cstdio>
 #include <map>
 
@@ -14,9 +15,10 @@ int main(int argc, char** argv) {
   CLI::App app{"dsattn: DeepSeek-V3.2 sparse attention along the cheapest exact path"};
   app.require_subcommand(1);
   std::map<CLI::App*, dsattn::tools::Command> commands;
-  for (auto add : {dsattn::tools::add_run_command, dsattn::tools::add_check_command,
-                   dsattn::tools::add_bench_command, dsattn::tools::add_generate_command,
-                   dsattn::tools::add_write_checkpoint_command}) {
+  for (auto add :
+       {dsattn::tools::add_run_command, dsattn::tools::add_check_command,
+        dsattn::tools::add_bench_command, dsattn::tools::add_generate_command,
+        dsattn::tools::add_write_checkpoint_command, dsattn::tools::add_calibrate_command}) {
     const std::size_t before = app.get_subcommands({}).size();
     dsattn::tools::Command run = add(app);
     commands[app.get_subcommands({}).at(before)] = std::move(run);

@@ -17,7 +17,8 @@ namespace {
 
 struct RunOptions {
   WorkloadSpec spec;
-  std::string policy = "per-request";
+  std::string policy = "auto";
+  std::string profile_path;
   std::string device = "auto";
   std::string kv_cache = "bf16";
   std::string config_path;
@@ -37,7 +38,13 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   WorkloadSpec spec = o.spec;
   spec.seed = static_cast<std::uint64_t>(o.seed);
   spec.kv_cache = parse_latent_format(o.kv_cache);
-  const Policy policy = Policy::parse(o.policy);
+  Policy policy = Policy::parse(o.policy);
+  if (!o.profile_path.empty()) {
+    if (policy.kind != Policy::Kind::automatic) {
+      fail("--profile gives the costs of policy auto; --policy is {}", policy.to_string());
+    }
+    policy.profile = std::make_shared<const CostProfile>(CostProfile::load(o.profile_path));
+  }
   std::optional<Checkpoint> checkpoint;
   if (!o.checkpoint_dir.empty()) {
     if (!o.config_path.empty()) {
@@ -178,8 +185,11 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--max-batch-tokens", o->spec.max_batch_tokens,
                   "Prefill tokens per forward; longer prompts are prefilled in chunks")
       ->capture_default_str();
-  cmd->add_option("--policy", o->policy, "per-request | threshold[=N] | mha | mla")
+  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla")
       ->capture_default_str();
+  cmd->add_option("--profile", o->profile_path,
+                  "Cost profile for policy auto (dsattn calibrate's JSON; default: the "
+                  "device's built-in one)");
   cmd->add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
   cmd->add_option("--kv-cache", o->kv_cache,
                   "Latent cache format: bf16 (1152 B/token) | fp8 (656 B/token)")

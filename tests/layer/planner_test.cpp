@@ -73,6 +73,8 @@ TEST(Planner, PolicyParsing) {
   EXPECT_EQ(Policy::parse("threshold=2048").threshold, 2048);
   EXPECT_EQ(Policy::parse("threshold=2048").to_string(), "threshold=2048");
   EXPECT_EQ(Policy::parse("per-request").to_string(), "per-request");
+  EXPECT_EQ(Policy::parse("auto").to_string(), "auto");
+  EXPECT_EQ(Policy{}.kind, Policy::Kind::automatic);
   for (const char* bad :
        {"", "auto-ish", "threshold=", "threshold=0", "threshold=-3", "threshold=12x", "MHA"}) {
     EXPECT_THROW(Policy::parse(bad), InvalidArgument) << bad;
@@ -81,9 +83,45 @@ TEST(Planner, PolicyParsing) {
     Policy::parse("sparse");
     FAIL();
   } catch (const InvalidArgument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("policy must be one of per-request, threshold, threshold=N, "
-                                    "mha, mla; got 'sparse'"));
+    EXPECT_THAT(e.what(), HasSubstr("policy must be one of auto, per-request, threshold, "
+                                    "threshold=N, mha, mla; got 'sparse'"));
   }
+}
+
+// A profile where dense MHA costs only its decompression (per context token) and sparse MLA
+// only its attention (per selected pair): dense wins for fresh prompts, sparse for a few new rows
+// over a long prefix, and nothing changes the rules of exactness or of decode.
+CostProfile decompress_versus_pairs() {
+  CostProfile p;
+  p.decompress_s_per_flop = 1e-12;
+  p.mla_s_per_flop = 1e-12;
+  return p;
+}
+
+TEST(Planner, AutoTakesTheCheaperExactPath) {
+  const CostProfile profile = decompress_versus_pairs();
+  const Batch b = make_batch(ForwardMode::prefill, {{0, 100}, {96, 4}, {0, 101}, {60, 40}});
+  for (const auto& [prefix, extend] :
+       std::vector<std::pair<std::int64_t, std::int64_t>>{{0, 100}, {96, 4}, {60, 40}}) {
+    const PathWork w = path_work({prefix, extend, {}}, kConfig);
+    SCOPED_TRACE(fmt::format("{} + {}", prefix, extend));
+    EXPECT_EQ(profile.dense_seconds(w) <= profile.sparse_seconds(w), (prefix == 0 || prefix == 60));
+  }
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("auto"), &profile),
+            (std::vector<Path>{kMha, kMla, kMla, kMha}));
+  // Without a profile: the per-request rule.
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("auto")),
+            plan_batch(b, kConfig, Policy::parse("per-request")));
+  // Decode stays on sparse MLA whatever the costs.
+  CostProfile dense_free;
+  dense_free.mla_s_per_flop = dense_free.absorb_s_per_flop = 1.0;
+  const Batch decode = make_batch(ForwardMode::decode, {{10, 1}, {50, 1}});
+  EXPECT_EQ(plan_batch(decode, kConfig, Policy::parse("auto"), &dense_free),
+            (std::vector<Path>{kMla, kMla}));
+  // Dense MHA is never taken where it is not exact, however cheap.
+  const Batch past = make_batch(ForwardMode::prefill, {{0, 101}, {100, 1}});
+  EXPECT_EQ(plan_batch(past, kConfig, Policy::parse("auto"), &dense_free),
+            (std::vector<Path>{kMla, kMla}));
 }
 
 }  // namespace

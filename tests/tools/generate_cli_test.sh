@@ -12,8 +12,8 @@ for f in config.json model.safetensors.index.json model-00001-of-00003.safetenso
   [[ -f "$work/ck/$f" ]] || fail "write-checkpoint: no $f"
 done
 
-# check_comparison JSON OUT LAST_STEP: the report of generate --compare (per-request against mla
-# and threshold): each policy either generated identical tokens or parted at a step <= LAST_STEP,
+# check_comparison JSON OUT LAST_STEP: the report of generate --compare (auto, the default,
+# against mla, threshold and per-request): each policy either generated identical tokens or parted at a step <= LAST_STEP,
 # printed with the requests that chose differently there, their tokens and top-two margins.
 check_comparison() {
   python3 - "$@" <<'PY'
@@ -21,13 +21,13 @@ import json, re, sys
 j = json.load(open(sys.argv[1]))
 printed = open(sys.argv[2]).read()
 last_step = int(sys.argv[3])
-assert j["index_topk"] == 64 and j["policy"] == "per-request", j
+assert j["index_topk"] == 64 and j["policy"] == "auto", j
 assert len(j["tokens"]) == 4 and all(len(t) == 24 for t in j["tokens"]), j["tokens"]
 assert j["steps"][0]["paths"] == ["dense_mha", "dense_mha", "sparse_mla", "sparse_mla"], j["steps"][0]
 for r in range(4):
     assert [s["tokens"][r] for s in j["steps"]] == j["tokens"][r], r
 assert all(len(s["margins"]) == 4 and min(s["margins"]) >= 0 for s in j["steps"]), j["steps"]
-assert set(j["first_difference_vs"]) == {"mla", "threshold"}, j
+assert set(j["first_difference_vs"]) == {"mla", "threshold", "per-request"}, j
 for other, diff in j["first_difference_vs"].items():
     if diff == "identical":
         assert re.search(rf"^{other} +identical tokens at every step$", printed, re.M), other
@@ -38,16 +38,17 @@ for other, diff in j["first_difference_vs"].items():
     partings = j["partings_vs"][other]
     assert partings, f"{other}: no request parts at step {diff}"
     for p in partings:
-        mine, theirs = p["tokens"]["per-request"], p["tokens"][other]
+        mine, theirs = p["tokens"]["auto"], p["tokens"][other]
         assert mine == j["steps"][diff]["tokens"][p["request"]] and mine != theirs, p
-        assert p["margins"]["per-request"] == j["steps"][diff]["margins"][p["request"]], p
-        line = (rf"request {p['request']}: per-request chose {mine} \(top-two margin [^)]*\), "
+        assert p["margins"]["auto"] == j["steps"][diff]["margins"][p["request"]], p
+        line = (rf"request {p['request']}: auto chose {mine} \(top-two margin [^)]*\), "
                 rf"{other} chose {theirs} \(top-two margin [^)]*\)")
         assert re.search(line, printed), (line, printed)
 PY
 }
 
-# Prompts below, at and above index_topk = 64: per-request takes dense MHA for the first two.
+# Prompts below, at and above index_topk = 64: auto takes dense MHA for the first two (exact, and
+# cheaper by the CPU's built-in cost profile).
 # With one attention layer, only the prefill's logits differ between the policies, by rounding
 # (docs/design.md): every decode step is then the same computation, so the policies can part at
 # the prefill step alone, and only where it met a near-tie.
@@ -81,7 +82,7 @@ check_comparison "$work/gen.json" "$work/out" 23 || fail "generate, two layers: 
   --decode-steps 2 >"$work/out" 2>"$work/err" || fail "run --checkpoint: exit status $?: $(cat "$work/err")"
 grep -q "weights: checkpoint $work/ck, layers 1..1 (fp8 weights dequantised to bf16)" "$work/out" ||
   fail "run --checkpoint: weights line missing: $(cat "$work/out")"
-grep -q "paths under per-request: prefill 0-1 dense_mha; decode sparse_mla" "$work/out" ||
+grep -q "paths under auto: prefill 0-1 dense_mha; decode sparse_mla" "$work/out" ||
   fail "run --checkpoint: paths line missing"
 
 # A NaN block scale in kv_b_proj makes NaN outputs: the run fails in one line naming the pass and
@@ -99,7 +100,7 @@ with open(f"{folder}/{shard}", "r+b") as f:
     f.seek(8 + header_len + entry["data_offsets"][0])
     f.write(struct.pack("<f", float("nan")))
 PY
-expect_error "NaN weights" "the per-request pass's output for request 0 is nan at element" \
+expect_error "NaN weights" "the auto pass's output for request 0 is nan at element" \
   run --checkpoint "$work/ck_nan" --layer 1 --device cpu --requests 2 --prompt-len 40 \
   --decode-steps 1
 

@@ -329,7 +329,7 @@ json bench_layer(Device device, std::int64_t requests, const std::vector<std::in
     }
     const std::int64_t max_rows = std::min(requests, budget / std::max<std::int64_t>(len, 1)) * len;
     const Tensor x = random_tensor({std::max(max_rows, len), D}, DType::bf16, device, 20);
-    for (const char* policy : {"mla", "threshold", "per-request"}) {
+    for (const char* policy : {"mla", "threshold", "per-request", "auto"}) {
       stack.set_policy(Policy::parse(policy));
       ForwardOptions fo;
       fo.time_stages = false;
@@ -362,6 +362,47 @@ json bench_layer(Device device, std::int64_t requests, const std::vector<std::in
     rows.push_back(row);
   }
   return rows;
+}
+
+json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefix,
+                        std::int64_t extend) {
+  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
+  CacheOptions opts;
+  opts.device = device;
+  opts.num_pages = requests * pages_for(prefix + extend);
+  PagedKvCache cache(config, opts);
+  std::vector<BlockTable> tables(requests);
+  for (BlockTable& t : tables) cache.reserve(t, prefix + extend);
+  ForwardOptions fo;
+  fo.time_stages = false;
+  // The cached prefixes, written by sparse forwards of up to 16K tokens (untimed).
+  stack.set_policy(Policy::parse("mla"));
+  const std::int64_t per_batch = std::max<std::int64_t>(1, 16384 / prefix);
+  const Tensor xp =
+      random_tensor({per_batch * prefix, config.hidden_size}, DType::bf16, device, 22);
+  for (std::int64_t r = 0; r < requests; r += per_batch) {
+    Batch b;
+    for (std::int64_t i = r; i < std::min(requests, r + per_batch); ++i) {
+      b.requests.push_back({0, prefix, tables[i]});
+    }
+    stack.forward(b, xp.view().slice(0, 0, b.total_tokens()), cache, fo);
+  }
+  Batch batch;
+  for (std::int64_t r = 0; r < requests; ++r) batch.requests.push_back({prefix, extend, tables[r]});
+  const Tensor x = random_tensor({requests * extend, config.hidden_size}, DType::bf16, device, 23);
+  json row = {{"requests", requests}, {"prefix_len", prefix}, {"extend_len", extend}};
+  for (const char* policy : {"mla", "per-request", "auto"}) {
+    stack.set_policy(Policy::parse(policy));
+    const Timing t = time_median(
+        device, [&] { stack.forward(batch, x, cache, fo); }, 2000);
+    const ForwardResult fr = stack.forward(batch, x, cache, fo);
+    row[std::string(policy)] = {{"prefill_ms", t.median_ms},
+                                {"path", std::string(path_name(fr.paths.front()))}};
+    say(fmt::format("layer {} x ({} cached + {} new) {}: {:.2f} ms ({})", requests, prefix, extend,
+                    policy, t.median_ms, path_name(fr.paths.front())));
+  }
+  return row;
 }
 
 json bench_layer_chunked(Device device, const std::vector<std::int64_t>& contexts,

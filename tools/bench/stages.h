@@ -45,6 +45,10 @@ nlohmann::json bench_decode(Device device, const Ceilings& c);
 nlohmann::json bench_layer(Device device, std::int64_t requests,
                            const std::vector<std::int64_t>& prompt_lens,
                            const AttentionConfig& config = AttentionConfig::deepseek_v32());
+// One forward of `requests` requests, each `extend` new tokens over a cached prefix of `prefix`
+// (the prefix written first, untimed), under mla, per-request and auto.
+nlohmann::json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefix,
+                                  std::int64_t extend);
 // One long prompt per context length, prefilled in chunks of `chunk` tokens over its cached
 // prefix (per-request policy: every chunk past index_topk takes the sparse path); reports the
 // time and the peak device memory the prefill allocates beyond the cache and weights.

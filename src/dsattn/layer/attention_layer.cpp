@@ -1,5 +1,11 @@
 #include "dsattn/layer/attention_layer.h"
 
+#include <optional>
+
+#include <mutex>
+
+#include <cstdio>
+
 #include <chrono>
 
 #include "dsattn/core/checks.h"
@@ -59,7 +65,31 @@ void check_cache(const LayerCacheView& cache, const AttentionConfig& c) {
 }  // namespace
 
 AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy)
-    : ctx_(config, std::move(weights)), policy_(policy) {}
+    : ctx_(config, std::move(weights)) {
+  set_policy(policy);
+}
+
+void AttentionLayer::set_policy(const Policy& policy) {
+  policy_ = policy;
+  profile_ = nullptr;
+  if (policy.kind != Policy::Kind::automatic) return;
+  if (policy.profile) {
+    profile_ = policy.profile;
+    return;
+  }
+  const Device dev = ctx_.weights.device();
+  if (std::optional<CostProfile> builtin = CostProfile::builtin(dev)) {
+    profile_ = std::make_shared<const CostProfile>(std::move(*builtin));
+    return;
+  }
+  static std::once_flag noticed;
+  std::call_once(noticed, [&] {
+    std::fprintf(stderr,
+                 "dsattn: policy auto has no cost profile for %s: dense MHA wherever it is exact "
+                 "(the per-request rule); `dsattn calibrate` measures one\n",
+                 dev.is_cpu() ? "the CPU" : cuda::device_name(dev.index).c_str());
+  });
+}
 
 void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView& new_slots,
                                  const LayerCacheView& cache) const {
@@ -111,7 +141,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
     check_device(*t, name, dev);
   }
   ForwardResult result;
-  result.paths = plan_batch(batch, c, policy_);
+  result.paths = plan_batch(batch, c, policy_, profile_.get());
   PathGroup dense, sparse;
   for (std::size_t i = 0; i < result.paths.size(); ++i) {
     (result.paths[i] == Path::dense_mha ? dense : sparse).requests.push_back(i);

@@ -58,7 +58,11 @@ class AttentionLayer {
   const AttentionConfig& config() const { return ctx_.config; }
   const LayerWeights& weights() const { return ctx_.weights; }
   const Policy& policy() const { return policy_; }
-  void set_policy(const Policy& policy) { policy_ = policy; }
+  void set_policy(const Policy& policy);
+  // The costs `auto` plans with: the policy's profile, else the device's built-in one; null for
+  // other policies, and for a device without a built-in profile (auto then follows the
+  // per-request rule, with a notice on stderr once per process).
+  const CostProfile* cost_profile() const { return profile_.get(); }
 
   // hidden_in, hidden_out: [batch.total_tokens(), hidden_size] bf16, packed by request (they
   // may be the same tensor). Writes each request's new latents and indexer keys to `cache` at
@@ -86,6 +90,7 @@ class AttentionLayer {
                    const LayerCacheView& cache) const;
   LayerContext ctx_;
   Policy policy_;
+  std::shared_ptr<const CostProfile> profile_;
 };
 
 }  // namespace dsattn

@@ -10,7 +10,9 @@ std::string_view path_name(Path p) { return p == Path::dense_mha ? "dense_mha" :
 
 Policy Policy::parse(std::string_view text) {
   Policy p;
-  if (text == "per-request") {
+  if (text == "auto") {
+    p.kind = Kind::automatic;
+  } else if (text == "per-request") {
     p.kind = Kind::per_request;
   } else if (text == "mha") {
     p.kind = Kind::mha;
@@ -27,13 +29,16 @@ Policy Policy::parse(std::string_view text) {
       fail("policy threshold=N needs a positive integer N, got '{}'", text);
     }
   } else {
-    fail("policy must be one of per-request, threshold, threshold=N, mha, mla; got '{}'", text);
+    fail("policy must be one of auto, per-request, threshold, threshold=N, mha, mla; got '{}'",
+         text);
   }
   return p;
 }
 
 std::string Policy::to_string() const {
   switch (kind) {
+    case Kind::automatic:
+      return "auto";
     case Kind::per_request:
       return "per-request";
     case Kind::threshold:
@@ -51,7 +56,7 @@ bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& conf
 }
 
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
-                             const Policy& policy) {
+                             const Policy& policy, const CostProfile* profile) {
   const std::size_t n = batch.requests.size();
   const bool decode = batch.mode == ForwardMode::decode;
   switch (policy.kind) {
@@ -79,11 +84,19 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
         all_short = all_short && r.context_len() <= limit;
       return std::vector<Path>(n, all_short ? Path::dense_mha : Path::sparse_mla);
     }
+    case Policy::Kind::automatic:
     case Policy::Kind::per_request: {
       std::vector<Path> paths(n, Path::sparse_mla);
       if (decode) return paths;
+      const bool by_cost = policy.kind == Policy::Kind::automatic && profile != nullptr;
       for (std::size_t i = 0; i < n; ++i) {
-        if (dense_mha_is_exact(batch.requests[i], config)) paths[i] = Path::dense_mha;
+        const RequestInput& r = batch.requests[i];
+        if (!dense_mha_is_exact(r, config)) continue;
+        if (by_cost) {
+          const PathWork w = path_work(r, config);
+          if (profile->dense_seconds(w) > profile->sparse_seconds(w)) continue;
+        }
+        paths[i] = Path::dense_mha;
       }
       return paths;
     }

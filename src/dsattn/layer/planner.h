@@ -2,14 +2,16 @@
 //
 // Dense MHA is exact for a request when every one of its queries sees at most index_topk keys,
 // i.e. prefix_len + extend_len <= index_topk: top-k then selects every earlier key. Sparse MLA is
-// exact always.
+// exact always. Under `auto` the cost model (cost_model.h) picks the cheaper of the exact paths.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "dsattn/layer/batch.h"
+#include "dsattn/layer/cost_model.h"
 
 namespace dsattn {
 
@@ -18,15 +20,19 @@ std::string_view path_name(Path p);
 
 struct Policy {
   enum class Kind {
-    per_request,  // each request: dense MHA when exact, else sparse MLA (the default)
+    automatic,    // "auto": each request on its cheaper exact path by the cost model (default)
+    per_request,  // each request: dense MHA when exact, else sparse MLA
     threshold,    // SGLang's rule: the whole batch takes dense MHA iff every context <= threshold
     mha,          // dense MHA for every request; an error where it is not exact
     mla,          // sparse MLA for every request
   };
-  Kind kind = Kind::per_request;
+  Kind kind = Kind::automatic;
   std::int64_t threshold = 0;  // for Kind::threshold; 0 means index_topk
+  // For Kind::automatic: the costs to plan with; when null, the layer's device's built-in
+  // profile (CostProfile::builtin), and without one the per-request rule, with a notice.
+  std::shared_ptr<const CostProfile> profile;
 
-  // Parses "per-request", "threshold", "threshold=N", "mha" or "mla".
+  // Parses "auto", "per-request", "threshold", "threshold=N", "mha" or "mla".
   static Policy parse(std::string_view text);
   std::string to_string() const;
 };
@@ -34,10 +40,12 @@ struct Policy {
 bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config);
 
 // One path per request, in the batch's order. Decode batches (one or a few tokens per request)
-// take sparse MLA under per-request and threshold: decode reads the cache once and MLA's 576
-// values per token beat MHA's decompressed keys. Throws InvalidArgument for a forced `mha` on a
-// request where it is not exact, and for threshold > index_topk.
+// take sparse MLA under auto, per-request and threshold: decode reads the cache once and MLA's
+// 576 values per token beat MHA's decompressed keys. Under auto, a prefill request takes dense
+// MHA when it is exact and `profile` predicts it cheaper (per-request's rule when `profile` is
+// null). Throws InvalidArgument for a forced `mha` on a request where it is not exact, and for
+// threshold > index_topk.
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
-                             const Policy& policy);
+                             const Policy& policy, const CostProfile* profile = nullptr);
 
 }  // namespace dsattn

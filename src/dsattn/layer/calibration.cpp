@@ -1,0 +1,129 @@
+#include "dsattn/layer/calibration.h"
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+
+#include "dsattn/cache/paged_kv_cache.h"
+#include "dsattn/core/cuda_runtime.h"
+#include "dsattn/core/error.h"
+#include "dsattn/core/random.h"
+#include "dsattn/layer/attention_layer.h"
+
+namespace dsattn {
+
+namespace {
+
+std::string today() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[16];
+  std::strftime(text, sizeof text, "%Y-%m-%d", &utc);
+  return text;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Prefill batches of at most this many tokens write a shape's cached prefix (untimed).
+constexpr std::int64_t kPrefixBatchTokens = 16384;
+
+}  // namespace
+
+std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, Device device) {
+  const std::int64_t k = config.index_topk;
+  if (device.is_cuda()) {
+    return {{128, 0, 128},    {32, 0, 512},       {16, 0, 1024},      {8, 0, k},
+            {64, k - 64, 64}, {16, k / 2, k / 2}, {32, k - 256, 256}, {4, 0, 2 * k},
+            {2, 0, 4 * k},    {8, 3 * k, 512},    {64, 2 * k, 64}};
+  }
+  return {{4, 0, 32},      {2, 0, 128},        {1, 0, 256},   {1, k - 32, 32},
+          {1, k / 2, 128}, {1, k + k / 4, 32}, {1, 2 * k, 32}};
+}
+
+CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat cache_format,
+                      const std::vector<CalibrationShape>& shapes, int repeats,
+                      const std::function<void(const std::string&)>& progress) {
+  DSATTN_CHECK(repeats >= 1, "repeats must be >= 1, got {}", repeats);
+  DSATTN_CHECK(!shapes.empty(), "calibration needs at least one shape");
+  for (const CalibrationShape& s : shapes) {
+    DSATTN_CHECK(s.requests >= 1 && s.prefix >= 0 && s.extend >= 1,
+                 "a calibration shape needs requests >= 1, prefix >= 0 and extend >= 1, got "
+                 "{} x ({} + {})",
+                 s.requests, s.prefix, s.extend);
+  }
+  LayerWeights weights = LayerWeights::synthetic(config, 1234);
+  AttentionLayer layer(config, device.is_cpu() ? std::move(weights) : weights.to(device),
+                       Policy::parse("mla"));
+  std::vector<TimedGroup> dense, sparse;
+  for (const CalibrationShape& s : shapes) {
+    const std::int64_t context = s.prefix + s.extend;
+    CacheOptions options;
+    options.num_pages = s.requests * pages_for(context);
+    options.latent_format = cache_format;
+    options.device = device;
+    PagedKvCache cache(config, options);
+    std::vector<BlockTable> tables(static_cast<std::size_t>(s.requests));
+    for (BlockTable& t : tables) cache.reserve(t, context);
+
+    const auto run = [&](std::int64_t first, std::int64_t count, std::int64_t prefix,
+                         std::int64_t extend, const Policy& policy) {
+      Batch batch;
+      for (std::int64_t r = first; r < first + count; ++r) {
+        batch.requests.push_back({prefix, extend, tables[static_cast<std::size_t>(r)]});
+      }
+      Tensor hidden = Tensor::empty({count * extend, config.hidden_size}, DType::bf16);
+      fill_uniform(hidden, 99, static_cast<std::uint64_t>(prefix), 1.0f);
+      const Tensor in = device.is_cpu() ? hidden : hidden.to(device);
+      Tensor out = Tensor::empty({count * extend, config.hidden_size}, DType::bf16, device);
+      layer.set_policy(policy);
+      return layer.forward(batch, in, cache.layer(0), out).times;
+    };
+    // The prefix, written by sparse forwards of whole requests in batches of bounded size.
+    if (s.prefix > 0) {
+      const std::int64_t per_batch = std::max<std::int64_t>(1, kPrefixBatchTokens / s.prefix);
+      for (std::int64_t r = 0; r < s.requests; r += per_batch) {
+        run(r, std::min(per_batch, s.requests - r), 0, s.prefix, Policy::parse("mla"));
+      }
+    }
+    PathWork work;
+    for (std::int64_t r = 0; r < s.requests; ++r) {
+      work += path_work({s.prefix, s.extend, {}}, config);
+    }
+    const auto time_path = [&](const char* policy, bool dense_path) {
+      // A warm-up forward on a GPU: library plans, kernel attributes, the allocator's blocks.
+      if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy));
+      std::vector<double> seconds;
+      for (int i = 0; i < repeats; ++i) {
+        const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy));
+        seconds.push_back(dense_path ? t.dense_mha : t.sparse_mla);
+      }
+      return median(seconds);
+    };
+    const bool exact = context <= config.index_topk;
+    double dense_s = 0;
+    if (exact) {
+      dense_s = time_path("mha", true);
+      dense.push_back({work, dense_s});
+    }
+    const double sparse_s = time_path("mla", false);
+    sparse.push_back({work, sparse_s});
+    if (progress) {
+      progress(fmt::format(
+          "{} x ({} cached + {} new): dense {}, sparse {:.3f} ms", s.requests, s.prefix, s.extend,
+          exact ? fmt::format("{:.3f} ms", dense_s * 1e3) : "not exact", sparse_s * 1e3));
+    }
+  }
+  CostProfile profile;
+  profile.device = device.is_cpu() ? "cpu" : cuda::device_name(device.index);
+  profile.source =
+      fmt::format("dsattn calibrate, {}, {} cache", today(), latent_format_name(cache_format));
+  fit_dense_costs(dense, profile);
+  fit_sparse_costs(sparse, profile);
+  return profile;
+}
+
+}  // namespace dsattn

@@ -1,0 +1,145 @@
+// The cost model: the work formulas of each path, the fit of a profile to timed groups, and the
+// profile's JSON form.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "dsattn/core/error.h"
+#include "dsattn/layer/cost_model.h"
+
+namespace dsattn {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(CostModel, WorkOfEachPath) {
+  const AttentionConfig c = AttentionConfig::deepseek_v32();
+  // 64 new rows over a prefix of 1984: row t sees 1985 + t keys, at most index_topk selected.
+  const PathWork w = path_work({1984, 64, {}}, c);
+  double pairs = 0, capped = 0;
+  for (int t = 0; t < 64; ++t) {
+    pairs += 1985 + t;
+    capped += std::min(1985 + t, 2048);
+  }
+  EXPECT_DOUBLE_EQ(w.decompress_flops, 2.0 * 2048 * 512 * 128 * 256);
+  EXPECT_DOUBLE_EQ(w.attention_flops, 2.0 * pairs * 128 * (192 + 128));
+  EXPECT_DOUBLE_EQ(w.absorb_flops, 2.0 * 64 * 128 * 512 * 256);
+  EXPECT_DOUBLE_EQ(w.score_pairs, pairs);
+  EXPECT_DOUBLE_EQ(w.mla_flops, 2.0 * capped * 128 * (2 * 512 + 64));
+  // Past index_topk each row attends to index_topk keys only.
+  const PathWork long_rows = path_work({4000, 10, {}}, c);
+  EXPECT_DOUBLE_EQ(long_rows.mla_flops, 2.0 * 10 * 2048 * 128 * (2 * 512 + 64));
+}
+
+// Groups timed exactly by known costs: the fit recovers them.
+TEST(CostModel, FitRecoversTheCostsOfExactTimes) {
+  const AttentionConfig c = AttentionConfig::deepseek_v32();
+  CostProfile truth;
+  truth.dense_fixed_s = 2e-4;
+  truth.decompress_s_per_flop = 1.5e-15;
+  truth.attention_s_per_flop = 3e-15;
+  truth.sparse_fixed_s = 5e-4;
+  truth.absorb_s_per_flop = 4e-15;
+  truth.score_s_per_pair = 2e-11;
+  truth.mla_s_per_flop = 3.2e-15;
+  std::vector<TimedGroup> dense, sparse;
+  for (auto [n, prefix, extend] : std::vector<std::array<std::int64_t, 3>>{
+           {128, 0, 128}, {16, 0, 1024}, {64, 1984, 64}, {16, 1024, 1024}, {2, 0, 8192}}) {
+    PathWork w;
+    for (std::int64_t r = 0; r < n; ++r) w += path_work({prefix, extend, {}}, c);
+    if (prefix + extend <= c.index_topk) {
+      dense.push_back({w, truth.dense_fixed_s + truth.dense_seconds(w)});
+    }
+    sparse.push_back({w, truth.sparse_fixed_s + truth.sparse_seconds(w)});
+  }
+  CostProfile fitted;
+  fit_dense_costs(dense, fitted);
+  fit_sparse_costs(sparse, fitted);
+  EXPECT_NEAR(fitted.dense_fixed_s, truth.dense_fixed_s, 1e-9);
+  EXPECT_NEAR(fitted.decompress_s_per_flop / truth.decompress_s_per_flop, 1.0, 1e-6);
+  EXPECT_NEAR(fitted.attention_s_per_flop / truth.attention_s_per_flop, 1.0, 1e-6);
+  EXPECT_NEAR(fitted.sparse_fixed_s, truth.sparse_fixed_s, 1e-9);
+  EXPECT_NEAR(fitted.absorb_s_per_flop / truth.absorb_s_per_flop, 1.0, 1e-6);
+  EXPECT_NEAR(fitted.score_s_per_pair / truth.score_s_per_pair, 1.0, 1e-6);
+  EXPECT_NEAR(fitted.mla_s_per_flop / truth.mla_s_per_flop, 1.0, 1e-6);
+}
+
+// Times that a negative cost would fit best: every fitted cost stays >= 0.
+TEST(CostModel, FittedCostsAreNeverNegative) {
+  std::vector<TimedGroup> groups;
+  for (int i = 1; i <= 4; ++i) {
+    PathWork w;
+    w.decompress_flops = 1e12 * i;
+    w.attention_flops = 1e12 * (5 - i);
+    groups.push_back({w, 1.0 - 0.1 * i});  // falls as decompression grows
+  }
+  CostProfile p;
+  fit_dense_costs(groups, p);
+  EXPECT_GE(p.dense_fixed_s, 0);
+  EXPECT_GE(p.decompress_s_per_flop, 0);
+  EXPECT_GE(p.attention_s_per_flop, 0);
+  EXPECT_THAT(
+      [&] {
+        fit_sparse_costs({groups.data(), 3}, p);
+      },
+      ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("at least 4 timed groups")));
+}
+
+TEST(CostModel, ProfileJsonRoundTripAndErrors) {
+  CostProfile p;
+  p.device = "NVIDIA H100 80GB HBM3";
+  p.source = "test";
+  p.dense_fixed_s = 1e-4;
+  p.decompress_s_per_flop = 1.25e-15;
+  p.attention_s_per_flop = 2.5e-15;
+  p.sparse_fixed_s = 3e-4;
+  p.absorb_s_per_flop = 4e-15;
+  p.score_s_per_pair = 5e-12;
+  p.mla_s_per_flop = 6e-15;
+  const CostProfile q = CostProfile::parse(p.to_json());
+  EXPECT_EQ(q.to_json(), p.to_json());
+  EXPECT_EQ(q.device, p.device);
+  EXPECT_EQ(q.mla_s_per_flop, p.mla_s_per_flop);
+
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "dsattn_profile_test";
+  std::filesystem::create_directories(dir);
+  p.save((dir / "p.json").string());
+  EXPECT_EQ(CostProfile::load((dir / "p.json").string()).to_json(), p.to_json());
+  EXPECT_THAT([&] { CostProfile::load((dir / "missing.json").string()); },
+              ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("cannot read")));
+  std::filesystem::remove_all(dir);
+
+  for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
+           {"[1]", "expected a JSON object"},
+           {"{", "not valid JSON"},
+           {R"({"device": "x", "source": "y"})", "missing object 'dense'"},
+           {R"({"device": 1, "source": "y"})", "'device' must be a string"},
+           {R"({"device": "x", "source": "y", "dense": {"fixed_s": 0, "decompress_s_per_flop": -1,
+               "attention_s_per_flop": 0}})",
+            "'dense.decompress_s_per_flop' must be finite and >= 0, got -1"},
+           {R"({"device": "x", "source": "y", "dense": {"fixed_s": 0, "decompress_s_per_flop": 0,
+               "attention_s_per_flop": 0}, "sparse": {"fixed_s": 0}})",
+            "'sparse.absorb_s_per_flop' must be a number"}}) {
+    EXPECT_THAT([&] { CostProfile::parse(text); },
+                ::testing::ThrowsMessage<InvalidArgument>(HasSubstr(message)))
+        << text;
+  }
+}
+
+TEST(CostModel, BuiltinProfileForTheCpu) {
+  const std::optional<CostProfile> cpu = CostProfile::builtin(Device::cpu());
+  ASSERT_TRUE(cpu.has_value());
+  EXPECT_EQ(cpu->device, "cpu");
+  // Fresh short prompts are cheaper dense; a few rows over a long prefix cheaper sparse.
+  const AttentionConfig c = AttentionConfig::deepseek_v32();
+  const PathWork fresh = path_work({0, 256, {}}, c), chunk = path_work({2016, 32, {}}, c);
+  EXPECT_LT(cpu->dense_seconds(fresh), cpu->sparse_seconds(fresh));
+  EXPECT_GT(cpu->dense_seconds(chunk), cpu->sparse_seconds(chunk));
+}
+
+}  // namespace
+}  // namespace dsattn
