@@ -26,9 +26,11 @@ class AttentionLayer:
 
     config: an AttentionConfig; weights: LayerWeights for it (placed on `device` when they are
     elsewhere). kv_cache: "bf16" (576 values per token for DeepSeek-V3.2) or "fp8" (656 bytes:
-    512 e4m3 + 4 f32 scales + 64 bf16). policy: "per-request" (dense MHA where exact, else sparse
-    MLA), "threshold" or "threshold=N" (the whole batch takes dense MHA iff every context <= N),
-    "mha" (forced; refused where not exact) or "mla" (forced). num_pages: cache pages of
+    512 e4m3 + 4 f32 scales + 64 bf16). policy: "auto" (each request on its cheaper exact path by
+    the cost profile: `profile`, a `dsattn calibrate` JSON file, else the device's built-in one),
+    "per-request" (dense MHA where exact, else sparse MLA), "threshold" or "threshold=N" (the
+    whole batch takes dense MHA iff every context <= N), "mha" (forced; refused where not exact)
+    or "mla" (forced). num_pages: cache pages of
     `page_size` tokens (a multiple of 16 up to 256; default 64). device: "cpu", "cuda" or
     "cuda:N"; default: the weights' device.
 
@@ -45,13 +47,14 @@ class AttentionLayer:
         config: _core.AttentionConfig,
         weights: _core.LayerWeights,
         kv_cache: str = "bf16",
-        policy: str = "per-request",
+        policy: str = "auto",
         num_pages: int = 1024,
         device: str | None = None,
         page_size: int = 64,
+        profile: str | None = None,
     ) -> None:
         self._layer = _core.AttentionLayer(
-            config, weights, kv_cache, policy, num_pages, device, page_size
+            config, weights, kv_cache, policy, num_pages, device, page_size, profile
         )
 
     @property
@@ -70,12 +73,18 @@ class AttentionLayer:
 
     @property
     def policy(self) -> str:
-        """The path policy; assign a new one ("per-request", "threshold=N", "mha", "mla")."""
+        """The path policy; assign a new one ("auto", "per-request", "threshold=N", "mha", "mla")."""
         return self._layer.policy
 
     @policy.setter
     def policy(self, policy: str) -> None:
         self._layer.policy = policy
+
+    @property
+    def cost_profile(self) -> str | None:
+        """The cost profile (JSON) auto plans with; None under other policies, or on a device
+        without a built-in profile when none was given (auto then follows per-request's rule)."""
+        return self._layer.cost_profile
 
     @property
     def kv_cache(self) -> str:

@@ -64,14 +64,28 @@ std::vector<BlockTable> read_block_tables(nb::handle obj, std::size_t batch) {
   return tables;
 }
 
+// `text` as a policy; auto plans with `profile` when one is given.
+Policy policy_with_profile(const std::string& text,
+                           const std::shared_ptr<const CostProfile>& profile) {
+  Policy p = Policy::parse(text);
+  if (p.kind == Policy::Kind::automatic) p.profile = profile;
+  return p;
+}
+
+std::shared_ptr<const CostProfile> load_profile(const std::optional<std::string>& path) {
+  if (!path) return nullptr;
+  return std::make_shared<const CostProfile>(CostProfile::load(*path));
+}
+
 class Layer {
  public:
   Layer(const AttentionConfig& config, const LayerWeights& weights, const std::string& kv_cache,
         const std::string& policy, std::int64_t num_pages, std::optional<std::string> device,
-        std::int64_t page_size)
+        std::int64_t page_size, std::optional<std::string> profile)
       : device_(device ? parse_device(*device) : weights.device()),
+        profile_(load_profile(profile)),
         layer_(config, weights.device() == device_ ? weights : weights.to(device_),
-               Policy::parse(policy)),
+               policy_with_profile(policy, profile_)),
         cache_(config, cache_options(kv_cache, num_pages, page_size, device_)) {
     if (!weights.has_indexer()) {
       fail(
@@ -84,7 +98,14 @@ class Layer {
   const LayerWeights& weights() const { return layer_.weights(); }
   std::string device() const { return to_string(device_); }
   std::string policy() const { return layer_.policy().to_string(); }
-  void set_policy(const std::string& text) { layer_.set_policy(Policy::parse(text)); }
+  void set_policy(const std::string& text) {
+    layer_.set_policy(policy_with_profile(text, profile_));
+  }
+  // The costs auto plans with, as JSON (None under other policies or without a profile).
+  std::optional<std::string> cost_profile() const {
+    const CostProfile* p = layer_.cost_profile();
+    return p ? std::optional<std::string>(p->to_json()) : std::nullopt;
+  }
   std::string kv_cache() const { return std::string(latent_format_name(cache_.latent_format())); }
   std::int64_t page_size() const { return cache_.page_size(); }
   std::int64_t num_pages() const { return cache_.num_pages(); }
@@ -145,6 +166,7 @@ class Layer {
 
  private:
   Device device_;
+  std::shared_ptr<const CostProfile> profile_;  // given at construction, or null
   AttentionLayer layer_;
   PagedKvCache cache_;
   std::mutex mutex_;  // one forward at a time writes this layer's cache
@@ -156,7 +178,9 @@ class Layer {
 std::vector<std::string> plan(const AttentionConfig& config,
                               const std::vector<std::int64_t>& prefix_lens,
                               const std::vector<std::int64_t>& extend_lens,
-                              const std::string& policy, const std::string& mode) {
+                              const std::string& policy, const std::string& mode,
+                              const std::optional<std::string>& profile_path,
+                              const std::string& device) {
   if (prefix_lens.size() != extend_lens.size()) {
     fail("prefix_lens and extend_lens must have the same length, got {} and {}", prefix_lens.size(),
          extend_lens.size());
@@ -174,8 +198,15 @@ std::vector<std::string> plan(const AttentionConfig& config,
     }
     batch.requests.push_back({prefix_lens[i], extend_lens[i], {}});
   }
+  // auto's costs: the given profile, else the device's built-in one (none: per-request's rule).
+  std::optional<CostProfile> profile;
+  if (profile_path) {
+    profile = CostProfile::load(*profile_path);
+  } else {
+    profile = CostProfile::builtin(parse_device(device));
+  }
   std::vector<std::string> paths;
-  for (Path p : plan_batch(batch, config, Policy::parse(policy))) {
+  for (Path p : plan_batch(batch, config, Policy::parse(policy), profile ? &*profile : nullptr)) {
     paths.emplace_back(path_name(p));
   }
   return paths;
@@ -183,21 +214,25 @@ std::vector<std::string> plan(const AttentionConfig& config,
 
 void bind_layer(nb::module_& m) {
   m.def("plan", &plan, nb::arg("config"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
-        nb::arg("policy") = "per-request", nb::arg("mode") = "prefill",
+        nb::arg("policy") = "auto", nb::arg("mode") = "prefill", nb::arg("profile") = nb::none(),
+        nb::arg("device") = "cpu",
         "The path (\"dense_mha\" or \"sparse_mla\") each request of a batch takes under "
-        "`policy`: what AttentionLayer would run, without running it.");
+        "`policy`: what AttentionLayer would run, without running it. auto plans with the cost "
+        "profile at `profile` (dsattn calibrate's JSON), else `device`'s built-in one.");
   nb::class_<Layer>(m, "AttentionLayer",
                     "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
                     "including out.")
       .def(nb::init<const AttentionConfig&, const LayerWeights&, const std::string&,
-                    const std::string&, std::int64_t, std::optional<std::string>, std::int64_t>(),
+                    const std::string&, std::int64_t, std::optional<std::string>, std::int64_t,
+                    std::optional<std::string>>(),
            nb::arg("config"), nb::arg("weights"), nb::arg("kv_cache") = "bf16",
-           nb::arg("policy") = "per-request", nb::arg("num_pages") = 1024,
-           nb::arg("device") = nb::none(), nb::arg("page_size") = kPageSize)
+           nb::arg("policy") = "auto", nb::arg("num_pages") = 1024, nb::arg("device") = nb::none(),
+           nb::arg("page_size") = kPageSize, nb::arg("profile") = nb::none())
       .def_prop_ro("config", &Layer::config)
       .def_prop_ro("weights", &Layer::weights)
       .def_prop_ro("device", &Layer::device)
       .def_prop_rw("policy", &Layer::policy, &Layer::set_policy)
+      .def_prop_ro("cost_profile", &Layer::cost_profile)
       .def_prop_ro("kv_cache", &Layer::kv_cache)
       .def_prop_ro("page_size", &Layer::page_size)
       .def_prop_ro("num_pages", &Layer::num_pages)

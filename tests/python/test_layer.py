@@ -1,6 +1,8 @@
 """The layer through the bindings: both forms agree where both are exact, decode and verify
 continue a prefill the way a fresh prefill computes it, outputs land in the caller's buffer."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -190,6 +192,8 @@ def test_plan_says_which_path_each_request_takes(config):
     assert dsattn.plan(config, [0, 0, 10], [topk, topk + 1, topk - 10]) == [
         "dense_mha", "sparse_mla", "dense_mha"]
     assert dsattn.plan(config, [0], [5], policy="mla") == ["sparse_mla"]
+    assert dsattn.plan(config, [0, 0, 10], [topk, topk + 1, topk - 10], policy="per-request") == [
+        "dense_mha", "sparse_mla", "dense_mha"]
     assert dsattn.plan(config, [5, 3], [1, 1], mode="decode") == ["sparse_mla", "sparse_mla"]
     with pytest.raises(ValueError, match="policy mha is not exact for request 1"):
         dsattn.plan(config, [0, topk], [1, 1], policy="mha")
@@ -197,3 +201,29 @@ def test_plan_says_which_path_each_request_takes(config):
         dsattn.plan(config, [0, 0], [1])
     with pytest.raises(ValueError, match="extend_len >= 1"):
         dsattn.plan(config, [0], [0])
+
+
+def test_auto_plans_with_a_given_cost_profile(config, weights, tmp_path):
+    topk = config.index_topk
+    # Both paths priced per latent decompressed or absorbed, alike: dense MHA decompresses the
+    # whole context and sparse MLA absorbs the new rows only, so a fresh prompt ties (dense) and
+    # new rows over a prefix go sparse.
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "device": "test", "source": "test",
+        "dense": {"fixed_s": 0, "decompress_s_per_flop": 1e-12, "attention_s_per_flop": 0},
+        "sparse": {"fixed_s": 0, "absorb_s_per_flop": 1e-12, "score_s_per_pair": 0,
+                   "mla_s_per_flop": 0}}))
+    shapes = ([0, topk - 4], [topk - 4, 4])
+    assert dsattn.plan(config, *shapes, profile=str(profile)) == ["dense_mha", "sparse_mla"]
+    assert dsattn.plan(config, *shapes, policy="per-request") == ["dense_mha", "dense_mha"]
+    layer = layer_for(config, weights, profile=str(profile))
+    assert layer.policy == "auto" and json.loads(layer.cost_profile)["device"] == "test"
+    layer.policy = "mla"
+    assert layer.cost_profile is None
+    layer.policy = "auto"  # the given profile again
+    assert json.loads(layer.cost_profile)["device"] == "test"
+    with pytest.raises(ValueError, match="cost profile: 'sparse.mla_s_per_flop' must be a number"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(profile.read_text().replace('"mla_s_per_flop": 0', '"mla_s_per_flop": "x"'))
+        dsattn.plan(config, [0], [1], profile=str(bad))
