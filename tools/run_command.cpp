@@ -90,6 +90,21 @@ int run(const RunOptions& o, const CLI::App& cmd) {
 
   std::printf("dsattn run: %s on %s, policy %s\n", spec.to_string().c_str(), device.c_str(),
               policy.to_string().c_str());
+  if (policy.kind == Policy::Kind::automatic) {
+    const std::optional<CostProfile> builtin =
+        policy.profile ? std::nullopt : CostProfile::builtin(dev, config);
+    const CostProfile* used = policy.profile ? policy.profile.get() : builtin ? &*builtin : nullptr;
+    if (used) {
+      std::printf("  cost profile: %s, measured on %s (%s)\n",
+                  policy.profile ? o.profile_path.c_str() : "built-in", used->device.c_str(),
+                  used->source.c_str());
+    } else {
+      std::printf(
+          "  cost profile: none built in for this device and shape (%s): dense MHA wherever it "
+          "is exact, as per-request; `dsattn calibrate` measures one\n",
+          profile_shape(config).c_str());
+    }
+  }
   if (checkpoint) {
     std::printf("  weights: checkpoint %s, layers %d..%lld%s\n", o.checkpoint_dir.c_str(), o.layer,
                 static_cast<long long>(o.layer + spec.layers - 1),

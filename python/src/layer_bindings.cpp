@@ -203,7 +203,7 @@ std::vector<std::string> plan(const AttentionConfig& config,
   if (profile_path) {
     profile = CostProfile::load(*profile_path);
   } else {
-    profile = CostProfile::builtin(parse_device(device));
+    profile = CostProfile::builtin(parse_device(device), config);
   }
   std::vector<std::string> paths;
   for (Path p : plan_batch(batch, config, Policy::parse(policy), profile ? &*profile : nullptr)) {

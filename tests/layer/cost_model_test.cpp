@@ -93,6 +93,7 @@ TEST(CostModel, ProfileJsonRoundTripAndErrors) {
   CostProfile p;
   p.device = "NVIDIA H100 80GB HBM3";
   p.source = "test";
+  p.shape = "H128 qk192 v128 r512 rope64 topk2048";
   p.dense_fixed_s = 1e-4;
   p.decompress_s_per_flop = 1.25e-15;
   p.attention_s_per_flop = 2.5e-15;
@@ -103,6 +104,7 @@ TEST(CostModel, ProfileJsonRoundTripAndErrors) {
   const CostProfile q = CostProfile::parse(p.to_json());
   EXPECT_EQ(q.to_json(), p.to_json());
   EXPECT_EQ(q.device, p.device);
+  EXPECT_EQ(q.shape, p.shape);
   EXPECT_EQ(q.mla_s_per_flop, p.mla_s_per_flop);
 
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "dsattn_profile_test";
@@ -131,11 +133,14 @@ TEST(CostModel, ProfileJsonRoundTripAndErrors) {
 }
 
 TEST(CostModel, BuiltinProfileForTheCpu) {
-  const std::optional<CostProfile> cpu = CostProfile::builtin(Device::cpu());
+  const AttentionConfig c = AttentionConfig::deepseek_v32();
+  const std::optional<CostProfile> cpu = CostProfile::builtin(Device::cpu(), c);
   ASSERT_TRUE(cpu.has_value());
   EXPECT_EQ(cpu->device, "cpu");
+  EXPECT_EQ(cpu->shape, profile_shape(c));
+  // Measured on DeepSeek-V3.2's shapes: none for GLM-5's.
+  EXPECT_FALSE(CostProfile::builtin(Device::cpu(), AttentionConfig::glm5()).has_value());
   // Fresh short prompts are cheaper dense; a few rows over a long prefix cheaper sparse.
-  const AttentionConfig c = AttentionConfig::deepseek_v32();
   const PathWork fresh = path_work({0, 256, {}}, c), chunk = path_work({2016, 32, {}}, c);
   EXPECT_LT(cpu->dense_seconds(fresh), cpu->sparse_seconds(fresh));
   EXPECT_GT(cpu->dense_seconds(chunk), cpu->sparse_seconds(chunk));

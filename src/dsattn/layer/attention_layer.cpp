@@ -78,17 +78,9 @@ void AttentionLayer::set_policy(const Policy& policy) {
     return;
   }
   const Device dev = ctx_.weights.device();
-  if (std::optional<CostProfile> builtin = CostProfile::builtin(dev)) {
+  if (std::optional<CostProfile> builtin = CostProfile::builtin(dev, ctx_.config)) {
     profile_ = std::make_shared<const CostProfile>(std::move(*builtin));
-    return;
   }
-  static std::once_flag noticed;
-  std::call_once(noticed, [&] {
-    std::fprintf(stderr,
-                 "dsattn: policy auto has no cost profile for %s: dense MHA wherever it is exact "
-                 "(the per-request rule); `dsattn calibrate` measures one\n",
-                 dev.is_cpu() ? "the CPU" : cuda::device_name(dev.index).c_str());
-  });
 }
 
 void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView& new_slots,

@@ -59,9 +59,9 @@ class AttentionLayer {
   const LayerWeights& weights() const { return ctx_.weights; }
   const Policy& policy() const { return policy_; }
   void set_policy(const Policy& policy);
-  // The costs `auto` plans with: the policy's profile, else the device's built-in one; null for
-  // other policies, and for a device without a built-in profile (auto then follows the
-  // per-request rule, with a notice on stderr once per process).
+  // The costs `auto` plans with: the policy's profile, else the built-in one for the device and
+  // this layer's shape; null for other policies, and where there is none (auto then follows the
+  // per-request rule; `dsattn run` says which profile it plans with).
   const CostProfile* cost_profile() const { return profile_.get(); }
 
   // hidden_in, hidden_out: [batch.total_tokens(), hidden_size] bf16, packed by request (they

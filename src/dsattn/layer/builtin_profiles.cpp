@@ -1,5 +1,5 @@
 // The cost profiles shipped with dsattn: `dsattn calibrate` output (DeepSeek-V3.2's shapes, bf16
-// cache), measured on each device named below; bench/results/ holds the runs they come from.
+// cache), measured on each device named below; bench/results/cost-profile-*.json are the files.
 #include <string_view>
 
 #include "dsattn/core/cuda_runtime.h"
@@ -11,7 +11,7 @@ namespace {
 
 struct Builtin {
   std::string_view device_contains;  // matched against the CUDA device's name; "cpu" for the CPU
-  std::string_view json;
+  std::string_view json;             // with the layer shape it was measured on
 };
 
 constexpr Builtin kBuiltins[] = {
@@ -23,6 +23,7 @@ constexpr Builtin kBuiltins[] = {
   "fixed_s": 0.053792352468329106
  },
  "device": "cpu",
+ "shape": "H128 qk192 v128 r512 rope64 topk2048",
  "source": "dsattn calibrate, 2026-12-06, bf16 cache",
  "sparse": {
   "absorb_s_per_flop": 1.243746584247142e-11,
@@ -31,14 +32,34 @@ constexpr Builtin kBuiltins[] = {
   "score_s_per_pair": 1.8773291473283946e-06
  }
 })"},
+    // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-06.json (H100 SXM).
+    {"H100", R"({
+ "dense": {
+  "attention_s_per_flop": 1.4374022550296719e-15,
+  "decompress_s_per_flop": 6.949475141646923e-15,
+  "fixed_s": 0.0016981740634773716
+ },
+ "device": "NVIDIA H100 80GB HBM3",
+ "shape": "H128 qk192 v128 r512 rope64 topk2048",
+ "source": "dsattn calibrate, 2026-12-06, bf16 cache",
+ "sparse": {
+  "absorb_s_per_flop": 1.1422882446967292e-14,
+  "fixed_s": 0.00013972043442177977,
+  "mla_s_per_flop": 2.79238830625465e-15,
+  "score_s_per_pair": 4.818858069705242e-11
+ }
+})"},
 };
 
 }  // namespace
 
-std::optional<CostProfile> CostProfile::builtin(Device device) {
+std::optional<CostProfile> CostProfile::builtin(Device device, const AttentionConfig& config) {
   const std::string name = device.is_cpu() ? "cpu" : cuda::device_name(device.index);
+  const std::string shape = profile_shape(config);
   for (const Builtin& b : kBuiltins) {
-    if (name.find(b.device_contains) != std::string::npos) return parse(b.json);
+    if (name.find(b.device_contains) == std::string::npos) continue;
+    CostProfile p = parse(b.json);
+    if (p.shape == shape) return p;
   }
   return std::nullopt;
 }

@@ -119,6 +119,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
   }
   CostProfile profile;
   profile.device = device.is_cpu() ? "cpu" : cuda::device_name(device.index);
+  profile.shape = profile_shape(config);
   profile.source =
       fmt::format("dsattn calibrate, {}, {} cache", today(), latent_format_name(cache_format));
   fit_dense_costs(dense, profile);

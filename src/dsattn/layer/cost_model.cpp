@@ -131,6 +131,11 @@ double cost_field(const json& j, const char* group, const char* name) {
 
 }  // namespace
 
+std::string profile_shape(const AttentionConfig& c) {
+  return fmt::format("H{} qk{} v{} r{} rope{} topk{}", c.num_heads, c.qk_head_dim(), c.v_head_dim,
+                     c.kv_lora_rank, c.qk_rope_head_dim, c.index_topk);
+}
+
 PathWork& PathWork::operator+=(const PathWork& o) {
   decompress_flops += o.decompress_flops;
   attention_flops += o.attention_flops;
@@ -168,6 +173,7 @@ std::string CostProfile::to_json() const {
   json j;
   j["device"] = device;
   j["source"] = source;
+  j["shape"] = shape;
   j["dense"] = {{"fixed_s", dense_fixed_s},
                 {"decompress_s_per_flop", decompress_s_per_flop},
                 {"attention_s_per_flop", attention_s_per_flop}};
@@ -192,6 +198,10 @@ CostProfile CostProfile::parse(std::string_view text) {
       fail("cost profile: '{}' must be a string", name);
     }
     *field = j[name].get<std::string>();
+  }
+  if (j.contains("shape")) {
+    if (!j["shape"].is_string()) fail("cost profile: 'shape' must be a string");
+    p.shape = j["shape"].get<std::string>();
   }
   p.dense_fixed_s = cost_field(j, "dense", "fixed_s");
   p.decompress_s_per_flop = cost_field(j, "dense", "decompress_s_per_flop");

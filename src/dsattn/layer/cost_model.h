@@ -40,6 +40,7 @@ PathWork path_work(const RequestInput& request, const AttentionConfig& config);
 struct CostProfile {
   std::string device;  // the device the costs were measured on
   std::string source;  // how: "dsattn calibrate, <date>", or a built-in profile's origin
+  std::string shape;   // the layer shape measured (profile_shape), "" when not recorded
   double dense_fixed_s = 0;
   double decompress_s_per_flop = 0;
   double attention_s_per_flop = 0;
@@ -59,10 +60,14 @@ struct CostProfile {
   static CostProfile load(const std::string& path);
   void save(const std::string& path) const;  // written whole or not at all
 
-  // The profile shipped for a device: by its name (NVIDIA H100 / H200 parts) or the CPU backend;
-  // none for other devices.
-  static std::optional<CostProfile> builtin(Device device);
+  // The profile shipped for a device (by its name, or the CPU backend) and a layer of `config`'s
+  // shape; none for other devices and shapes: costs per FLOP measured on one shape's kernels do
+  // not carry over to another's (GLM-5's head sizes run other kernels than DeepSeek-V3.2's).
+  static std::optional<CostProfile> builtin(Device device, const AttentionConfig& config);
 };
+
+// "H128 qk192 v128 r512 rope64 topk2048": the dimensions of `config` the costs depend on.
+std::string profile_shape(const AttentionConfig& config);
 
 // One timed forward of a path group during calibration: the summed work of its requests and the
 // seconds the path took.

@@ -28,8 +28,8 @@ struct Policy {
   };
   Kind kind = Kind::automatic;
   std::int64_t threshold = 0;  // for Kind::threshold; 0 means index_topk
-  // For Kind::automatic: the costs to plan with; when null, the layer's device's built-in
-  // profile (CostProfile::builtin), and without one the per-request rule, with a notice.
+  // For Kind::automatic: the costs to plan with; when null, the built-in profile for the layer's
+  // device and shape (CostProfile::builtin), and without one the per-request rule.
   std::shared_ptr<const CostProfile> profile;
 
   // Parses "auto", "per-request", "threshold", "threshold=N", "mha" or "mla".
