@@ -154,6 +154,8 @@ const MhaCase kMhaCases[] = {
      {{130, 200}, {129, 129}, {65, 65}, {63, 127}, {64, 64}},
      true,
      true},
+    // GLM-5's head sizes (q/k 256, v 256) on the wgmma kernel, with the log-sum-exp.
+    {"Glm5_H8_Prefixes", 8, 256, 256, {{70, 70}, {5, 130}, {0, 9}, {129, 129}}, true, true},
     // Small odd shapes: head dims that fill no warp, an empty request in the middle.
     {"Odd_H3_13x7", 3, 13, 7, {{3, 9}, {1, 1}, {4, 4}, {6, 11}}, true, true},
     {"Odd_H5_40x24_EmptyRequest", 5, 40, 24, {{2, 2}, {0, 0}, {5, 8}, {7, 30}}, false},

@@ -28,18 +28,19 @@ struct Sm90Case {
   const char* name;
   std::int64_t heads;
   std::vector<std::pair<std::int64_t, std::int64_t>> requests;  // (query rows, key rows)
-  std::int64_t q_pad, v_off, o_pad;  // q rows [q_pad, q_pad + 192) of wider rows, and so on
+  std::int64_t q_pad, v_off, o_pad;    // q rows [q_pad, q_pad + d_qk) of wider rows, and so on
+  std::int64_t d_qk = 192, d_v = 128;  // DeepSeek-V3.2's; GLM-5's are 256 and 256
 };
 
 void PrintTo(const Sm90Case& c, std::ostream* os) { *os << c.name; }
 
 class MhaSm90Gpu : public GpuParamTest<Sm90Case> {};
 
-constexpr std::int64_t kDqk = 192, kDv = 128;
-
 TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   const Sm90Case c = GetParam();
-  const std::int64_t H = c.heads;
+  const std::int64_t H = c.heads, d_qk = c.d_qk, d_v = c.d_v;
+  // The mma.sync reference kernel has DeepSeek-V3.2's head sizes only.
+  const bool with_reference = d_qk == 192 && d_v == 128;
   std::vector<std::int32_t> cq{0}, ck{0};
   std::int64_t max_q = 0;
   for (const auto& [nq, nk] : c.requests) {
@@ -50,15 +51,16 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   const std::int64_t total_q = cq.back(), total_k = ck.back();
   Tensor cu_q = i32_tensor(cq), cu_k = i32_tensor(ck);
 
-  Tensor q_backing = random_tensor({total_q, H, c.q_pad + kDqk}, DType::bf16, 60, total_q, 2.0);
-  const TensorView q = q_backing.view().slice(2, c.q_pad, c.q_pad + kDqk);
-  Tensor k = random_tensor({total_k, H, kDqk}, DType::bf16, 61, total_k, 2.0);
-  Tensor kv = random_tensor({total_k, H, c.v_off + kDv}, DType::bf16, 62, total_k, 1.0);
-  const TensorView v = kv.view().slice(2, c.v_off, c.v_off + kDv);
-  Tensor out_backing = poisoned({total_q, H, c.o_pad + kDv}, DType::bf16);
-  const TensorView out = out_backing.view().slice(2, c.o_pad, c.o_pad + kDv);
+  Tensor q_backing = random_tensor({total_q, H, c.q_pad + d_qk}, DType::bf16, 60, total_q, 2.0);
+  const TensorView q = q_backing.view().slice(2, c.q_pad, c.q_pad + d_qk);
+  Tensor k = random_tensor({total_k, H, d_qk}, DType::bf16, 61, total_k, 2.0);
+  Tensor kv = random_tensor({total_k, H, c.v_off + d_v}, DType::bf16, 62, total_k, 1.0);
+  const TensorView v = kv.view().slice(2, c.v_off, c.v_off + d_v);
+  Tensor out_backing = poisoned({total_q, H, c.o_pad + d_v}, DType::bf16);
+  const TensorView out = out_backing.view().slice(2, c.o_pad, c.o_pad + d_v);
   const Tensor original = clone(out_backing);
-  const float scale = static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale());
+  const float scale = static_cast<float>(
+      (d_qk == 192 ? AttentionConfig::deepseek_v32() : AttentionConfig::glm5()).softmax_scale());
 
   const Mirror q_dev(q_backing), k_dev(k), kv_dev(kv), cu_q_dev(cu_q), cu_k_dev(cu_k),
       out_dev(out_backing), ref_out_dev(out_backing);
@@ -76,18 +78,20 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   p.max_q = max_q;
   p.batch = static_cast<int>(c.requests.size());
   p.heads = static_cast<int>(H);
-  p.d_qk = static_cast<int>(kDqk);
-  p.d_v = static_cast<int>(kDv);
+  p.d_qk = static_cast<int>(d_qk);
+  p.d_v = static_cast<int>(d_v);
   p.scale = scale;
   ASSERT_TRUE(ops::cuda::mha_wgmma_sm90_supports(p));
-  ASSERT_TRUE(ops::cuda::mha_sm90_supports(p));
+  ASSERT_EQ(ops::cuda::mha_sm90_supports(p), with_reference);
 
   ops::mha_varlen_causal(q, k, v, cu_q, cu_k, max_q, scale, out);
   ops::mha_varlen_causal(q_dev.on_gpu(q), k_dev.on_gpu(), kv_dev.on_gpu(v), cu_q_dev.on_gpu(),
                          cu_k_dev.on_gpu(), max_q, scale, out_dev.on_gpu(out));
   EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"), "mha_wgmma_sm90");
   const Tensor fetched = out_dev.fetch();
-  ASSERT_EQ(ops::cuda::launch_mha_sm90(p, nullptr), cudaSuccess);
+  if (with_reference) {
+    ASSERT_EQ(ops::cuda::launch_mha_sm90(p, nullptr), cudaSuccess);
+  }
   dsattn::cuda::synchronize();
   const Tensor fetched_ref = ref_out_dev.fetch();
 
@@ -96,7 +100,7 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   for (std::size_t b = 0; b + 1 < cq.size(); ++b) {
     for (std::int64_t r = cq[b]; r < cq[b + 1]; ++r) request_of[r] = static_cast<std::int64_t>(b);
   }
-  std::vector<double> ref(static_cast<std::size_t>(total_q * H * kDv));
+  std::vector<double> ref(static_cast<std::size_t>(total_q * H * d_v));
 #pragma omp parallel for schedule(dynamic, 4)
   for (std::int64_t w = 0; w < total_q * H; ++w) {
     const std::int64_t row = w / H, h = w % H, b = request_of[row];
@@ -106,19 +110,19 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
     double mx = -INFINITY;
     for (std::int64_t j = 0; j < visible; ++j) {
       double dot = 0;
-      for (std::int64_t e = 0; e < kDqk; ++e) {
-        dot += qd[w * kDqk + e] * kd[((k0 + j) * H + h) * kDqk + e];
+      for (std::int64_t e = 0; e < d_qk; ++e) {
+        dot += qd[w * d_qk + e] * kd[((k0 + j) * H + h) * d_qk + e];
       }
       logits[j] = dot * static_cast<double>(scale);
       mx = std::max(mx, logits[j]);
     }
     double sum = 0;
     for (double& l : logits) sum += l = std::exp(l - mx);
-    for (std::int64_t col = 0; col < kDv; ++col) {
+    for (std::int64_t col = 0; col < d_v; ++col) {
       double acc = 0;
       for (std::int64_t j = 0; j < visible; ++j)
-        acc += logits[j] * vd[((k0 + j) * H + h) * kDv + col];
-      ref[w * kDv + col] = acc / sum;
+        acc += logits[j] * vd[((k0 + j) * H + h) * d_v + col];
+      ref[w * d_v + col] = acc / sum;
     }
   }
 
@@ -165,6 +169,18 @@ const Sm90Case kSm90Cases[] = {
     // row, out a 16-byte aligned window and a window at an odd offset.
     {"Model_H128_StridedAligned", 128, {{130, 200}, {64, 64}, {3, 67}}, 64, 128, 8},
     {"Model_H128_OutOddOffset", 128, {{77, 77}, {40, 300}}, 0, 128, 3},
+    // GLM-5's head sizes (q/k 256, v 256; 64-key tiles): tile edges, prefixes, many tiles, and
+    // the layer's layout at its 64 heads (v the second half of [k_nope 192, v 256] rows).
+    {"Glm5_H4_TileEdges",
+     4,
+     {{1, 1}, {63, 63}, {64, 64}, {65, 65}, {129, 200}, {30, 94}, {0, 20}, {127, 127}, {256, 320}},
+     0,
+     0,
+     0,
+     256,
+     256},
+    {"Glm5_H2_LongPrefix", 2, {{300, 1500}}, 0, 0, 0, 256, 256},
+    {"Glm5_H64_Strided", 64, {{100, 164}, {3, 3}}, 64, 192, 8, 256, 256},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, MhaSm90Gpu, ::testing::ValuesIn(kSm90Cases),
                          [](const auto& info) { return std::string(info.param.name); });
@@ -178,7 +194,8 @@ namespace {
 // A NaN or Inf in a value (or a NaN in a key) reaches exactly the rows that see its key: every
 // other row equals, bit for bit, its output with a finite number in its place. The bad keys sit
 // inside masked (diagonal) tiles of the first and second 128-row blocks and in a tile every row
-// of the third block sees whole; on the tensor-core kernel (192 / 128) and the generic one.
+// of the third block sees whole; on the wgmma kernel (192 / 128 and 256 / 256) and the generic
+// one.
 class MhaNonFiniteGpu : public GpuTest {};
 
 TEST_F(MhaNonFiniteGpu, NeverReachesRowsThatCannotSeeTheKey) {
@@ -186,7 +203,8 @@ TEST_F(MhaNonFiniteGpu, NeverReachesRowsThatCannotSeeTheKey) {
   const std::int32_t bad_keys[] = {70, 131, 150};
   const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
                               std::numeric_limits<float>::infinity()};
-  for (const auto& [dq, dv] : {std::pair<std::int64_t, std::int64_t>{192, 128}, {48, 32}}) {
+  for (const auto& [dq, dv] :
+       {std::pair<std::int64_t, std::int64_t>{192, 128}, {256, 256}, {48, 32}}) {
     const Tensor q = random_tensor({n, H, dq}, DType::bf16, 211, 1);
     const Tensor cu = i32_tensor({0, static_cast<std::int32_t>(n)});
     const Tensor q_d = q.to(gpu()), cu_d = cu.to(gpu());
@@ -209,7 +227,7 @@ TEST_F(MhaNonFiniteGpu, NeverReachesRowsThatCannotSeeTheKey) {
         }
         ops::mha_varlen_causal(q_d, k.to(gpu()), v.to(gpu()), cu_d, cu_d, n, 0.1f, dirty);
         EXPECT_EQ(ops::cuda::last_kernel("mha_varlen_causal"),
-                  dq == 192 ? "mha_wgmma_sm90" : "mha_generic");
+                  dq == 48 ? "mha_generic" : "mha_wgmma_sm90");
         const Tensor c = clean.to(Device::cpu()), d = dirty.to(Device::cpu());
         for (std::int64_t i = 0; i < n; ++i) {
           for (std::int64_t e = 0; e < H * dv; ++e) {

@@ -1,13 +1,14 @@
-// Dense causal varlen attention on Hopper's warpgroup MMAs (wgmma, sm_90a) for DeepSeek-V3.2's
-// head sizes (q/k 192, v 128), warp-specialised:
+// Dense causal varlen attention on Hopper's warpgroup MMAs (wgmma, sm_90a) for the models' head
+// sizes: DeepSeek-V3.2's q/k 192, v 128 (128-key tiles) and GLM-5's q/k 256, v 256 (64-key
+// tiles, so that O's 128 accumulators per thread fit beside S), warp-specialised:
 //
 // - A CTA owns 128 query rows of one (request, head) and three warpgroups. The producer
-//   warpgroup copies Q once and then the key tiles (128 keys of K and V), from the diagonal
+//   warpgroup copies Q once and then the key tiles (K and V), from the diagonal
 //   down, with 16-byte cp.async into 128-byte-swizzled shared tiles: K and Q K-major, V in the
 //   same physical layout read MN-major, so no operand is transposed in memory. Two K/V stages;
 //   mbarriers say when K, and separately V, of a stage has landed and when both consumers are
 //   done with it.
-// - Each consumer warpgroup owns 64 query rows: S = Q·Kᵀ (12 m64n128k16 products from shared
+// - Each consumer warpgroup owns 64 query rows: S = Q·Kᵀ (d_qk / 16 products from shared
 //   memory), the causal mask, the online softmax in registers, then O += P·V with P as the A
 //   operand straight from registers (the f32 accumulator layout packs pairwise into it).
 // - Overlap inside a warpgroup: tile i's S = Q·Kᵀ and tile i - 1's P·V are issued together; the
@@ -15,8 +16,9 @@
 //   it has landed. The two consumers run the same schedule on different rows, so one's softmax
 //   also overlaps the other's products.
 //
-// Registers: the producer drops to 40 per thread so that the consumers can hold 232 (S 64, O 64,
-// P 32 and the row statistics). Shared memory: Q 48 KB and two stages of K 48 KB + V 32 KB.
+// Registers: the producer drops to 40 per thread so that the consumers can hold 232 (192/128:
+// S 64, O 64, P 32; 256/256: S 32, O 128, P 16; and the row statistics). Shared memory:
+// 192/128: Q 48 KB and two stages of K 48 KB + V 32 KB; 256/256: Q 64 KB, stages of 32 + 32 KB.
 #include <cmath>
 
 #include "dsattn/ops/cuda/barriers.cuh"
@@ -31,45 +33,65 @@ namespace {
 using namespace ptx;       // NOLINT: the PTX wrappers read as intrinsics
 using namespace barriers;  // NOLINT
 
-constexpr int kDqk = kMhaSm90Dqk, kDv = kMhaSm90Dv;
 constexpr int kBlockM = 128;  // query rows per CTA, 64 per consumer warpgroup
-constexpr int kBlockN = 128;  // keys per tile
 constexpr int kStages = 2;
 constexpr int kThreads = 384;  // producer warpgroup, then two consumers
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-// A sub-tile: 128 rows of 64 bf16 (128 bytes), swizzled; a 192-wide row spans three of them.
-constexpr int kSubTile = 128 * 128;
-constexpr int kQkSubs = kDqk / 64, kVSubs = kDv / 64;
 
-struct alignas(1024) Smem {
-  std::uint8_t q[kQkSubs][kSubTile];
-  std::uint8_t k[kStages][kQkSubs][kSubTile];
-  std::uint8_t v[kStages][kVSubs][kSubTile];
-  std::uint64_t q_full, k_full[kStages], v_full[kStages], empty[kStages];
+// A head shape: q/k and v widths, keys per tile. Tiles are made of swizzled sub-tiles of 64 bf16
+// (128 bytes) per row: Q's of 128 rows, K's and V's of BlockN rows.
+template <int Dqk, int Dv, int BlockN>
+struct Shape {
+  static constexpr int kDqk = Dqk, kDv = Dv, kBlockN = BlockN;
+  static constexpr int kQkSubs = Dqk / 64, kVSubs = Dv / 64;
+  static constexpr int kQSub = kBlockM * 128, kKvSub = BlockN * 128;
+  static_assert(Dqk % 64 == 0 && Dv % 128 == 0 && (BlockN == 64 || BlockN == 128));
+  static_assert(kVSubs <= kQkSubs, "the output is staged in Q's sub-tiles");
+
+  struct alignas(1024) Smem {
+    std::uint8_t q[kQkSubs][kQSub];
+    std::uint8_t k[kStages][kQkSubs][kKvSub];
+    std::uint8_t v[kStages][kVSubs][kKvSub];
+    std::uint64_t q_full, k_full[kStages], v_full[kStages], empty[kStages];
+  };
+  static constexpr int kSmemBytes = sizeof(Smem) + 1024;  // + room to align the allocation
 };
-constexpr int kSmemBytes = sizeof(Smem) + 1024;  // + room to align the dynamic allocation
+using DeepSeekShape = Shape<192, 128, 128>;
+using Glm5Shape = Shape<256, 256, 64>;
 
 // Named barriers (0 is __syncthreads): both consumers; each consumer alone.
 constexpr int kConsumersBarrier = 1, kConsumerBarrier0 = 2;
 
-// Copies 128 rows of kSubs * 64 bf16 (row i from src + i * stride; rows at or past `valid_rows`
-// zero-filled) into kSubs swizzled sub-tiles at `dst`. Producer thread t copies 16-byte chunk
-// t % 8 of sub-tile j of rows t / 8 + 16 i: a warp reads four rows × 128 contiguous bytes per
-// instruction, and row % 8 (the swizzle) is the same for all of a thread's rows.
-template <int kSubs>
+// Copies kRows rows of kSubs * 64 bf16 (row i from src + i * stride; rows at or past
+// `valid_rows` zero-filled) into kSubs swizzled sub-tiles of kRows rows at `dst`. Producer thread
+// t copies 16-byte chunk t % 8 of sub-tile j of rows t / 8 + 16 i: a warp reads four rows × 128
+// contiguous bytes per instruction, and row % 8 (the swizzle) is the same for all of a thread's
+// rows.
+template <int kRows, int kSubs>
 __device__ __forceinline__ void copy_rows(std::uint32_t dst, const __nv_bfloat16* src,
                                           std::int64_t stride, int valid_rows, int t) {
   const int r0 = t / 8, c = t % 8;
   const std::uint32_t d = dst + r0 * 128 + ((c ^ (r0 % 8)) << 4);
   const __nv_bfloat16* s = src + r0 * stride + c * 8;
 #pragma unroll
-  for (int i = 0; i < 128 / 16; ++i) {
+  for (int i = 0; i < kRows / 16; ++i) {
     const bool valid = r0 + 16 * i < valid_rows;
 #pragma unroll
     for (int j = 0; j < kSubs; ++j) {
-      cp_async16(d + j * kSubTile + i * 16 * 128, valid ? s + i * 16 * stride + j * 64 : src,
+      cp_async16(d + j * kRows * 128 + i * 16 * 128, valid ? s + i * 16 * stride + j * 64 : src,
                  valid);
     }
+  }
+}
+
+// S (+)= Q·Kᵀ step: m64nNk16 from shared memory for N = 128 or 64 keys.
+template <int N>
+__device__ __forceinline__ void mma_qk(float (&s)[N / 2], std::uint64_t desc_q,
+                                       std::uint64_t desc_k, bool accumulate) {
+  if constexpr (N == 128) {
+    wgmma::mma_m64n128k16_bf16_ss(s, desc_q, desc_k, accumulate);
+  } else {
+    wgmma::mma_m64n64k16_bf16_ss(s, desc_q, desc_k, accumulate);
   }
 }
 
@@ -85,7 +107,13 @@ __device__ __forceinline__ void announce(std::uint32_t bar) {
   mbarrier_arrive(bar);
 }
 
+template <class Sh>
 __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams p) {
+  constexpr int kDqk = Sh::kDqk, kDv = Sh::kDv, kBlockN = Sh::kBlockN;
+  constexpr int kQkSubs = Sh::kQkSubs, kVSubs = Sh::kVSubs, kQSub = Sh::kQSub;
+  constexpr int kKvSub = Sh::kKvSub;
+  using Smem = typename Sh::Smem;
+  static_assert(kDqk == kQkSubs * 64);
   extern __shared__ unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
                                       ~std::uintptr_t{1023});
@@ -125,16 +153,16 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     const auto* q = static_cast<const __nv_bfloat16*>(p.q) + (q_start + row0) * p.sq0 + h * p.sq1;
     const auto* k = static_cast<const __nv_bfloat16*>(p.k) + k_start * p.sk0 + h * p.sk1;
     const auto* v = static_cast<const __nv_bfloat16*>(p.v) + k_start * p.sv0 + h * p.sv1;
-    copy_rows<kQkSubs>(smem_addr(sm.q), q, p.sq0, rows_here, t);
+    copy_rows<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, rows_here, t);
     cp_async_commit();
     for (int i = 0; i < n_blocks; ++i) {
       const int n = n_blocks - 1 - i, s = i % kStages;
       if (i >= kStages) mbarrier_wait(smem_addr(&sm.empty[s]), (i / kStages - 1) & 1);
-      copy_rows<kQkSubs>(smem_addr(sm.k[s]), k + std::int64_t(n) * kBlockN * p.sk0, p.sk0,
-                         n_k - n * kBlockN, t);
+      copy_rows<kBlockN, kQkSubs>(smem_addr(sm.k[s]), k + std::int64_t(n) * kBlockN * p.sk0, p.sk0,
+                                  n_k - n * kBlockN, t);
       cp_async_commit();
-      copy_rows<kVSubs>(smem_addr(sm.v[s]), v + std::int64_t(n) * kBlockN * p.sv0, p.sv0,
-                        n_k - n * kBlockN, t);
+      copy_rows<kBlockN, kVSubs>(smem_addr(sm.v[s]), v + std::int64_t(n) * kBlockN * p.sv0, p.sv0,
+                                 n_k - n * kBlockN, t);
       cp_async_commit();
       if (i == 0) {
         cp_async_wait<2>();
@@ -156,11 +184,14 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   const std::uint32_t q_rows = smem_addr(sm.q) + 64 * c * 128;
   const float scale_log2 = p.scale * 1.4426950408889634f;  // exp(x·scale) = 2^(x·scale·log2 e)
 
-  float s[64], o[64];
-  std::uint32_t pf[32];  // P as bf16 pairs, the A operand of P·V
+  // s[i] and o[i] hold block row row_lo + 8 ((i / 2) % 2), column 8 (i / 4) + 2 tq + i % 2 (of
+  // the tile, of the output).
+  constexpr int kS = kBlockN / 2, kO = kDv / 2, kP = kBlockN / 4;
+  float s[kS], o[kO];
+  std::uint32_t pf[kP];  // P as bf16 pairs, the A operand of P·V
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+  for (int i = 0; i < kO; ++i) o[i] = 0.0f;
 
   const auto issue_qk = [&](int stage) {
     wgmma::fence();
@@ -168,9 +199,9 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     for (int kc = 0; kc < kQkSubs; ++kc) {
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) {
-        wgmma::mma_m64n128k16_bf16_ss(
-            s, wgmma::desc_k_major_sw128(q_rows + kc * kSubTile + ks * 32),
-            wgmma::desc_k_major_sw128(smem_addr(sm.k[stage][kc]) + ks * 32), kc + ks > 0);
+        mma_qk<kBlockN>(s, wgmma::desc_k_major_sw128(q_rows + kc * kQSub + ks * 32),
+                        wgmma::desc_k_major_sw128(smem_addr(sm.k[stage][kc]) + ks * 32),
+                        kc + ks > 0);
       }
     }
     wgmma::commit_group();
@@ -179,19 +210,22 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      wgmma::mma_m64n128k16_bf16_rs(
-          o, pf + 4 * kk, wgmma::desc_mn_major_sw128(smem_addr(sm.v[stage]) + kk * 2048, kSubTile));
+#pragma unroll
+      for (int nb = 0; nb < kDv / 128; ++nb) {  // 128 output columns: two V sub-tiles
+        wgmma::mma_m64n128k16_bf16_rs(
+            *reinterpret_cast<float(*)[64]>(o + 64 * nb), pf + 4 * kk,
+            wgmma::desc_mn_major_sw128(smem_addr(sm.v[stage][2 * nb]) + kk * 2048, kKvSub));
+      }
     }
     wgmma::commit_group();
   };
 
-  // s[i] holds block row row_lo + 8 ((i / 2) % 2), tile column 8 (i / 4) + 2 tq + i % 2.
   const auto apply_mask = [&](int n) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int row_limit = limit(n) + row_lo + 8 * hf - 2 * tq;
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < kBlockN / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           if (8 * j + e > row_limit) s[4 * j + 2 * hf + e] = -INFINITY;
@@ -199,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       }
     }
   };
-  // Online softmax over the tile in s (a row's 128 scores spread over the 4 lanes of a quad):
+  // Online softmax over the tile in s (a row's scores spread over the 4 lanes of a quad):
   // leaves the probabilities in s and returns, per row, the factor O must be rescaled by. A row
   // whose scores are all masked so far keeps max -inf and uses 0 in its place, so that its
   // exponentials are 0 rather than NaN.
@@ -208,7 +242,9 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     for (int hf = 0; hf < 2; ++hf) {
       float mx = row_max[hf];
 #pragma unroll
-      for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+      }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float base = (mx == -INFINITY ? 0.0f : mx) * scale_log2;
@@ -216,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       row_max[hf] = mx;
       float sum = 0.0f;
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < kBlockN / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s[4 * j + 2 * hf + e];
@@ -230,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   };
   const auto pack_probabilities = [&] {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) pf[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
+    for (int i = 0; i < kP; ++i) pf[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
   };
 
   // A masked tile's value rows are hidden from some rows, whose probabilities there are 0; but
@@ -244,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       return ((w >> (16 * half)) & 0x7f80u) == 0x7f80u;
     };
     unsigned char* tile = sm.v[stage][0];
-    constexpr int kChunks = kVSubs * kSubTile / 16;  // 16-byte chunks; both consumers scan all
+    constexpr int kChunks = kVSubs * kKvSub / 16;  // 16-byte chunks; both consumers scan all
     bool found = false;
 #pragma unroll 4
     for (int i = t; i < kChunks; i += 128) {
@@ -257,9 +293,9 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     // Value (key, column 8j + 2tq + e) sits in sub-tile j / 8, row key, chunk (j % 8) ^ (key % 8).
     for (int key = 0; key < kBlockN; ++key) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < kDv / 8; ++j) {
         const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(
-            tile + (j / 8) * kSubTile + key * 128 + (((j % 8) ^ (key % 8)) << 4) + 4 * tq);
+            tile + (j / 8) * kKvSub + key * 128 + (((j % 8) ^ (key % 8)) << 4) + 4 * tq);
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           if (!non_finite(w, e)) continue;
@@ -318,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     wgmma::fence_operands(pf);
     mbarrier_arrive(smem_addr(&sm.empty[prev]));
 #pragma unroll
-    for (int i2 = 0; i2 < 64; ++i2) o[i2] *= correction[(i2 / 2) % 2];
+    for (int i2 = 0; i2 < kO; ++i2) o[i2] *= correction[(i2 / 2) % 2];
     pack_probabilities();
   }
   value_tile_ready(n_blocks - 1);
@@ -328,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   wgmma::fence_operands(pf);
 
   // Normalise and stage the rows as bf16 in this consumer's own Q rows (its products are done
-  // with them), 256 bytes a row over two swizzled sub-tiles; then write whole 16-byte chunks.
+  // with them), 2 d_v bytes a row over d_v / 64 swizzled sub-tiles; then write 16-byte chunks.
   unsigned char* staging = sm.q[0] + 64 * c * 128;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
@@ -343,8 +379,8 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
           fmaf(row_max[hf], p.scale, logf(sum));
     }
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      *reinterpret_cast<std::uint32_t*>(staging + (j / 8) * kSubTile + r * 128 +
+    for (int j = 0; j < kDv / 8; ++j) {
+      *reinterpret_cast<std::uint32_t*>(staging + (j / 8) * kQSub + r * 128 +
                                         (((j % 8) ^ (r % 8)) << 4) + 4 * tq) =
           pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
     }
@@ -357,12 +393,13 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       ((reinterpret_cast<std::uintptr_t>(p.out) | static_cast<std::uintptr_t>(p.so0 | p.so1) * 2) &
        15) == 0;
   const int rows_mine = rows_here - 64 * c;
+  constexpr int kChunksPerRow = kDv / 8, kRowsPerStep = 128 / kChunksPerRow;
 #pragma unroll
-  for (int i = 0; i < 64 * 16 / 128; ++i) {
-    const int r = i * 8 + t / 16, chunk = t % 16;
+  for (int i = 0; i < 64 / kRowsPerStep; ++i) {
+    const int r = i * kRowsPerStep + t / kChunksPerRow, chunk = t % kChunksPerRow;
     if (r < rows_mine) {
-      const uint4 value = *reinterpret_cast<const uint4*>(staging + (chunk / 8) * kSubTile +
-                                                          r * 128 + (((chunk % 8) ^ (r % 8)) << 4));
+      const uint4 value = *reinterpret_cast<const uint4*>(staging + (chunk / 8) * kQSub + r * 128 +
+                                                          (((chunk % 8) ^ (r % 8)) << 4));
       __nv_bfloat16* dst = out + r * p.so0 + chunk * 8;
       if (vector_store) {
         *reinterpret_cast<uint4*>(dst) = value;
@@ -377,6 +414,17 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
 
 bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
 
+template <class Sh>
+cudaError_t launch(const MhaParams& p, cudaStream_t stream) {
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      mha_wgmma_kernel<Sh>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::kSmemBytes);
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(static_cast<unsigned>((p.max_q + kBlockM - 1) / kBlockM),
+                  static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  mha_wgmma_kernel<Sh><<<grid, kThreads, Sh::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool mha_wgmma_sm90_supports(const MhaParams& p) {
@@ -386,20 +434,17 @@ bool mha_wgmma_sm90_supports(const MhaParams& p) {
                             p.sv1 % 8 == 0;
   // The running maximum is taken over raw scores, which orders the scaled ones only for scale > 0.
   const bool scale_ok = p.scale > 0.0f && std::isfinite(p.scale);
-  return p.d_qk == kDqk && p.d_v == kDv && rows_aligned && scale_ok && p.heads <= 65535 &&
-         p.batch <= 65535 && p.max_q <= (std::int64_t{1} << 30);
+  const bool shape = (p.d_qk == DeepSeekShape::kDqk && p.d_v == DeepSeekShape::kDv) ||
+                     (p.d_qk == Glm5Shape::kDqk && p.d_v == Glm5Shape::kDv);
+  return shape && rows_aligned && scale_ok && p.heads <= 65535 && p.batch <= 65535 &&
+         p.max_q <= (std::int64_t{1} << 30);
 }
 
 cudaError_t launch_mha_wgmma_sm90(const MhaParams& p, cudaStream_t stream) {
   if (!mha_wgmma_sm90_supports(p)) return cudaErrorInvalidValue;
   if (p.total_q == 0 || p.max_q == 0 || p.batch == 0) return cudaSuccess;
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      mha_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  if (attr != cudaSuccess) return attr;
-  const dim3 grid(static_cast<unsigned>((p.max_q + kBlockM - 1) / kBlockM),
-                  static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  mha_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return p.d_qk == DeepSeekShape::kDqk ? launch<DeepSeekShape>(p, stream)
+                                       : launch<Glm5Shape>(p, stream);
 }
 
 }  // namespace dsattn::ops::cuda

@@ -86,6 +86,17 @@ __device__ __forceinline__ void fence_operands(float (&d)[R]) {
   "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
   "%56, %57, %58, %59, %60, %61, %62, %63}"
 
+// The 32 accumulator operands of an m64n64 product, in asm operand order %0 ... %31.
+#define DSATTN_WGMMA_D32(d)                                                                       \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),    \
+      "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),  \
+      "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),  \
+      "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define DSATTN_WGMMA_D32_REGS                                                                   \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+
 // D[64 x 128] (+)= A[64 x 32] · B[128 x 32]ᵀ, e4m3 operands from shared memory (both K-major),
 // f32 accumulators: thread t of the warpgroup holds rows 16 (t / 32) + (t % 32) / 4 + 8 ((i / 2)
 // % 2) and columns 8 (i / 4) + 2 (t % 4) + i % 2 in d[i]. accumulate = false overwrites D.
@@ -108,6 +119,19 @@ __device__ __forceinline__ void mma_m64n128k16_bf16_ss(float (&d)[64], std::uint
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " DSATTN_WGMMA_D64_REGS
       ", %64, %65, p, 1, 1, 0, 0;\n}\n"
       : DSATTN_WGMMA_D64(d)
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+
+// D[64 x 64] (+)= A[64 x 16] · B[64 x 16]ᵀ, bf16 operands from shared memory, both K-major;
+// thread t holds rows 16 (t / 32) + (t % 32) / 4 + 8 ((i / 2) % 2), columns 8 (i / 4) + 2 (t % 4)
+// + i % 2 in d[i], as the m64n128 products do for their first 64 columns.
+__device__ __forceinline__ void mma_m64n64k16_bf16_ss(float (&d)[32], std::uint64_t desc_a,
+                                                      std::uint64_t desc_b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " DSATTN_WGMMA_D32_REGS
+      ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : DSATTN_WGMMA_D32(d)
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
 }
 
