@@ -129,6 +129,7 @@ TEST_P(MhaSm90Gpu, MatchesFloat64CausalAttention) {
   for (const auto& [kernel, result] :
        {std::pair<const char*, const Tensor*>{"mha_wgmma_sm90", &fetched},
         {"mha_sm90 (mma.sync)", &fetched_ref}}) {
+    if (result == &fetched_ref && !with_reference) continue;
     SCOPED_TRACE(kernel);
     const std::vector<double> gpu_out = read_doubles(Mirror::same_view(out, out_backing, *result));
     EXPECT_TRUE(

@@ -1,5 +1,5 @@
-// The cost profiles shipped with dsattn: `dsattn calibrate` output (DeepSeek-V3.2's shapes, bf16
-// cache), measured on each device named below; bench/results/cost-profile-*.json are the files.
+// The cost profiles shipped with dsattn: `dsattn calibrate` output (bf16 cache) for the layer
+// shapes and devices named below; bench/results/cost-profile-*.json are the files.
 #include <string_view>
 
 #include "dsattn/core/cuda_runtime.h"
@@ -47,6 +47,23 @@ constexpr Builtin kBuiltins[] = {
   "fixed_s": 0.00013972043442177977,
   "mla_s_per_flop": 2.79238830625465e-15,
   "score_s_per_pair": 4.818858069705242e-11
+ }
+})"},
+    // bench/results/cost-profile-nvidia-h100-80gb-hbm3-glm5-2026-12-06.json: GLM-5's shapes.
+    {"H100", R"({
+ "dense": {
+  "attention_s_per_flop": 1.3648333547187406e-15,
+  "decompress_s_per_flop": 5.763623692951168e-15,
+  "fixed_s": 0.0015505256652713492
+ },
+ "device": "NVIDIA H100 80GB HBM3",
+ "shape": "H64 qk256 v256 r512 rope64 topk2048",
+ "source": "dsattn calibrate, 2026-12-06, bf16 cache",
+ "sparse": {
+  "absorb_s_per_flop": 0.0,
+  "fixed_s": 0.0,
+  "mla_s_per_flop": 0.0,
+  "score_s_per_pair": 8.71324406323059e-10
  }
 })"},
 };
