@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "dsattn/core/error.h"
+#include "dsattn/layer/calibration.h"
 #include "dsattn/layer/cost_model.h"
+#include "layer_test_util.h"
 
 namespace dsattn {
 namespace {
@@ -144,6 +146,33 @@ TEST(CostModel, BuiltinProfileForTheCpu) {
   const PathWork fresh = path_work({0, 256, {}}, c), chunk = path_work({2016, 32, {}}, c);
   EXPECT_LT(cpu->dense_seconds(fresh), cpu->sparse_seconds(fresh));
   EXPECT_GT(cpu->dense_seconds(chunk), cpu->sparse_seconds(chunk));
+}
+
+// Every config gets valid shapes on both sides of its index_topk, on either backend; DeepSeek-V3.2
+// on a GPU includes the prefix-heavy batch of chunked prefill.
+TEST(Calibration, ShapesCoverBothSidesOfTopk) {
+  for (const AttentionConfig& c :
+       {AttentionConfig::deepseek_v32(), AttentionConfig::glm5(), testing::small_config(24)}) {
+    for (const Device d : {Device::cpu(), Device::cuda(0)}) {
+      SCOPED_TRACE(fmt::format("topk {} on {}", c.index_topk, to_string(d)));
+      int exact = 0, past = 0;
+      for (const CalibrationShape& s : calibration_shapes(c, d)) {
+        EXPECT_GE(s.requests, 1);
+        EXPECT_GE(s.prefix, 0);
+        EXPECT_GE(s.extend, 1);
+        (s.prefix + s.extend <= c.index_topk ? exact : past) += 1;
+      }
+      EXPECT_GE(exact, 3);         // the dense path's three costs
+      EXPECT_GE(exact + past, 4);  // the sparse path's four
+      EXPECT_GE(past, 1);
+    }
+  }
+  bool chunked = false;
+  for (const CalibrationShape& s :
+       calibration_shapes(AttentionConfig::deepseek_v32(), Device::cuda(0))) {
+    chunked = chunked || (s.requests == 64 && s.prefix == 1984 && s.extend == 64);
+  }
+  EXPECT_TRUE(chunked);
 }
 
 }  // namespace

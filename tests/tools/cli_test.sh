@@ -25,6 +25,31 @@ assert j["passes"][0]["prefill"]["tokens"] == 60 and j["passes"][0]["decode"]["t
 assert 0 <= j["max_relative_difference"] < 0.05, j["max_relative_difference"]
 PY
 
+# calibrate on the CPU backend with the small config: a profile of finite, non-negative costs
+# for that shape, which run --profile plans with (and which any other policy refuses).
+"$dsattn" calibrate --device cpu --config "$data/small_config.json" --repeats 1 \
+  --out "$work/profile.json" >"$work/out" 2>"$work/err" ||
+  fail "calibrate: exit status $?: $(cat "$work/err")"
+python3 - "$work/profile.json" <<'PY' || fail "calibrate: profile content"
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+assert j["device"] == "cpu" and j["shape"].endswith("topk24"), j
+costs = [v for path in ("dense", "sparse") for v in j[path].values()]
+assert len(costs) == 7 and all(math.isfinite(v) and v >= 0 for v in costs), j
+assert any(v > 0 for v in j["dense"].values()) and any(v > 0 for v in j["sparse"].values()), j
+PY
+"$dsattn" run --config "$data/small_config.json" --requests 2 --prompt-len 20 --decode-steps 1 \
+  --profile "$work/profile.json" >"$work/out" 2>"$work/err" ||
+  fail "run --profile: exit status $?: $(cat "$work/err")"
+grep -q "cost profile: $work/profile.json, measured on cpu" "$work/out" ||
+  fail "run --profile: profile line missing: $(cat "$work/out")"
+expect_error "profile with mla" "--profile gives the costs of policy auto; --policy is mla" \
+  run --config "$data/small_config.json" --policy mla --profile "$work/profile.json"
+echo '{"device": "cpu"}' >"$work/bad_profile.json"
+expect_error "bad profile" "cost profile: 'source' must be a string \\(in '$work/bad_profile.json'\\)" \
+  run --config "$data/small_config.json" --profile "$work/bad_profile.json"
+expect_error "calibrate repeats" "--repeats must be >= 1, got 0" calibrate --repeats 0
+
 # Past index_topk (24): auto routes to sparse MLA and forced mha is not run.
 "$dsattn" run --config "$data/small_config.json" --requests 2 --prompt-len 30 --decode-steps 1 \
   >"$work/out" 2>"$work/err" || fail "run long: exit status $?"

@@ -34,14 +34,30 @@ constexpr std::int64_t kPrefixBatchTokens = 16384;
 }  // namespace
 
 std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, Device device) {
+  // In fractions of index_topk K (for K = 2048: fresh prompts of 128 ... 2048 tokens, chunks of
+  // 64 ... 1024 over prefixes up to K, and contexts to 8K for the sparse path), so that any
+  // config gets shapes on both sides of K.
   const std::int64_t k = config.index_topk;
+  const auto shape = [](std::int64_t requests, std::int64_t prefix, std::int64_t extend) {
+    return CalibrationShape{requests, std::max<std::int64_t>(prefix, 0),
+                            std::max<std::int64_t>(extend, 1)};
+  };
   if (device.is_cuda()) {
-    return {{128, 0, 128},    {32, 0, 512},       {16, 0, 1024},      {8, 0, k},
-            {64, k - 64, 64}, {16, k / 2, k / 2}, {32, k - 256, 256}, {4, 0, 2 * k},
-            {2, 0, 4 * k},    {8, 3 * k, 512},    {64, 2 * k, 64}};
+    return {shape(128, 0, k / 16),
+            shape(32, 0, k / 4),
+            shape(16, 0, k / 2),
+            shape(8, 0, k),
+            shape(64, k - k / 32, k / 32),
+            shape(16, k / 2, k / 2),
+            shape(32, k - k / 8, k / 8),
+            shape(4, 0, 2 * k),
+            shape(2, 0, 4 * k),
+            shape(8, 3 * k, k / 4),
+            shape(64, 2 * k, k / 32)};
   }
-  return {{4, 0, 32},      {2, 0, 128},        {1, 0, 256},   {1, k - 32, 32},
-          {1, k / 2, 128}, {1, k + k / 4, 32}, {1, 2 * k, 32}};
+  return {shape(4, 0, k / 64),          shape(2, 0, k / 16),     shape(1, 0, k / 8),
+          shape(1, k - k / 64, k / 64), shape(1, k / 2, k / 16), shape(1, k + k / 4, k / 64),
+          shape(1, 2 * k, k / 64)};
 }
 
 CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat cache_format,
