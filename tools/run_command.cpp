@@ -91,9 +91,7 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   std::printf("dsattn run: %s on %s, policy %s\n", spec.to_string().c_str(), device.c_str(),
               policy.to_string().c_str());
   if (policy.kind == Policy::Kind::automatic) {
-    const std::optional<CostProfile> builtin =
-        policy.profile ? std::nullopt : CostProfile::builtin(dev, config);
-    const CostProfile* used = policy.profile ? policy.profile.get() : builtin ? &*builtin : nullptr;
+    const std::shared_ptr<const CostProfile> used = planning_profile(policy, dev, config);
     if (used) {
       std::printf("  cost profile: %s, measured on %s (%s)\n",
                   policy.profile ? o.profile_path.c_str() : "built-in", used->device.c_str(),

@@ -199,14 +199,11 @@ std::vector<std::string> plan(const AttentionConfig& config,
     batch.requests.push_back({prefix_lens[i], extend_lens[i], {}});
   }
   // auto's costs: the given profile, else the device's built-in one (none: per-request's rule).
-  std::optional<CostProfile> profile;
-  if (profile_path) {
-    profile = CostProfile::load(*profile_path);
-  } else {
-    profile = CostProfile::builtin(parse_device(device), config);
-  }
+  const Policy parsed = policy_with_profile(policy, load_profile(profile_path));
+  const std::shared_ptr<const CostProfile> costs =
+      planning_profile(parsed, parse_device(device), config);
   std::vector<std::string> paths;
-  for (Path p : plan_batch(batch, config, Policy::parse(policy), profile ? &*profile : nullptr)) {
+  for (Path p : plan_batch(batch, config, parsed, costs.get())) {
     paths.emplace_back(path_name(p));
   }
   return paths;

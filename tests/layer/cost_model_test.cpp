@@ -111,7 +111,7 @@ TEST(CostModel, ProfileJsonRoundTripAndErrors) {
 
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "dsattn_profile_test";
   std::filesystem::create_directories(dir);
-  p.save((dir / "p.json").string());
+  std::ofstream((dir / "p.json").string()) << p.to_json();
   EXPECT_EQ(CostProfile::load((dir / "p.json").string()).to_json(), p.to_json());
   EXPECT_THAT([&] { CostProfile::load((dir / "missing.json").string()); },
               ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("cannot read")));

@@ -1,11 +1,5 @@
 #include "dsattn/layer/attention_layer.h"
 
-#include <optional>
-
-#include <mutex>
-
-#include <cstdio>
-
 #include <chrono>
 
 #include "dsattn/core/checks.h"
@@ -71,16 +65,7 @@ AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weigh
 
 void AttentionLayer::set_policy(const Policy& policy) {
   policy_ = policy;
-  profile_ = nullptr;
-  if (policy.kind != Policy::Kind::automatic) return;
-  if (policy.profile) {
-    profile_ = policy.profile;
-    return;
-  }
-  const Device dev = ctx_.weights.device();
-  if (std::optional<CostProfile> builtin = CostProfile::builtin(dev, ctx_.config)) {
-    profile_ = std::make_shared<const CostProfile>(std::move(*builtin));
-  }
+  profile_ = planning_profile(policy, ctx_.weights.device(), ctx_.config);
 }
 
 void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView& new_slots,

@@ -1,7 +1,6 @@
 #include "dsattn/layer/calibration.h"
 
 #include <algorithm>
-#include <chrono>
 #include <ctime>
 
 #include "dsattn/cache/paged_kv_cache.h"

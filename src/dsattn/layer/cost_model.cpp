@@ -1,16 +1,13 @@
 #include "dsattn/layer/cost_model.h"
 
-#include <unistd.h>
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
 
-#include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/error.h"
 
 namespace dsattn {
@@ -222,25 +219,6 @@ CostProfile CostProfile::load(const std::string& path) {
     return parse(text.str());
   } catch (const InvalidArgument& e) {
     fail("{} (in '{}')", e.what(), path);
-  }
-}
-
-void CostProfile::save(const std::string& path) const {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  const fs::path staged =
-      target.parent_path() / fmt::format(".{}.{}.tmp", target.filename().string(), ::getpid());
-  {
-    std::ofstream out(staged, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cost profile: cannot write '{}'", staged.string());
-    out << to_json();
-    if (!out.flush()) fail("cost profile: cannot write '{}'", staged.string());
-  }
-  std::error_code ec;
-  fs::rename(staged, target, ec);
-  if (ec) {
-    fs::remove(staged, ec);
-    fail("cost profile: cannot write '{}'", path);
   }
 }
 

@@ -58,7 +58,6 @@ struct CostProfile {
   std::string to_json() const;
   static CostProfile parse(std::string_view json);
   static CostProfile load(const std::string& path);
-  void save(const std::string& path) const;  // written whole or not at all
 
   // The profile shipped for a device (by its name, or the CPU backend) and a layer of `config`'s
   // shape; none for other devices and shapes: costs per FLOP measured on one shape's kernels do

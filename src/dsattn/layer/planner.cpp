@@ -1,6 +1,7 @@
 #include "dsattn/layer/planner.h"
 
 #include <charconv>
+#include <optional>
 
 #include "dsattn/core/error.h"
 
@@ -53,6 +54,14 @@ std::string Policy::to_string() const {
 
 bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config) {
   return request.context_len() <= config.index_topk;
+}
+
+std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device device,
+                                                    const AttentionConfig& config) {
+  if (policy.kind != Policy::Kind::automatic) return nullptr;
+  if (policy.profile) return policy.profile;
+  std::optional<CostProfile> builtin = CostProfile::builtin(device, config);
+  return builtin ? std::make_shared<const CostProfile>(std::move(*builtin)) : nullptr;
 }
 
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,

@@ -39,6 +39,12 @@ struct Policy {
 
 bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config);
 
+// The costs `policy` plans with for layers of `config` on `device`: under auto, the policy's own
+// profile, else the built-in one for that device and shape (CostProfile::builtin); null for
+// other policies and where there is none (auto then follows the per-request rule).
+std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device device,
+                                                    const AttentionConfig& config);
+
 // One path per request, in the batch's order. Decode batches (one or a few tokens per request)
 // take sparse MLA under auto, per-request and threshold: decode reads the cache once and MLA's
 // 576 values per token beat MHA's decompressed keys. Under auto, a prefill request takes dense
