@@ -49,6 +49,14 @@ echo '{"device": "cpu"}' >"$work/bad_profile.json"
 expect_error "bad profile" "cost profile: 'source' must be a string \\(in '$work/bad_profile.json'\\)" \
   run --config "$data/small_config.json" --profile "$work/bad_profile.json"
 expect_error "calibrate repeats" "--repeats must be >= 1, got 0" calibrate --repeats 0
+expect_error "calibrate model and config" "--model and --config exclude each other" \
+  calibrate --model glm5 --config "$data/small_config.json"
+expect_error "calibrate model" "model preset must be deepseek-v32 or glm5, got 'nope'" \
+  calibrate --model nope --out "$work/unused.json"
+expect_error "calibrate cache" "kv cache format must be bf16 or fp8, got 'fp4'" \
+  calibrate --kv-cache fp4 --out "$work/unused.json"
+expect_error "calibrate out" "--out: directory $work/missing does not exist" \
+  calibrate --out "$work/missing/p.json"
 
 # Past index_topk (24): auto routes to sparse MLA and forced mha is not run.
 "$dsattn" run --config "$data/small_config.json" --requests 2 --prompt-len 30 --decode-steps 1 \
