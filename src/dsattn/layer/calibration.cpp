@@ -84,16 +84,21 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     std::vector<BlockTable> tables(static_cast<std::size_t>(s.requests));
     for (BlockTable& t : tables) cache.reserve(t, context);
 
+    // Seeded hidden states for `rows` tokens on the device.
+    const auto hidden_states = [&](std::int64_t rows, std::uint64_t stream) {
+      Tensor hidden = Tensor::empty({rows, config.hidden_size}, DType::bf16);
+      fill_uniform(hidden, 99, stream, 1.0f);
+      return device.is_cpu() ? hidden : hidden.to(device);
+    };
+    // One forward of requests [first, first + count), each `extend` tokens after `prefix`;
+    // `in` and `out` hold count * extend rows.
     const auto run = [&](std::int64_t first, std::int64_t count, std::int64_t prefix,
-                         std::int64_t extend, const Policy& policy) {
+                         std::int64_t extend, const Policy& policy, const Tensor& in,
+                         const Tensor& out) {
       Batch batch;
       for (std::int64_t r = first; r < first + count; ++r) {
         batch.requests.push_back({prefix, extend, tables[static_cast<std::size_t>(r)]});
       }
-      Tensor hidden = Tensor::empty({count * extend, config.hidden_size}, DType::bf16);
-      fill_uniform(hidden, 99, static_cast<std::uint64_t>(prefix), 1.0f);
-      const Tensor in = device.is_cpu() ? hidden : hidden.to(device);
-      Tensor out = Tensor::empty({count * extend, config.hidden_size}, DType::bf16, device);
       layer.set_policy(policy);
       return layer.forward(batch, in, cache.layer(0), out).times;
     };
@@ -101,19 +106,27 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     if (s.prefix > 0) {
       const std::int64_t per_batch = std::max<std::int64_t>(1, kPrefixBatchTokens / s.prefix);
       for (std::int64_t r = 0; r < s.requests; r += per_batch) {
-        run(r, std::min(per_batch, s.requests - r), 0, s.prefix, Policy::parse("mla"));
+        const std::int64_t count = std::min(per_batch, s.requests - r);
+        const Tensor in = hidden_states(count * s.prefix, 0);
+        const Tensor out =
+            Tensor::empty({count * s.prefix, config.hidden_size}, DType::bf16, device);
+        run(r, count, 0, s.prefix, Policy::parse("mla"), in, out);
       }
     }
+    // The timed forwards all take the same input (the new tokens of every request).
+    const Tensor in = hidden_states(s.requests * s.extend, static_cast<std::uint64_t>(s.prefix));
+    const Tensor out =
+        Tensor::empty({s.requests * s.extend, config.hidden_size}, DType::bf16, device);
     PathWork work;
     for (std::int64_t r = 0; r < s.requests; ++r) {
       work += path_work({s.prefix, s.extend, {}}, config);
     }
     const auto time_path = [&](const char* policy, bool dense_path) {
       // A warm-up forward on a GPU: library plans, kernel attributes, the allocator's blocks.
-      if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy));
+      if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
       std::vector<double> seconds;
       for (int i = 0; i < repeats; ++i) {
-        const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy));
+        const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
         seconds.push_back(dense_path ? t.dense_mha : t.sparse_mla);
       }
       return median(seconds);
