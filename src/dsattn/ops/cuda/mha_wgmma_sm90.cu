@@ -24,6 +24,7 @@
 #include "dsattn/ops/cuda/barriers.cuh"
 #include "dsattn/ops/cuda/common.cuh"
 #include "dsattn/ops/cuda/ptx.cuh"
+#include "dsattn/ops/cuda/swizzled_copy.cuh"
 #include "dsattn/ops/cuda/wgmma.cuh"
 
 namespace dsattn::ops::cuda {
@@ -61,28 +62,6 @@ using Glm5Shape = Shape<256, 256, 64>;
 
 // Named barriers (0 is __syncthreads): both consumers; each consumer alone.
 constexpr int kConsumersBarrier = 1, kConsumerBarrier0 = 2;
-
-// Copies kRows rows of kSubs * 64 bf16 (row i from src + i * stride; rows at or past
-// `valid_rows` zero-filled) into kSubs swizzled sub-tiles of kRows rows at `dst`. Producer thread
-// t copies 16-byte chunk t % 8 of sub-tile j of rows t / 8 + 16 i: a warp reads four rows × 128
-// contiguous bytes per instruction, and row % 8 (the swizzle) is the same for all of a thread's
-// rows.
-template <int kRows, int kSubs>
-__device__ __forceinline__ void copy_rows(std::uint32_t dst, const __nv_bfloat16* src,
-                                          std::int64_t stride, int valid_rows, int t) {
-  const int r0 = t / 8, c = t % 8;
-  const std::uint32_t d = dst + r0 * 128 + ((c ^ (r0 % 8)) << 4);
-  const __nv_bfloat16* s = src + r0 * stride + c * 8;
-#pragma unroll
-  for (int i = 0; i < kRows / 16; ++i) {
-    const bool valid = r0 + 16 * i < valid_rows;
-#pragma unroll
-    for (int j = 0; j < kSubs; ++j) {
-      cp_async16(d + j * kRows * 128 + i * 16 * 128, valid ? s + i * 16 * stride + j * 64 : src,
-                 valid);
-    }
-  }
-}
 
 // S (+)= Q·Kᵀ step: m64nNk16 from shared memory for N = 128 or 64 keys.
 template <int N>
@@ -153,16 +132,16 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     const auto* q = static_cast<const __nv_bfloat16*>(p.q) + (q_start + row0) * p.sq0 + h * p.sq1;
     const auto* k = static_cast<const __nv_bfloat16*>(p.k) + k_start * p.sk0 + h * p.sk1;
     const auto* v = static_cast<const __nv_bfloat16*>(p.v) + k_start * p.sv0 + h * p.sv1;
-    copy_rows<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, rows_here, t);
+    copy_rows_swizzled<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, rows_here, t);
     cp_async_commit();
     for (int i = 0; i < n_blocks; ++i) {
       const int n = n_blocks - 1 - i, s = i % kStages;
       if (i >= kStages) mbarrier_wait(smem_addr(&sm.empty[s]), (i / kStages - 1) & 1);
-      copy_rows<kBlockN, kQkSubs>(smem_addr(sm.k[s]), k + std::int64_t(n) * kBlockN * p.sk0, p.sk0,
-                                  n_k - n * kBlockN, t);
+      copy_rows_swizzled<kBlockN, kQkSubs>(
+          smem_addr(sm.k[s]), k + std::int64_t(n) * kBlockN * p.sk0, p.sk0, n_k - n * kBlockN, t);
       cp_async_commit();
-      copy_rows<kBlockN, kVSubs>(smem_addr(sm.v[s]), v + std::int64_t(n) * kBlockN * p.sv0, p.sv0,
-                                 n_k - n * kBlockN, t);
+      copy_rows_swizzled<kBlockN, kVSubs>(smem_addr(sm.v[s]), v + std::int64_t(n) * kBlockN * p.sv0,
+                                          p.sv0, n_k - n * kBlockN, t);
       cp_async_commit();
       if (i == 0) {
         cp_async_wait<2>();
