@@ -13,6 +13,7 @@
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/gemm.h"
 #include "dsattn/ops/indexer.h"
+#include "dsattn/ops/latent_fp8.h"
 #include "dsattn/ops/quantize.h"
 #include "dsattn/ops/topk.h"
 
@@ -267,37 +268,52 @@ json bench_topk(Device device, const std::vector<TopkShape>& shapes, const Ceili
   return rows;
 }
 
+// Sparse MLA decode (and speculative verify, s_q = 2) at top-k 2048 over 8K-token contexts, with
+// the bf16 cache (1,152 bytes a row) and the FP8 one (656): FLOPs and the rate at which the
+// gathered cache rows are read.
 json bench_decode(Device device, const Ceilings& c) {
   json rows = json::array();
   std::mt19937 rng(11);
-  for (std::int64_t b : {64, 128}) {
-    for (std::int64_t s_q : {1, 2}) {
-      const std::int64_t ctx = 8192, n = b * s_q, slots = b * ctx;
-      std::vector<std::int32_t> idx(n * kTopk);
-      std::vector<std::int32_t> pool(ctx);
-      for (std::int64_t r = 0; r < n; ++r) {
-        std::iota(pool.begin(), pool.end(), static_cast<std::int32_t>((r / s_q) * ctx));
-        std::shuffle(pool.begin(), pool.end(), rng);
-        std::sort(pool.begin(), pool.begin() + kTopk);
-        std::copy(pool.begin(), pool.begin() + kTopk, idx.begin() + r * kTopk);
+  for (const bool fp8 : {false, true}) {
+    for (std::int64_t b : {1, 8, 64, 128}) {
+      for (std::int64_t s_q : {1, 2}) {
+        const std::int64_t ctx = 8192, n = b * s_q, slots = b * ctx;
+        std::vector<std::int32_t> idx(n * kTopk);
+        std::vector<std::int32_t> pool(ctx);
+        for (std::int64_t r = 0; r < n; ++r) {
+          std::iota(pool.begin(), pool.end(), static_cast<std::int32_t>((r / s_q) * ctx));
+          std::shuffle(pool.begin(), pool.end(), rng);
+          std::sort(pool.begin(), pool.begin() + kTopk);
+          std::copy(pool.begin(), pool.begin() + kTopk, idx.begin() + r * kTopk);
+        }
+        const Tensor indices = upload(idx, {n, kTopk}, device);
+        const Tensor q = random_tensor({n, H, kRank + kRope}, DType::bf16, device, 16);
+        Tensor kv = random_tensor({slots, kRank + kRope}, DType::bf16, device, 17);
+        if (fp8) {
+          Tensor rows_fp8 =
+              Tensor::empty({slots, latent_fp8_bytes(kRank, kRope)}, DType::u8, device);
+          ops::quantize_latent_fp8(kv, kRank, rows_fp8);
+          kv = std::move(rows_fp8);
+        }
+        Tensor o = Tensor::empty({n, H, kRank}, DType::bf16, device);
+        const Timing t = time_median(device, [&] { ops::sparse_mla(q, kv, indices, 0.1352f, o); });
+        const double tflops = 2.0 * n * kTopk * H * (kRank + kRope + kRank) / (t.median_ms * 1e9);
+        const double row_bytes = fp8 ? latent_fp8_bytes(kRank, kRope) : (kRank + kRope) * 2;
+        const double tbps = double(n) * kTopk * row_bytes / (t.median_ms * 1e9);
+        rows.push_back({{"batch", b},
+                        {"s_q", s_q},
+                        {"topk", kTopk},
+                        {"kv_cache", fp8 ? "fp8" : "bf16"},
+                        {"us", t.median_ms * 1e3},
+                        {"tflops", tflops},
+                        {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)},
+                        {"gathered_gbps", tbps * 1e3},
+                        {"pct_copy_ceiling", pct(tbps, c.copy_tbps)}});
+        say(fmt::format(
+            "sparse MLA decode ({} cache) b={} s_q={}: {:.1f} us, {:.1f} TFLOPS, rows read at "
+            "{:.2f} TB/s",
+            fp8 ? "fp8" : "bf16", b, s_q, t.median_ms * 1e3, tflops, tbps));
       }
-      const Tensor indices = upload(idx, {n, kTopk}, device);
-      const Tensor q = random_tensor({n, H, kRank + kRope}, DType::bf16, device, 16);
-      const Tensor kv = random_tensor({slots, kRank + kRope}, DType::bf16, device, 17);
-      Tensor o = Tensor::empty({n, H, kRank}, DType::bf16, device);
-      const Timing t = time_median(device, [&] { ops::sparse_mla(q, kv, indices, 0.1352f, o); });
-      const double tflops = 2.0 * n * kTopk * H * (kRank + kRope + kRank) / (t.median_ms * 1e9);
-      const double gbps = double(n) * kTopk * (kRank + kRope) * 2 / (t.median_ms * 1e6);
-      rows.push_back({{"batch", b},
-                      {"s_q", s_q},
-                      {"topk", kTopk},
-                      {"kv_cache", "bf16"},
-                      {"us", t.median_ms * 1e3},
-                      {"tflops", tflops},
-                      {"pct_gemm_ceiling", pct(tflops, c.gemm_tflops)},
-                      {"gathered_gbps", gbps}});
-      say(fmt::format("sparse MLA decode b={} s_q={}: {:.1f} us, {:.1f} TFLOPS", b, s_q,
-                      t.median_ms * 1e3, tflops));
     }
   }
   return rows;
