@@ -64,6 +64,9 @@ def sparse_mla(
     v_dim: int = 512,
     out: Any = None,
     stream: int | None = None,
+    *,
+    lse: Any = None,
+    return_lse: bool = False,
 ) -> Any:
     """Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent
     rows its index list names, keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).
@@ -71,15 +74,23 @@ def sparse_mla(
     q: [n, heads, d_qk] bf16 (576 for DeepSeek-V3.2: the absorbed query);
     kv_cache: [num_slots, d_qk] bf16, or [num_slots, row_bytes] uint8 FP8 rows (d_v e4m3, one
     f32 scale per 128 of them, then d_qk - d_v bf16: 656 bytes for DeepSeek-V3.2);
-    indices: [n, topk] int32 cache slots, -1 for unused (a row with none gets zeros);
+    indices: [n, topk] int32 cache slots, -1 for unused (a row with none gets zeros). On the
+    CPU another slot outside the cache is refused; on the GPU it counts as unused;
     out: [n, heads, d_v] bf16. v_dim: d_v of the allocated output when `out` is None (512 is
     DeepSeek-V3.2's kv_lora_rank).
+
+    lse: [n, heads] float32 (heads contiguous), written when given: each row's and head's
+    log-sum-exp, ln sum_j exp(scale * q . k_j) over its valid indices (-inf for a row without
+    one), for merging attention over disjoint key sets. return_lse=True returns (out, lse),
+    allocating lse when it is not given.
     """
+    n, heads, _ = shape_of(q, "q", "[n, heads, d_qk]")
     if out is None:
-        n, heads, _ = shape_of(q, "q", "[n, heads, d_qk]")
         out = empty_like(q, (n, heads, v_dim), "bf16")
-    _core.sparse_mla(q, kv_cache, indices, scale, out, stream)
-    return out
+    if lse is None and return_lse:
+        lse = empty_like(q, (n, heads), "f32")
+    _core.sparse_mla(q, kv_cache, indices, scale, out, lse, stream)
+    return (out, lse) if return_lse else out
 
 
 def indexer_scores(

@@ -40,7 +40,7 @@ void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handl
 }
 
 void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
-                nb::handle out_obj, nb::handle stream) {
+                nb::handle out_obj, nb::handle lse_obj, nb::handle stream) {
   const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[n, heads, d_qk]");
   const TensorArg kv = tensor_arg(kv_obj, "kv_cache", {DType::bf16, DType::u8}, 2,
                                   "[num_slots, d_qk] (bf16) or [num_slots, fp8 row bytes] (uint8)");
@@ -48,9 +48,16 @@ void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, flo
   const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[n, heads, d_v]", true);
   check_same_device({{"kv_cache", &kv}, {"indices", &indices}, {"out", &out}}, q.device(),
                     "q's device");
+  TensorView lse;
+  std::optional<TensorArg> lse_arg;
+  if (!lse_obj.is_none()) {
+    lse_arg = tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[n, heads]", true);
+    check_same_device({{"lse", &*lse_arg}}, q.device(), "q's device");
+    lse = lse_arg->view;
+  }
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
-  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view);
+  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view, lse);
 }
 
 void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights_obj,
@@ -177,7 +184,8 @@ void bind_kernels(nb::module_& m) {
         nb::arg("cu_k"), nb::arg("max_q"), nb::arg("scale"), nb::arg("out"),
         nb::arg("lse") = nb::none(), nb::arg("stream") = nb::none());
   m.def("sparse_mla", &sparse_mla, nb::arg("q"), nb::arg("kv_cache"), nb::arg("indices"),
-        nb::arg("scale"), nb::arg("out"), nb::arg("stream") = nb::none());
+        nb::arg("scale"), nb::arg("out"), nb::arg("lse") = nb::none(),
+        nb::arg("stream") = nb::none());
   m.def("indexer_scores", &indexer_scores, nb::arg("q"), nb::arg("q_scale"), nb::arg("weights"),
         nb::arg("key_cache"), nb::arg("block_tables"), nb::arg("page_size"), nb::arg("cu_q"),
         nb::arg("context_lens"), nb::arg("skip_rows_up_to"), nb::arg("scores"),

@@ -21,27 +21,6 @@
 namespace dsattn::gpu_test {
 namespace {
 
-// softmax(logits) · values in float64 for one query row; `values(j, c)` is value column c of key
-// j. No key: zeros. Returns the row's log-sum-exp (-inf without a key).
-template <typename Values>
-double softmax_row(const std::vector<double>& logits, std::int64_t d_v, Values values,
-                   double* out) {
-  if (logits.empty()) {
-    std::fill_n(out, d_v, 0.0);
-    return -INFINITY;
-  }
-  const double mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double sum = 0;
-  for (std::size_t j = 0; j < logits.size(); ++j) sum += p[j] = std::exp(logits[j] - mx);
-  for (std::int64_t c = 0; c < d_v; ++c) {
-    double acc = 0;
-    for (std::size_t j = 0; j < logits.size(); ++j) acc += p[j] * values(j, c);
-    out[c] = acc / sum;
-  }
-  return mx + std::log(sum);
-}
-
 // ---------------------------------------------------------------------------------------------
 // mha_varlen_causal
 

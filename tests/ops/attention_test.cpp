@@ -338,10 +338,13 @@ Tensor random_indices(std::int64_t n, std::int64_t topk, std::int64_t num_slots,
 // (kv: [num_slots, dq], values the first dv columns), in double and in plain f32.
 void sparse_reference(const std::vector<double>& qv, const std::vector<double>& kv,
                       const Tensor& indices, std::int64_t H, std::int64_t dq, std::int64_t dv,
-                      float scale, std::vector<double>& ref, std::vector<double>& plain) {
+                      float scale, std::vector<double>& ref, std::vector<double>& plain,
+                      std::vector<double>& lse_ref, std::vector<double>& lse_plain) {
   const std::int64_t n = indices.size(0), topk = indices.size(1);
   ref.assign(static_cast<std::size_t>(n * H * dv), 0.0);
   plain.assign(ref.size(), 0.0);
+  lse_ref.assign(static_cast<std::size_t>(n * H), 0.0);
+  lse_plain.assign(lse_ref.size(), 0.0);
   for (std::int64_t t = 0; t < n; ++t) {
     std::vector<std::int32_t> slots;
     for (std::int64_t i = 0; i < topk; ++i) {
@@ -364,7 +367,8 @@ void sparse_reference(const std::vector<double>& qv, const std::vector<double>& 
       }
       // Values are the first d_v columns of each cached row (c_kv).
       const auto values = [&](std::size_t j, std::int64_t col) { return kv[slots[j] * dq + col]; };
-      softmax_row(logits, logits_f, dv, values, &ref[(t * H + h) * dv], &plain[(t * H + h) * dv]);
+      softmax_row(logits, logits_f, dv, values, &ref[(t * H + h) * dv], &plain[(t * H + h) * dv],
+                  &lse_ref[t * H + h], &lse_plain[t * H + h]);
     }
   }
 }
@@ -402,14 +406,28 @@ TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
 
   const std::vector<double> qv = read_doubles(q), kv = read_doubles(kv_cache);
   const float scale = 0.1352f;  // DeepSeek-V3.2's softmax scale with YaRN
-  std::vector<double> ref, plain;
-  sparse_reference(qv, kv, indices, H, dq, dv, scale, ref, plain);
+  std::vector<double> ref, plain, lse_ref, lse_plain;
+  sparse_reference(qv, kv, indices, H, dq, dv, scale, ref, plain, lse_ref, lse_plain);
 
   poison(out);
   const std::vector<std::uint8_t> before = snapshot(out_backing);
   ops::sparse_mla(q, kv_cache, indices, scale, out);
   expect_sparse_output(read_doubles(out), ref, plain, kv, indices, H, dq, dv);
   EXPECT_TRUE(only_view_written(out_backing, before, out));
+
+  // Again with the log-sum-exp, into a window of a wider tensor: the same output, and each row's
+  // and head's ln Σ exp(scale · q·k) (-inf for row 1, which has no valid index).
+  Tensor lse_backing = random_tensor({c.n, H + 3}, DType::f32, 123, 1);
+  const TensorView lse = lse_backing.view().slice(1, 2, 2 + H);
+  const std::vector<std::uint8_t> lse_before = snapshot(lse_backing);
+  const std::vector<double> first = read_doubles(out);
+  poison(out);
+  ops::sparse_mla(q, kv_cache, indices, scale, out, lse);
+  EXPECT_EQ(read_doubles(out), first);
+  const std::vector<std::int64_t> lse_shape{c.n, H};
+  EXPECT_TRUE(within_tolerance(read_doubles(lse), lse_ref, lse_plain, 1e-5, lse_shape));
+  EXPECT_TRUE(std::isinf(read_doubles(lse)[1 * H]) && read_doubles(lse)[1 * H] < 0);
+  EXPECT_TRUE(only_view_written(lse_backing, lse_before, lse));
 }
 
 const SparseCase kSparseCases[] = {
@@ -474,8 +492,8 @@ TEST_P(SparseMlaFp8Test, MatchesFloat64OverDequantisedRows) {
   const Tensor indices = random_indices(c.n, c.topk, c.num_slots, rng);
 
   const float scale = 0.1352f;
-  std::vector<double> ref, plain;
-  sparse_reference(read_doubles(q), kv, indices, H, dq, dv, scale, ref, plain);
+  std::vector<double> ref, plain, lse_ref, lse_plain;
+  sparse_reference(read_doubles(q), kv, indices, H, dq, dv, scale, ref, plain, lse_ref, lse_plain);
   poison(out);
   const std::vector<std::uint8_t> before = snapshot(out_backing);
   const std::vector<std::uint8_t> cache_before = snapshot(kv_backing);
@@ -549,6 +567,12 @@ TEST(SparseMlaTest, RejectsBadArguments) {
       rejects([&] { mla(q, on_cuda(kv), idx, out); }, "kv_cache is on cuda:0", {watch(out)}));
   EXPECT_TRUE(
       rejects([&] { mla(q, kv, on_cuda(idx), out); }, "indices is on cuda:0", {watch(out)}));
+  Tensor lse_rows = random_tensor({n + 1, H}, DType::f32, 130, 10);
+  Tensor lse_bf16 = random_tensor({n, H}, DType::bf16, 130, 11);
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, lse_rows); },
+                      "lse must have shape [3, 2]", {watch(out), watch(lse_rows)}));
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, lse_bf16); },
+                      "lse must have dtype f32", {watch(out), watch(lse_bf16)}));
 }
 
 TEST(SparseMlaFp8Test, RejectsBadArguments) {

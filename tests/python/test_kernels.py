@@ -116,6 +116,26 @@ def test_sparse_mla_matches_formula(rng, cache):
     allocated = dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v)
     np.testing.assert_array_equal(allocated, out)
 
+    # The log-sum-exp beside the output: ln sum_j exp(scale * q . k_j) over the valid indices,
+    # -inf for the row without one. The FP8 cache's keys as the kernels read them: dequantised and
+    # rounded to bf16.
+    keys_read = round_bf16(keys) if cache == "fp8" else keys
+    lse_ref = np.full((n, heads), -np.inf)
+    for t in range(n):
+        chosen = indices[t][indices[t] >= 0]
+        if len(chosen):
+            logits = scale * np.einsum("hd,jd->hj", f64(q)[t], keys_read[chosen])
+            mx = logits.max(axis=1)
+            lse_ref[t] = mx + np.log(np.exp(logits - mx[:, None]).sum(axis=1))
+    with_lse, lse = dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v, return_lse=True)
+    np.testing.assert_array_equal(with_lse, out)
+    assert lse.dtype == np.float32 and lse.shape == (n, heads)
+    assert np.isneginf(lse[3]).all()
+    np.testing.assert_allclose(lse, lse_ref, rtol=0, atol=1e-4)
+    given = np.full((n, heads), np.nan, np.float32)
+    assert dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v, lse=given) is not None
+    np.testing.assert_array_equal(given, lse)
+
 
 def indexer_formula(q, q_scale, weights, keys, tables, cu_q, context_lens, max_k, dtype):
     """Scores with -inf past each row's visible keys and NaN where nothing is written."""

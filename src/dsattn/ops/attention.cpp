@@ -48,7 +48,7 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out) {
+                float scale, const TensorView& out, const TensorView& lse) {
   check_dtype(q, "q", DType::bf16);
   check_shape(q, "q", {kAny, kAny, kAny});
   check_inner_contiguous(q, "q");
@@ -74,8 +74,19 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   check_dtype(indices, "indices", DType::i32);
   check_shape(indices, "indices", {n, kAny});
   check_inner_contiguous(indices, "indices");
+  if (!lse.empty()) {
+    check_dtype(lse, "lse", DType::f32);
+    check_shape(lse, "lse", {n, heads});
+    check_inner_contiguous(lse, "lse");
+  }
   const Device d =
-      common_device({{"q", &q}, {"kv_cache", &kv_cache}, {"indices", &indices}, {"out", &out}});
+      lse.empty() ? common_device(
+                        {{"q", &q}, {"kv_cache", &kv_cache}, {"indices", &indices}, {"out", &out}})
+                  : common_device({{"q", &q},
+                                   {"kv_cache", &kv_cache},
+                                   {"indices", &indices},
+                                   {"out", &out},
+                                   {"lse", &lse}});
   if (d.is_cpu()) {
     const std::int64_t slots = kv_cache.size(0);
     for (std::int64_t t = 0; t < n; ++t) {
@@ -88,7 +99,7 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     }
   }
   if (n == 0) return;
-  DSATTN_DISPATCH(d, sparse_mla, q, kv_cache, indices, scale, out);
+  DSATTN_DISPATCH(d, sparse_mla, q, kv_cache, indices, scale, out, lse);
 }
 
 }  // namespace dsattn::ops

@@ -21,9 +21,14 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 
 // Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent rows
 // named by its index list, with keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).
-//   q: [n, H, d_qk] bf16; kv_cache: [num_slots, d_qk] bf16; indices: [n, topk] i32 slots, -1 =
-//   unused; out: [n, H, d_v] bf16. A row with no valid index gets zeros.
+//   q: [n, H, d_qk] bf16; kv_cache: [num_slots, d_qk] bf16 (or FP8 latent rows, u8); indices:
+//   [n, topk] i32 slots, -1 = unused; out: [n, H, d_v] bf16. A row with no valid index gets zeros.
+//   On the CPU a slot outside [-1, num_slots) is refused; a GPU kernel cannot raise, so there such
+//   a slot counts as unused, as -1 does.
+//   lse (optional): [n, H] f32, heads contiguous: each (row, head)'s log-sum-exp
+//   ln Σ_j exp(scale · q·k_j) over its valid indices (-inf for a row without one), as
+//   mha_varlen_causal's.
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out);
+                float scale, const TensorView& out, const TensorView& lse = {});
 
 }  // namespace dsattn::ops

@@ -126,7 +126,7 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out) {
+                float scale, const TensorView& out, const TensorView& lse) {
   const std::int64_t n = q.size(0), heads = q.size(1), d_qk = q.size(2), d_v = out.size(2);
   const std::int64_t topk = indices.size(1);
 #pragma omp parallel for schedule(dynamic, 1)
@@ -154,10 +154,14 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, heads, m, d_qk, scale, qt.data(), d_qk,
                   kv.data(), d_qk, 0.0f, s.data(), m);
       const std::vector<std::int64_t> visible(heads, m);
-      masked_softmax_rows(s.data(), heads, m, visible.data());
+      masked_softmax_rows(s.data(), heads, m, visible.data(),
+                          lse.empty() ? nullptr : lse.ptr<float>() + t * lse.stride(0), 1);
       // Values are the first d_v columns of the cached rows (c_kv).
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, heads, d_v, m, 1.0f, s.data(), m,
                   kv.data(), d_qk, 0.0f, o.data(), d_v);
+    } else if (!lse.empty()) {
+      std::fill_n(lse.ptr<float>() + t * lse.stride(0), heads,
+                  -std::numeric_limits<float>::infinity());
     }
     for (std::int64_t h = 0; h < heads; ++h) {
       bf16* dst = out.ptr<bf16>() + t * out.stride(0) + h * out.stride(1);

@@ -99,7 +99,7 @@ __global__ void sparse_mla_generic_kernel(SparseMlaParams p) {
   bool any = false;
   for (int j = 0; j < p.topk; ++j) {
     const std::int32_t slot = p.indices[row * p.stride_indices + j];
-    if (slot < 0) continue;
+    if (slot < 0 || slot >= p.slots) continue;
     any = true;
     const LatentRow kr{static_cast<const std::uint8_t*>(p.kv) + slot * p.kv_row_bytes, p.fp8,
                        p.d_v};
@@ -114,6 +114,9 @@ __global__ void sparse_mla_generic_kernel(SparseMlaParams p) {
   for (int i = 0; i < kMaxPerLane; ++i) {
     const int e = lane + 32 * i;
     if (e < p.d_v) out[e] = __float2bfloat16_rn(any ? st.o[i] / st.sum : 0.0f);
+  }
+  if (p.lse != nullptr && lane == 0) {
+    p.lse[row * p.s_lse + h] = any ? st.max + logf(st.sum) : -INFINITY;
   }
 }
 

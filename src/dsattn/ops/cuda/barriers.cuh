@@ -33,9 +33,27 @@ __device__ __forceinline__ void mbarrier_wait(std::uint32_t bar, std::uint32_t p
   } while (done == 0);
 }
 
+// Arrives once when all of this thread's earlier cp.async copies have landed, without waiting
+// for them here. The arrival counts towards the phase's expected count (noinc).
+__device__ __forceinline__ void mbarrier_arrive_on_copies(std::uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
 // Hardware barrier `id` (1-15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Hardware barrier `id` over `threads` threads that the warps of different roles reach from
+// different code (named_sync's form requires every participating thread to execute the same
+// instruction): role_sync waits, role_arrive only signals (a hand-over to warps that wait there
+// with role_sync).
+__device__ __forceinline__ void role_sync(int id, int threads) {
+  asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void role_arrive(int id, int threads) {
+  asm volatile("barrier.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // named_sync that also returns whether `value` was true for any of the threads.

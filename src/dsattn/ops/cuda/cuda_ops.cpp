@@ -301,37 +301,47 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out) {
+                float scale, const TensorView& out, const TensorView& lse) {
   SparseMlaParams p{};
   p.q = q.data();
   p.kv = kv_cache.data();
   p.indices = static_cast<const std::int32_t*>(indices.data());
   p.out = out.data();
+  p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data());
   p.n = q.size(0);
+  p.slots = kv_cache.size(0);
   p.sq0 = q.stride(0);
   p.sq1 = q.stride(1);
   p.kv_row_bytes = kv_cache.stride(0) * bytes_of(kv_cache);
   p.stride_indices = indices.stride(0);
   p.so0 = out.stride(0);
   p.so1 = out.stride(1);
+  p.s_lse = lse.empty() ? 0 : lse.stride(0);
   p.heads = static_cast<int>(q.size(1));
   p.d_qk = static_cast<int>(q.size(2));
   p.d_v = static_cast<int>(out.size(2));
   p.topk = static_cast<int>(indices.size(1));
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
-  if (sparse_mla_sm90_supports(p)) {
-    record_kernel("sparse_mla", "sparse_mla_sm90");
+  if (sparse_mla_wgmma_sm90_supports(p)) {
+    record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
+    check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
+    return;
+  }
+  const std::string wgmma_terms = fmt::format(
+      "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive "
+      "scale; got {} cache, d_qk {}, d_v {}, scale {}",
+      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.scale);
+  if (p.lse == nullptr && sparse_mla_sm90_supports(p)) {
+    record_fallback("sparse_mla", "sparse_mla_sm90", "sparse_mla_wgmma_sm90", wgmma_terms);
     check_launch(launch_sparse_mla_sm90(p, stream()), "sparse_mla");
-  } else if (sparse_mla_on_padded_heads(p, q, out)) {
-    record_kernel("sparse_mla", "sparse_mla_sm90 (zero-padded heads)");
+  } else if (p.lse == nullptr && sparse_mla_on_padded_heads(p, q, out)) {
+    record_fallback("sparse_mla", "sparse_mla_sm90 (zero-padded heads)", "sparse_mla_wgmma_sm90",
+                    wgmma_terms);
   } else {
-    record_fallback(
-        "sparse_mla", "sparse_mla_generic", "sparse_mla_sm90",
-        fmt::format("it takes d_qk {}, d_v {}, top-k up to {} and 16-byte aligned rows; got d_qk "
-                    "{}, d_v {}, top-k {}, {} heads",
-                    kSparseMlaSm90Dqk, kSparseMlaSm90Dv, kSparseMlaSm90MaxTopk, p.d_qk, p.d_v,
-                    p.topk, p.heads));
+    record_fallback("sparse_mla", "sparse_mla_generic", "sparse_mla_wgmma_sm90",
+                    p.lse == nullptr ? wgmma_terms
+                                     : wgmma_terms + "; the mma.sync kernel writes no log-sum-exp");
     check_launch(launch_sparse_mla_generic(p, stream()), "sparse_mla");
   }
 }

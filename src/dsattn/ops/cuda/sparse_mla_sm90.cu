@@ -4,8 +4,10 @@
 //
 // Tiling: the work items are (query row, group of 64 heads); heads are the M dimension. One
 // CTA of 8 warps per SM (227 KB of shared memory) walks items gridDim.x apart.
-//   - Per item: Q [64 x 576] in shared memory (72 KB); the row's index list compacted (holes of
-//     -1 dropped, order kept) into a shared slot list. Keys stream in tiles of 64 slots.
+//   - Per item: Q [64 x 576] in shared memory (72 KB); the row's index list compacted (entries of
+//   -1
+//     or outside the cache dropped, order kept) into a shared slot list. Keys stream in tiles of 64
+//     slots.
 //   - Warps 4..7 (the loaders) gather the next tile's cached rows with cp.async while the others
 //     compute: bf16 cache straight into the other of two K tiles [64 x 576]; FP8 cache as raw
 //     656-byte rows into a staging tile, which all warps dequantise to bf16 between tiles.
@@ -166,7 +168,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
     unsigned valid = 0;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
-      if (j < n_here && __ldg(idx + j) >= 0) valid |= 1u << j;
+      if (j < n_here) {
+        const std::int32_t slot = __ldg(idx + j);
+        if (slot >= 0 && slot < p.slots) valid |= 1u << j;
+      }
     }
     const int mine = __popc(valid);
     int incl = mine;

@@ -150,6 +150,19 @@ __device__ __forceinline__ void mma_m64n128k16_bf16_rs(float (&d)[64], const std
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
+// D[64 x 128] += A[64 x 16] · B[16 x 128], both from shared memory: A K-major (as in
+// mma_m64n128k16_bf16_ss), B MN-major (as in mma_m64n128k16_bf16_rs). For a product whose A was
+// computed by another warpgroup and handed over through shared memory.
+__device__ __forceinline__ void mma_m64n128k16_bf16_ss_mn(float (&d)[64], std::uint64_t desc_a,
+                                                          std::uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " DSATTN_WGMMA_D64_REGS
+      ", %64, %65, p, 1, 1, 0, 1;\n}\n"
+      : DSATTN_WGMMA_D64(d)
+      : "l"(desc_a), "l"(desc_b));
+}
+
 template <int R>
 __device__ __forceinline__ void fence_operands(std::uint32_t (&r)[R]) {
 #pragma unroll

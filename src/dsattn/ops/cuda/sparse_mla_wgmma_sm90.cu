@@ -1,0 +1,522 @@
+// Sparse MLA attention for DeepSeek-V3.2's absorbed shapes (q/k 576 = 512 latent + 64 rope,
+// values the first 512 columns of each cached row, bf16 cache) on Hopper's warpgroup MMAs
+// (wgmma, sm_90a), warp-specialised:
+//
+// - A CTA owns one query row and a group of 64 heads (the M of every product; a last group of
+//   fewer heads runs with zero query rows in place of the missing ones and does not store them).
+//   The row's keys are visited in blocks of 64 index entries, two blocks (a pair) at a time: block
+//   2i in key buffer 0, block 2i + 1 in key buffer 1, each 64 keys × 576 in nine 128-byte-swizzled
+//   sub-tiles of 64 columns.
+// - The producer warpgroup copies Q once, finds the last valid index entry (blocks past it are not
+//   visited: a context shorter than top-k leaves a -1 tail), and gathers the cached rows a block
+//   names with 16-byte cp.async (an invalid entry, -1 or outside the cache, gives a zero row and a
+//   "not valid" flag the consumers mask with). Each buffer is announced in two halves, sub-tiles
+//   0-3 (values 0-255) and 4-8 (values 256-511 and the rope columns), each with its own
+//   landed/released mbarrier, so a half is refilled as soon as its last reader is done.
+// - Consumer warpgroup c computes S_c = Q·K_cᵀ for its block (64 × 64, 36 products from shared
+//   memory) and the online softmax; the two share one running maximum per head, consumer 0 going
+//   first and consumer 1 folding its block into consumer 0's maximum. Each then owns half of the
+//   output (values 256c ... 256c + 255, 128 f32 accumulators a thread) and adds both blocks to it:
+//   its own P from registers (the accumulator layout packs into wgmma's A operand) and the other
+//   consumer's P from shared memory, with V read MN-major straight from the key buffers, so
+//   nothing is transposed. Consumer 0's P lives in buffer 0's rope sub-tile, which only S_0 reads.
+// - While one consumer runs its softmax the other's products keep the tensor cores busy; consumer
+//   0 issues the next pair's S_0 behind its last P·V.
+//
+// Registers: the producer drops to 56 per thread so that the consumers can hold 224 (O 128,
+// S 32, P 16). Shared memory: Q 72 KB (the output is staged there at the end), two key buffers of
+// 72 KB, consumer 1's P 8 KB.
+#include <cmath>
+
+#include "dsattn/ops/cuda/barriers.cuh"
+#include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/ptx.cuh"
+#include "dsattn/ops/cuda/swizzled_copy.cuh"
+#include "dsattn/ops/cuda/wgmma.cuh"
+
+namespace dsattn::ops::cuda {
+
+namespace {
+
+using namespace ptx;       // NOLINT: the PTX wrappers read as intrinsics
+using namespace barriers;  // NOLINT
+
+constexpr int kHeads = 64;  // query heads per CTA
+constexpr int kKeys = 64;   // index entries per block
+constexpr int kDqk = 576, kDv = 512;
+constexpr int kSubs = kDqk / 64;  // sub-tiles of 64 columns (128-byte rows)
+constexpr int kLeftSubs = 4;      // sub-tiles 0-3 (values 0-255); 4-8 are the right half
+constexpr int kRopeSub = kSubs - 1;
+constexpr int kSub = 64 * 128;  // a sub-tile of 64 rows
+constexpr int kThreads = 384;   // producer warpgroup, then two consumers
+constexpr int kProducerRegs = 56, kConsumerRegs = 224;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+// The running maximum (of scaled scores, in log2 units) before any key: finite, so that a block
+// whose keys are all masked gives exp2(-inf - kMaxInit) = 0 and a correction of exp2(0) = 1.
+constexpr float kMaxInit = -1e30f;
+
+// The role lambdas are inlined so that the arrays they touch (accumulators, gather offsets) stay
+// in registers rather than being passed through the stack.
+#define DSATTN_INLINE __attribute__((always_inline))
+
+struct alignas(1024) Smem {
+  std::uint8_t q[kSubs][kSub];     // Q; the output once the products are done
+  std::uint8_t k[2][kSubs][kSub];  // the pair's two blocks; k[0][kRopeSub] then holds P_0
+  std::uint8_t p1[kSub];           // P_1, consumer 1's probabilities
+  std::uint8_t valid[2][kKeys];    // whether each index entry of the pair names a cached row
+  float2 row_max[32];              // the shared running maximum, rows (r, r + 8) per quad
+  float2 row_sum[2][32];           // each consumer's row sums, for the other
+  int last_valid[4];               // per producer warp
+  // Q landed (with the block count); each half (left, right) of each buffer landed / released;
+  // the pair's valid flags written.
+  std::uint64_t q_full, k_full[2][2], k_free[2][2], valid_full;
+};
+constexpr int kSmemBytes = sizeof(Smem) + 1024;  // + room to align the allocation
+static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
+
+// Named barriers (0 is __syncthreads).
+enum Barrier : int {
+  kMaxFrom0 = 1,  // consumer 0 has published its maximum
+  kMaxFrom1,      // consumer 1 has published the pair's maximum
+  kP0Ready,       // P_0 is in shared memory
+  kP1Ready,       // P_1 is in shared memory
+  kSums,          // both consumers' row sums are published, and all their products are done
+  kConsumer0,     // consumer 0 alone (then kConsumer0 + 1: consumer 1)
+  kProducer = kConsumer0 + 2,
+};
+
+__device__ __forceinline__ float max_over_quad(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float sum_over_quad(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+__device__ __forceinline__ void store_shared(std::uint32_t addr, std::uint32_t value) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
+}
+
+// The producer: Q, the block count, then every pair's gathers and valid flags.
+__device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std::int64_t row,
+                                        int group, int heads_here, int t) {
+  const std::int32_t* indices = p.indices + row * p.stride_indices;
+  const auto* q = static_cast<const __nv_bfloat16*>(p.q) + row * p.sq0 + group * kHeads * p.sq1;
+  copy_rows_swizzled<kHeads, kSubs>(smem_addr(sm.q), q, p.sq1, heads_here, t);
+  mbarrier_arrive_on_copies(smem_addr(&sm.q_full));
+
+  // The last valid entry; entries past it are never gathered.
+  int last = -1;
+  for (int i = t; i < p.topk; i += 128) {
+    const std::int32_t slot = __ldg(indices + i);
+    if (slot >= 0 && slot < p.slots) last = i;
+  }
+  last = __reduce_max_sync(0xffffffffu, last);
+  if (t % 32 == 0) sm.last_valid[t / 32] = last;
+  named_sync(kProducer, 128);
+  last = max(max(sm.last_valid[0], sm.last_valid[1]), max(sm.last_valid[2], sm.last_valid[3]));
+  const int blocks = (last + kKeys) / kKeys;           // (last + 1) rounded up
+  if (t == 0) mbarrier_arrive(smem_addr(&sm.q_full));  // publishes the count with Q
+
+  // Thread t copies 16-byte chunk c of each sub-tile of rows r0 + 16 i of a block.
+  const int r0 = t / 8, c = t % 8;
+  const std::uint32_t row_offset = r0 * 128 + ((c ^ (r0 % 8)) << 4);
+  const auto* kv = static_cast<const std::uint8_t*>(p.kv) + c * 16;
+  for (int pair = 0; 2 * pair < blocks; ++pair) {
+    // Which of the thread's rows name a cached row: bit 4 b + i for row r0 + 16 i of block b.
+    unsigned ok_bits = 0;
+    const auto gather = [&](int b, int half) DSATTN_INLINE {
+      // The slots are read again for each half (from L1) rather than kept: the producer runs on
+      // few registers.
+      const __nv_bfloat16* src[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int entry = (2 * pair + b) * kKeys + r0 + 16 * i;
+        const std::int32_t slot = entry < p.topk ? __ldg(indices + entry) : -1;
+        const bool ok = slot >= 0 && slot < p.slots;
+        ok_bits |= static_cast<unsigned>(ok) << (4 * b + i);
+        src[i] = reinterpret_cast<const __nv_bfloat16*>(kv + (ok ? slot * p.kv_row_bytes : 0));
+      }
+      if (pair > 0) mbarrier_wait(smem_addr(&sm.k_free[b][half]), (pair - 1) & 1);
+      const int sub0 = half == 0 ? 0 : kLeftSubs, sub1 = half == 0 ? kLeftSubs : kSubs;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const bool ok = (ok_bits >> (4 * b + i)) & 1u;
+#pragma unroll
+        for (int j = sub0; j < sub1; ++j) {
+          cp_async16(smem_addr(sm.k[b][j]) + row_offset + i * 16 * 128, src[i] + j * 64, ok);
+        }
+      }
+      mbarrier_arrive_on_copies(smem_addr(&sm.k_full[b][half]));
+    };
+    // In the order the consumers read: S_0 left then right, S_1 right then left.
+    gather(0, 0);
+    gather(1, 1);
+    gather(0, 1);
+    gather(1, 0);
+    // Both consumers have masked the previous pair: its last releases (above) come after that.
+    if (c == 0) {
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) sm.valid[b][r0 + 16 * i] = (ok_bits >> (4 * b + i)) & 1u;
+      }
+      mbarrier_arrive(smem_addr(&sm.valid_full));
+    }
+  }
+  cp_async_wait_all();
+}
+
+// Consumer warpgroup kC of the CTA (see the top of the file).
+template <int kC>
+__device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std::int64_t row,
+                                        int group, int heads_here, int t) {
+  const int warp = t / 32, g = (t % 32) / 4, tq = t % 4;
+  const int r_lo = 16 * warp + g;  // this thread's rows (heads of the group): r_lo, r_lo + 8
+  const float scale_log2 = p.scale * kLog2e;
+
+  // s[i] and o[i] hold row r_lo + 8 ((i / 2) % 2), column 8 (i / 4) + 2 tq + i % 2 (of the block,
+  // of this consumer's half of the output).
+  float s[32], o[128];
+  std::uint32_t pf[16];  // P as bf16 pairs, the A operand of P·V
+  float row_max[2] = {kMaxInit, kMaxInit}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+
+  const std::uint32_t q_base = smem_addr(sm.q);
+  const std::uint32_t p0_base = smem_addr(sm.k[0][kRopeSub]), p1_base = smem_addr(sm.p1);
+  const auto wait_full = [&](int b, int half, int pair) DSATTN_INLINE {
+    mbarrier_wait(smem_addr(&sm.k_full[b][half]), pair & 1);
+    wgmma::fence_proxy_async_smem();  // the gathers were generic-proxy writes
+  };
+  const auto issue_qk = [&](int b, int sub0, int sub1, bool first) DSATTN_INLINE {
+    wgmma::fence();
+#pragma unroll
+    for (int j = sub0; j < sub1; ++j) {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        wgmma::mma_m64n64k16_bf16_ss(s, wgmma::desc_k_major_sw128(q_base + j * kSub + ks * 32),
+                                     wgmma::desc_k_major_sw128(smem_addr(sm.k[b][j]) + ks * 32),
+                                     !(first && j == sub0 && ks == 0));
+      }
+    }
+    wgmma::commit_group();
+  };
+  // O += P_b · V_b[:, 256 kC ...], P from registers (rs) or from shared memory at p_base.
+  const auto issue_pv_rs = [&](int b) DSATTN_INLINE {
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+        wgmma::mma_m64n128k16_bf16_rs(
+            *reinterpret_cast<float(*)[64]>(o + 64 * nb), pf + 4 * kk,
+            wgmma::desc_mn_major_sw128(smem_addr(sm.k[b][4 * kC + 2 * nb]) + kk * 2048, kSub));
+      }
+    }
+    wgmma::commit_group();
+  };
+  const auto issue_pv_ss = [&](int b, std::uint32_t p_base) DSATTN_INLINE {
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+        wgmma::mma_m64n128k16_bf16_ss_mn(
+            *reinterpret_cast<float(*)[64]>(o + 64 * nb),
+            wgmma::desc_k_major_sw128(p_base + kk * 32),
+            wgmma::desc_mn_major_sw128(smem_addr(sm.k[b][4 * kC + 2 * nb]) + kk * 2048, kSub));
+      }
+    }
+    wgmma::commit_group();
+  };
+  const auto mask = [&](int b, int pair) DSATTN_INLINE {
+    mbarrier_wait(smem_addr(&sm.valid_full), pair & 1);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const std::uint8_t* v = sm.valid[b] + 8 * j + 2 * tq;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (!v[e]) s[4 * j + e] = s[4 * j + 2 + e] = -INFINITY;
+      }
+    }
+  };
+  // Online softmax of the block in s against the running maximum `base_max` (this consumer's own
+  // for consumer 0, consumer 0's fresh one for consumer 1): leaves the probabilities in s, the new
+  // maximum in row_max, and rescales O and the row sums to it.
+  const auto softmax = [&](const float(&base_max)[2]) DSATTN_INLINE {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+      const float new_max = fmaxf(base_max[hf], max_over_quad(mx) * scale_log2);
+      const float correction = exp2_approx(row_max[hf] - new_max);
+      row_max[hf] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[4 * j + 2 * hf + e];
+          x = exp2_approx(fmaf(x, scale_log2, -new_max));
+          sum += x;
+        }
+      }
+      row_sum[hf] = row_sum[hf] * correction + sum;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 2 * hf] *= correction;
+        o[4 * j + 2 * hf + 1] *= correction;
+      }
+    }
+  };
+  const auto publish_max = [&]() DSATTN_INLINE {
+    __syncwarp();  // the quad has read the previous value
+    if (tq == 0) sm.row_max[t / 4] = make_float2(row_max[0], row_max[1]);
+  };
+  // P (times `scale` per row) as bf16 into a K-major swizzled 64 × 64 tile at `base`.
+  const auto store_p = [&](std::uint32_t base, const float(&scale)[2]) DSATTN_INLINE {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = r_lo + 8 * hf;
+        store_shared(base + wgmma::swizzled_offset(r, 16 * j + 4 * tq),
+                     pack_bf16(s[4 * j + 2 * hf] * scale[hf], s[4 * j + 2 * hf + 1] * scale[hf]));
+      }
+    }
+  };
+  const auto pack_probabilities = [&]() DSATTN_INLINE {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) pf[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
+  };
+
+  mbarrier_wait(smem_addr(&sm.q_full), 0);
+  wgmma::fence_proxy_async_smem();
+  const int blocks = [&] {
+    const int last =
+        max(max(sm.last_valid[0], sm.last_valid[1]), max(sm.last_valid[2], sm.last_valid[3]));
+    return (last + kKeys) / kKeys;
+  }();
+  const int pairs = (blocks + 1) / 2;
+
+  if constexpr (kC == 0) {
+    if (pairs > 0) {
+      wait_full(0, 0, 0);
+      issue_qk(0, 0, kLeftSubs, true);
+      wait_full(0, 1, 0);
+      issue_qk(0, kLeftSubs, kSubs, false);
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(s);
+    }
+    for (int pair = 0; pair < pairs; ++pair) {
+      mask(0, pair);
+      softmax(row_max);
+      publish_max();
+      role_arrive(kMaxFrom0, 256);
+      pack_probabilities();
+      issue_pv_rs(0);
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(o);
+      wgmma::fence_operands(pf);
+      mbarrier_arrive(smem_addr(&sm.k_free[0][0]));
+
+      // Consumer 1 has folded its block in: move P_0, O and the sums to the pair's maximum.
+      role_sync(kMaxFrom1, 256);
+      const float2 m = sm.row_max[t / 4];
+      const float rescale[2] = {exp2_approx(row_max[0] - m.x), exp2_approx(row_max[1] - m.y)};
+      row_max[0] = m.x;
+      row_max[1] = m.y;
+      store_p(p0_base, rescale);
+      wgmma::fence_proxy_async_smem();
+      role_arrive(kP0Ready, 256);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        row_sum[hf] *= rescale[hf];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          o[4 * j + 2 * hf] *= rescale[hf];
+          o[4 * j + 2 * hf + 1] *= rescale[hf];
+        }
+      }
+      role_sync(kP1Ready, 256);
+      issue_pv_ss(1, p1_base);
+      if (pair + 1 < pairs) {
+        // The next pair's S_0 queues behind P_1·V_1.
+        wait_full(0, 0, pair + 1);
+        issue_qk(0, 0, kLeftSubs, true);
+        wgmma::wait_group<1>();
+        wgmma::fence_operands(o);
+        mbarrier_arrive(smem_addr(&sm.k_free[1][0]));
+        wait_full(0, 1, pair + 1);
+        issue_qk(0, kLeftSubs, kSubs, false);
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(s);
+      } else {
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(o);
+        mbarrier_arrive(smem_addr(&sm.k_free[1][0]));
+      }
+    }
+  } else {
+    for (int pair = 0; pair < pairs; ++pair) {
+      wait_full(1, 1, pair);
+      issue_qk(1, kLeftSubs, kSubs, true);
+      wait_full(1, 0, pair);
+      issue_qk(1, 0, kLeftSubs, false);
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(s);
+      mask(1, pair);
+      role_sync(kMaxFrom0, 256);
+      const float2 m = sm.row_max[t / 4];
+      const float base_max[2] = {m.x, m.y};
+      softmax(base_max);
+      publish_max();
+      role_arrive(kMaxFrom1, 256);
+      pack_probabilities();
+      issue_pv_rs(1);
+      constexpr float kOne[2] = {1.0f, 1.0f};
+      store_p(p1_base, kOne);
+      wgmma::fence_proxy_async_smem();
+      role_sync(kP0Ready, 256);
+      issue_pv_ss(0, p0_base);
+      role_arrive(kP1Ready, 256);
+      wgmma::wait_group<1>();
+      wgmma::fence_operands(pf);
+      mbarrier_arrive(smem_addr(&sm.k_free[1][1]));
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(o);
+      mbarrier_arrive(smem_addr(&sm.k_free[0][1]));
+    }
+  }
+
+  // Row sums over both consumers; both hold the same final maximum.
+  float sum[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) sum[hf] = sum_over_quad(row_sum[hf]);
+  if (tq == 0) sm.row_sum[kC][t / 4] = make_float2(sum[0], sum[1]);
+  role_sync(kSums, 256);
+  const float2 other = sm.row_sum[1 - kC][t / 4];
+  sum[0] += other.x;
+  sum[1] += other.y;
+
+  // ln Σ exp(scale · x) = ln 2 · (max + log2 Σ 2^(scale · x · log2 e - max)); -inf for a row
+  // without a valid entry (its output is zeros).
+  if (kC == 0 && p.lse != nullptr && tq == 0) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = r_lo + 8 * hf;
+      if (r < heads_here) {
+        p.lse[row * p.s_lse + group * kHeads + r] =
+            sum[hf] > 0.0f ? (row_max[hf] + __log2f(sum[hf])) * kLn2 : -INFINITY;
+      }
+    }
+  }
+
+  // Normalise and stage this consumer's half as bf16 in Q's sub-tiles 4 kC ... 4 kC + 3 (every
+  // product that read Q is done: kSums), then write 16-byte chunks.
+  const std::uint32_t staging = q_base + 4 * kC * kSub;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float inv = sum[hf] > 0.0f ? 1.0f / sum[hf] : 0.0f;
+    const int r = r_lo + 8 * hf;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {  // columns 8 j ... 8 j + 7 of the half
+      store_shared(staging + (j / 8) * kSub + wgmma::swizzled_offset(r, 16 * (j % 8) + 4 * tq),
+                   pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv));
+    }
+  }
+  named_sync(kConsumer0 + kC, 128);
+  auto* out = static_cast<__nv_bfloat16*>(p.out) + row * p.so0 + group * kHeads * p.so1 + 256 * kC;
+  // The output may be a window of a wider tensor at any element offset; 16-byte stores need
+  // 16-byte aligned rows.
+  const bool vector_store =
+      ((reinterpret_cast<std::uintptr_t>(p.out) | static_cast<std::uintptr_t>(p.so0 | p.so1) * 2) &
+       15) == 0;
+  const unsigned char* staged = sm.q[4 * kC];
+#pragma unroll 4
+  for (int i = 0; i < kHeads * 32 / 128; ++i) {
+    const int r = i * 4 + t / 32, chunk = t % 32;  // 32 chunks of 16 bytes a row
+    if (r < heads_here) {
+      const uint4 value = *reinterpret_cast<const uint4*>(
+          staged + (chunk / 8) * kSub + wgmma::swizzled_offset(r, 16 * (chunk % 8)));
+      __nv_bfloat16* dst = out + r * p.so1 + chunk * 8;
+      if (vector_store) {
+        *reinterpret_cast<uint4*>(dst) = value;
+      } else {
+        const auto* e = reinterpret_cast<const __nv_bfloat16*>(&value);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) dst[x] = e[x];
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const SparseMlaParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  Smem& sm = *reinterpret_cast<Smem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
+                                      ~std::uintptr_t{1023});
+  // The groups of one row are neighbours in the launch, so they share its gathered rows in L2.
+  const int groups = (p.heads + kHeads - 1) / kHeads;
+  const std::int64_t row = blockIdx.x / groups;
+  const int group = static_cast<int>(blockIdx.x % groups);
+  const int heads_here = min(kHeads, p.heads - group * kHeads);
+  const int warpgroup = static_cast<int>(threadIdx.x) / 128;
+  const int t = static_cast<int>(threadIdx.x) % 128;
+  if (threadIdx.x == 0) {
+    mbarrier_init(smem_addr(&sm.q_full), 128 + 1);  // the Q copies, and the block count
+    for (int b = 0; b < 2; ++b) {
+      for (int half = 0; half < 2; ++half) {
+        mbarrier_init(smem_addr(&sm.k_full[b][half]), 128);
+        mbarrier_init(smem_addr(&sm.k_free[b][half]), 128);
+      }
+    }
+    mbarrier_init(smem_addr(&sm.valid_full), 16);  // one thread per 8-thread copy group
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    release_registers<kProducerRegs>();
+    produce(p, sm, row, group, heads_here, t);
+  } else {
+    claim_registers<kConsumerRegs>();
+    if (warpgroup == 1) {
+      consume<0>(p, sm, row, group, heads_here, t);
+    } else {
+      consume<1>(p, sm, row, group, heads_here, t);
+    }
+  }
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p) {
+  // cp.async moves 16-byte chunks of q and cache rows; the output has no alignment requirement.
+  const bool rows_aligned = aligned16(p.q) && aligned16(p.kv) && p.sq0 % 8 == 0 && p.sq1 % 8 == 0 &&
+                            p.kv_row_bytes % 16 == 0;
+  // The running maximum is taken over raw scores, which orders the scaled ones only for scale > 0.
+  const bool scale_ok = p.scale > 0.0f && std::isfinite(p.scale);
+  const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
+  return !p.fp8 && p.d_qk == kDqk && p.d_v == kDv && p.heads > 0 && p.topk >= 0 &&
+         p.kv_row_bytes >= kDqk * 2 && rows_aligned && scale_ok && p.n * groups <= 0x7fffffff;
+}
+
+cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream) {
+  if (!sparse_mla_wgmma_sm90_supports(p)) return cudaErrorInvalidValue;
+  if (p.n == 0) return cudaSuccess;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      sparse_mla_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (attr != cudaSuccess) return attr;
+  const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
+  sparse_mla_wgmma_kernel<<<static_cast<unsigned>(p.n * groups), kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsattn::ops::cuda
+
+#undef DSATTN_INLINE
