@@ -67,6 +67,7 @@ def sparse_mla(
     *,
     lse: Any = None,
     return_lse: bool = False,
+    topk_length: Any = None,
 ) -> Any:
     """Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent
     rows its index list names, keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).
@@ -83,13 +84,17 @@ def sparse_mla(
     log-sum-exp, ln sum_j exp(scale * q . k_j) over its valid indices (-inf for a row without
     one), for merging attention over disjoint key sets. return_lse=True returns (out, lse),
     allocating lse when it is not given.
+
+    topk_length: [n] int32, optional: row t reads only the first topk_length[t] entries of its
+    index list (FlashMLA's topk_length). The CPU refuses a length outside [0, topk]; the GPU
+    clamps it there.
     """
     n, heads, _ = shape_of(q, "q", "[n, heads, d_qk]")
     if out is None:
         out = empty_like(q, (n, heads, v_dim), "bf16")
     if lse is None and return_lse:
         lse = empty_like(q, (n, heads), "f32")
-    _core.sparse_mla(q, kv_cache, indices, scale, out, lse, stream)
+    _core.sparse_mla(q, kv_cache, indices, scale, out, lse, topk_length, stream)
     return (out, lse) if return_lse else out
 
 

@@ -40,7 +40,8 @@ void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handl
 }
 
 void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
-                nb::handle out_obj, nb::handle lse_obj, nb::handle stream) {
+                nb::handle out_obj, nb::handle lse_obj, nb::handle topk_length_obj,
+                nb::handle stream) {
   const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[n, heads, d_qk]");
   const TensorArg kv = tensor_arg(kv_obj, "kv_cache", {DType::bf16, DType::u8}, 2,
                                   "[num_slots, d_qk] (bf16) or [num_slots, fp8 row bytes] (uint8)");
@@ -55,9 +56,16 @@ void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, flo
     check_same_device({{"lse", &*lse_arg}}, q.device(), "q's device");
     lse = lse_arg->view;
   }
+  TensorView topk_length;
+  std::optional<TensorArg> topk_length_arg;
+  if (!topk_length_obj.is_none()) {
+    topk_length_arg = tensor_arg(topk_length_obj, "topk_length", {DType::i32}, 1, "[n]");
+    check_same_device({{"topk_length", &*topk_length_arg}}, q.device(), "q's device");
+    topk_length = topk_length_arg->view;
+  }
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
-  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view, lse);
+  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view, lse, topk_length);
 }
 
 void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights_obj,
@@ -185,7 +193,7 @@ void bind_kernels(nb::module_& m) {
         nb::arg("lse") = nb::none(), nb::arg("stream") = nb::none());
   m.def("sparse_mla", &sparse_mla, nb::arg("q"), nb::arg("kv_cache"), nb::arg("indices"),
         nb::arg("scale"), nb::arg("out"), nb::arg("lse") = nb::none(),
-        nb::arg("stream") = nb::none());
+        nb::arg("topk_length") = nb::none(), nb::arg("stream") = nb::none());
   m.def("indexer_scores", &indexer_scores, nb::arg("q"), nb::arg("q_scale"), nb::arg("weights"),
         nb::arg("key_cache"), nb::arg("block_tables"), nb::arg("page_size"), nb::arg("cu_q"),
         nb::arg("context_lens"), nb::arg("skip_rows_up_to"), nb::arg("scores"),

@@ -428,6 +428,18 @@ TEST_P(SparseMlaTest, MatchesFloat64SoftmaxOverIndices) {
   EXPECT_TRUE(within_tolerance(read_doubles(lse), lse_ref, lse_plain, 1e-5, lse_shape));
   EXPECT_TRUE(std::isinf(read_doubles(lse)[1 * H]) && read_doubles(lse)[1 * H] < 0);
   EXPECT_TRUE(only_view_written(lse_backing, lse_before, lse));
+
+  // topk_length: row t reads its first lengths[t] entries, as the same lists cut there with -1.
+  std::vector<std::int32_t> lengths(static_cast<std::size_t>(c.n));
+  Tensor cut = indices.to(Device::cpu());
+  for (std::int64_t t = 0; t < c.n; ++t) {
+    lengths[t] = static_cast<std::int32_t>((t * 5 + 3) % (c.topk + 1));
+    for (std::int64_t i = lengths[t]; i < c.topk; ++i) cut.ptr<std::int32_t>()[t * c.topk + i] = -1;
+  }
+  Tensor cut_out = Tensor::empty({c.n, H, dv}, DType::bf16), len_out = cut_out.to(Device::cpu());
+  ops::sparse_mla(q, kv_cache, cut, scale, cut_out);
+  ops::sparse_mla(q, kv_cache, indices, scale, len_out, {}, i32_tensor(lengths));
+  EXPECT_EQ(read_doubles(len_out), read_doubles(cut_out));
 }
 
 const SparseCase kSparseCases[] = {
@@ -573,6 +585,16 @@ TEST(SparseMlaTest, RejectsBadArguments) {
                       "lse must have shape [3, 2]", {watch(out), watch(lse_rows)}));
   EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, lse_bf16); },
                       "lse must have dtype f32", {watch(out), watch(lse_bf16)}));
+  const Tensor len_long = i32_tensor({1, 5, 0}), len_negative = i32_tensor({1, -1, 0});
+  const Tensor len_rows = i32_tensor({1, 2}), len_f32 = Tensor::empty({n}, DType::f32);
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, {}, len_long); },
+                      "topk_length[1] = 5 is outside [0, 4]", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, {}, len_negative); },
+                      "topk_length[1] = -1 is outside [0, 4]", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, {}, len_rows); },
+                      "topk_length must have shape [3]", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::sparse_mla(q, kv, idx, 0.1f, out, {}, len_f32); },
+                      "topk_length must have dtype i32", {watch(out)}));
 }
 
 TEST(SparseMlaFp8Test, RejectsBadArguments) {

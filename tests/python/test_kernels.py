@@ -136,6 +136,18 @@ def test_sparse_mla_matches_formula(rng, cache):
     assert dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v, lse=given) is not None
     np.testing.assert_array_equal(given, lse)
 
+    # topk_length: each row reads only its first entries, as the lists cut there with -1 do.
+    lengths = np.array([topk, 3, 0, 7, 12], np.int32)
+    cut = indices.copy()
+    for t in range(n):
+        cut[t, lengths[t]:] = -1
+    np.testing.assert_array_equal(
+        dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v, topk_length=lengths),
+        dsattn.sparse_mla(q, kv_cache, cut, scale, v_dim=d_v))
+    with pytest.raises(ValueError, match=r"topk_length\[0\] = 13 is outside \[0, 12\]"):
+        dsattn.sparse_mla(q, kv_cache, indices, scale, v_dim=d_v,
+                          topk_length=np.full(n, topk + 1, np.int32))
+
 
 def indexer_formula(q, q_scale, weights, keys, tables, cu_q, context_lens, max_k, dtype):
     """Scores with -inf past each row's visible keys and NaN where nothing is written."""

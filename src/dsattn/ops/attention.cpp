@@ -48,7 +48,8 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse) {
+                float scale, const TensorView& out, const TensorView& lse,
+                const TensorView& topk_length) {
   check_dtype(q, "q", DType::bf16);
   check_shape(q, "q", {kAny, kAny, kAny});
   check_inner_contiguous(q, "q");
@@ -79,14 +80,22 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     check_shape(lse, "lse", {n, heads});
     check_inner_contiguous(lse, "lse");
   }
+  if (!topk_length.empty()) {
+    check_dtype(topk_length, "topk_length", DType::i32);
+    check_shape(topk_length, "topk_length", {n});
+  }
   const Device d =
-      lse.empty() ? common_device(
-                        {{"q", &q}, {"kv_cache", &kv_cache}, {"indices", &indices}, {"out", &out}})
-                  : common_device({{"q", &q},
-                                   {"kv_cache", &kv_cache},
-                                   {"indices", &indices},
-                                   {"out", &out},
-                                   {"lse", &lse}});
+      common_device({{"q", &q}, {"kv_cache", &kv_cache}, {"indices", &indices}, {"out", &out}});
+  if (!lse.empty()) common_device({{"q", &q}, {"lse", &lse}});
+  if (!topk_length.empty()) common_device({{"q", &q}, {"topk_length", &topk_length}});
+  if (d.is_cpu() && !topk_length.empty()) {
+    for (std::int64_t t = 0; t < n; ++t) {
+      const std::int32_t len = topk_length.ptr<std::int32_t>()[t * topk_length.stride(0)];
+      DSATTN_CHECK(len >= 0 && len <= indices.size(1),
+                   "topk_length[{}] = {} is outside [0, {}] (the index lists' length)", t, len,
+                   indices.size(1));
+    }
+  }
   if (d.is_cpu()) {
     const std::int64_t slots = kv_cache.size(0);
     for (std::int64_t t = 0; t < n; ++t) {
@@ -99,7 +108,7 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     }
   }
   if (n == 0) return;
-  DSATTN_DISPATCH(d, sparse_mla, q, kv_cache, indices, scale, out, lse);
+  DSATTN_DISPATCH(d, sparse_mla, q, kv_cache, indices, scale, out, lse, topk_length);
 }
 
 }  // namespace dsattn::ops

@@ -28,7 +28,11 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 //   lse (optional): [n, H] f32, heads contiguous: each (row, head)'s log-sum-exp
 //   ln Σ_j exp(scale · q·k_j) over its valid indices (-inf for a row without one), as
 //   mha_varlen_causal's.
+//   topk_length (optional): [n] i32: row t reads only the first topk_length[t] entries of its
+//   index list (the rest are ignored, valid or not), as FlashMLA's topk_length. The CPU refuses a
+//   length outside [0, topk]; the GPU clamps it there.
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse = {});
+                float scale, const TensorView& out, const TensorView& lse = {},
+                const TensorView& topk_length = {});
 
 }  // namespace dsattn::ops

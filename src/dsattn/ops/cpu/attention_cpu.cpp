@@ -126,12 +126,15 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse) {
+                float scale, const TensorView& out, const TensorView& lse,
+                const TensorView& topk_length) {
   const std::int64_t n = q.size(0), heads = q.size(1), d_qk = q.size(2), d_v = out.size(2);
-  const std::int64_t topk = indices.size(1);
 #pragma omp parallel for schedule(dynamic, 1)
   for (std::int64_t t = 0; t < n; ++t) {
     const std::int32_t* idx = indices.row<std::int32_t>(t);
+    const std::int64_t topk = topk_length.empty()
+                                  ? indices.size(1)
+                                  : topk_length.ptr<std::int32_t>()[t * topk_length.stride(0)];
     std::vector<std::int32_t> slots;
     slots.reserve(topk);
     for (std::int64_t i = 0; i < topk; ++i) {

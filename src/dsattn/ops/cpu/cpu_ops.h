@@ -45,7 +45,8 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
                        float scale, const TensorView& out, const TensorView& lse);
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse);
+                float scale, const TensorView& out, const TensorView& lse,
+                const TensorView& topk_length);
 
 // Widens `n` bf16 values to f32 (shared by the ops that hand rows to BLAS).
 void widen(const bf16* src, float* dst, std::int64_t n);

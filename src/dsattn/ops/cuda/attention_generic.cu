@@ -97,7 +97,9 @@ __global__ void sparse_mla_generic_kernel(SparseMlaParams p) {
   Online st;
   for (int i = 0; i < kMaxPerLane; ++i) st.o[i] = 0.0f;
   bool any = false;
-  for (int j = 0; j < p.topk; ++j) {
+  const int entries =
+      p.topk_length == nullptr ? p.topk : min(max(p.topk_length[row * p.s_topk_length], 0), p.topk);
+  for (int j = 0; j < entries; ++j) {
     const std::int32_t slot = p.indices[row * p.stride_indices + j];
     if (slot < 0 || slot >= p.slots) continue;
     any = true;

@@ -301,13 +301,17 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse) {
+                float scale, const TensorView& out, const TensorView& lse,
+                const TensorView& topk_length) {
   SparseMlaParams p{};
   p.q = q.data();
   p.kv = kv_cache.data();
   p.indices = static_cast<const std::int32_t*>(indices.data());
   p.out = out.data();
   p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data());
+  p.topk_length =
+      topk_length.empty() ? nullptr : static_cast<const std::int32_t*>(topk_length.data());
+  p.s_topk_length = topk_length.empty() ? 0 : topk_length.stride(0);
   p.n = q.size(0);
   p.slots = kv_cache.size(0);
   p.sq0 = q.stride(0);
@@ -329,13 +333,15 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     return;
   }
   const std::string wgmma_terms = fmt::format(
-      "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive "
-      "scale; got {} cache, d_qk {}, d_v {}, scale {}",
-      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.scale);
-  if (p.lse == nullptr && sparse_mla_sm90_supports(p)) {
+      "it takes d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive scale; got d_qk "
+      "{}, d_v {}, q strides {}/{}, cache rows of {} bytes, scale {}",
+      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sq1, p.kv_row_bytes, p.scale);
+  // The mma.sync kernel writes no log-sum-exp and reads whole index lists.
+  const bool plain = p.lse == nullptr && p.topk_length == nullptr;
+  if (plain && sparse_mla_sm90_supports(p)) {
     record_fallback("sparse_mla", "sparse_mla_sm90", "sparse_mla_wgmma_sm90", wgmma_terms);
     check_launch(launch_sparse_mla_sm90(p, stream()), "sparse_mla");
-  } else if (p.lse == nullptr && sparse_mla_on_padded_heads(p, q, out)) {
+  } else if (plain && sparse_mla_on_padded_heads(p, q, out)) {
     record_fallback("sparse_mla", "sparse_mla_sm90 (zero-padded heads)", "sparse_mla_wgmma_sm90",
                     wgmma_terms);
   } else {

@@ -45,6 +45,7 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
                        float scale, const TensorView& out, const TensorView& lse);
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
-                float scale, const TensorView& out, const TensorView& lse);
+                float scale, const TensorView& out, const TensorView& lse,
+                const TensorView& topk_length);
 
 }  // namespace dsattn::ops::cuda

@@ -128,7 +128,8 @@ struct SparseMlaParams {
   const std::int32_t* indices;  // [n, topk] slots; -1 (or any slot outside [0, slots)) unused
   void* out;                    // [n, heads, d_v] bf16
   float* lse;                   // [n, heads] f32 (row stride s_lse, heads contiguous), or nullptr
-  std::int64_t n, slots, sq0, sq1, kv_row_bytes, stride_indices, so0, so1, s_lse;
+  const std::int32_t* topk_length;  // [n] (stride s_topk_length) entries to read, or nullptr
+  std::int64_t n, slots, sq0, sq1, kv_row_bytes, stride_indices, so0, so1, s_lse, s_topk_length;
   int heads, d_qk, d_v, topk;
   bool fp8;
   float scale;
@@ -170,7 +171,7 @@ inline constexpr int kSparseMlaSm90HeadGroup = 64;  // heads per CTA
 inline constexpr int kSparseMlaSm90Dqk = 576, kSparseMlaSm90Dv = 512, kSparseMlaSm90MaxTopk = 2048;
 // The mma.sync kernel reads bf16 and FP8 caches and writes no log-sum-exp; the wgmma kernel
 // (the op's for bf16 caches) takes any head count (groups of 64, the last one partial), any
-// top-k, bf16 cache rows and scale > 0, and writes the log-sum-exp when asked.
+// top-k, bf16 or FP8 cache rows and scale > 0, and writes the log-sum-exp when asked.
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p);
