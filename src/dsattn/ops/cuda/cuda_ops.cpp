@@ -327,15 +327,18 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.topk = static_cast<int>(indices.size(1));
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
-  if (sparse_mla_wgmma_sm90_supports(p)) {
+  // The wgmma kernel reads whole index lists; topk_length goes to the generic kernel.
+  if (sparse_mla_wgmma_sm90_supports(p) && p.topk_length == nullptr) {
     record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
     check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
     return;
   }
   const std::string wgmma_terms = fmt::format(
-      "it takes d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive scale; got d_qk "
-      "{}, d_v {}, q strides {}/{}, cache rows of {} bytes, scale {}",
-      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sq1, p.kv_row_bytes, p.scale);
+      "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows, a positive scale "
+      "and whole index lists (no topk_length); got {} cache, d_qk {}, d_v {}, q strides {}/{}, "
+      "cache rows of {} bytes, scale {}{}",
+      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.sq0, p.sq1,
+      p.kv_row_bytes, p.scale, p.topk_length == nullptr ? "" : ", topk_length");
   // The mma.sync kernel writes no log-sum-exp and reads whole index lists.
   const bool plain = p.lse == nullptr && p.topk_length == nullptr;
   if (plain && sparse_mla_sm90_supports(p)) {
@@ -345,9 +348,10 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     record_fallback("sparse_mla", "sparse_mla_sm90 (zero-padded heads)", "sparse_mla_wgmma_sm90",
                     wgmma_terms);
   } else {
-    record_fallback("sparse_mla", "sparse_mla_generic", "sparse_mla_wgmma_sm90",
-                    p.lse == nullptr ? wgmma_terms
-                                     : wgmma_terms + "; the mma.sync kernel writes no log-sum-exp");
+    record_fallback(
+        "sparse_mla", "sparse_mla_generic", "sparse_mla_wgmma_sm90",
+        plain ? wgmma_terms
+              : wgmma_terms + "; the mma.sync kernel takes neither a log-sum-exp nor topk_length");
     check_launch(launch_sparse_mla_generic(p, stream()), "sparse_mla");
   }
 }
