@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/stages.h"
+#include "build_commit.h"
 #include "cli_common.h"
 #include "commands.h"
 #include "dsattn/core/cuda_runtime.h"
@@ -53,17 +54,6 @@ std::string slug(const std::string& name) {
   }
   while (!s.empty() && s.back() == '-') s.pop_back();
   return s;
-}
-
-std::string git_commit() {
-  FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
-  if (!p) return "unknown";
-  char buf[64] = {0};
-  const bool ok = std::fgets(buf, sizeof buf, p) != nullptr;
-  pclose(p);
-  std::string s = ok ? buf : "";
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s.empty() ? "unknown" : s;
 }
 
 int run(const BenchOptions& o) {
@@ -121,7 +111,9 @@ int run(const BenchOptions& o) {
   nlohmann::json j;
   j["device"] = device_name;
   j["date"] = today();
-  j["commit"] = o.commit.empty() ? git_commit() : o.commit;
+  // The binary's own commit ("-dirty": built from sources that differ from it), not the commit
+  // of whatever tree the benchmark is run in.
+  j["commit"] = o.commit.empty() ? std::string(DSATTN_BUILD_COMMIT) : o.commit;
   j["quick"] = o.quick;
   const Ceilings c = measure_ceilings(dev);
   j["ceilings"] = {{"bf16_gemm_tflops", c.gemm_tflops}, {"copy_tbps", c.copy_tbps}};
@@ -172,7 +164,8 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
   cmd->add_option("--json", o->json_path,
                   "Output file (default bench/results/<device>-<date>.json)");
-  cmd->add_option("--commit", o->commit, "Commit to record (default: git rev-parse)");
+  cmd->add_option("--commit", o->commit,
+                  "Commit to record (default: the one the binary was built from)");
   cmd->add_option("--anchors", o->anchors, "PyTorch anchor figures (JSON) to record alongside");
   cmd->add_option("--stages", o->stages, "Stages to run")->capture_default_str();
   cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");

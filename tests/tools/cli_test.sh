@@ -77,6 +77,15 @@ assert all(r["tflops"] > 0 for r in j["mha_prefill"])
 assert j["topk"][0]["rows"] == 4096 and j["topk"][0]["us"] > 0, j["topk"]
 assert "layer" not in j and "indexer" not in j
 PY
+# Without --commit the JSON names the commit the binary was built from (with "-dirty" when its
+# sources differed from it), whatever directory the benchmark runs in.
+(cd "$work" && "$dsattn" bench --device cpu --quick --stages topk --json "$work/bench2.json") \
+  >"$work/out" 2>"$work/err" || fail "bench (built commit): exit status $?: $(cat "$work/err")"
+python3 - "$work/bench2.json" <<'PY' || fail "bench: the built commit"
+import json, re, sys
+commit = json.load(open(sys.argv[1]))["commit"]
+assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", commit), commit
+PY
 expect_error "bench stage" "unknown stage 'nope'" bench --device cpu --quick --stages nope
 expect_error "bench seqs" "--seqs: every length must be in \\[1, 512\\], got 0" \
   bench --device cpu --quick --stages mha --seqs 128,0
