@@ -1,6 +1,5 @@
 // The layer's kernels on their own, for engines that bring their own layer: thin over the ops,
 // whose checks (shapes, strides, offsets) name the same arguments. Outputs are the caller's.
-#include <optional>
 #include <vector>
 
 #include "bindings.h"
@@ -27,16 +26,12 @@ void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handl
   const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[total_q, heads, d_v]", true);
   check_same_device({{"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}},
                     q.device(), "q's device");
-  TensorView lse;
-  std::optional<TensorArg> lse_arg;
-  if (!lse_obj.is_none()) {
-    lse_arg = tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[total_q, heads]", true);
-    check_same_device({{"lse", &*lse_arg}}, q.device(), "q's device");
-    lse = lse_arg->view;
-  }
+  const TensorArg lse = optional_tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[total_q, heads]",
+                                            true, q.device(), "q's device");
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
-  ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view, lse);
+  ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view,
+                         lse.view);
 }
 
 void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
@@ -49,23 +44,13 @@ void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, flo
   const TensorArg out = tensor_arg(out_obj, "out", {DType::bf16}, 3, "[n, heads, d_v]", true);
   check_same_device({{"kv_cache", &kv}, {"indices", &indices}, {"out", &out}}, q.device(),
                     "q's device");
-  TensorView lse;
-  std::optional<TensorArg> lse_arg;
-  if (!lse_obj.is_none()) {
-    lse_arg = tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[n, heads]", true);
-    check_same_device({{"lse", &*lse_arg}}, q.device(), "q's device");
-    lse = lse_arg->view;
-  }
-  TensorView topk_length;
-  std::optional<TensorArg> topk_length_arg;
-  if (!topk_length_obj.is_none()) {
-    topk_length_arg = tensor_arg(topk_length_obj, "topk_length", {DType::i32}, 1, "[n]");
-    check_same_device({{"topk_length", &*topk_length_arg}}, q.device(), "q's device");
-    topk_length = topk_length_arg->view;
-  }
+  const TensorArg lse = optional_tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[n, heads]", true,
+                                            q.device(), "q's device");
+  const TensorArg topk_length = optional_tensor_arg(topk_length_obj, "topk_length", {DType::i32}, 1,
+                                                    "[n]", false, q.device(), "q's device");
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
-  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view, lse, topk_length);
+  ops::sparse_mla(q.view, kv.view, indices.view, scale, out.view, lse.view, topk_length.view);
 }
 
 void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights_obj,

@@ -172,6 +172,15 @@ void check_same_device(std::initializer_list<std::pair<const char*, const Tensor
   }
 }
 
+TensorArg optional_tensor_arg(nb::handle obj, const char* name, std::initializer_list<DType> dtypes,
+                              int ndim, const char* dims, bool writable, Device device,
+                              const char* owner) {
+  if (obj.is_none()) return {};
+  TensorArg arg = tensor_arg(obj, name, dtypes, ndim, dims, writable);
+  check_same_device({{name, &arg}}, device, owner);
+  return arg;
+}
+
 Device parse_device(const std::string& text) {
   if (text == "cpu") return Device::cpu();
   if (text == "cuda") return Device::cuda(0);

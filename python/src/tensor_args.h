@@ -30,6 +30,12 @@ struct TensorArg {
 TensorArg tensor_arg(nb::handle obj, const char* name, std::initializer_list<DType> dtypes,
                      int ndim, const char* dims, bool writable = false);
 
+// An optional argument: empty (its view empty) when `obj` is None, else tensor_arg's import,
+// which must live on `device` (`owner` says why, as in check_same_device).
+TensorArg optional_tensor_arg(nb::handle obj, const char* name, std::initializer_list<DType> dtypes,
+                              int ndim, const char* dims, bool writable, Device device,
+                              const char* owner);
+
 // The two steps of tensor_arg on their own, for arrays of any rank: the import (TypeError when
 // `obj` is no tensor) and the dtype of the arguments `dtypes` it stands for (TypeError otherwise).
 nb::ndarray<nb::ro> import_array(nb::handle obj, const char* name, bool writable);
