@@ -43,6 +43,17 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Over the four lanes of a quad (lanes 4k ... 4k + 3), which share a row of an MMA accumulator.
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
 // Round to nearest even, saturating to ±448; NaN -> 0x7f (fp8_e4m3::from_float on the host).
 __device__ __forceinline__ std::uint8_t to_e4m3(float x) {
   if (isnan(x)) return 0x7f;

@@ -224,8 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       for (int j = 0; j < kBlockN / 8; ++j) {
         mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
       }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = quad_max(mx);
       const float base = (mx == -INFINITY ? 0.0f : mx) * scale_log2;
       correction[hf] = exp2_approx(row_max[hf] * scale_log2 - base);
       row_max[hf] = mx;
@@ -347,9 +346,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   unsigned char* staging = sm.q[0] + 64 * c * 128;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float sum = row_sum[hf];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(row_sum[hf]);
     const float inv = 1.0f / sum;
     const int r = row_lo - 64 * c + 8 * hf;  // row within the consumer's 64
     // sum = Σ exp(scale · (x - max)) over the row's keys, so ln Σ exp(scale · x) is this:

@@ -415,8 +415,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
           }
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
-            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+            mx[hf] = quad_max(mx[hf]);
             if (t4 == 0) row_max_x[nh * kHeads + 32 * om + 16 * mt + g + 8 * hf] = mx[hf];
           }
         }
@@ -504,9 +503,7 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int mt = i / 2, hf = i % 2;
-        float l = l_run[mt][hf];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float l = quad_sum(l_run[mt][hf]);
         if (t4 == 0) row_sum_x[nh * kHeads + 32 * om + 16 * mt + g + 8 * hf] = l;
       }
     }

@@ -85,16 +85,6 @@ enum Barrier : int {
   kProducer = kConsumer0 + 2,
 };
 
-__device__ __forceinline__ float max_over_quad(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
-__device__ __forceinline__ float sum_over_quad(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
 __device__ __forceinline__ void store_shared(std::uint32_t addr, std::uint32_t value) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }
@@ -252,7 +242,7 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       float mx = -INFINITY;
 #pragma unroll
       for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-      const float new_max = fmaxf(base_max[hf], max_over_quad(mx) * scale_log2);
+      const float new_max = fmaxf(base_max[hf], quad_max(mx) * scale_log2);
       const float correction = exp2_approx(row_max[hf] - new_max);
       row_max[hf] = new_max;
       float sum = 0.0f;
@@ -396,7 +386,7 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
   // Row sums over both consumers; both hold the same final maximum.
   float sum[2];
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) sum[hf] = sum_over_quad(row_sum[hf]);
+  for (int hf = 0; hf < 2; ++hf) sum[hf] = quad_sum(row_sum[hf]);
   if (tq == 0) sm.row_sum[kC][t / 4] = make_float2(sum[0], sum[1]);
   role_sync(kSums, 256);
   const float2 other = sm.row_sum[1 - kC][t / 4];
