@@ -241,10 +241,12 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
     check_launch(launch_indexer_fp8_sm90(p, stream()), "indexer_scores");
     return;
   }
-  record_fallback("indexer_scores", "indexer_generic", "indexer_fp8_sm90",
-                  fmt::format("it takes {} index heads of 128 with 16-byte aligned query rows; got "
-                              "{} heads, query strides {} and {}",
-                              kIndexerSm90Heads, p.heads, p.stride_q_row, p.stride_q_head));
+  record_fallback("indexer_scores", "indexer_generic", "indexer_fp8_sm90", [&] {
+    return fmt::format(
+        "it takes {} index heads of 128 with 16-byte aligned query rows; got {} heads, query "
+        "strides {} and {}",
+        kIndexerSm90Heads, p.heads, p.stride_q_row, p.stride_q_head);
+  });
   check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
 }
 
@@ -292,11 +294,12 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
     check_launch(launch_mha_wgmma_sm90(p, stream()), "mha_varlen_causal");
     return;
   }
-  record_fallback(
-      "mha_varlen_causal", "mha_generic", "mha_wgmma_sm90",
-      fmt::format("it takes q/k head dim {} and v head dim {} with 16-byte aligned "
-                  "rows and a positive scale; got {} and {}, strides {}/{}/{}, scale {}",
-                  kMhaSm90Dqk, kMhaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sk0, p.sv0, p.scale));
+  record_fallback("mha_varlen_causal", "mha_generic", "mha_wgmma_sm90", [&] {
+    return fmt::format(
+        "it takes q/k head dim {} and v head dim {} with 16-byte aligned rows and a positive "
+        "scale; got {} and {}, strides {}/{}/{}, scale {}",
+        kMhaSm90Dqk, kMhaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sk0, p.sv0, p.scale);
+  });
   check_launch(launch_mha_generic(p, stream()), "mha_varlen_causal");
 }
 
@@ -333,12 +336,15 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
     return;
   }
-  const std::string wgmma_terms = fmt::format(
-      "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows, a positive scale "
-      "and whole index lists (no topk_length); got {} cache, d_qk {}, d_v {}, q strides {}/{}, "
-      "cache rows of {} bytes, scale {}{}",
-      kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.sq0, p.sq1,
-      p.kv_row_bytes, p.scale, p.topk_length == nullptr ? "" : ", topk_length");
+  const auto wgmma_terms = [&] {
+    return fmt::format(
+        "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows, a positive "
+        "scale "
+        "and whole index lists (no topk_length); got {} cache, d_qk {}, d_v {}, q strides {}/{}, "
+        "cache rows of {} bytes, scale {}{}",
+        kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.sq0,
+        p.sq1, p.kv_row_bytes, p.scale, p.topk_length == nullptr ? "" : ", topk_length");
+  };
   // The mma.sync kernel writes no log-sum-exp and reads whole index lists.
   const bool plain = p.lse == nullptr && p.topk_length == nullptr;
   if (plain && sparse_mla_sm90_supports(p)) {
@@ -348,10 +354,12 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
     record_fallback("sparse_mla", "sparse_mla_sm90 (zero-padded heads)", "sparse_mla_wgmma_sm90",
                     wgmma_terms);
   } else {
-    record_fallback(
-        "sparse_mla", "sparse_mla_generic", "sparse_mla_wgmma_sm90",
-        plain ? wgmma_terms
-              : wgmma_terms + "; the mma.sync kernel takes neither a log-sum-exp nor topk_length");
+    record_fallback("sparse_mla", "sparse_mla_generic", "sparse_mla_wgmma_sm90", [&] {
+      return plain ? wgmma_terms()
+                   : wgmma_terms() +
+                         "; the mma.sync kernel takes neither a log-sum-exp nor "
+                         "topk_length";
+    });
     check_launch(launch_sparse_mla_generic(p, stream()), "sparse_mla");
   }
 }

@@ -35,12 +35,16 @@ void record_kernel(std::string_view op, std::string_view kernel) {
   }
 }
 
-void record_fallback(std::string_view op, std::string_view kernel, std::string_view fast_kernel,
-                     std::string_view why) {
-  record_kernel(op, kernel);
+bool first_fallback(std::string_view op) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
-  if (!r.noticed.emplace(std::string(op)).second) return;
+  if (r.noticed.find(op) != r.noticed.end()) return false;
+  r.noticed.emplace(op);
+  return true;
+}
+
+void print_fallback(std::string_view op, std::string_view kernel, std::string_view fast_kernel,
+                    std::string_view why) {
   std::fputs(fmt::format("dsattn: {} runs the slower {} kernel instead of {}: {}\n", op, kernel,
                          fast_kernel, why)
                  .c_str(),

@@ -11,10 +11,22 @@ namespace dsattn::ops::cuda {
 // Records that `op` launched `kernel`.
 void record_kernel(std::string_view op, std::string_view kernel);
 
-// Records a fallback: `op` launched `kernel` instead of `fast_kernel` because of `why`. The first
-// fallback of each op in the process prints one line on stderr.
+// Whether this is the first fallback `op` records in the process (record_fallback's test).
+bool first_fallback(std::string_view op);
+
+// Prints record_fallback's line on stderr.
+void print_fallback(std::string_view op, std::string_view kernel, std::string_view fast_kernel,
+                    std::string_view why);
+
+// Records a fallback: `op` launched `kernel` instead of `fast_kernel` because of `why()` (a
+// callable returning the reason). The first fallback of each op in the process prints one line on
+// stderr; `why` is called for that line only, so a fallback taken on every call formats nothing.
+template <class Why>
 void record_fallback(std::string_view op, std::string_view kernel, std::string_view fast_kernel,
-                     std::string_view why);
+                     Why&& why) {
+  record_kernel(op, kernel);
+  if (first_fallback(op)) print_fallback(op, kernel, fast_kernel, why());
+}
 
 // The kernel `op` launched last in this process ("" if it has not run).
 std::string last_kernel(std::string_view op);
