@@ -78,8 +78,7 @@ static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per 
 enum Barrier : int {
   kMaxFrom0 = 1,  // consumer 0 has published its maximum
   kMaxFrom1,      // consumer 1 has published the pair's maximum
-  kP0Ready,       // P_0 is in shared memory
-  kP1Ready,       // P_1 is in shared memory
+  kPReady,        // P_0 and P_1 are in shared memory (a full barrier: see the consumers)
   kSums,          // both consumers' row sums are published, and all their products are done
   kConsumer0,     // consumer 0 alone (then kConsumer0 + 1: consumer 1)
   kProducer = kConsumer0 + 2,
@@ -322,7 +321,6 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       row_max[1] = m.y;
       store_p(p0_base, rescale);
       wgmma::fence_proxy_async_smem();
-      role_arrive(kP0Ready, 256);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         row_sum[hf] *= rescale[hf];
@@ -332,7 +330,10 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
           o[4 * j + 2 * hf + 1] *= rescale[hf];
         }
       }
-      role_sync(kP1Ready, 256);
+      // Both consumers wait here (not an arrive on one side): besides handing over the two P
+      // tiles, the barrier orders this pair's reads of the shared maximum before the next pair's
+      // writes, and the P_0 stores before consumer 1 releases the buffer the producer refills.
+      role_sync(kPReady, 256);
       issue_pv_ss(1, p1_base);
       if (pair + 1 < pairs) {
         // The next pair's S_0 queues behind P_1·V_1.
@@ -371,9 +372,8 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       constexpr float kOne[2] = {1.0f, 1.0f};
       store_p(p1_base, kOne);
       wgmma::fence_proxy_async_smem();
-      role_sync(kP0Ready, 256);
+      role_sync(kPReady, 256);
       issue_pv_ss(0, p0_base);
-      role_arrive(kP1Ready, 256);
       wgmma::wait_group<1>();
       wgmma::fence_operands(pf);
       mbarrier_arrive(smem_addr(&sm.k_free[1][1]));
