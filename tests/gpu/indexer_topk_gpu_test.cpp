@@ -224,6 +224,8 @@ enum class Fill {
   zeros,       // +0 and -0 (equal) with a few negatives: the boundary falls among the zeros
   all_nan,     // every score NaN
   unread,      // length <= k: the scores are never read, so they are NaN here
+  outlier,     // uniform f32 and one score near FLT_MAX: every other score shares one value bin
+  narrow,      // 8 values within a few ulps of 1: the value range is tiny
 };
 
 struct TopkRow {
@@ -276,6 +278,12 @@ void fill_row(float* s, std::int64_t n, Fill fill, std::uint64_t seed) {
       case Fill::zeros:
         s[j] = h % 5 == 0 ? -1.0f - std::fabs(u) : (h % 2 ? 0.0f : -0.0f);
         break;
+      case Fill::outlier:
+        s[j] = j == 17 ? 3e38f : u * 10.0f;
+        break;
+      case Fill::narrow:
+        s[j] = 1.0f + static_cast<float>(h % 8) * 1.2e-7f;
+        break;
       case Fill::all_nan:
       case Fill::unread:
         s[j] = nan;
@@ -304,6 +312,8 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
   ops::topk(scores, len, out);
   ops::topk(scores_dev.on_gpu(scores), len_dev.on_gpu(), out_dev.on_gpu(out));
   const Tensor fetched = out_dev.fetch();
+  // Rows of up to 16 × 8,192 scores take the register-resident kernel, longer ones the sliced.
+  EXPECT_EQ(ops::cuda::last_kernel("topk"), c.n <= 131072 ? "topk_binned" : "topk_sliced");
 
   // Row by row, for a readable message: the first differing slot and the two selections there.
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -337,6 +347,18 @@ const TopkCase kTopkCases[] = {
       {6000, Fill::zeros},
       {3000, Fill::all_nan}}},
     {"K2048_N131072", 131072, 2048, {{131072, Fill::continuous}, {131072, Fill::ties}}},
+    // Longer than the register-resident kernel takes: the sliced kernel serves these.
+    {"K2048_N140000_Sliced", 140000, 2048, {{140000, Fill::continuous}, {139999, Fill::ties}}},
+    // Value bins that hold almost every score: the refinement walks the registers.
+    {"K2048_N8192_Outlier",
+     8192,
+     2048,
+     cycled(40, {{8192, Fill::outlier}, {8192, Fill::narrow}, {8000, Fill::continuous}})},
+    {"K2048_N40000_Outlier_Aligned",
+     40000,
+     2048,
+     {{40000, Fill::outlier}, {33333, Fill::narrow}, {20000, Fill::outlier}},
+     4},
     {"K1_N777",
      777,
      1,

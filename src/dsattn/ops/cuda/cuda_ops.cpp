@@ -259,6 +259,22 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
                      scores.stride(0),
                      out.stride(0),
                      static_cast<int>(out.size(1))};
+  if (topk_binned_blocks(p.cols) > 0) {
+    const cudaError_t e = launch_topk_binned(p, stream());
+    if (e == cudaSuccess) {
+      record_kernel("topk", "topk_binned");
+      return;
+    }
+    // A cluster of more than 8 blocks is not granted on every GPU.
+    record_fallback("topk", "topk_sliced", "topk_binned", [&] {
+      return fmt::format("its launch with {} blocks a row failed: {}",
+                         topk_binned_blocks(p.cols), cudaGetErrorString(e));
+    });
+  } else {
+    record_fallback("topk", "topk_sliced", "topk_binned", [&] {
+      return fmt::format("it takes rows of up to 131072 scores; got {}", p.cols);
+    });
+  }
   check_launch(launch_topk(p, stream()), "topk");
 }
 

@@ -308,12 +308,11 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       role_arrive(kMaxFrom0, 256);
       pack_probabilities();
       issue_pv_rs(0);
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(o);
-      wgmma::fence_operands(pf);
-      mbarrier_arrive(smem_addr(&sm.k_free[0][0]));
 
-      // Consumer 1 has folded its block in: move P_0, O and the sums to the pair's maximum.
+      // Consumer 1 has folded its block in: move P_0, O and the sums to the pair's maximum. P_0
+      // goes to shared memory while P_0·V_0 runs (it reads other sub-tiles). Both consumers wait
+      // at this barrier, not only this one: a hand-over by arrive alone is ordered for the
+      // hardware but not for compute-sanitizer's racecheck.
       role_sync(kMaxFrom1, 256);
       const float2 m = sm.row_max[t / 4];
       const float rescale[2] = {exp2_approx(row_max[0] - m.x), exp2_approx(row_max[1] - m.y)};
@@ -321,6 +320,10 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       row_max[1] = m.y;
       store_p(p0_base, rescale);
       wgmma::fence_proxy_async_smem();
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(o);
+      wgmma::fence_operands(pf);
+      mbarrier_arrive(smem_addr(&sm.k_free[0][0]));
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         row_sum[hf] *= rescale[hf];
@@ -334,6 +337,8 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       // tiles, the barrier orders this pair's reads of the shared maximum before the next pair's
       // writes, and the P_0 stores before consumer 1 releases the buffer the producer refills.
       role_sync(kPReady, 256);
+      // P_0 lies in this half of buffer 0: its refill also waits for these stores.
+      mbarrier_arrive(smem_addr(&sm.k_free[0][1]));
       issue_pv_ss(1, p1_base);
       if (pair + 1 < pairs) {
         // The next pair's S_0 queues behind P_1·V_1.
@@ -366,7 +371,7 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       const float base_max[2] = {m.x, m.y};
       softmax(base_max);
       publish_max();
-      role_arrive(kMaxFrom1, 256);
+      role_sync(kMaxFrom1, 256);
       pack_probabilities();
       issue_pv_rs(1);
       constexpr float kOne[2] = {1.0f, 1.0f};
@@ -461,7 +466,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const Spa
     for (int b = 0; b < 2; ++b) {
       for (int half = 0; half < 2; ++half) {
         mbarrier_init(smem_addr(&sm.k_full[b][half]), 128);
-        mbarrier_init(smem_addr(&sm.k_free[b][half]), 128);
+        // Buffer 0's right half holds P_0 as well: consumer 0 releases it too.
+        mbarrier_init(smem_addr(&sm.k_free[b][half]), b == 0 && half == 1 ? 256 : 128);
       }
     }
     mbarrier_init(smem_addr(&sm.valid_full), 16);  // one thread per 8-thread copy group
