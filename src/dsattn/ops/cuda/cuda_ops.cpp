@@ -348,7 +348,21 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.scale = scale;
   if (sparse_mla_wgmma_sm90_supports(p)) {
     record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
+    const int splits = sparse_mla_wgmma_splits(p);
+    if (splits == 1) {
+      check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
+      return;
+    }
+    // Few CTAs (a small decode batch): each row's entries in `splits` parts, merged after.
+    const Tensor partial_out =
+        Tensor::empty({splits, p.n, p.heads, p.d_v}, DType::f32, q.device());
+    const Tensor partial_lse = Tensor::empty({splits, p.n, p.heads}, DType::f32, q.device());
+    p.splits = splits;
+    p.split_entries = sparse_mla_wgmma_split_entries(p, splits);
+    p.partial_out = static_cast<float*>(partial_out.view().data());
+    p.partial_lse = static_cast<float*>(partial_lse.view().data());
     check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
+    check_launch(launch_sparse_mla_combine(p, stream()), "sparse_mla");
     return;
   }
   const auto wgmma_terms = [&] {

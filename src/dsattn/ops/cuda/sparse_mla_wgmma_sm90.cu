@@ -29,6 +29,7 @@
 // Registers: the producer drops to 56 per thread (72 with FP8 rows) so that the consumers can
 // hold 224 (216): O 128, S 32, P 16. Shared memory: Q 72 KB (the output is staged there at the
 // end), two key buffers of 72 KB, consumer 1's P 8 KB.
+#include <algorithm>
 #include <cmath>
 
 #include "dsattn/ops/cuda/barriers.cuh"
@@ -355,9 +356,14 @@ __device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std:
 
   // The entries the row reads (topk_length clamps them), and the last valid one: entries past it
   // are never gathered.
-  const int entries = p.topk_length == nullptr
-                          ? p.topk
-                          : min(max(__ldg(p.topk_length + row * p.s_topk_length), 0), p.topk);
+  int entries = p.topk_length == nullptr
+                    ? p.topk
+                    : min(max(__ldg(p.topk_length + row * p.s_topk_length), 0), p.topk);
+  if (p.splits > 1) {  // this CTA's split of the row's entries, as a list of its own
+    const int begin = static_cast<int>(blockIdx.y) * p.split_entries;
+    indices += begin;
+    entries = min(max(entries - begin, 0), p.split_entries);
+  }
   int last = -1;
   for (int i = t; i < entries; i += 128) {
     const std::int32_t slot = __ldg(indices + i);
@@ -619,6 +625,28 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
 
   // ln Σ exp(scale · x) = ln 2 · (max + log2 Σ 2^(scale · x · log2 e - max)); -inf for a row
   // without a valid entry (its output is zeros).
+  if (p.partial_out != nullptr) {
+    // A split: its normalised output and log-sum-exp in f32, for the combine step.
+    const std::int64_t first = (static_cast<std::int64_t>(blockIdx.y) * p.n + row) * p.heads +
+                               group * kHeads;  // (split, row, head) of this CTA's first head
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = r_lo + 8 * hf;
+      if (r >= heads_here) continue;
+      const float inv = sum[hf] > 0.0f ? 1.0f / sum[hf] : 0.0f;
+      float* dst = p.partial_out + (first + r) * kDv + 256 * kC + 2 * tq;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(dst + 8 * j) =
+            make_float2(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+      if (kC == 0 && tq == 0) {
+        p.partial_lse[first + r] =
+            sum[hf] > 0.0f ? (row_max[hf] + __log2f(sum[hf])) * kLn2 : -INFINITY;
+      }
+    }
+    return;
+  }
   if (kC == 0 && p.lse != nullptr && tq == 0) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -715,9 +743,43 @@ cudaError_t launch(const SparseMlaParams& p, cudaStream_t stream) {
       sparse_mla_wgmma_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (attr != cudaSuccess) return attr;
   const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
-  sparse_mla_wgmma_kernel<kFp8>
-      <<<static_cast<unsigned>(p.n * groups), kThreads, kSmemBytes, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>(p.n * groups), static_cast<unsigned>(p.splits));
+  sparse_mla_wgmma_kernel<kFp8><<<grid, kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// One warp per (row, head): out = Σ_s exp(lse_s - lse) · O_s with lse = log Σ_s exp(lse_s), each
+// lane 16 of the 512 columns.
+__global__ void __launch_bounds__(256) sparse_mla_combine_kernel(const SparseMlaParams p) {
+  const std::int64_t pair = static_cast<std::int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (pair >= p.n * p.heads) return;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t row = pair / p.heads, head = pair % p.heads;
+  const std::int64_t split_stride = p.n * p.heads;
+  float top = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, p.partial_lse[s * split_stride + pair]);
+  float acc[16] = {}, total = 0.0f;
+  if (top > -INFINITY) {
+    for (int s = 0; s < p.splits; ++s) {
+      const float w = __expf(p.partial_lse[s * split_stride + pair] - top);
+      total += w;
+      const float4* src =
+          reinterpret_cast<const float4*>(p.partial_out + (s * split_stride + pair) * kDv) + 4 * lane;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const float4 x = src[v];
+        acc[4 * v] += w * x.x, acc[4 * v + 1] += w * x.y;
+        acc[4 * v + 2] += w * x.z, acc[4 * v + 3] += w * x.w;
+      }
+    }
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  auto* out = static_cast<__nv_bfloat16*>(p.out) + row * p.so0 + head * p.so1 + 16 * lane;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) out[i] = __float2bfloat16_rn(acc[i] * inv);
+  if (p.lse != nullptr && lane == 0) {
+    p.lse[row * p.s_lse + head] = total > 0.0f ? top + __logf(total) : -INFINITY;
+  }
 }
 
 }  // namespace
@@ -732,6 +794,27 @@ bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p) {
   const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
   return p.d_qk == kDqk && p.d_v == kDv && p.heads > 0 && p.topk >= 0 && rows_aligned && scale_ok &&
          p.n * groups <= 0x7fffffff;
+}
+
+int sparse_mla_wgmma_splits(const SparseMlaParams& p) {
+  // Split only when the CTAs alone (one a multiprocessor: the kernel takes ~220 KB of shared
+  // memory) would fill less than half of the GPU, and keep at least 256 entries a split.
+  const std::int64_t ctas = p.n * ((p.heads + kHeads - 1) / kHeads);
+  const std::int64_t sms = multiprocessor_count();
+  if (ctas <= 0 || 2 * ctas > sms) return 1;
+  return static_cast<int>(std::clamp<std::int64_t>(sms / ctas, 1, std::max(p.topk / 256, 1)));
+}
+
+int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits) {
+  const int per = (p.topk + splits - 1) / splits;
+  return (per + 2 * kKeys - 1) / (2 * kKeys) * (2 * kKeys);  // whole pairs of blocks
+}
+
+cudaError_t launch_sparse_mla_combine(const SparseMlaParams& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  const std::int64_t warps = p.n * p.heads;
+  sparse_mla_combine_kernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(p);
+  return cudaGetLastError();
 }
 
 cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream) {
