@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -226,6 +227,8 @@ enum class Fill {
   unread,      // length <= k: the scores are never read, so they are NaN here
   outlier,     // uniform f32 and one score near FLT_MAX: every other score shares one value bin
   narrow,      // 8 values within a few ulps of 1: the value range is tiny
+  denormal,    // positive denormals only: the value range is itself denormal
+  infinite,    // ±inf and NaN only: no finite score at all
 };
 
 struct TopkRow {
@@ -284,6 +287,14 @@ void fill_row(float* s, std::int64_t n, Fill fill, std::uint64_t seed) {
       case Fill::narrow:
         s[j] = 1.0f + static_cast<float>(h % 8) * 1.2e-7f;
         break;
+      case Fill::denormal:
+        s[j] = std::bit_cast<float>(static_cast<std::uint32_t>(1 + h % 5000));
+        break;
+      case Fill::infinite: {
+        const float pick[] = {inf, -inf, nan};
+        s[j] = pick[h % 3];
+        break;
+      }
       case Fill::all_nan:
       case Fill::unread:
         s[j] = nan;
@@ -353,7 +364,13 @@ const TopkCase kTopkCases[] = {
     {"K2048_N8192_Outlier",
      8192,
      2048,
-     cycled(40, {{8192, Fill::outlier}, {8192, Fill::narrow}, {8000, Fill::continuous}})},
+     cycled(40, {{8192, Fill::outlier},
+                 {8192, Fill::narrow},
+                 {8000, Fill::continuous},
+                 {7000, Fill::denormal},
+                 {6000, Fill::infinite}})},
+    // k above a block's slice: a block may take every score it holds.
+    {"K10000_N20000", 20000, 10000, {{20000, Fill::continuous}, {19999, Fill::ties}}},
     {"K2048_N40000_Outlier_Aligned",
      40000,
      2048,
@@ -382,9 +399,9 @@ const TopkCase kTopkCases[] = {
      1537,
      600,
      {{1537, Fill::continuous}, {601, Fill::ties}, {1200, Fill::specials}, {599, Fill::unread}}},
-    // 16-byte aligned rows (the vector loads). Few rows: each row is cut into slices, one per
-    // block of a cluster (2 blocks at 8K, 8 at 32K and 128K, where part of each slice is not
-    // cached); lengths not a multiple of 4 end inside a vector.
+    // 16-byte aligned rows (the vector loads). Each row is cut into slices of 8,192 scores, one
+    // per block of a cluster (1 block at 8K, 4 at 32K, 16 at 128K); lengths not a multiple of 4
+    // end inside a vector.
     {"K2048_N8192_Aligned",
      8192,
      2048,
@@ -407,7 +424,7 @@ const TopkCase kTopkCases[] = {
      2048,
      {{131072, Fill::continuous}, {131071, Fill::ties}, {100003, Fill::zeros}},
      4},
-    // Many rows: one block per row at 8K; at 40K each row's four blocks cache their slices.
+    // Many rows: one block per row at 8K, a cluster of five at 40K.
     {"K2048_N8192_ManyRows_Aligned", 8192, 2048,
      cycled(300, {{8192, Fill::continuous},
                   {8191, Fill::ties},

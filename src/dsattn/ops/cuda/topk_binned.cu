@@ -13,16 +13,16 @@
 //    NaN and -inf fall in bin 0 and +inf in the last bin, as their order requires.
 // 2. The bin B holding the k-th largest score: the clusters' histograms are summed through
 //    distributed shared memory.
-// 3. Bin B's scores (usually a handful per slice) are listed with their order-preserving 32-bit
-//    keys, and up to three radix passes over the list find the exact threshold key and how many
+// 3. Bin B's scores (usually a handful per slice) are listed as order-preserving 32-bit keys,
+//    and up to three radix passes over the list find the exact threshold key and how many
 //    keys equal to it are taken (those of lowest position). A list that overflows is not kept:
 //    its passes walk the registers instead.
 // 4. Each thread flags its selected scores in two 16-bit masks (certainly taken; equal to the
 //    threshold), a block scan and the cluster's totals give each thread its first output slot, and
 //    the positions come out in ascending order.
 //
-// Per score this costs the read, about 25 instructions and one shared-memory atomic that rarely
-// collides. Rows longer than 16 slices are left to the sliced kernel (topk.cu).
+// Per score this costs the read, about 25 instructions and one shared-memory atomic, which
+// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Rows longer than 16 slices are left to the sliced kernel (topk.cu).
 #include <cooperative_groups.h>
 
 #include <cub/block/block_reduce.cuh>
@@ -81,7 +81,6 @@ struct Shared {
   int listed;               // bin B's entries found in the slice (may exceed the capacity)
   int2 totals;              // the block's (certainly taken, equal to the threshold) counts
   std::uint32_t list_key[kListCapacity];
-  std::int32_t list_pos[kListCapacity];  // thread × 16 + register
 };
 
 // The cluster's view of its blocks: a block alone when kClustered is false.
@@ -249,10 +248,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
     for (int j = 0; j < kPerThread; ++j) {
       if (((valid >> j) & 1u) && bin(x[j]) == chosen) {
         const int slot = atomicAdd(&sm.listed, 1);
-        if (slot < kListCapacity) {
-          sm.list_key[slot] = order_key(x[j]);
-          sm.list_pos[slot] = t * kPerThread + j;
-        }
+        if (slot < kListCapacity) sm.list_key[slot] = order_key(x[j]);
       }
     }
   }
@@ -336,6 +332,7 @@ cudaError_t launch(const TopkParams& p, int blocks, cudaStream_t stream) {
       if (const cudaError_t e = cudaFuncSetAttribute(
               topk_binned_kernel<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
           e != cudaSuccess) {
+        cudaGetLastError();  // not left for the fallback's launch to find
         return e;
       }
     }
