@@ -108,6 +108,56 @@ TEST_F(BadInput, ReadingAPageAnotherRequestWrites) {
   expect_refused(b, 10, "which writes its new tokens there");
 }
 
+// Across forwards: a page holding another live request's tokens never receives new ones (that
+// would change the other request's output without a word).
+TEST_F(BadInput, WritingIntoAnotherRequestsPage) {
+  BlockTable other;
+  cache->reserve(other, 64);  // a request of its own, which has not run yet
+  const BlockTable bad = {other[0], table[0]};  // its second page is the first request's first
+  Batch b;
+  b.requests.push_back({64, 4, bad});
+  expect_refused(b, 4,
+                 "request 0: block_table[1] = " + std::to_string(table[0]) +
+                     " holds tokens of another sequence (page 0 of the block table that starts "
+                     "with page " +
+                     std::to_string(table[0]) + ")");
+}
+
+// The refusal above leaves nothing recorded: the page's own request goes on writing it, a
+// request sharing its first page (a prefix cache) writes its own pages, and a page released and
+// handed out again belongs to its new request.
+TEST_F(BadInput, OwnSharedAndReusedPagesAreAccepted) {
+  BlockTable other;
+  cache->reserve(other, 64);
+  const std::int32_t other_page = other[0];
+  const BlockTable bad = {other[0], table[0]};
+  Batch refused;
+  refused.requests.push_back({64, 4, bad});
+  Tensor in = testing::random_hidden(4, config.hidden_size, 5);
+  Tensor out = Tensor::empty({4, config.hidden_size}, DType::bf16);
+  EXPECT_THROW(layer.forward(refused, in, cache->layer(0), out), Error);
+
+  const auto run = [&](const RequestInput& r) {
+    Batch b;
+    b.requests.push_back(r);
+    Tensor x = testing::random_hidden(r.extend_len, config.hidden_size, 6);
+    Tensor y = Tensor::empty({r.extend_len, config.hidden_size}, DType::bf16);
+    layer.forward(b, x, cache->layer(0), y);
+  };
+  run({20, 4, table});  // the owner writes its page again after the refused call
+  run({16, 4, table});  // and rewrites positions it wrote before (a rejected draft token)
+  BlockTable sharing = {table[0]};
+  cache->reserve(sharing, 80);  // shares the first page, writes a page of its own
+  run({64, 16, sharing});
+  run({0, 8, other});  // `other` runs now: its page holds its tokens
+  BlockTable reused;
+  cache->reserve(reused, 10);
+  cache->release(other);
+  cache->reserve(reused, 70);  // `other`'s page, handed out again as this table's second
+  ASSERT_EQ(reused[1], other_page);
+  run({0, 70, reused});
+}
+
 TEST_F(BadInput, HiddenRowsDoNotMatchTheBatch) {
   Batch b;
   b.requests.push_back({20, 5, table});

@@ -13,6 +13,7 @@ PageAllocator::PageAllocator(std::int64_t num_pages) : num_pages_(num_pages) {
   free_.reserve(num_pages);
   for (std::int64_t p = num_pages - 1; p >= 0; --p) free_.push_back(static_cast<std::int32_t>(p));
   in_use_.assign(num_pages, false);
+  holders_.assign(num_pages, Holder{});
 }
 
 void PageAllocator::allocate(std::int64_t count, BlockTable& table) {
@@ -42,6 +43,7 @@ void PageAllocator::release(BlockTable& table) {
   }
   for (std::int32_t page : table) {
     in_use_[page] = false;
+    holders_[page] = Holder{};
     free_.push_back(page);
   }
   table.clear();

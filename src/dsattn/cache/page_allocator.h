@@ -25,10 +25,26 @@ class PageAllocator {
   // range or already free (nothing is released then).
   void release(BlockTable& table);
 
+  // Whose tokens a page holds, as the forwards that wrote it recorded: the first page of the
+  // writer's block table (which names its sequence: requests sharing a prefix share it) and the
+  // page's index in that table; {-1, -1} until a forward writes the page after its allocation.
+  // A forward refuses to write new tokens into a page that holds another sequence's, so a wrong
+  // block table cannot silently change another live request's output.
+  struct Holder {
+    std::int32_t first_page = -1, index = -1;
+  };
+  Holder holder(std::int32_t page) const { return holders_[static_cast<std::size_t>(page)]; }
+  // Records that a forward wrote into `page` (bookkeeping beside the allocation, so a const
+  // cache view can record it).
+  void record_write(std::int32_t page, Holder h) const {
+    holders_[static_cast<std::size_t>(page)] = h;
+  }
+
  private:
   std::int64_t num_pages_;
   std::vector<std::int32_t> free_;  // a stack: the most recently freed page is reused first
   std::vector<bool> in_use_;
+  mutable std::vector<Holder> holders_;
 };
 
 }  // namespace dsattn

@@ -69,6 +69,36 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
       if (writes) writer[page] = self;
     }
   }
+  if (cache.allocator == nullptr) return;
+  // Across forwards: a page that holds another sequence's tokens (another first page, or another
+  // place in the table) never receives new ones. Checked for the whole batch before any page's
+  // record changes (record_writes, once the whole forward has been checked).
+  using Holder = PageAllocator::Holder;
+  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
+    const RequestInput& r = batch.requests[i];
+    const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
+    for (std::int64_t p = r.prefix_len / cache.page_size; p < pages; ++p) {
+      const Holder h = cache.allocator->holder(r.block_table[p]);
+      if (h.first_page != -1 && (h.first_page != r.block_table[0] || h.index != p)) {
+        fail(
+            "request {}: block_table[{}] = {} holds tokens of another sequence (page {} of the "
+            "block table that starts with page {}); new tokens go only into the request's own "
+            "pages",
+            i, p, r.block_table[p], h.index, h.first_page);
+      }
+    }
+  }
+}
+
+void record_writes(const Batch& batch, const LayerCacheView& cache) {
+  if (cache.allocator == nullptr) return;
+  for (const RequestInput& r : batch.requests) {
+    const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
+    for (std::int64_t p = r.prefix_len / cache.page_size; p < pages; ++p) {
+      cache.allocator->record_write(
+          r.block_table[p], PageAllocator::Holder{r.block_table[0], static_cast<std::int32_t>(p)});
+    }
+  }
 }
 
 }  // namespace dsattn

@@ -38,7 +38,13 @@ struct Batch {
 
 // Throws InvalidArgument naming the request and field when the batch cannot run against a cache
 // of `cache` (empty batch, non-positive extend, negative prefix, block table too short or naming
-// pages outside the cache or twice, positions past max_position_embeddings).
+// pages outside the cache or twice, positions past max_position_embeddings; with the cache's
+// allocator: free pages, and new tokens bound for a page that holds another sequence's tokens,
+// PageAllocator::Holder). Records nothing.
 void validate_batch(const Batch& batch, const AttentionConfig& config, const LayerCacheView& cache);
+
+// Records in the cache's allocator (if the view has one) that the batch's new tokens are written
+// into their pages: called by a forward once every check has passed.
+void record_writes(const Batch& batch, const LayerCacheView& cache);
 
 }  // namespace dsattn
