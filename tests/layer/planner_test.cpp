@@ -20,6 +20,7 @@ Batch make_batch(ForwardMode mode, std::vector<std::pair<std::int64_t, std::int6
 const AttentionConfig kConfig = testing::small_config(100);
 constexpr Path kMha = Path::dense_mha;
 constexpr Path kMla = Path::sparse_mla;
+constexpr Path kSplit = Path::row_split;
 
 TEST(Planner, PerRequestTakesMhaExactlyWhereExact) {
   const Batch b = make_batch(ForwardMode::prefill, {{0, 100}, {0, 101}, {60, 40}, {60, 41}});
@@ -107,8 +108,9 @@ TEST(Planner, AutoTakesTheCheaperExactPath) {
     SCOPED_TRACE(fmt::format("{} + {}", prefix, extend));
     EXPECT_EQ(profile.dense_seconds(w) <= profile.sparse_seconds(w), (prefix == 0 || prefix == 60));
   }
+  // {0, 101} passes index_topk on its last row: its first 100 rows take the dense path.
   EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("auto"), &profile),
-            (std::vector<Path>{kMha, kMla, kMla, kMha}));
+            (std::vector<Path>{kMha, kMla, kSplit, kMha}));
   // Without a profile: the per-request rule.
   EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("auto")),
             plan_batch(b, kConfig, Policy::parse("per-request")));
@@ -118,10 +120,38 @@ TEST(Planner, AutoTakesTheCheaperExactPath) {
   const Batch decode = make_batch(ForwardMode::decode, {{10, 1}, {50, 1}});
   EXPECT_EQ(plan_batch(decode, kConfig, Policy::parse("auto"), &dense_free),
             (std::vector<Path>{kMla, kMla}));
-  // Dense MHA is never taken where it is not exact, however cheap.
+  // Dense MHA is never taken where it is not exact, however cheap: a request past index_topk
+  // splits its rows, one whose prefix is already there stays sparse.
   const Batch past = make_batch(ForwardMode::prefill, {{0, 101}, {100, 1}});
   EXPECT_EQ(plan_batch(past, kConfig, Policy::parse("auto"), &dense_free),
+            (std::vector<Path>{kSplit, kMla}));
+  // Where the sparse rows cost more than sparse MLA for all saves, no split.
+  CostProfile sparse_free;
+  sparse_free.decompress_s_per_flop = sparse_free.attention_s_per_flop = 1.0;
+  EXPECT_EQ(plan_batch(past, kConfig, Policy::parse("auto"), &sparse_free),
             (std::vector<Path>{kMla, kMla}));
+}
+
+// Row split: the rows whose own context is at most index_topk, and the two requests they become.
+TEST(Planner, RowSplitCutsAtIndexTopk) {
+  EXPECT_EQ(dense_rows({0, 250, {}}, kConfig), 100);
+  EXPECT_EQ(dense_rows({30, 250, {}}, kConfig), 70);
+  EXPECT_EQ(dense_rows({30, 20, {}}, kConfig), 20);   // all rows: dense MHA is exact
+  EXPECT_EQ(dense_rows({100, 20, {}}, kConfig), 0);   // none
+  EXPECT_EQ(dense_rows({150, 20, {}}, kConfig), 0);
+  const std::vector<std::int32_t> table = {3, 1, 4};
+  Batch b = make_batch(ForwardMode::prefill, {{10, 5}, {30, 250}, {120, 8}});
+  b.requests[1].block_table = table;
+  const RowSplitBatch w = split_rows(b, {kMha, kSplit, kMla}, kConfig);
+  ASSERT_EQ(w.batch.requests.size(), 4u);
+  EXPECT_EQ(w.batch.requests[1].prefix_len, 30);
+  EXPECT_EQ(w.batch.requests[1].extend_len, 70);
+  EXPECT_EQ(w.batch.requests[2].prefix_len, 100);
+  EXPECT_EQ(w.batch.requests[2].extend_len, 180);
+  EXPECT_EQ(w.batch.requests[2].block_table.data(), table.data());
+  EXPECT_EQ(w.dense, (std::vector<bool>{true, true, false, false}));
+  EXPECT_EQ(w.origin, (std::vector<std::size_t>{0, 1, 1, 2}));
+  EXPECT_EQ(w.batch.total_tokens(), b.total_tokens());
 }
 
 }  // namespace

@@ -119,9 +119,12 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   }
   ForwardResult result;
   result.paths = plan_batch(batch, c, policy_, profile_.get());
+  // The requests the paths run: a row_split request becomes two, its dense rows and then its
+  // sparse rows (adjacent, as their hidden rows are), over the same block table.
+  const RowSplitBatch work = split_rows(batch, result.paths, c);
   PathGroup dense, sparse;
-  for (std::size_t i = 0; i < result.paths.size(); ++i) {
-    (result.paths[i] == Path::dense_mha ? dense : sparse).requests.push_back(i);
+  for (std::size_t i = 0; i < work.batch.requests.size(); ++i) {
+    (work.dense[i] ? dense : sparse).requests.push_back(i);
   }
   if (!has_indexer() && !sparse.empty() &&
       (!shared || !shared->slots.defined() || shared->requests != sparse.requests ||
@@ -154,15 +157,15 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   write_cache(proj, new_slots, cache);
   result.times.projections = clock.lap();
 
-  dense.build(batch, cache.page_size);
-  sparse.build(batch, cache.page_size);
+  dense.build(work.batch, cache.page_size);
+  sparse.build(work.batch, cache.page_size);
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);
   run_dense_mha(ctx_, dense, proj, cache, o);
   result.times.dense_mha = clock.lap();
   if (!sparse.empty()) {
-    const bool all_rows = sparse.requests.size() == batch.requests.size();
-    const SparseMeta meta =
-        SparseMeta::build(batch, sparse, all_rows, dev, cache.page_size, options.max_score_bytes);
+    const bool all_rows = sparse.requests.size() == work.batch.requests.size();
+    const SparseMeta meta = SparseMeta::build(work.batch, sparse, all_rows, dev, cache.page_size,
+                                              options.max_score_bytes);
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
                    shared);
@@ -174,10 +177,21 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
       result.topk_positions.resize(batch.requests.size());
       const Tensor host = selected.to(Device::cpu());
       for (std::size_t g = 0; g < sparse.requests.size(); ++g) {
+        const std::size_t w = sparse.requests[g], i = work.origin[w];
         const std::int64_t first = sparse.cu_q[g], count = sparse.cu_q[g + 1] - first;
-        Tensor mine = Tensor::empty({count, c.index_topk}, DType::i32);
-        copy(host.view().slice(0, first, first + count), mine);
-        result.topk_positions[sparse.requests[g]] = std::move(mine);
+        // A row_split request's dense rows come first: top-k would select all their keys.
+        const std::int64_t head = batch.requests[i].extend_len - count;
+        Tensor mine = Tensor::empty({head + count, c.index_topk}, DType::i32);
+        std::int32_t* rows = mine.ptr<std::int32_t>();
+        for (std::int64_t t = 0; t < head; ++t) {
+          const std::int64_t context = batch.requests[i].prefix_len + t + 1;
+          for (std::int64_t j = 0; j < c.index_topk; ++j) {
+            rows[t * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
+          }
+        }
+        copy(host.view().slice(0, first, first + count),
+             mine.view().slice(0, head, head + count));
+        result.topk_positions[i] = std::move(mine);
       }
     }
   }

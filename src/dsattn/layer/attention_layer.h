@@ -28,7 +28,8 @@ struct ForwardResult {
   std::vector<Path> paths;  // one per request, in the batch's order
   StageTimes times;
   // With ForwardOptions::record_topk: per request, the selected key positions of its rows
-  // ([extend_len, index_topk] i32, -1 = unused); undefined for requests on the dense path.
+  // ([extend_len, index_topk] i32, -1 = unused; a row_split request's dense rows list every key
+  // they see, as top-k would); undefined for requests on the dense path.
   std::vector<Tensor> topk_positions;
 };
 
@@ -45,7 +46,9 @@ struct ForwardOptions {
 // have none (GLM-5.2's "shared" layers). Pass the same object to each layer of a forward, in
 // order; a layer with an indexer overwrites it, a layer without one reads it.
 struct SharedTopk {
-  std::vector<std::size_t> requests;  // the batch's requests on the sparse path, in order
+  // The requests on the sparse path, in order, counting a row_split request as two (its dense
+  // rows, then its sparse rows: RowSplitBatch).
+  std::vector<std::size_t> requests;
   std::int64_t page_size = 0;         // of the cache the slots address
   Tensor slots;      // [rows of those requests, index_topk] i32 cache slots, -1 = unused
   Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on

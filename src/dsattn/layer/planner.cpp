@@ -1,5 +1,6 @@
 #include "dsattn/layer/planner.h"
 
+#include <algorithm>
 #include <charconv>
 #include <optional>
 
@@ -7,7 +8,17 @@
 
 namespace dsattn {
 
-std::string_view path_name(Path p) { return p == Path::dense_mha ? "dense_mha" : "sparse_mla"; }
+std::string_view path_name(Path p) {
+  switch (p) {
+    case Path::dense_mha:
+      return "dense_mha";
+    case Path::sparse_mla:
+      return "sparse_mla";
+    case Path::row_split:
+      return "row_split";
+  }
+  return "?";
+}
 
 Policy Policy::parse(std::string_view text) {
   Policy p;
@@ -56,12 +67,38 @@ bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& conf
   return request.context_len() <= config.index_topk;
 }
 
+std::int64_t dense_rows(const RequestInput& request, const AttentionConfig& config) {
+  return std::clamp<std::int64_t>(config.index_topk - request.prefix_len, 0, request.extend_len);
+}
+
 std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device device,
                                                     const AttentionConfig& config) {
   if (policy.kind != Policy::Kind::automatic) return nullptr;
   if (policy.profile) return policy.profile;
   std::optional<CostProfile> builtin = CostProfile::builtin(device, config);
   return builtin ? std::make_shared<const CostProfile>(std::move(*builtin)) : nullptr;
+}
+
+RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
+                         const AttentionConfig& config) {
+  RowSplitBatch out;
+  out.batch.mode = batch.mode;
+  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
+    const RequestInput& r = batch.requests[i];
+    if (paths[i] == Path::row_split) {
+      const std::int64_t head = dense_rows(r, config);
+      out.batch.requests.push_back({r.prefix_len, head, r.block_table});
+      out.dense.push_back(true);
+      out.origin.push_back(i);
+      out.batch.requests.push_back({r.prefix_len + head, r.extend_len - head, r.block_table});
+      out.dense.push_back(false);
+    } else {
+      out.batch.requests.push_back(r);
+      out.dense.push_back(paths[i] == Path::dense_mha);
+    }
+    out.origin.push_back(i);
+  }
+  return out;
 }
 
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
@@ -100,7 +137,17 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
       const bool by_cost = policy.kind == Policy::Kind::automatic && profile != nullptr;
       for (std::size_t i = 0; i < n; ++i) {
         const RequestInput& r = batch.requests[i];
-        if (!dense_mha_is_exact(r, config)) continue;
+        if (!dense_mha_is_exact(r, config)) {
+          // Rows up to index_topk on dense MHA, the others on sparse MLA, when that is cheaper.
+          const std::int64_t head = dense_rows(r, config);
+          if (!by_cost || head == 0) continue;
+          const RequestInput first{r.prefix_len, head, r.block_table};
+          const RequestInput rest{r.prefix_len + head, r.extend_len - head, r.block_table};
+          const double split = profile->dense_seconds(path_work(first, config)) +
+                               profile->sparse_seconds(path_work(rest, config));
+          if (split < profile->sparse_seconds(path_work(r, config))) paths[i] = Path::row_split;
+          continue;
+        }
         if (by_cost) {
           const PathWork w = path_work(r, config);
           if (profile->dense_seconds(w) > profile->sparse_seconds(w)) continue;

@@ -15,7 +15,10 @@
 
 namespace dsattn {
 
-enum class Path { dense_mha, sparse_mla };
+// row_split: a prefill request whose context passes index_topk inside its extend runs its first
+// dense_rows() rows (each sees at most index_topk keys, so top-k would select them all) on dense
+// MHA and the rest on sparse MLA, in the same forward; exact like both.
+enum class Path { dense_mha, sparse_mla, row_split };
 std::string_view path_name(Path p);
 
 struct Policy {
@@ -39,6 +42,21 @@ struct Policy {
 
 bool dense_mha_is_exact(const RequestInput& request, const AttentionConfig& config);
 
+// The rows of `request` whose own context is at most index_topk: min(extend, index_topk - prefix),
+// at least 0. A request can take row_split when this is strictly between 0 and its extend.
+std::int64_t dense_rows(const RequestInput& request, const AttentionConfig& config);
+
+// The requests the paths of a forward run: a row_split request becomes two adjacent ones, its
+// dense rows and then its sparse rows, over the same block table (their hidden rows are adjacent
+// in the packed input too); other requests stay as they are.
+struct RowSplitBatch {
+  Batch batch;
+  std::vector<bool> dense;          // per request of `batch`: on the dense path
+  std::vector<std::size_t> origin;  // per request of `batch`: its request in the planned batch
+};
+RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
+                         const AttentionConfig& config);
+
 // The costs `policy` plans with for layers of `config` on `device`: under auto, the policy's own
 // profile, else the built-in one for that device and shape (CostProfile::builtin); null for
 // other policies and where there is none (auto then follows the per-request rule).
@@ -48,8 +66,9 @@ std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device
 // One path per request, in the batch's order. Decode batches (one or a few tokens per request)
 // take sparse MLA under auto, per-request and threshold: decode reads the cache once and MLA's
 // 576 values per token beat MHA's decompressed keys. Under auto, a prefill request takes dense
-// MHA when it is exact and `profile` predicts it cheaper (per-request's rule when `profile` is
-// null). Throws InvalidArgument for a forced `mha` on a request where it is not exact, and for
+// MHA when it is exact and `profile` predicts it cheaper, and a request whose context passes
+// index_topk inside its extend takes row_split when `profile` predicts its dense rows plus its
+// sparse rows cheaper than sparse MLA for all (per-request's rule when `profile` is null). Throws InvalidArgument for a forced `mha` on a request where it is not exact, and for
 // threshold > index_topk.
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
                              const Policy& policy, const CostProfile* profile = nullptr);
