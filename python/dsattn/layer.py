@@ -18,7 +18,7 @@ class LayerOutput(NamedTuple):
     out: Any
     """[tokens, hidden_size] bf16, in the framework and on the device of the input."""
     paths: list[str]
-    """Per request, in the batch's order: "dense_mha" or "sparse_mla"."""
+    """Per request, in the batch's order: "dense_mha", "sparse_mla" or "row_split"."""
 
 
 class AttentionLayer:
