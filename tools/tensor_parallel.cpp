@@ -93,8 +93,9 @@ std::string path_counts(const std::vector<Path>& paths) {
   std::int64_t dense = 0, split = 0;
   for (Path p : paths) dense += p == Path::dense_mha, split += p == Path::row_split;
   const std::int64_t sparse = static_cast<std::int64_t>(paths.size()) - dense - split;
-  return split == 0 ? fmt::format("{} dense_mha, {} sparse_mla", dense, sparse)
-                    : fmt::format("{} dense_mha, {} sparse_mla, {} row_split", dense, sparse, split);
+  return split == 0
+             ? fmt::format("{} dense_mha, {} sparse_mla", dense, sparse)
+             : fmt::format("{} dense_mha, {} sparse_mla, {} row_split", dense, sparse, split);
 }
 
 int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {

@@ -361,9 +361,7 @@ const TopkCase kTopkCases[] = {
     // Longer than the register-resident kernel takes: the sliced kernel serves these.
     {"K2048_N140000_Sliced", 140000, 2048, {{140000, Fill::continuous}, {139999, Fill::ties}}},
     // Value bins that hold almost every score: the refinement walks the registers.
-    {"K2048_N8192_Outlier",
-     8192,
-     2048,
+    {"K2048_N8192_Outlier", 8192, 2048,
      cycled(40, {{8192, Fill::outlier},
                  {8192, Fill::narrow},
                  {8000, Fill::continuous},

@@ -112,7 +112,7 @@ TEST_F(BadInput, ReadingAPageAnotherRequestWrites) {
 // would change the other request's output without a word).
 TEST_F(BadInput, WritingIntoAnotherRequestsPage) {
   BlockTable other;
-  cache->reserve(other, 64);  // a request of its own, which has not run yet
+  cache->reserve(other, 64);                    // a request of its own, which has not run yet
   const BlockTable bad = {other[0], table[0]};  // its second page is the first request's first
   Batch b;
   b.requests.push_back({64, 4, bad});

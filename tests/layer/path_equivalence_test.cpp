@@ -63,8 +63,8 @@ TEST(RowSplit, MatchesReference) {
   // The small shape with a bf16 cache; GLM-5's (its latent fits the FP8 blocks) with an FP8 one.
   for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
     reference::CheckCase c;
-    c.config = f == LatentFormat::bf16 ? testing::small_config(48)
-                                       : testing::glm5_shaped_config(4, 48);
+    c.config =
+        f == LatentFormat::bf16 ? testing::small_config(48) : testing::glm5_shaped_config(4, 48);
     c.latent_format = f;
     c.requests = {{0, 100}, {30, 40}, {10, 20}, {60, 5}};
     c.prefix_chunk = 25;
@@ -72,9 +72,8 @@ TEST(RowSplit, MatchesReference) {
     const reference::CaseReport r = reference::check_case(c, {split, Policy::parse("mla")});
     EXPECT_TRUE(r.pass) << c.to_string() << "\n" << r.to_string();
     ASSERT_EQ(r.checks.size(), 2u);
-    EXPECT_EQ(r.checks[0].paths,
-              (std::vector<Path>{Path::row_split, Path::row_split, Path::dense_mha,
-                                 Path::sparse_mla}));
+    EXPECT_EQ(r.checks[0].paths, (std::vector<Path>{Path::row_split, Path::row_split,
+                                                    Path::dense_mha, Path::sparse_mla}));
   }
 }
 

@@ -136,8 +136,8 @@ TEST(Planner, AutoTakesTheCheaperExactPath) {
 TEST(Planner, RowSplitCutsAtIndexTopk) {
   EXPECT_EQ(dense_rows({0, 250, {}}, kConfig), 100);
   EXPECT_EQ(dense_rows({30, 250, {}}, kConfig), 70);
-  EXPECT_EQ(dense_rows({30, 20, {}}, kConfig), 20);   // all rows: dense MHA is exact
-  EXPECT_EQ(dense_rows({100, 20, {}}, kConfig), 0);   // none
+  EXPECT_EQ(dense_rows({30, 20, {}}, kConfig), 20);  // all rows: dense MHA is exact
+  EXPECT_EQ(dense_rows({100, 20, {}}, kConfig), 0);  // none
   EXPECT_EQ(dense_rows({150, 20, {}}, kConfig), 0);
   const std::vector<std::int32_t> table = {3, 1, 4};
   Batch b = make_batch(ForwardMode::prefill, {{10, 5}, {30, 250}, {120, 8}});

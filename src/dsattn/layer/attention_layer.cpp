@@ -189,8 +189,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
             rows[t * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
           }
         }
-        copy(host.view().slice(0, first, first + count),
-             mine.view().slice(0, head, head + count));
+        copy(host.view().slice(0, first, first + count), mine.view().slice(0, head, head + count));
         result.topk_positions[i] = std::move(mine);
       }
     }

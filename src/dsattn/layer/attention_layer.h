@@ -49,8 +49,8 @@ struct SharedTopk {
   // The requests on the sparse path, in order, counting a row_split request as two (its dense
   // rows, then its sparse rows: RowSplitBatch).
   std::vector<std::size_t> requests;
-  std::int64_t page_size = 0;         // of the cache the slots address
-  Tensor slots;      // [rows of those requests, index_topk] i32 cache slots, -1 = unused
+  std::int64_t page_size = 0;  // of the cache the slots address
+  Tensor slots;                // [rows of those requests, index_topk] i32 cache slots, -1 = unused
   Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on
 };
 

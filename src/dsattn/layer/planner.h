@@ -68,8 +68,9 @@ std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device
 // 576 values per token beat MHA's decompressed keys. Under auto, a prefill request takes dense
 // MHA when it is exact and `profile` predicts it cheaper, and a request whose context passes
 // index_topk inside its extend takes row_split when `profile` predicts its dense rows plus its
-// sparse rows cheaper than sparse MLA for all (per-request's rule when `profile` is null). Throws InvalidArgument for a forced `mha` on a request where it is not exact, and for
-// threshold > index_topk.
+// sparse rows cheaper than sparse MLA for all (per-request's rule when `profile` is null). Throws
+// InvalidArgument for a forced `mha` on a request where it is not exact, and for threshold >
+// index_topk.
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
                              const Policy& policy, const CostProfile* profile = nullptr);
 

@@ -267,8 +267,8 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
     }
     // A cluster of more than 8 blocks is not granted on every GPU.
     record_fallback("topk", "topk_sliced", "topk_binned", [&] {
-      return fmt::format("its launch with {} blocks a row failed: {}",
-                         topk_binned_blocks(p.cols), cudaGetErrorString(e));
+      return fmt::format("its launch with {} blocks a row failed: {}", topk_binned_blocks(p.cols),
+                         cudaGetErrorString(e));
     });
   } else {
     record_fallback("topk", "topk_sliced", "topk_binned", [&] {
@@ -354,8 +354,7 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
       return;
     }
     // Few CTAs (a small decode batch): each row's entries in `splits` parts, merged after.
-    const Tensor partial_out =
-        Tensor::empty({splits, p.n, p.heads, p.d_v}, DType::f32, q.device());
+    const Tensor partial_out = Tensor::empty({splits, p.n, p.heads, p.d_v}, DType::f32, q.device());
     const Tensor partial_lse = Tensor::empty({splits, p.n, p.heads}, DType::f32, q.device());
     p.splits = splits;
     p.split_entries = sparse_mla_wgmma_split_entries(p, splits);

@@ -764,7 +764,8 @@ __global__ void __launch_bounds__(256) sparse_mla_combine_kernel(const SparseMla
       const float w = __expf(p.partial_lse[s * split_stride + pair] - top);
       total += w;
       const float4* src =
-          reinterpret_cast<const float4*>(p.partial_out + (s * split_stride + pair) * kDv) + 4 * lane;
+          reinterpret_cast<const float4*>(p.partial_out + (s * split_stride + pair) * kDv) +
+          4 * lane;
 #pragma unroll
       for (int v = 0; v < 4; ++v) {
         const float4 x = src[v];

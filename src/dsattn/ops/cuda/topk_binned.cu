@@ -22,7 +22,8 @@
 //    the positions come out in ascending order.
 //
 // Per score this costs the read, about 25 instructions and one shared-memory atomic, which
-// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Rows longer than 16 slices are left to the sliced kernel (topk.cu).
+// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Rows
+// longer than 16 slices are left to the sliced kernel (topk.cu).
 #include <cooperative_groups.h>
 
 #include <cub/block/block_reduce.cuh>
@@ -78,8 +79,8 @@ struct Shared {
   int histogram[2][kBins];  // alternate passes: another block may still read the last one
   float2 range;             // the block's finite minimum and maximum
   Choice choice;
-  int listed;               // bin B's entries found in the slice (may exceed the capacity)
-  int2 totals;              // the block's (certainly taken, equal to the threshold) counts
+  int listed;   // bin B's entries found in the slice (may exceed the capacity)
+  int2 totals;  // the block's (certainly taken, equal to the threshold) counts
   std::uint32_t list_key[kListCapacity];
 };
 
@@ -119,7 +120,7 @@ __device__ Choice choose_bucket(const Group<kClustered>& group, Shared& sm, cons
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   constexpr int kMaxPerThread = kBins / kThreads;
-  const int per_thread = bins / kThreads;  // 4 or 2
+  const int per_thread = bins / kThreads;                                 // 4 or 2
   const int top = bins - 1 - static_cast<int>(threadIdx.x) * per_thread;  // thread's highest bin
   int counts[kMaxPerThread] = {}, sum = 0;
 #pragma unroll
@@ -181,8 +182,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
   const float* src = p.scores + r * p.stride_scores + base;
   float x[kPerThread];
   const bool full = base + kPerThread <= n;
-  const unsigned valid =
-      full ? 0xffffu : (base >= n ? 0u : (1u << (n - base)) - 1u);
+  const unsigned valid = full ? 0xffffu : (base >= n ? 0u : (1u << (n - base)) - 1u);
   if (full && reinterpret_cast<std::uintptr_t>(src) % 16 == 0) {
 #pragma unroll
     for (int v = 0; v < kPerThread / 4; ++v) {
@@ -191,7 +191,8 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
     }
   } else {
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) x[j] = (valid >> j) & 1u ? __ldg(src + j) : __int_as_float(0x7fffffff);
+    for (int j = 0; j < kPerThread; ++j)
+      x[j] = (valid >> j) & 1u ? __ldg(src + j) : __int_as_float(0x7fffffff);
   }
 
   // Step 1: the row's finite range (fminf and fmaxf skip NaN; infinities are dropped in a second
