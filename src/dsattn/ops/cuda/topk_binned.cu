@@ -330,12 +330,14 @@ cudaError_t launch(const TopkParams& p, int blocks, cudaStream_t stream) {
   cudaLaunchAttribute cluster{};
   if constexpr (kClustered) {
     if (blocks > 8) {
-      if (const cudaError_t e = cudaFuncSetAttribute(
-              topk_binned_kernel<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-          e != cudaSuccess) {
+      // Once per process, so that a graph capture after a first eager call makes no such call.
+      static const cudaError_t allowed = [] {
+        const cudaError_t e = cudaFuncSetAttribute(
+            topk_binned_kernel<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
         cudaGetLastError();  // not left for the fallback's launch to find
         return e;
-      }
+      }();
+      if (allowed != cudaSuccess) return allowed;
     }
     cluster.id = cudaLaunchAttributeClusterDimension;
     cluster.val.clusterDim.x = static_cast<unsigned>(blocks);
