@@ -259,22 +259,6 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
                      scores.stride(0),
                      out.stride(0),
                      static_cast<int>(out.size(1))};
-  if (topk_binned_blocks(p.cols) > 0) {
-    const cudaError_t e = launch_topk_binned(p, stream());
-    if (e == cudaSuccess) {
-      record_kernel("topk", "topk_binned");
-      return;
-    }
-    // A cluster of more than 8 blocks is not granted on every GPU.
-    record_fallback("topk", "topk_sliced", "topk_binned", [&] {
-      return fmt::format("its launch with {} blocks a row failed: {}", topk_binned_blocks(p.cols),
-                         cudaGetErrorString(e));
-    });
-  } else {
-    record_fallback("topk", "topk_sliced", "topk_binned", [&] {
-      return fmt::format("it takes rows of up to 131072 scores; got {}", p.cols);
-    });
-  }
   check_launch(launch_topk(p, stream()), "topk");
 }
 
@@ -346,29 +330,20 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.topk = static_cast<int>(indices.size(1));
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
-  if (sparse_mla_wgmma_sm90_supports(p)) {
+  // The wgmma kernel reads whole index lists; topk_length goes to the generic kernel.
+  if (sparse_mla_wgmma_sm90_supports(p) && p.topk_length == nullptr) {
     record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
-    const int splits = sparse_mla_wgmma_splits(p);
-    if (splits == 1) {
-      check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
-      return;
-    }
-    // Few CTAs (a small decode batch): each row's entries in `splits` parts, merged after.
-    const Tensor partial_out = Tensor::empty({splits, p.n, p.heads, p.d_v}, DType::f32, q.device());
-    const Tensor partial_lse = Tensor::empty({splits, p.n, p.heads}, DType::f32, q.device());
-    p.splits = splits;
-    p.split_entries = sparse_mla_wgmma_split_entries(p, splits);
-    p.partial_out = static_cast<float*>(partial_out.view().data());
-    p.partial_lse = static_cast<float*>(partial_lse.view().data());
     check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
-    check_launch(launch_sparse_mla_combine(p, stream()), "sparse_mla");
     return;
   }
   const auto wgmma_terms = [&] {
     return fmt::format(
-        "it takes d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive scale; got "
-        "d_qk {}, d_v {}, q strides {}/{}, cache rows of {} bytes, scale {}",
-        kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sq1, p.kv_row_bytes, p.scale);
+        "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows, a positive "
+        "scale "
+        "and whole index lists (no topk_length); got {} cache, d_qk {}, d_v {}, q strides {}/{}, "
+        "cache rows of {} bytes, scale {}{}",
+        kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.sq0,
+        p.sq1, p.kv_row_bytes, p.scale, p.topk_length == nullptr ? "" : ", topk_length");
   };
   // The mma.sync kernel writes no log-sum-exp and reads whole index lists.
   const bool plain = p.lse == nullptr && p.topk_length == nullptr;

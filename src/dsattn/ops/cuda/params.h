@@ -133,13 +133,6 @@ struct SparseMlaParams {
   int heads, d_qk, d_v, topk;
   bool fp8;
   float scale;
-  // Split-K (the wgmma kernel, when its CTAs alone would leave most of the GPU idle): split s of
-  // a row reads its entries [s · split_entries, (s + 1) · split_entries) and writes its
-  // normalised output and log-sum-exp to partial_out [splits, n, heads, d_v] and partial_lse
-  // [splits, n, heads]; launch_sparse_mla_combine merges them into out (and lse).
-  int splits = 1, split_entries = 0;
-  float* partial_out = nullptr;
-  float* partial_lse = nullptr;
 };
 
 cudaError_t launch_add(const AddParams& p, cudaStream_t stream);
@@ -161,10 +154,6 @@ inline constexpr int kIndexerSm90Heads = 64;
 bool indexer_fp8_sm90_supports(const IndexerParams& p);
 cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream);
 cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
-// The register-resident top-k for rows of up to 16 × 8,192 columns (topk_binned.cu): the blocks
-// it gives each row, or 0 for longer rows.
-int topk_binned_blocks(std::int64_t cols);
-cudaError_t launch_topk_binned(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
 // The tensor-core kernels for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q,
 // k and v rows, scale > 0); supports() says whether one takes p. The wgmma kernel is the op's;
@@ -182,15 +171,11 @@ inline constexpr int kSparseMlaSm90HeadGroup = 64;  // heads per CTA
 inline constexpr int kSparseMlaSm90Dqk = 576, kSparseMlaSm90Dv = 512, kSparseMlaSm90MaxTopk = 2048;
 // The mma.sync kernel reads bf16 and FP8 caches and writes no log-sum-exp; the wgmma kernel
 // (the op's for bf16 caches) takes any head count (groups of 64, the last one partial), any
-// top-k, bf16 or FP8 cache rows and scale > 0, and writes the log-sum-exp when asked.
+// top-k, bf16 cache rows and scale > 0, and writes the log-sum-exp when asked; it reads whole
+// index lists (topk_length is for the generic kernel).
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p);
-// The splits the wgmma kernel should cut each row's entries into (1: none), and its entries per
-// split (a multiple of 128).
-int sparse_mla_wgmma_splits(const SparseMlaParams& p);
-int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits);
-cudaError_t launch_sparse_mla_combine(const SparseMlaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream);
 
 }  // namespace dsattn::ops::cuda
