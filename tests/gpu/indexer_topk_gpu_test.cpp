@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -224,6 +225,10 @@ enum class Fill {
   zeros,       // +0 and -0 (equal) with a few negatives: the boundary falls among the zeros
   all_nan,     // every score NaN
   unread,      // length <= k: the scores are never read, so they are NaN here
+  outlier,     // uniform f32 and one score near FLT_MAX: every other score shares one value bin
+  narrow,      // 8 values within a few ulps of 1: the value range is tiny
+  denormal,    // positive denormals only: the value range is itself denormal
+  infinite,    // ±inf and NaN only: no finite score at all
 };
 
 struct TopkRow {
@@ -276,6 +281,20 @@ void fill_row(float* s, std::int64_t n, Fill fill, std::uint64_t seed) {
       case Fill::zeros:
         s[j] = h % 5 == 0 ? -1.0f - std::fabs(u) : (h % 2 ? 0.0f : -0.0f);
         break;
+      case Fill::outlier:
+        s[j] = j == 17 ? 3e38f : u * 10.0f;
+        break;
+      case Fill::narrow:
+        s[j] = 1.0f + static_cast<float>(h % 8) * 1.2e-7f;
+        break;
+      case Fill::denormal:
+        s[j] = std::bit_cast<float>(static_cast<std::uint32_t>(1 + h % 5000));
+        break;
+      case Fill::infinite: {
+        const float pick[] = {inf, -inf, nan};
+        s[j] = pick[h % 3];
+        break;
+      }
       case Fill::all_nan:
       case Fill::unread:
         s[j] = nan;
@@ -304,6 +323,8 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
   ops::topk(scores, len, out);
   ops::topk(scores_dev.on_gpu(scores), len_dev.on_gpu(), out_dev.on_gpu(out));
   const Tensor fetched = out_dev.fetch();
+  // Rows of up to 8,192 scores take the register-resident kernel, longer ones the sliced.
+  EXPECT_EQ(ops::cuda::last_kernel("topk"), c.n <= 8192 ? "topk_binned" : "topk_sliced");
 
   // Row by row, for a readable message: the first differing slot and the two selections there.
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -337,6 +358,20 @@ const TopkCase kTopkCases[] = {
       {6000, Fill::zeros},
       {3000, Fill::all_nan}}},
     {"K2048_N131072", 131072, 2048, {{131072, Fill::continuous}, {131072, Fill::ties}}},
+    // Value bins that hold almost every score: the refinement walks the registers.
+    {"K2048_N8192_Outlier", 8192, 2048,
+     cycled(40, {{8192, Fill::outlier},
+                 {8192, Fill::narrow},
+                 {8000, Fill::continuous},
+                 {7000, Fill::denormal},
+                 {6000, Fill::infinite}})},
+    // k of 10,000 over 20,000 scores, and the outlier and narrow rows at 40K (the sliced kernel).
+    {"K10000_N20000", 20000, 10000, {{20000, Fill::continuous}, {19999, Fill::ties}}},
+    {"K2048_N40000_Outlier_Aligned",
+     40000,
+     2048,
+     {{40000, Fill::outlier}, {33333, Fill::narrow}, {20000, Fill::outlier}},
+     4},
     {"K1_N777",
      777,
      1,
@@ -360,9 +395,9 @@ const TopkCase kTopkCases[] = {
      1537,
      600,
      {{1537, Fill::continuous}, {601, Fill::ties}, {1200, Fill::specials}, {599, Fill::unread}}},
-    // 16-byte aligned rows (the vector loads). Few rows: each row is cut into slices, one per
-    // block of a cluster (2 blocks at 8K, 8 at 32K and 128K, where part of each slice is not
-    // cached); lengths not a multiple of 4 end inside a vector.
+    // 16-byte aligned rows (the vector loads). Past 8K, each row is cut into slices, one per
+    // block of a cluster (8 at 32K and 128K, where part of each slice is not cached); lengths not
+    // a multiple of 4 end inside a vector.
     {"K2048_N8192_Aligned",
      8192,
      2048,

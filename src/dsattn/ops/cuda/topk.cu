@@ -1,4 +1,6 @@
 // Top-k selection: radix select on order-preserving 32-bit keys, one thread-block cluster per row.
+// The op's kernel for rows longer than topk_binned.cu takes (8,192 scores), and that kernel's GPU
+// reference.
 //
 // A row is cut into as many contiguous slices as its cluster has blocks (one slice per block, so
 // few long rows still fill the GPU). Each block reads its slice once with 16-byte loads, keeps
