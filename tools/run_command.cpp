@@ -1,5 +1,6 @@
 // dsattn run: the default workload through the layer under a policy, compared with every other
 // exact path on the same requests.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -131,6 +132,14 @@ int run(const RunOptions& o, const CLI::App& cmd) {
               passes[0].decode_paths.empty()
                   ? "-"
                   : std::string(path_name(passes[0].decode_paths.front())).c_str());
+  const std::vector<Path>& planned = passes[0].prefill_paths;
+  if (std::find(planned.begin(), planned.end(), Path::row_split) != planned.end()) {
+    const std::int64_t head = dense_rows({spec.prefix_len, spec.prompt_len, {}}, config);
+    std::printf("  row_split: rows 0-%lld of each such prompt on dense_mha, rows %lld-%lld on "
+                "sparse_mla\n",
+                static_cast<long long>(head - 1), static_cast<long long>(head),
+                static_cast<long long>(spec.prompt_len - 1));
+  }
   const nlohmann::json json_passes = print_passes(passes);
   const StageTimes& st = passes[0].prefill_stages;
   std::printf(
