@@ -135,10 +135,11 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   const std::vector<Path>& planned = passes[0].prefill_paths;
   if (std::find(planned.begin(), planned.end(), Path::row_split) != planned.end()) {
     const std::int64_t head = dense_rows({spec.prefix_len, spec.prompt_len, {}}, config);
-    std::printf("  row_split: rows 0-%lld of each such prompt on dense_mha, rows %lld-%lld on "
-                "sparse_mla\n",
-                static_cast<long long>(head - 1), static_cast<long long>(head),
-                static_cast<long long>(spec.prompt_len - 1));
+    std::printf(
+        "  row_split: rows 0-%lld of each such prompt on dense_mha, rows %lld-%lld on "
+        "sparse_mla\n",
+        static_cast<long long>(head - 1), static_cast<long long>(head),
+        static_cast<long long>(spec.prompt_len - 1));
   }
   const nlohmann::json json_passes = print_passes(passes);
   const StageTimes& st = passes[0].prefill_stages;
