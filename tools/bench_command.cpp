@@ -3,7 +3,6 @@
 #include <fmt/ranges.h>
 #include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 
@@ -14,6 +13,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "dsattn/core/date.h"
 #include "tensor_parallel.h"
 
 namespace dsattn::tools {
@@ -35,13 +35,6 @@ struct BenchOptions {
   std::vector<std::int64_t> seqs;  // overrides the sweep's sequence lengths
   TensorParallelOptions tp;
 };
-
-std::string today() {
-  const std::time_t now = std::time(nullptr);
-  char buf[16];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&now));
-  return buf;
-}
 
 std::string slug(const std::string& name) {
   std::string s;
@@ -75,9 +68,9 @@ int run(const BenchOptions& o) {
     fail("dsattn bench runs the full sweep on a GPU; on the CPU pass --quick (small sizes)");
   }
   const std::string device_name = dev.is_cpu() ? "cpu" : cuda::device_name(0);
-  const std::string path = o.json_path.empty()
-                               ? fmt::format("bench/results/{}-{}.json", slug(device_name), today())
-                               : o.json_path;
+  const std::string path =
+      o.json_path.empty() ? fmt::format("bench/results/{}-{}.json", slug(device_name), utc_date())
+                          : o.json_path;
   check_writable_path("--json", path);
   nlohmann::json anchors;
   if (!o.anchors.empty()) {
@@ -110,7 +103,7 @@ int run(const BenchOptions& o) {
 
   nlohmann::json j;
   j["device"] = device_name;
-  j["date"] = today();
+  j["date"] = utc_date();
   // The binary's own commit ("-dirty": built from sources that differ from it), not the commit
   // of whatever tree the benchmark is run in.
   j["commit"] = o.commit.empty() ? std::string(DSATTN_BUILD_COMMIT) : o.commit;

@@ -1,10 +1,10 @@
 #include "dsattn/layer/calibration.h"
 
 #include <algorithm>
-#include <ctime>
 
 #include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "dsattn/core/date.h"
 #include "dsattn/core/error.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
@@ -12,15 +12,6 @@
 namespace dsattn {
 
 namespace {
-
-std::string today() {
-  const std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  gmtime_r(&now, &utc);
-  char text[16];
-  std::strftime(text, sizeof text, "%Y-%m-%d", &utc);
-  return text;
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -149,7 +140,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
   profile.device = device.is_cpu() ? "cpu" : cuda::device_name(device.index);
   profile.shape = profile_shape(config);
   profile.source =
-      fmt::format("dsattn calibrate, {}, {} cache", today(), latent_format_name(cache_format));
+      fmt::format("dsattn calibrate, {}, {} cache", utc_date(), latent_format_name(cache_format));
   fit_dense_costs(dense, profile);
   fit_sparse_costs(sparse, profile);
   return profile;

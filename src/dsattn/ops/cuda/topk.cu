@@ -19,6 +19,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/topk_keys.cuh"
 
 namespace dsattn::ops::cuda {
 
@@ -35,22 +36,6 @@ constexpr int kMaxCluster = 8;
 constexpr int kCacheKeys = 12 * 1024;
 // A slice shorter than this is not worth another block of the cluster.
 constexpr int kMinSlice = 4096;
-
-struct Pass {
-  int shift, bins;
-};
-__host__ __device__ constexpr Pass pass_of(int pass) {
-  return pass == 0 ? Pass{21, 2048} : pass == 1 ? Pass{10, 2048} : Pass{0, 1024};
-}
-
-// An unsigned key that orders like the scores: larger score, larger key; NaN lowest; +0 and -0
-// equal (the CPU compares them equal, so the lower position wins between them).
-__device__ __forceinline__ std::uint32_t order_key(float f) {
-  if (isnan(f)) return 0u;
-  if (f == 0.0f) f = 0.0f;
-  const std::uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 // One block's slice of a row: keys [0, cached) in shared memory, [cached, len) re-read.
 struct Slice {
@@ -89,7 +74,7 @@ struct Slice {
 
 // Reads the slice once: stores keys in the cache and counts the first pass's histogram.
 __device__ void load_slice(const Slice& slice, std::uint32_t* cache, int* histogram) {
-  constexpr int shift = pass_of(0).shift;
+  constexpr int shift = radix_pass(0).shift;
   const auto count = [&](std::uint32_t key) { atomicAdd(&histogram[key >> shift], 1); };
   int s0 = 0;
   if (slice.aligned) {
@@ -277,7 +262,7 @@ struct Candidates {
 // bucket and lists those in it.
 __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, WarpCounts* counts,
                                    Candidates* cand) {
-  constexpr int shift = pass_of(0).shift;
+  constexpr int shift = radix_pass(0).shift;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const Segment seg(slice.len);
   const unsigned below_lane = (1u << lane) - 1u;
@@ -333,9 +318,10 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
   load_slice(slice, cache, histograms[0]);
 
   // Pass 1 (counted while loading): the bucket of the k-th largest key.
-  const Choice c0 = choose_bucket(cluster, histograms[0], pass_of(0).bins, k, &choice);
-  Threshold t{static_cast<std::uint32_t>(c0.bucket) << pass_of(0).shift,
-              static_cast<std::uint32_t>(pass_of(0).bins - 1) << pass_of(0).shift, k - c0.above};
+  const Choice c0 = choose_bucket(cluster, histograms[0], radix_pass(0).bins, k, &choice);
+  Threshold t{static_cast<std::uint32_t>(c0.bucket) << radix_pass(0).shift,
+              static_cast<std::uint32_t>(radix_pass(0).bins - 1) << radix_pass(0).shift,
+              k - c0.above};
   // Every candidate left in the bucket is taken: no need to tell them apart further.
   const bool resolved_first = c0.count == t.remaining;
   bool resolved = resolved_first;
@@ -351,7 +337,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
 #pragma unroll
   for (int pass = 1; pass < 3; ++pass) {
     if (resolved) break;
-    const Pass ps = pass_of(pass);
+    const RadixPass ps = radix_pass(pass);
     int* histogram = histograms[pass % 2];
     for (int i = threadIdx.x; i < ps.bins; i += kThreads) histogram[i] = 0;
     __syncthreads();

@@ -26,6 +26,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/topk_keys.cuh"
 
 namespace dsattn::ops::cuda {
 
@@ -36,22 +37,6 @@ constexpr int kPerThread = 16;
 constexpr int kMaxCols = kThreads * kPerThread;
 constexpr int kBins = 2048;
 constexpr int kListCapacity = 2048;  // bin B's entries the block lists
-
-struct Pass {
-  int shift, bins;
-};
-__host__ __device__ constexpr Pass key_pass(int pass) {
-  return pass == 0 ? Pass{21, 2048} : pass == 1 ? Pass{10, 2048} : Pass{0, 1024};
-}
-
-// An unsigned key that orders like the scores: larger score, larger key; NaN lowest; +0 and -0
-// equal (the CPU compares them equal, so the lower position wins between them).
-__device__ __forceinline__ std::uint32_t order_key(float f) {
-  if (isnan(f)) return 0u;
-  if (f == 0.0f) f = 0.0f;
-  const std::uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 // The value bins of step 1: bin(x) = clamp(floor((x/2 - lo/2) · scale)). Halving first keeps
 // x - lo finite for any two finite floats; the product inside the fma is exact, so each step is
@@ -208,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
 #pragma unroll
   for (int pass = 0; pass < 3; ++pass) {
     if (resolved) break;
-    const Pass ps = key_pass(pass);
+    const RadixPass ps = radix_pass(pass);
     int* histogram = sm.histogram[(pass + 1) % 2];
     for (int i = t; i < ps.bins; i += kThreads) histogram[i] = 0;
     __syncthreads();
