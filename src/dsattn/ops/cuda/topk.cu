@@ -16,8 +16,6 @@
 // several blocks share a multiprocessor so that one block's passes overlap another's load.
 #include <cooperative_groups.h>
 
-#include <cub/block/block_scan.cuh>
-
 #include "dsattn/ops/cuda/common.cuh"
 #include "dsattn/ops/cuda/topk_keys.cuh"
 
@@ -109,49 +107,21 @@ __device__ void load_slice(const Slice& slice, std::uint32_t* cache, int* histog
   }
 }
 
-struct Choice {
-  int bucket, above, count;
-};
-
 // Adds the cluster's histograms of one pass and finds, from the highest bucket down, the bucket
 // holding the `remaining`-th candidate. Every block of the cluster computes the same choice.
-__device__ Choice choose_bucket(const cg::cluster_group& cluster, int* histogram, int bins,
-                                int remaining, Choice* shared_choice) {
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
+__device__ Choice choose_cluster_bucket(const cg::cluster_group& cluster, int* histogram, int bins,
+                                        int remaining, Choice* shared_choice) {
   cluster.sync();  // every block's histogram of this pass is complete
   const int blocks = static_cast<int>(cluster.num_blocks());
-  constexpr int kMaxPerThread = kBins / kThreads;
-  const int per_thread = bins / kThreads;  // 4 or 2
-  int counts[kMaxPerThread] = {}, sum = 0;
-  const int top = bins - 1 - static_cast<int>(threadIdx.x) * per_thread;  // thread's highest bin
-#pragma unroll
-  for (int i = 0; i < kMaxPerThread; ++i) {
-    if (i >= per_thread) break;
-    int c = histogram[top - i];
+  const auto count = [&](int bin) {
+    int c = histogram[bin];
     for (int b = 1; b < blocks; ++b) {
       const int rank = (static_cast<int>(cluster.block_rank()) + b) % blocks;
-      c += cluster.map_shared_rank(histogram, rank)[top - i];
+      c += cluster.map_shared_rank(histogram, rank)[bin];
     }
-    counts[i] = c;
-    sum += c;
-  }
-  int inclusive;
-  Scan(scan_storage).InclusiveSum(sum, inclusive);
-  if (inclusive >= remaining && inclusive - sum < remaining) {
-    int acc = inclusive - sum;
-#pragma unroll
-    for (int i = 0; i < kMaxPerThread; ++i) {
-      if (i >= per_thread) break;
-      if (acc + counts[i] >= remaining) {
-        *shared_choice = {top - i, acc, counts[i]};
-        break;
-      }
-      acc += counts[i];
-    }
-  }
-  __syncthreads();
-  return *shared_choice;
+    return c;
+  };
+  return choose_bucket<kThreads, kBins>(count, bins, remaining, shared_choice);
 }
 
 // Each warp of a block owns a contiguous segment of the slice, a multiple of 32 keys long, so
@@ -318,7 +288,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
   load_slice(slice, cache, histograms[0]);
 
   // Pass 1 (counted while loading): the bucket of the k-th largest key.
-  const Choice c0 = choose_bucket(cluster, histograms[0], radix_pass(0).bins, k, &choice);
+  const Choice c0 = choose_cluster_bucket(cluster, histograms[0], radix_pass(0).bins, k, &choice);
   Threshold t{static_cast<std::uint32_t>(c0.bucket) << radix_pass(0).shift,
               static_cast<std::uint32_t>(radix_pass(0).bins - 1) << radix_pass(0).shift,
               k - c0.above};
@@ -353,7 +323,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
         if (j < cand.count[w]) count(cand.key[w][j]);
       }
     }
-    const Choice c = choose_bucket(cluster, histogram, ps.bins, t.remaining, &choice);
+    const Choice c = choose_cluster_bucket(cluster, histogram, ps.bins, t.remaining, &choice);
     t.remaining -= c.above;
     t.prefix |= static_cast<std::uint32_t>(c.bucket) << ps.shift;
     t.mask |= bin_mask << ps.shift;

@@ -49,51 +49,13 @@ struct Bins {
   }
 };
 
-struct Choice {
-  int bucket, above, count;
-};
-
 struct Shared {
   int histogram[2][kBins];  // the value bins, then the key passes (alternating)
   float2 range;             // the row's finite minimum and maximum
   Choice choice;
-  int listed;   // bin B's entries found (may exceed the capacity)
-  int2 totals;  // the block's (certainly taken, equal to the threshold) counts
+  int listed;  // bin B's entries found (may exceed the capacity)
   std::uint32_t list_key[kListCapacity];
 };
-
-// Finds, from the highest bucket down, the bucket holding the `remaining`-th candidate.
-__device__ Choice choose_bucket(Shared& sm, const int* histogram, int bins, int remaining) {
-  using Scan = cub::BlockScan<int, kThreads>;
-  __shared__ typename Scan::TempStorage scan_storage;
-  constexpr int kMaxPerThread = kBins / kThreads;
-  const int per_thread = bins / kThreads;                                 // 4 or 2
-  const int top = bins - 1 - static_cast<int>(threadIdx.x) * per_thread;  // thread's highest bin
-  int counts[kMaxPerThread] = {}, sum = 0;
-#pragma unroll
-  for (int i = 0; i < kMaxPerThread; ++i) {
-    if (i >= per_thread) break;
-    const int c = histogram[top - i];
-    counts[i] = c;
-    sum += c;
-  }
-  int inclusive;
-  Scan(scan_storage).InclusiveSum(sum, inclusive);
-  if (inclusive >= remaining && inclusive - sum < remaining) {
-    int acc = inclusive - sum;
-#pragma unroll
-    for (int i = 0; i < kMaxPerThread; ++i) {
-      if (i >= per_thread) break;
-      if (acc + counts[i] >= remaining) {
-        sm.choice = {top - i, acc, counts[i]};
-        break;
-      }
-      acc += counts[i];
-    }
-  }
-  __syncthreads();
-  return sm.choice;
-}
 
 // The threshold on the keys of bin B: masked keys above `prefix` are taken, and of those equal to
 // it the first `remaining` in position order.
@@ -172,7 +134,12 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
     if ((valid >> j) & 1u) atomicAdd(&sm.histogram[0][bin(x[j])], 1);
   }
   __syncthreads();  // the histogram is complete
-  const Choice c0 = choose_bucket(sm, sm.histogram[0], kBins, k);
+  // The bucket of histogram h holding the `remaining`-th key (one instantiation for every pass).
+  const auto choose = [&](const int* h, int bins, int remaining) {
+    return choose_bucket<kThreads, kBins>([h](int bin) { return h[bin]; }, bins, remaining,
+                                          &sm.choice);
+  };
+  const Choice c0 = choose(sm.histogram[0], kBins, k);
   const int chosen = c0.bucket;
   Threshold th{0u, 0u, k - c0.above};
   bool resolved = c0.count == th.remaining;  // all of bin B is taken
@@ -210,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_binned_kernel(TopkParams p) 
       for (int i = t; i < listed; i += kThreads) count(sm.list_key[i]);
     }
     __syncthreads();  // the histogram of this pass is complete
-    const Choice c = choose_bucket(sm, histogram, ps.bins, th.remaining);
+    const Choice c = choose(histogram, ps.bins, th.remaining);
     th.remaining -= c.above;
     th.prefix |= static_cast<std::uint32_t>(c.bucket) << ps.shift;
     th.mask |= digit_mask << ps.shift;

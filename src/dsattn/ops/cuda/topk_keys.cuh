@@ -2,6 +2,8 @@
 // over them. Device code only.
 #pragma once
 
+#include <cub/block/block_scan.cuh>
+
 #include <cstdint>
 
 namespace dsattn::ops::cuda {
@@ -21,6 +23,49 @@ struct RadixPass {
 };
 __host__ __device__ constexpr RadixPass radix_pass(int pass) {
   return pass == 0 ? RadixPass{21, 2048} : pass == 1 ? RadixPass{10, 2048} : RadixPass{0, 1024};
+}
+
+// A radix pass's choice: the bucket holding the remaining-th key, the keys in buckets above it,
+// and the keys in it.
+struct Choice {
+  int bucket, above, count;
+};
+
+// Finds, from the highest of `bins` buckets down, the bucket holding the `remaining`-th key, for a
+// block of kThreads threads that each walk bins / kThreads consecutive buckets (at most
+// kMaxBins / kThreads); count(b) is bucket b's count (a kernel sums its histograms there). The
+// choice goes through *choice, which every thread reads after the block's barrier.
+template <int kThreads, int kMaxBins, class Count>
+__device__ __forceinline__ Choice choose_bucket(Count&& count, int bins, int remaining,
+                                                Choice* choice) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  constexpr int kMaxPerThread = kMaxBins / kThreads;
+  const int per_thread = bins / kThreads;
+  const int top = bins - 1 - static_cast<int>(threadIdx.x) * per_thread;  // thread's highest bin
+  int counts[kMaxPerThread] = {}, sum = 0;
+#pragma unroll
+  for (int i = 0; i < kMaxPerThread; ++i) {
+    if (i >= per_thread) break;
+    counts[i] = count(top - i);
+    sum += counts[i];
+  }
+  int inclusive;
+  Scan(scan_storage).InclusiveSum(sum, inclusive);
+  if (inclusive >= remaining && inclusive - sum < remaining) {
+    int acc = inclusive - sum;
+#pragma unroll
+    for (int i = 0; i < kMaxPerThread; ++i) {
+      if (i >= per_thread) break;
+      if (acc + counts[i] >= remaining) {
+        *choice = {top - i, acc, counts[i]};
+        break;
+      }
+      acc += counts[i];
+    }
+  }
+  __syncthreads();
+  return *choice;
 }
 
 }  // namespace dsattn::ops::cuda
