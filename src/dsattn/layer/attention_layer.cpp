@@ -139,7 +139,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
              : "the earlier layer's cache has another page size");
   }
   if (has_indexer() && shared) *shared = SharedTopk{};  // this layer's top-k replaces any older
-  record_writes(batch, cache);
+  record_writes(batch.requests, cache);
 
   StageClock clock(dev, options.time_stages);
   const std::vector<std::int64_t> offsets = batch.token_offsets();

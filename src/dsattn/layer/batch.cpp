@@ -54,9 +54,22 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
         fail("request {}: block_table[{}] = {} is a free page (released, or never allocated)", i, p,
              page);
       }
+      const bool writes = p >= first_written;
+      if (writes && cache.allocator) {
+        // Across forwards: a page that holds another sequence's tokens (another first page, or
+        // another place in the table) never receives new ones. Nothing is recorded here
+        // (record_writes, once the whole forward has been checked).
+        const PageAllocator::Holder h = cache.allocator->holder(page);
+        if (h.first_page != -1 && (h.first_page != r.block_table[0] || h.index != p)) {
+          fail(
+              "request {}: block_table[{}] = {} holds tokens of another sequence (page {} of the "
+              "block table that starts with page {}); new tokens go only into the request's own "
+              "pages",
+              i, p, page, h.index, h.first_page);
+        }
+      }
       const std::int32_t self = static_cast<std::int32_t>(i);
       if (user[page] == self) fail("request {}: page {} appears twice in its block table", i, page);
-      const bool writes = p >= first_written;
       if (writes && user[page] != -1) {
         fail("request {}: page {} receives its new tokens but is also used by request {}", i, page,
              user[page]);
@@ -69,30 +82,11 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
       if (writes) writer[page] = self;
     }
   }
-  if (cache.allocator == nullptr) return;
-  // Across forwards: a page that holds another sequence's tokens (another first page, or another
-  // place in the table) never receives new ones. Checked for the whole batch before any page's
-  // record changes (record_writes, once the whole forward has been checked).
-  using Holder = PageAllocator::Holder;
-  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
-    const RequestInput& r = batch.requests[i];
-    const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
-    for (std::int64_t p = r.prefix_len / cache.page_size; p < pages; ++p) {
-      const Holder h = cache.allocator->holder(r.block_table[p]);
-      if (h.first_page != -1 && (h.first_page != r.block_table[0] || h.index != p)) {
-        fail(
-            "request {}: block_table[{}] = {} holds tokens of another sequence (page {} of the "
-            "block table that starts with page {}); new tokens go only into the request's own "
-            "pages",
-            i, p, r.block_table[p], h.index, h.first_page);
-      }
-    }
-  }
 }
 
-void record_writes(const Batch& batch, const LayerCacheView& cache) {
+void record_writes(std::span<const RequestInput> requests, const LayerCacheView& cache) {
   if (cache.allocator == nullptr) return;
-  for (const RequestInput& r : batch.requests) {
+  for (const RequestInput& r : requests) {
     const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
     for (std::int64_t p = r.prefix_len / cache.page_size; p < pages; ++p) {
       cache.allocator->record_write(

@@ -43,8 +43,8 @@ struct Batch {
 // PageAllocator::Holder). Records nothing.
 void validate_batch(const Batch& batch, const AttentionConfig& config, const LayerCacheView& cache);
 
-// Records in the cache's allocator (if the view has one) that the batch's new tokens are written
-// into their pages: called by a forward once every check has passed.
-void record_writes(const Batch& batch, const LayerCacheView& cache);
+// Records in the cache's allocator (if the view has one) that the requests' new tokens are
+// written into their pages: called by a forward once every check has passed.
+void record_writes(std::span<const RequestInput> requests, const LayerCacheView& cache);
 
 }  // namespace dsattn

@@ -204,10 +204,7 @@ void DecodeGraph::capture(std::span<const RequestInput> requests) {
 
 void DecodeGraph::step(std::span<const RequestInput> requests) {
   check_fits(requests);
-  Batch batch;
-  batch.mode = ForwardMode::decode;
-  batch.requests.assign(requests.begin(), requests.end());
-  record_writes(batch, cache_.layer(0));
+  record_writes(requests, cache_.layer(0));
 #ifdef DSATTN_WITH_CUDA
   const auto caller = static_cast<cudaStream_t>(cuda::current_stream());
   const auto stream = static_cast<cudaStream_t>(stream_);
