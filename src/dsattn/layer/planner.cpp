@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <optional>
+#include <utility>
 
 #include "dsattn/core/error.h"
 
@@ -79,6 +80,18 @@ std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device
   return builtin ? std::make_shared<const CostProfile>(std::move(*builtin)) : nullptr;
 }
 
+namespace {
+
+// A row_split request's two parts: its dense rows, then its sparse rows.
+std::pair<RequestInput, RequestInput> split_request(const RequestInput& r,
+                                                    const AttentionConfig& config) {
+  const std::int64_t head = dense_rows(r, config);
+  return {{r.prefix_len, head, r.block_table},
+          {r.prefix_len + head, r.extend_len - head, r.block_table}};
+}
+
+}  // namespace
+
 RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
                          const AttentionConfig& config) {
   RowSplitBatch out;
@@ -86,11 +99,11 @@ RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
   for (std::size_t i = 0; i < batch.requests.size(); ++i) {
     const RequestInput& r = batch.requests[i];
     if (paths[i] == Path::row_split) {
-      const std::int64_t head = dense_rows(r, config);
-      out.batch.requests.push_back({r.prefix_len, head, r.block_table});
+      const auto [first, rest] = split_request(r, config);
+      out.batch.requests.push_back(first);
       out.dense.push_back(true);
       out.origin.push_back(i);
-      out.batch.requests.push_back({r.prefix_len + head, r.extend_len - head, r.block_table});
+      out.batch.requests.push_back(rest);
       out.dense.push_back(false);
     } else {
       out.batch.requests.push_back(r);
@@ -139,10 +152,8 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
         const RequestInput& r = batch.requests[i];
         if (!dense_mha_is_exact(r, config)) {
           // Rows up to index_topk on dense MHA, the others on sparse MLA, when that is cheaper.
-          const std::int64_t head = dense_rows(r, config);
-          if (!by_cost || head == 0) continue;
-          const RequestInput first{r.prefix_len, head, r.block_table};
-          const RequestInput rest{r.prefix_len + head, r.extend_len - head, r.block_table};
+          if (!by_cost || dense_rows(r, config) == 0) continue;
+          const auto [first, rest] = split_request(r, config);
           const double split = profile->dense_seconds(path_work(first, config)) +
                                profile->sparse_seconds(path_work(rest, config));
           if (split < profile->sparse_seconds(path_work(r, config))) paths[i] = Path::row_split;
