@@ -9,6 +9,7 @@
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
 #include "dsattn/reference/layer_check.h"
+#include "layer/layer_test_util.h"
 
 namespace dsattn {
 namespace {
@@ -94,6 +95,31 @@ TEST_F(LayerGpu, Glm5ShapesMatchReference) {
     c.prefix_chunk = 30;
     c.seed = 13;
     expect_pass(c);
+  }
+}
+
+// Row split on the GPU against the float64 reference: requests whose context passes index_topk
+// inside their extend run their first rows on dense MHA and the rest on sparse MLA in one
+// forward (a profile where dense work is free makes auto split every such request), beside a
+// request on each whole path; both cache formats, the prefix written in chunks.
+TEST_F(LayerGpu, RowSplitMatchesReference) {
+  auto dense_free = std::make_shared<CostProfile>();
+  dense_free->mla_s_per_flop = dense_free->absorb_s_per_flop = dense_free->score_s_per_pair = 1.0;
+  Policy split = Policy::parse("auto");
+  split.profile = dense_free;
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    reference::CheckCase c;
+    c.config = f == LatentFormat::bf16 ? small(48) : testing::glm5_shaped_config(4, 48);
+    c.latent_format = f;
+    c.device = Device::cuda(0);
+    c.requests = {{0, 100}, {30, 40}, {10, 20}, {60, 5}};
+    c.prefix_chunk = 25;
+    c.seed = 13;
+    const reference::CaseReport r = reference::check_case(c, {split, Policy::parse("mla")});
+    EXPECT_TRUE(r.pass) << c.to_string() << "\n" << r.to_string();
+    ASSERT_EQ(r.checks.size(), 2u);
+    EXPECT_EQ(r.checks[0].paths, (std::vector<Path>{Path::row_split, Path::row_split,
+                                                    Path::dense_mha, Path::sparse_mla}));
   }
 }
 
