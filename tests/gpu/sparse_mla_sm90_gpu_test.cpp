@@ -101,7 +101,7 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   const float scale = static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale());
 
   const Mirror q_dev(q_backing), cache_dev(cache), idx_dev(indices), out_dev(out_backing),
-      ref_out_dev(out_backing), lse_dev(lse);
+      ref_out_dev(out_backing), lse_dev(lse), whole_out_dev(out_backing), whole_lse_dev(lse);
   ops::sparse_mla(q, cache, cpu_indices, scale, out, lse);
   ops::sparse_mla(q_dev.on_gpu(q), cache_dev.on_gpu(), idx_dev.on_gpu(), scale, out_dev.on_gpu(out),
                   lse_dev.on_gpu());
@@ -126,12 +126,23 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   p.topk = static_cast<int>(c.topk);
   p.scale = scale;
   ASSERT_TRUE(ops::cuda::sparse_mla_wgmma_sm90_supports(p));
+  // The op splits the entries of a small batch (split-K and the combine kernel); the wgmma kernel
+  // launched whole is checked as well, so that both forms are covered on every shape.
+  const int splits = ops::cuda::sparse_mla_wgmma_splits(p);
+  {
+    ops::cuda::SparseMlaParams w = p;
+    w.out = whole_out_dev.on_gpu(out).data();
+    w.lse = static_cast<float*>(whole_lse_dev.on_gpu().data());
+    w.s_lse = H;
+    ASSERT_EQ(ops::cuda::launch_sparse_mla_wgmma_sm90(w, nullptr), cudaSuccess);
+  }
   const bool with_reference = ops::cuda::sparse_mla_sm90_supports(p);
   if (with_reference) {
     ASSERT_EQ(ops::cuda::launch_sparse_mla_sm90(p, nullptr), cudaSuccess);
   }
   dsattn::cuda::synchronize();
   const Tensor fetched_ref = ref_out_dev.fetch();
+  const Tensor fetched_whole = whole_out_dev.fetch(), fetched_whole_lse = whole_lse_dev.fetch();
 
   const std::vector<double> qv = read_doubles(q), kv = read_doubles(cache);
   std::vector<double> ref(static_cast<std::size_t>(c.n * H * kDv)),
@@ -155,8 +166,11 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
         &ref[w * kDv]);
   }
 
+  const std::string op_form =
+      splits > 1 ? fmt::format("sparse_mla_wgmma_sm90 in {} splits", splits) : "the op's";
   for (const auto& [kernel, result] :
-       {std::pair<const char*, const Tensor*>{"sparse_mla_wgmma_sm90", &fetched},
+       {std::pair<const char*, const Tensor*>{op_form.c_str(), &fetched},
+        {"sparse_mla_wgmma_sm90 whole", &fetched_whole},
         {"sparse_mla_sm90 (mma.sync)", &fetched_ref}}) {
     if (result == &fetched_ref && !with_reference) continue;
     SCOPED_TRACE(kernel);
@@ -173,8 +187,10 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   }
   // The log-sum-exp: -inf exactly where a row has no valid entry, else within the rule with a
   // small absolute floor (it is a sum of f32 exponentials, not rounded to bf16).
-  EXPECT_TRUE(
-      within_tolerance(read_doubles(fetched_lse), read_doubles(lse), lse_ref, 1e-4, shape_of(lse)));
+  for (const Tensor* l : {&fetched_lse, &fetched_whole_lse}) {
+    EXPECT_TRUE(within_tolerance(read_doubles(*l), read_doubles(lse), lse_ref, 1e-4, shape_of(lse)))
+        << (l == &fetched_lse ? op_form : std::string("whole"));
+  }
 
   // topk_length, which the op hands to the generic kernel: row t reads its first lengths[t]
   // entries, bit for bit as the generic kernel on the same lists cut there with -1. Lengths span

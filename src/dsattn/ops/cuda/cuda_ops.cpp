@@ -340,7 +340,21 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   // The wgmma kernel reads whole index lists; topk_length goes to the generic kernel.
   if (sparse_mla_wgmma_sm90_supports(p) && p.topk_length == nullptr) {
     record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
+    const int splits = sparse_mla_wgmma_splits(p);
+    if (splits == 1) {
+      check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
+      return;
+    }
+    // Few CTAs (a small decode batch): each row's entries in `splits` parts, merged after. The
+    // workspace comes from the caching allocator, so a captured decode graph keeps it.
+    const Tensor partial_out = Tensor::empty({splits, p.n, p.heads, p.d_v}, DType::f32, q.device());
+    const Tensor partial_lse = Tensor::empty({splits, p.n, p.heads}, DType::f32, q.device());
+    p.splits = splits;
+    p.split_entries = sparse_mla_wgmma_split_entries(p, splits);
+    p.partial_out = static_cast<float*>(partial_out.view().data());
+    p.partial_lse = static_cast<float*>(partial_lse.view().data());
     check_launch(launch_sparse_mla_wgmma_sm90(p, stream()), "sparse_mla");
+    check_launch(launch_sparse_mla_combine(p, stream()), "sparse_mla");
     return;
   }
   const auto wgmma_terms = [&] {

@@ -133,6 +133,13 @@ struct SparseMlaParams {
   int heads, d_qk, d_v, topk;
   bool fp8;
   float scale;
+  // Split-K (the wgmma kernel, when its CTAs alone would leave most of the GPU idle): split s of
+  // a row reads its entries [s · split_entries, (s + 1) · split_entries) and writes its
+  // normalised output and log-sum-exp to partial_out [splits, n, heads, d_v] and partial_lse
+  // [splits, n, heads]; launch_sparse_mla_combine merges them into out (and lse).
+  int splits = 1, split_entries = 0;
+  float* partial_out = nullptr;
+  float* partial_lse = nullptr;
 };
 
 cudaError_t launch_add(const AddParams& p, cudaStream_t stream);
@@ -180,6 +187,11 @@ inline constexpr int kSparseMlaSm90Dqk = 576, kSparseMlaSm90Dv = 512, kSparseMla
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p);
+// The splits the wgmma kernel should cut each row's entries into (1: none), and the entries of
+// a split (a multiple of 128).
+int sparse_mla_wgmma_splits(const SparseMlaParams& p);
+int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits);
+cudaError_t launch_sparse_mla_combine(const SparseMlaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream);
 
 }  // namespace dsattn::ops::cuda

@@ -26,6 +26,7 @@
 // Registers: the producer drops to 56 per thread so that the consumers can hold 224 (O 128,
 // S 32, P 16). Shared memory: Q 72 KB (the output is staged there at the end), two key buffers of
 // 72 KB, consumer 1's P 8 KB.
+#include <algorithm>
 #include <cmath>
 
 #include "dsattn/ops/cuda/barriers.cuh"
@@ -68,19 +69,19 @@ struct alignas(1024) Smem {
   float2 row_sum[2][32];           // each consumer's row sums, for the other
   int last_valid[4];               // per producer warp
   // Q landed (with the block count); each half (left, right) of each buffer landed / released;
-  // the pair's valid flags written.
-  std::uint64_t q_full, k_full[2][2], k_free[2][2], valid_full;
+  // the pair's valid flags written; consumer c's running maximum published (max_from[c]).
+  std::uint64_t q_full, k_full[2][2], k_free[2][2], valid_full, max_from[2];
 };
 constexpr int kSmemBytes = sizeof(Smem) + 1024;  // + room to align the allocation
 static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
 
-// Named barriers (0 is __syncthreads).
+// Named barriers (0 is __syncthreads). The hand-overs of the running maximum from one consumer to
+// the other are mbarriers (max_from): an arrival orders the publisher's stores before the waiter's
+// loads for compute-sanitizer's racecheck too, which a named barrier's arrive does not.
 enum Barrier : int {
-  kMaxFrom0 = 1,  // consumer 0 has published its maximum
-  kMaxFrom1,      // consumer 1 has published the pair's maximum
-  kPReady,        // P_0 and P_1 are in shared memory (a full barrier: see the consumers)
-  kSums,          // both consumers' row sums are published, and all their products are done
-  kConsumer0,     // consumer 0 alone (then kConsumer0 + 1: consumer 1)
+  kPReady = 1,  // P_0 and P_1 are in shared memory (a full barrier: see the consumers)
+  kSums,        // both consumers' row sums are published, and all their products are done
+  kConsumer0,   // consumer 0 alone (then kConsumer0 + 1: consumer 1)
   kProducer = kConsumer0 + 2,
 };
 
@@ -92,13 +93,19 @@ __device__ __forceinline__ void store_shared(std::uint32_t addr, std::uint32_t v
 __device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std::int64_t row,
                                         int group, int heads_here, int t) {
   const std::int32_t* indices = p.indices + row * p.stride_indices;
+  int entries = p.topk;
+  if (p.splits > 1) {  // this CTA's split of the row's entries, as a list of its own
+    const int begin = static_cast<int>(blockIdx.y) * p.split_entries;
+    indices += begin;
+    entries = min(max(entries - begin, 0), p.split_entries);
+  }
   const auto* q = static_cast<const __nv_bfloat16*>(p.q) + row * p.sq0 + group * kHeads * p.sq1;
   copy_rows_swizzled<kHeads, kSubs>(smem_addr(sm.q), q, p.sq1, heads_here, t);
   mbarrier_arrive_on_copies(smem_addr(&sm.q_full));
 
   // The last valid entry; entries past it are never gathered.
   int last = -1;
-  for (int i = t; i < p.topk; i += 128) {
+  for (int i = t; i < entries; i += 128) {
     const std::int32_t slot = __ldg(indices + i);
     if (slot >= 0 && slot < p.slots) last = i;
   }
@@ -123,7 +130,7 @@ __device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std:
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int entry = (2 * pair + b) * kKeys + r0 + 16 * i;
-        const std::int32_t slot = entry < p.topk ? __ldg(indices + entry) : -1;
+        const std::int32_t slot = entry < entries ? __ldg(indices + entry) : -1;
         const bool ok = slot >= 0 && slot < p.slots;
         ok_bits |= static_cast<unsigned>(ok) << (4 * b + i);
         src[i] = reinterpret_cast<const __nv_bfloat16*>(kv + (ok ? slot * p.kv_row_bytes : 0));
@@ -262,9 +269,14 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       }
     }
   };
+  // Stores this consumer's running maximum for the other (one thread a quad) and arrives on
+  // max_from[kC]: 32 arrivals complete the phase.
   const auto publish_max = [&]() DSATTN_INLINE {
     __syncwarp();  // the quad has read the previous value
-    if (tq == 0) sm.row_max[t / 4] = make_float2(row_max[0], row_max[1]);
+    if (tq == 0) {
+      sm.row_max[t / 4] = make_float2(row_max[0], row_max[1]);
+      mbarrier_arrive(smem_addr(&sm.max_from[kC]));
+    }
   };
   // P (times `scale` per row) as bf16 into a K-major swizzled 64 × 64 tile at `base`.
   const auto store_p = [&](std::uint32_t base, const float(&scale)[2]) DSATTN_INLINE {
@@ -305,7 +317,6 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       mask(0, pair);
       softmax(row_max);
       publish_max();
-      role_arrive(kMaxFrom0, 256);
       pack_probabilities();
       issue_pv_rs(0);
       wgmma::wait_group<0>();
@@ -314,7 +325,7 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       mbarrier_arrive(smem_addr(&sm.k_free[0][0]));
 
       // Consumer 1 has folded its block in: move P_0, O and the sums to the pair's maximum.
-      role_sync(kMaxFrom1, 256);
+      mbarrier_wait(smem_addr(&sm.max_from[1]), pair & 1);
       const float2 m = sm.row_max[t / 4];
       const float rescale[2] = {exp2_approx(row_max[0] - m.x), exp2_approx(row_max[1] - m.y)};
       row_max[0] = m.x;
@@ -332,8 +343,11 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       }
       // Both consumers wait here (not an arrive on one side): besides handing over the two P
       // tiles, the barrier orders this pair's reads of the shared maximum before the next pair's
-      // writes, and the P_0 stores before consumer 1 releases the buffer the producer refills.
+      // writes.
       role_sync(kPReady, 256);
+      // P_0 lies in buffer 0's right half: its refill waits for these stores too (an arrival
+      // orders them before the producer's copies, also for racecheck).
+      mbarrier_arrive(smem_addr(&sm.k_free[0][1]));
       issue_pv_ss(1, p1_base);
       if (pair + 1 < pairs) {
         // The next pair's S_0 queues behind P_1·V_1.
@@ -361,12 +375,11 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
       wgmma::wait_group<0>();
       wgmma::fence_operands(s);
       mask(1, pair);
-      role_sync(kMaxFrom0, 256);
+      mbarrier_wait(smem_addr(&sm.max_from[0]), pair & 1);
       const float2 m = sm.row_max[t / 4];
       const float base_max[2] = {m.x, m.y};
       softmax(base_max);
       publish_max();
-      role_arrive(kMaxFrom1, 256);
       pack_probabilities();
       issue_pv_rs(1);
       constexpr float kOne[2] = {1.0f, 1.0f};
@@ -395,6 +408,28 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
 
   // ln Σ exp(scale · x) = ln 2 · (max + log2 Σ 2^(scale · x · log2 e - max)); -inf for a row
   // without a valid entry (its output is zeros).
+  if (p.partial_out != nullptr) {
+    // A split: its normalised output and log-sum-exp in f32, for the combine kernel.
+    const std::int64_t first = (static_cast<std::int64_t>(blockIdx.y) * p.n + row) * p.heads +
+                               group * kHeads;  // (split, row, head) of this CTA's first head
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = r_lo + 8 * hf;
+      if (r >= heads_here) continue;
+      const float inv = sum[hf] > 0.0f ? 1.0f / sum[hf] : 0.0f;
+      float* dst = p.partial_out + (first + r) * kDv + 256 * kC + 2 * tq;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(dst + 8 * j) =
+            make_float2(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      }
+      if (kC == 0 && tq == 0) {
+        p.partial_lse[first + r] =
+            sum[hf] > 0.0f ? (row_max[hf] + __log2f(sum[hf])) * kLn2 : -INFINITY;
+      }
+    }
+    return;
+  }
   if (kC == 0 && p.lse != nullptr && tq == 0) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -461,10 +496,12 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const Spa
     for (int b = 0; b < 2; ++b) {
       for (int half = 0; half < 2; ++half) {
         mbarrier_init(smem_addr(&sm.k_full[b][half]), 128);
-        mbarrier_init(smem_addr(&sm.k_free[b][half]), 128);
+        // Buffer 0's right half holds P_0 as well: consumer 0 releases it too.
+        mbarrier_init(smem_addr(&sm.k_free[b][half]), b == 0 && half == 1 ? 256 : 128);
       }
     }
     mbarrier_init(smem_addr(&sm.valid_full), 16);  // one thread per 8-thread copy group
+    for (int c = 0; c < 2; ++c) mbarrier_init(smem_addr(&sm.max_from[c]), 32);
   }
   __syncthreads();
 
@@ -482,6 +519,43 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const Spa
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+
+// One warp per (row, head): out = Σ_s exp(lse_s - lse) · O_s with lse = ln Σ_s exp(lse_s), each
+// lane 16 of the 512 columns. A row whose splits all lack a valid entry gets zeros and -inf.
+__global__ void __launch_bounds__(256) sparse_mla_combine_kernel(const SparseMlaParams p) {
+  const std::int64_t pair = static_cast<std::int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (pair >= p.n * p.heads) return;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const std::int64_t row = pair / p.heads, head = pair % p.heads;
+  const std::int64_t split_stride = p.n * p.heads;
+  float top = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, p.partial_lse[s * split_stride + pair]);
+  float acc[16] = {}, total = 0.0f;
+  if (top > -INFINITY) {
+    for (int s = 0; s < p.splits; ++s) {
+      const float w = __expf(p.partial_lse[s * split_stride + pair] - top);
+      total += w;
+      const float4* src =
+          reinterpret_cast<const float4*>(p.partial_out + (s * split_stride + pair) * kDv) +
+          4 * lane;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const float4 x = src[v];
+        acc[4 * v] += w * x.x;
+        acc[4 * v + 1] += w * x.y;
+        acc[4 * v + 2] += w * x.z;
+        acc[4 * v + 3] += w * x.w;
+      }
+    }
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  auto* out = static_cast<__nv_bfloat16*>(p.out) + row * p.so0 + head * p.so1 + 16 * lane;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) out[i] = __float2bfloat16_rn(acc[i] * inv);
+  if (p.lse != nullptr && lane == 0) {
+    p.lse[row * p.s_lse + head] = total > 0.0f ? top + __logf(total) : -INFINITY;
+  }
+}
 
 }  // namespace
 
@@ -503,7 +577,32 @@ cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t 
       sparse_mla_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (attr != cudaSuccess) return attr;
   const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
-  sparse_mla_wgmma_kernel<<<static_cast<unsigned>(p.n * groups), kThreads, kSmemBytes, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>(p.n * groups), static_cast<unsigned>(max(p.splits, 1)));
+  sparse_mla_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+int sparse_mla_wgmma_splits(const SparseMlaParams& p) {
+  // Split only when the CTAs alone (one a multiprocessor: the kernel takes ~220 KB of shared
+  // memory) would fill at most half of the GPU, and keep at least 256 entries a split.
+  const std::int64_t ctas = p.n * ((p.heads + kHeads - 1) / kHeads);
+  const std::int64_t sms = multiprocessor_count();
+  if (ctas <= 0 || 2 * ctas > sms) return 1;
+  return static_cast<int>(std::clamp<std::int64_t>(sms / ctas, 1, std::max(p.topk / 256, 1)));
+}
+
+int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits) {
+  const int per = (p.topk + splits - 1) / splits;
+  return (per + 2 * kKeys - 1) / (2 * kKeys) * (2 * kKeys);  // whole pairs of blocks
+}
+
+cudaError_t launch_sparse_mla_combine(const SparseMlaParams& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  if (p.splits < 2 || p.partial_out == nullptr || p.partial_lse == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const std::int64_t warps = p.n * p.heads;
+  sparse_mla_combine_kernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
