@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/crossover.h"
 #include "bench/stages.h"
 #include "build_commit.h"
 #include "cli_common.h"
@@ -23,7 +24,7 @@ namespace {
 // Every stage, in the order they run; the default runs them all.
 const std::vector<std::string> kStages = {"mha",        "projections", "sparse_mla", "indexer",
                                           "topk",       "decode",      "layer",      "layer_prefix",
-                                          "layer_long", "glm5"};
+                                          "layer_long", "crossover",   "glm5"};
 
 struct BenchOptions {
   std::string device = "auto";
@@ -127,6 +128,19 @@ int run(const BenchOptions& o) {
   if (wants("layer_long") && !o.quick) {
     j["layer_long"] = bench_layer(dev, 8, {8192});
     j["layer_long_chunked"] = bench_layer_chunked(dev, {65536, 131072}, 8192);
+  }
+  // The planner's paths against context and prefix length, measured and predicted.
+  if (wants("crossover")) {
+    CrossoverSweep cs;
+    if (o.quick) {
+      cs.contexts = {64, 128};
+      cs.tokens = 128;
+      cs.prefixes = {0, 64};
+      cs.extend = 16;
+      cs.prefix_requests = 1;
+      cs.budget_ms = 50;
+    }
+    j["crossover"] = bench_crossover(dev, cs);
   }
   // GLM-5's shapes: dense MHA at 64 heads of q/k 256 and v 256, and the layer.
   if (wants("glm5")) {

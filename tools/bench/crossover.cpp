@@ -1,0 +1,119 @@
+#include "bench/crossover.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "bench/timer.h"
+#include "dsattn/cache/cache_format.h"
+#include "dsattn/core/random.h"
+#include "dsattn/layer/attention_stack.h"
+#include "dsattn/layer/planner.h"
+
+namespace dsattn::tools {
+
+namespace {
+
+using nlohmann::json;
+
+// The predicted seconds of a forward of `n` copies of `r` on each path under `profile` (the
+// per-group fixed costs included); a path that is not exact for `r` gets null.
+json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t n,
+                 const AttentionConfig& config) {
+  PathWork w;
+  for (std::int64_t i = 0; i < n; ++i) w += path_work(r, config);
+  json out = {{"sparse_mla_ms", 1e3 * (profile.sparse_fixed_s + profile.sparse_seconds(w))},
+              {"dense_mha_ms", nullptr},
+              {"row_split_ms", nullptr}};
+  if (dense_mha_is_exact(r, config)) {
+    out["dense_mha_ms"] = 1e3 * (profile.dense_fixed_s + profile.dense_seconds(w));
+  } else if (const std::int64_t head = dense_rows(r, config); head > 0) {
+    PathWork first, rest;
+    const RequestInput a{r.prefix_len, head, r.block_table};
+    const RequestInput b{r.prefix_len + head, r.extend_len - head, r.block_table};
+    for (std::int64_t i = 0; i < n; ++i) {
+      first += path_work(a, config);
+      rest += path_work(b, config);
+    }
+    out["row_split_ms"] = 1e3 * (profile.dense_fixed_s + profile.dense_seconds(first) +
+                                 profile.sparse_fixed_s + profile.sparse_seconds(rest));
+  }
+  return out;
+}
+
+// One point of a sweep: `n` requests of (prefix, extend), the prefixes written first (untimed);
+// the measured time under mha (where exact), mla and auto, auto's path, and the predictions.
+json point(AttentionStack& stack, const AttentionConfig& config, Device device, std::int64_t n,
+           std::int64_t prefix, std::int64_t extend, const CostProfile* profile, double budget_ms) {
+  CacheOptions opts;
+  opts.device = device;
+  opts.num_pages = n * pages_for(prefix + extend);
+  PagedKvCache cache(config, opts);
+  std::vector<BlockTable> tables(n);
+  for (BlockTable& t : tables) cache.reserve(t, prefix + extend);
+  ForwardOptions fo;
+  fo.time_stages = false;
+  if (prefix > 0) {
+    stack.set_policy(Policy::parse("mla"));
+    Batch b;
+    for (const BlockTable& t : tables) b.requests.push_back({0, prefix, t});
+    Tensor xp = Tensor::empty({n * prefix, config.hidden_size}, DType::bf16);
+    fill_uniform(xp, 31, 1, 1.0f);
+    const Tensor xd = device.is_cpu() ? xp : xp.to(device);
+    stack.forward(b, xd, cache, fo);
+  }
+  Batch batch;
+  for (const BlockTable& t : tables) batch.requests.push_back({prefix, extend, t});
+  Tensor xh = Tensor::empty({n * extend, config.hidden_size}, DType::bf16);
+  fill_uniform(xh, 31, 2, 1.0f);
+  const Tensor x = device.is_cpu() ? xh : xh.to(device);
+  json row = {{"requests", n}, {"prefix_len", prefix}, {"extend_len", extend}};
+  for (const char* policy : {"mha", "mla", "auto"}) {
+    if (std::string_view(policy) == "mha" && !dense_mha_is_exact(batch.requests[0], config)) {
+      row["mha_ms"] = nullptr;
+      continue;
+    }
+    stack.set_policy(Policy::parse(policy));
+    const Timing t = time_median(
+        device, [&] { stack.forward(batch, x, cache, fo); }, budget_ms);
+    row[fmt::format("{}_ms", policy)] = t.median_ms;
+    if (std::string_view(policy) == "auto") {
+      row["auto_path"] = std::string(path_name(stack.forward(batch, x, cache, fo).paths.front()));
+    }
+  }
+  if (profile != nullptr) row["predicted"] = predictions(*profile, batch.requests[0], n, config);
+  const auto ms = [&](const char* key) {
+    return row[key].is_null() ? std::string("-") : fmt::format("{:.2f}", row[key].get<double>());
+  };
+  std::fprintf(stderr,
+               "  ... crossover %lld x (%lld cached + %lld new): mha %s, mla %s, auto %s ms (%s)\n",
+               static_cast<long long>(n), static_cast<long long>(prefix),
+               static_cast<long long>(extend), ms("mha_ms").c_str(), ms("mla_ms").c_str(),
+               ms("auto_ms").c_str(), row["auto_path"].get<std::string>().c_str());
+  return row;
+}
+
+}  // namespace
+
+json bench_crossover(Device device, const CrossoverSweep& sweep) {
+  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
+  const std::shared_ptr<const CostProfile> profile =
+      planning_profile(Policy::parse("auto"), device, config);
+  json j = {{"profile", profile ? json::parse(profile->to_json()) : json(nullptr)},
+            {"by_context", json::array()},
+            {"by_prefix", json::array()}};
+  for (std::int64_t len : sweep.contexts) {
+    const std::int64_t n = std::max<std::int64_t>(1, sweep.tokens / len);
+    j["by_context"].push_back(
+        point(stack, config, device, n, 0, len, profile.get(), sweep.budget_ms));
+  }
+  for (std::int64_t prefix : sweep.prefixes) {
+    j["by_prefix"].push_back(point(stack, config, device, sweep.prefix_requests, prefix,
+                                   sweep.extend, profile.get(), sweep.budget_ms));
+  }
+  return j;
+}
+
+}  // namespace dsattn::tools
