@@ -23,6 +23,7 @@ from ._core import (
     float32_to_fp8_e4m3,
     fp8_e4m3_to_float32,
     plan,
+    predict_costs,
 )
 from .kernels import (
     indexer_scores,
@@ -54,6 +55,7 @@ __all__ = [
     "map_positions_to_slots",
     "mha_prefill",
     "plan",
+    "predict_costs",
     "sparse_mla",
     "topk",
     "write_index_keys",

@@ -14,6 +14,7 @@
 #include "call_scope.h"
 #include "dsattn/core/checks.h"
 #include "dsattn/layer/attention_layer.h"
+#include "dsattn/layer/planner.h"
 #include "tensor_args.h"
 
 namespace dsattn::python {
@@ -174,13 +175,10 @@ class Layer {
 
 }  // namespace
 
-// The planner on its own: the path each request of a batch takes under `policy`.
-std::vector<std::string> plan(const AttentionConfig& config,
-                              const std::vector<std::int64_t>& prefix_lens,
-                              const std::vector<std::int64_t>& extend_lens,
-                              const std::string& policy, const std::string& mode,
-                              const std::optional<std::string>& profile_path,
-                              const std::string& device) {
+// A batch of `mode` from per-request prefix and extend lengths (no block tables), for the planner
+// and the cost model.
+Batch batch_of_lengths(const AttentionConfig& config, const std::vector<std::int64_t>& prefix_lens,
+                       const std::vector<std::int64_t>& extend_lens, const std::string& mode) {
   if (prefix_lens.size() != extend_lens.size()) {
     fail("prefix_lens and extend_lens must have the same length, got {} and {}", prefix_lens.size(),
          extend_lens.size());
@@ -198,6 +196,17 @@ std::vector<std::string> plan(const AttentionConfig& config,
     }
     batch.requests.push_back({prefix_lens[i], extend_lens[i], {}});
   }
+  return batch;
+}
+
+// The planner on its own: the path each request of a batch takes under `policy`.
+std::vector<std::string> plan(const AttentionConfig& config,
+                              const std::vector<std::int64_t>& prefix_lens,
+                              const std::vector<std::int64_t>& extend_lens,
+                              const std::string& policy, const std::string& mode,
+                              const std::optional<std::string>& profile_path,
+                              const std::string& device) {
+  const Batch batch = batch_of_lengths(config, prefix_lens, extend_lens, mode);
   // auto's costs: the given profile, else the device's built-in one (none: per-request's rule).
   const Policy parsed = policy_with_profile(policy, load_profile(profile_path));
   const std::shared_ptr<const CostProfile> costs =
@@ -209,13 +218,54 @@ std::vector<std::string> plan(const AttentionConfig& config,
   return paths;
 }
 
+// The cost model on its own: each request's predicted seconds per exact path (None where a path
+// is not exact), under the given profile or the device's built-in one.
+std::vector<nb::dict> predict_costs(const AttentionConfig& config,
+                                    const std::vector<std::int64_t>& prefix_lens,
+                                    const std::vector<std::int64_t>& extend_lens,
+                                    const std::optional<std::string>& profile_path,
+                                    const std::string& device) {
+  const Batch batch = batch_of_lengths(config, prefix_lens, extend_lens, "prefill");
+  std::shared_ptr<const CostProfile> costs = load_profile(profile_path);
+  if (!costs) costs = planning_profile(Policy::parse("auto"), parse_device(device), config);
+  if (!costs) {
+    fail(
+        "no built-in cost profile for device {} and layer shape {}: pass profile= (dsattn "
+        "calibrate writes one)",
+        device, profile_shape(config));
+  }
+  const auto seconds = [](std::optional<double> s) {
+    return s ? nb::object(nb::float_(*s)) : nb::none();
+  };
+  std::vector<nb::dict> out;
+  for (const RequestInput& r : batch.requests) {
+    const PathCosts c = predict_paths(r, config, *costs);
+    nb::dict d;
+    d["dense_mha"] = seconds(c.dense_mha);
+    d["sparse_mla"] = nb::float_(c.sparse_mla);
+    d["row_split"] = seconds(c.row_split);
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
 void bind_layer(nb::module_& m) {
   m.def("plan", &plan, nb::arg("config"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
         nb::arg("policy") = "auto", nb::arg("mode") = "prefill", nb::arg("profile") = nb::none(),
         nb::arg("device") = "cpu",
-        "The path (\"dense_mha\" or \"sparse_mla\") each request of a batch takes under "
-        "`policy`: what AttentionLayer would run, without running it. auto plans with the cost "
-        "profile at `profile` (dsattn calibrate's JSON), else `device`'s built-in one.");
+        "The path (\"dense_mha\", \"sparse_mla\" or \"row_split\") each request of a batch "
+        "takes under `policy`: what AttentionLayer would run, without running it. prefix_lens "
+        "and extend_lens: one int per request (extend >= 1); mode: \"prefill\" or \"decode\". "
+        "auto plans with the cost profile at `profile` (dsattn calibrate's JSON), else "
+        "`device`'s built-in one. Returns a list of str, one per request.");
+  m.def("predict_costs", &predict_costs, nb::arg("config"), nb::arg("prefix_lens"),
+        nb::arg("extend_lens"), nb::arg("profile") = nb::none(), nb::arg("device") = "cpu",
+        "The cost model auto plans with: for each prefill request (prefix_lens, extend_lens: one "
+        "int each), a dict of predicted seconds per exact path, {\"dense_mha\": float or None "
+        "(None: not exact), \"sparse_mla\": float, \"row_split\": float or None (None unless "
+        "the context passes index_topk inside the extend)}, without the fixed cost each path "
+        "group pays once per forward. Costs from the profile at `profile`, else `device`'s "
+        "built-in one (an error where there is none).");
   nb::class_<Layer>(m, "AttentionLayer",
                     "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
                     "including out.")

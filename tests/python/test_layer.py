@@ -223,6 +223,25 @@ def test_auto_plans_with_a_given_cost_profile(config, weights, tmp_path):
     assert layer.cost_profile is None
     layer.policy = "auto"  # the given profile again
     assert json.loads(layer.cost_profile)["device"] == "test"
+    # The cost model behind that choice: per-latent prices on both paths, so a fresh prompt's
+    # dense cost (its context decompressed) equals its sparse one (its rows absorbed); new rows
+    # over a prefix cost less sparse. A context past index_topk inside the extend can split.
+    costs = dsattn.predict_costs(config, *shapes, profile=str(profile))
+    assert costs[0]["dense_mha"] == pytest.approx(costs[0]["sparse_mla"])
+    assert costs[0]["row_split"] is None and costs[1]["row_split"] is None
+    assert costs[1]["sparse_mla"] < costs[1]["dense_mha"]
+    per_flop = 1e-12 * 2 * config.kv_lora_rank * config.num_heads * (
+        config.qk_nope_head_dim + config.v_head_dim)
+    assert costs[1]["dense_mha"] == pytest.approx(topk * per_flop)
+    assert costs[1]["sparse_mla"] == pytest.approx(4 * per_flop)
+    long = dsattn.predict_costs(config, [topk - 8], [20], profile=str(profile))[0]
+    assert long["dense_mha"] is None
+    # 8 dense rows decompress a context of topk; 12 sparse rows are absorbed.
+    assert long["row_split"] == pytest.approx((topk + 12) * per_flop)
+    with pytest.raises(ValueError, match="same length"):
+        dsattn.predict_costs(config, [0, 0], [1], profile=str(profile))
+    with pytest.raises(ValueError, match="no built-in cost profile for device cpu"):
+        dsattn.predict_costs(config, [0], [1])  # the small test shape has none
     with pytest.raises(ValueError, match="cost profile: 'sparse.mla_s_per_flop' must be a number"):
         bad = tmp_path / "bad.json"
         bad.write_text(profile.read_text().replace('"mla_s_per_flop": 0', '"mla_s_per_flop": "x"'))

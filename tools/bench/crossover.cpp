@@ -17,29 +17,17 @@ namespace {
 
 using nlohmann::json;
 
-// The predicted seconds of a forward of `n` copies of `r` on each path under `profile` (the
-// per-group fixed costs included); a path that is not exact for `r` gets null.
+// The predicted time of a forward of `n` copies of `r` on each path under `profile`, the fixed
+// costs of the path groups it runs included; null for a path that is not exact for `r`.
 json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t n,
                  const AttentionConfig& config) {
-  PathWork w;
-  for (std::int64_t i = 0; i < n; ++i) w += path_work(r, config);
-  json out = {{"sparse_mla_ms", 1e3 * (profile.sparse_fixed_s + profile.sparse_seconds(w))},
-              {"dense_mha_ms", nullptr},
-              {"row_split_ms", nullptr}};
-  if (dense_mha_is_exact(r, config)) {
-    out["dense_mha_ms"] = 1e3 * (profile.dense_fixed_s + profile.dense_seconds(w));
-  } else if (const std::int64_t head = dense_rows(r, config); head > 0) {
-    PathWork first, rest;
-    const RequestInput a{r.prefix_len, head, r.block_table};
-    const RequestInput b{r.prefix_len + head, r.extend_len - head, r.block_table};
-    for (std::int64_t i = 0; i < n; ++i) {
-      first += path_work(a, config);
-      rest += path_work(b, config);
-    }
-    out["row_split_ms"] = 1e3 * (profile.dense_fixed_s + profile.dense_seconds(first) +
-                                 profile.sparse_fixed_s + profile.sparse_seconds(rest));
-  }
-  return out;
+  const PathCosts c = predict_paths(r, config, profile);
+  const auto ms = [&](std::optional<double> s, double fixed) {
+    return s ? json(1e3 * (fixed + static_cast<double>(n) * *s)) : json(nullptr);
+  };
+  return {{"sparse_mla_ms", ms(c.sparse_mla, profile.sparse_fixed_s)},
+          {"dense_mha_ms", ms(c.dense_mha, profile.dense_fixed_s)},
+          {"row_split_ms", ms(c.row_split, profile.dense_fixed_s + profile.sparse_fixed_s)}};
 }
 
 // One point of a sweep: `n` requests of (prefix, extend), the prefixes written first (untimed);

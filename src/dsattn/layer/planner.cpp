@@ -92,6 +92,20 @@ std::pair<RequestInput, RequestInput> split_request(const RequestInput& r,
 
 }  // namespace
 
+PathCosts predict_paths(const RequestInput& request, const AttentionConfig& config,
+                        const CostProfile& profile) {
+  PathCosts c;
+  c.sparse_mla = profile.sparse_seconds(path_work(request, config));
+  if (dense_mha_is_exact(request, config)) {
+    c.dense_mha = profile.dense_seconds(path_work(request, config));
+  } else if (dense_rows(request, config) > 0) {
+    const auto [first, rest] = split_request(request, config);
+    c.row_split = profile.dense_seconds(path_work(first, config)) +
+                  profile.sparse_seconds(path_work(rest, config));
+  }
+  return c;
+}
+
 RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
                          const AttentionConfig& config) {
   RowSplitBatch out;
@@ -150,20 +164,15 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
       const bool by_cost = policy.kind == Policy::Kind::automatic && profile != nullptr;
       for (std::size_t i = 0; i < n; ++i) {
         const RequestInput& r = batch.requests[i];
-        if (!dense_mha_is_exact(r, config)) {
-          // Rows up to index_topk on dense MHA, the others on sparse MLA, when that is cheaper.
-          if (!by_cost || dense_rows(r, config) == 0) continue;
-          const auto [first, rest] = split_request(r, config);
-          const double split = profile->dense_seconds(path_work(first, config)) +
-                               profile->sparse_seconds(path_work(rest, config));
-          if (split < profile->sparse_seconds(path_work(r, config))) paths[i] = Path::row_split;
+        if (!by_cost) {
+          if (dense_mha_is_exact(r, config)) paths[i] = Path::dense_mha;
           continue;
         }
-        if (by_cost) {
-          const PathWork w = path_work(r, config);
-          if (profile->dense_seconds(w) > profile->sparse_seconds(w)) continue;
-        }
-        paths[i] = Path::dense_mha;
+        // The cheapest exact path; dense MHA on a tie. Row split: the rows up to index_topk on
+        // dense MHA and the others on sparse MLA.
+        const PathCosts c = predict_paths(r, config, *profile);
+        if (c.dense_mha && *c.dense_mha <= c.sparse_mla) paths[i] = Path::dense_mha;
+        if (c.row_split && *c.row_split < c.sparse_mla) paths[i] = Path::row_split;
       }
       return paths;
     }

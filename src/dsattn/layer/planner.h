@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -56,6 +57,18 @@ struct RowSplitBatch {
 };
 RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
                          const AttentionConfig& config);
+
+// The predicted seconds of one request on each exact path under `profile`, without the per-group
+// fixed costs (a forward pays each path group's once): dense MHA where it is exact, row split
+// where the context passes index_topk inside the extend (dense_rows strictly between 0 and the
+// extend), sparse MLA always. What auto compares.
+struct PathCosts {
+  std::optional<double> dense_mha;
+  double sparse_mla = 0;
+  std::optional<double> row_split;
+};
+PathCosts predict_paths(const RequestInput& request, const AttentionConfig& config,
+                        const CostProfile& profile);
 
 // The costs `policy` plans with for layers of `config` on `device`: under auto, the policy's own
 // profile, else the built-in one for that device and shape (CostProfile::builtin); null for
