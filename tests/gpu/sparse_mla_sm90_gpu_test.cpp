@@ -1,6 +1,6 @@
-// The sm_90 tensor-core sparse MLA kernels (DeepSeek-V3.2's absorbed shapes, bf16 cache) against
-// float64 attention over each row's valid index entries, with the CPU backend's error as the
-// yardstick: the op's wgmma kernel (output and log-sum-exp) and, where it takes the shape, the
+// The sm_90 tensor-core sparse MLA kernels (DeepSeek-V3.2's absorbed shapes, bf16 and FP8 caches)
+// against float64 attention over each row's valid index entries, with the CPU backend's error as
+// the yardstick: the op's wgmma kernel (output and log-sum-exp) and, where it takes the shape, the
 // mma.sync kernel kept as its GPU reference, on the same inputs. The index lists probe what the
 // wgmma kernel does per block of 64 entries and per pair of blocks: lists of whole pairs, of an
 // odd block count and ending inside a block; -1 holes anywhere, a -1 tail (a short context: its
@@ -16,11 +16,13 @@
 #include <random>
 #include <vector>
 
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/model/config.h"
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/cuda/kernel_choice.h"
 #include "dsattn/ops/cuda/params.h"
+#include "dsattn/ops/latent_fp8.h"
 #include "gpu_test_util.h"
 
 namespace dsattn::gpu_test {
@@ -33,6 +35,7 @@ struct SparseSm90Case {
   std::int64_t n, heads, slots, topk;
   std::int64_t q_pad;    // q rows are windows of wider rows
   std::int64_t out_pad;  // out is a window of a wider tensor (odd: no 16-byte alignment)
+  bool fp8 = false;      // the 656-byte FP8 latent rows (otherwise bf16 rows of 576)
 };
 
 void PrintTo(const SparseSm90Case& c, std::ostream* os) { *os << c.name; }
@@ -82,7 +85,14 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   const std::int64_t H = c.heads;
   Tensor q_backing = random_tensor({c.n, H, c.q_pad + kDqk}, DType::bf16, 701, kDqk, 1.0);
   const TensorView q = q_backing.view().slice(2, c.q_pad, c.q_pad + kDqk);
-  Tensor cache = random_tensor({c.slots, kDqk}, DType::bf16, 702, kDqk, 1.0);
+  // The cache, and the values its rows hold as the kernels read them (FP8: dequantised to bf16).
+  Tensor latent = random_tensor({c.slots, kDqk}, DType::bf16, 702, kDqk, 1.0);
+  Tensor cache = latent;
+  if (c.fp8) {
+    cache = Tensor::empty({c.slots, latent_fp8_bytes(kDv, kDqk - kDv)}, DType::u8);
+    ops::quantize_latent_fp8(latent, kDv, cache);
+    ops::dequantize_latent_fp8(cache, kDv, latent);
+  }
   Tensor indices = Tensor::empty({c.n, c.topk}, DType::i32);
   // The CPU backend refuses entries outside [-1, slots); for it they become -1, their meaning.
   Tensor cpu_indices = Tensor::empty({c.n, c.topk}, DType::i32);
@@ -117,7 +127,8 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   p.n = c.n;
   p.slots = c.slots;
   p.sq0 = q.stride(0), p.sq1 = q.stride(1);
-  p.kv_row_bytes = kDqk * 2;
+  p.kv_row_bytes = c.fp8 ? latent_fp8_bytes(kDv, kDqk - kDv) : kDqk * 2;
+  p.fp8 = c.fp8;
   p.stride_indices = c.topk;
   p.so0 = out.stride(0), p.so1 = out.stride(1);
   p.heads = static_cast<int>(H);
@@ -144,7 +155,7 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
   const Tensor fetched_ref = ref_out_dev.fetch();
   const Tensor fetched_whole = whole_out_dev.fetch(), fetched_whole_lse = whole_lse_dev.fetch();
 
-  const std::vector<double> qv = read_doubles(q), kv = read_doubles(cache);
+  const std::vector<double> qv = read_doubles(q), kv = read_doubles(latent);
   std::vector<double> ref(static_cast<std::size_t>(c.n * H * kDv)),
       lse_ref(static_cast<std::size_t>(c.n * H));
 #pragma omp parallel for schedule(dynamic, 4)
@@ -192,9 +203,9 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
         << (l == &fetched_lse ? op_form : std::string("whole"));
   }
 
-  // topk_length, which the op hands to the generic kernel: row t reads its first lengths[t]
-  // entries, bit for bit as the generic kernel on the same lists cut there with -1. Lengths span
-  // 0 ... top-k, some past top-k (clamped on the GPU).
+  // topk_length: row t reads its first lengths[t] entries, exactly as the same lists cut there
+  // with -1 (bit for bit: the same blocks, the same products). Lengths span 0 ... top-k, some
+  // past top-k (clamped on the GPU).
   std::vector<std::int32_t> lengths(static_cast<std::size_t>(c.n));
   Tensor cut = clone(indices);
   for (std::int64_t t = 0; t < c.n; ++t) {
@@ -207,14 +218,9 @@ TEST_P(SparseMlaSm90Gpu, MatchesFloat64SparseAttention) {
       len_out_dev(out_backing), cut_lse_dev(lse), len_lse_dev(lse);
   ops::sparse_mla(q_dev.on_gpu(q), cache_dev.on_gpu(), idx_dev.on_gpu(), scale,
                   len_out_dev.on_gpu(out), len_lse_dev.on_gpu(), len_dev.on_gpu());
-  EXPECT_EQ(ops::cuda::last_kernel("sparse_mla"), "sparse_mla_generic");
-  ops::cuda::SparseMlaParams g = p;
-  g.indices = static_cast<const std::int32_t*>(cut_dev.on_gpu().data());
-  g.out = cut_out_dev.on_gpu(out).data();
-  g.lse = static_cast<float*>(cut_lse_dev.on_gpu().data());
-  g.s_lse = H;
-  ASSERT_EQ(ops::cuda::launch_sparse_mla_generic(g, nullptr), cudaSuccess);
-  dsattn::cuda::synchronize();
+  EXPECT_EQ(ops::cuda::last_kernel("sparse_mla"), "sparse_mla_wgmma_sm90");
+  ops::sparse_mla(q_dev.on_gpu(q), cache_dev.on_gpu(), cut_dev.on_gpu(), scale,
+                  cut_out_dev.on_gpu(out), cut_lse_dev.on_gpu());
   EXPECT_TRUE(same_bytes(cut_out_dev.fetch(), len_out_dev.fetch(), "out"));
   EXPECT_TRUE(same_bytes(cut_lse_dev.fetch(), len_lse_dev.fetch(), "lse"));
 }
@@ -233,6 +239,13 @@ const SparseSm90Case kCases[] = {
     {"Partial_H96_Topk200_OddOutWindow", 12, 96, 400, 200, 0, 3},
     // More CTAs than the GPU runs at once.
     {"Model_H128_ManyRows", 300, 128, 3000, 128, 0, 0},
+    // The FP8 cache (dequantised on the way into shared memory): the model's shape, an odd block
+    // count with windows, a rank's heads and a partial group.
+    {"Fp8_H128_Topk2048", 6, 128, 5000, 2048, 0, 0, true},
+    {"Fp8_H128_Topk150_Windows", 12, 128, 3000, 150, 64, 8, true},
+    {"Fp8_Rank_H16_Topk512", 6, 16, 3000, 512, 0, 0, true},
+    {"Fp8_Partial_H96_Topk200_OddOutWindow", 12, 96, 400, 200, 0, 3, true},
+    {"Fp8_H128_ManyRows", 300, 128, 3000, 128, 0, 0, true},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, SparseMlaSm90Gpu, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });

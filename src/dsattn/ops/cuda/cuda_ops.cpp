@@ -337,8 +337,7 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   p.topk = static_cast<int>(indices.size(1));
   p.fp8 = kv_cache.dtype() == DType::u8;
   p.scale = scale;
-  // The wgmma kernel reads whole index lists; topk_length goes to the generic kernel.
-  if (sparse_mla_wgmma_sm90_supports(p) && p.topk_length == nullptr) {
+  if (sparse_mla_wgmma_sm90_supports(p)) {
     record_kernel("sparse_mla", "sparse_mla_wgmma_sm90");
     const int splits = sparse_mla_wgmma_splits(p);
     if (splits == 1) {
@@ -359,12 +358,9 @@ void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorVie
   }
   const auto wgmma_terms = [&] {
     return fmt::format(
-        "it takes a bf16 cache, d_qk {}, d_v {}, 16-byte aligned q and cache rows, a positive "
-        "scale "
-        "and whole index lists (no topk_length); got {} cache, d_qk {}, d_v {}, q strides {}/{}, "
-        "cache rows of {} bytes, scale {}{}",
-        kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.fp8 ? "an FP8" : "a bf16", p.d_qk, p.d_v, p.sq0,
-        p.sq1, p.kv_row_bytes, p.scale, p.topk_length == nullptr ? "" : ", topk_length");
+        "it takes d_qk {}, d_v {}, 16-byte aligned q and cache rows and a positive scale; got "
+        "d_qk {}, d_v {}, q strides {}/{}, cache rows of {} bytes, scale {}",
+        kSparseMlaSm90Dqk, kSparseMlaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sq1, p.kv_row_bytes, p.scale);
   };
   // The mma.sync kernel writes no log-sum-exp and reads whole index lists.
   const bool plain = p.lse == nullptr && p.topk_length == nullptr;

@@ -37,6 +37,7 @@
 #include <algorithm>
 
 #include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/cuda/latent_fp8.cuh"
 #include "dsattn/ops/cuda/ptx.cuh"
 
 namespace dsattn::ops::cuda {
@@ -94,15 +95,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two e4m3 codes (low byte first) times the block scale, each rounded to bf16 as the generic
-// kernel's LatentRow does: e4m3 -> f16 and f16 -> f32 are exact, then one f32 product.
-__device__ __forceinline__ std::uint32_t dequant2(std::uint32_t codes, float scale) {
-  const __half2_raw h =
-      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(codes), __NV_E4M3);
-  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
-  return pack_bf16(f.x * scale, f.y * scale);
 }
 
 template <bool kFp8>
@@ -263,8 +255,8 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_sm90_kernel(const Spar
         std::uint32_t b[8];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          b[2 * i] = dequant2(w[i] & 0xffffu, scale);
-          b[2 * i + 1] = dequant2(w[i] >> 16, scale);
+          b[2 * i] = dequant_e4m3x2(w[i] & 0xffffu, scale);
+          b[2 * i + 1] = dequant_e4m3x2(w[i] >> 16, scale);
         }
         *reinterpret_cast<uint4*>(k + swizzled<kRowBytes>(key, 2 * c)) =
             make_uint4(b[0], b[1], b[2], b[3]);

@@ -1,6 +1,6 @@
 // Sparse MLA attention for DeepSeek-V3.2's absorbed shapes (q/k 576 = 512 latent + 64 rope,
-// values the first 512 columns of each cached row, bf16 cache) on Hopper's warpgroup MMAs
-// (wgmma, sm_90a), warp-specialised:
+// values the first 512 columns of each cached row; bf16 or FP8 cache rows) on Hopper's warpgroup
+// MMAs (wgmma, sm_90a), warp-specialised:
 //
 // - A CTA owns one query row and a group of 64 heads (the M of every product; a last group of
 //   fewer heads runs with zero query rows in place of the missing ones and does not store them).
@@ -10,9 +10,12 @@
 // - The producer warpgroup copies Q once, finds the last valid index entry (blocks past it are not
 //   visited: a context shorter than top-k leaves a -1 tail), and gathers the cached rows a block
 //   names with 16-byte cp.async (an invalid entry, -1 or outside the cache, gives a zero row and a
-//   "not valid" flag the consumers mask with). Each buffer is announced in two halves, sub-tiles
-//   0-3 (values 0-255) and 4-8 (values 256-511 and the rope columns), each with its own
-//   landed/released mbarrier, so a half is refilled as soon as its last reader is done.
+//   "not valid" flag the consumers mask with). FP8 rows (656 bytes): the codes land by 8-byte
+//   cp.async in the upper half of their 16-byte destination chunks and are expanded to bf16 in
+//   place (two halves in flight), so there is no staging buffer and no bf16 copy of the cache. Each
+//   buffer is announced in two halves, sub-tiles 0-3 (values 0-255) and 4-8 (values 256-511 and the
+//   rope columns), each with its own landed/released mbarrier, so a half is refilled as soon as its
+//   last reader is done.
 // - Consumer warpgroup c computes S_c = Q·K_cᵀ for its block (64 × 64, 36 products from shared
 //   memory) and the online softmax; the two share one running maximum per head, consumer 0 going
 //   first and consumer 1 folding its block into consumer 0's maximum. Each then owns half of the
@@ -23,9 +26,9 @@
 // - While one consumer runs its softmax the other's products keep the tensor cores busy; consumer
 //   0 issues the next pair's S_0 behind its last P·V.
 //
-// Registers: the producer drops to 56 per thread so that the consumers can hold 224 (O 128,
-// S 32, P 16). Shared memory: Q 72 KB (the output is staged there at the end), two key buffers of
-// 72 KB, consumer 1's P 8 KB.
+// Registers: the producer drops to 56 per thread (72 with FP8 rows) so that the consumers can
+// hold 224 (216): O 128, S 32, P 16. Shared memory: Q 72 KB (the output is staged there at the
+// end), two key buffers of 72 KB, consumer 1's P 8 KB.
 #include <algorithm>
 #include <cmath>
 
@@ -49,8 +52,16 @@ constexpr int kSubs = kDqk / 64;  // sub-tiles of 64 columns (128-byte rows)
 constexpr int kLeftSubs = 4;      // sub-tiles 0-3 (values 0-255); 4-8 are the right half
 constexpr int kRopeSub = kSubs - 1;
 constexpr int kSub = 64 * 128;  // a sub-tile of 64 rows
-constexpr int kThreads = 384;   // producer warpgroup, then two consumers
-constexpr int kProducerRegs = 56, kConsumerRegs = 224;
+// FP8 cache rows (cache/cache_format.h): 512 e4m3 codes, 4 f32 scales, 64 bf16 rope values.
+constexpr int kFp8ScaleOffset = kDv, kFp8RopeOffset = kDv + 4 * (kDv / 128);
+constexpr int kFp8RowBytes = kFp8RopeOffset + 2 * (kDqk - kDv);
+constexpr int kThreads = 384;  // producer warpgroup, then two consumers
+// Registers per thread after setmaxnreg (128 · producer + 256 · consumer <= 65,536): the FP8
+// producer expands codes in registers and needs more.
+template <bool kFp8>
+constexpr int kProducerRegs = kFp8 ? 72 : 56;
+template <bool kFp8>
+constexpr int kConsumerRegs = kFp8 ? 216 : 224;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 // The running maximum (of scaled scores, in log2 units) before any key: finite, so that a block
 // whose keys are all masked gives exp2(-inf - kMaxInit) = 0 and a correction of exp2(0) = 1.
@@ -89,21 +100,270 @@ __device__ __forceinline__ void store_shared(std::uint32_t addr, std::uint32_t v
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }
 
+// A global load of a `valid` row (zeros otherwise, without a branch) that the compiler keeps in
+// program order with the barrier waits around it (an ordinary read-only load may be hoisted
+// above the waits of earlier blocks, holding values of a whole pair in registers at once).
+__device__ __forceinline__ uint2 load_global_v2(const void* p, bool valid) {
+  uint2 v;
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\nmov.b32 %0, 0;\nmov.b32 %1, 0;\n"
+      "@p ld.global.nc.v2.u32 {%0, %1}, [%2];\n}\n"
+      : "=r"(v.x), "=r"(v.y)
+      : "l"(p), "r"(static_cast<int>(valid)));
+  return v;
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// An index entry, or `otherwise` when !valid, kept in program order like load_global_v2.
+__device__ __forceinline__ std::int32_t load_global_i32(const std::int32_t* p, bool valid,
+                                                        std::int32_t otherwise) {
+  std::int32_t v;
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\nmov.b32 %0, %3;\n"
+      "@p ld.global.nc.b32 %0, [%1];\n}\n"
+      : "=r"(v)
+      : "l"(p), "r"(static_cast<int>(valid)), "r"(otherwise));
+  return v;
+}
+
+// 8 bytes global -> shared (zero-filled when !valid), as ptx::cp_async16 does 16.
+__device__ __forceinline__ void cp_async8(std::uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 8 : 0));
+}
+
+// Eight e4m3 codes (w, low byte first) times `scale`, rounded to bf16 as latent_fp8.cuh's
+// dequant_e4m3x2 does (e4m3 -> f16 -> f32 exactly, one f32 product, round to nearest even), stored
+// as one 16-byte chunk at shared address `addr`. One asm block: written as separate conversions,
+// the producer's code needs more registers than it has.
+__device__ __forceinline__ void dequant8_to_shared(std::uint32_t addr, uint2 w, float scale) {
+  asm volatile(
+      "{\n.reg .b16 c<4>, x<8>;\n.reg .b32 h<4>, o<4>;\n.reg .f32 f<8>;\n"
+      "mov.b32 {c0, c1}, %1;\nmov.b32 {c2, c3}, %2;\n"
+      "cvt.rn.f16x2.e4m3x2 h0, c0;\ncvt.rn.f16x2.e4m3x2 h1, c1;\n"
+      "cvt.rn.f16x2.e4m3x2 h2, c2;\ncvt.rn.f16x2.e4m3x2 h3, c3;\n"
+      "mov.b32 {x0, x1}, h0;\nmov.b32 {x2, x3}, h1;\nmov.b32 {x4, x5}, h2;\nmov.b32 {x6, x7}, h3;\n"
+      "cvt.f32.f16 f0, x0;\ncvt.f32.f16 f1, x1;\ncvt.f32.f16 f2, x2;\ncvt.f32.f16 f3, x3;\n"
+      "cvt.f32.f16 f4, x4;\ncvt.f32.f16 f5, x5;\ncvt.f32.f16 f6, x6;\ncvt.f32.f16 f7, x7;\n"
+      "mul.rn.f32 f0, f0, %3;\nmul.rn.f32 f1, f1, %3;\nmul.rn.f32 f2, f2, %3;\n"
+      "mul.rn.f32 f3, f3, %3;\nmul.rn.f32 f4, f4, %3;\nmul.rn.f32 f5, f5, %3;\n"
+      "mul.rn.f32 f6, f6, %3;\nmul.rn.f32 f7, f7, %3;\n"
+      "cvt.rn.bf16x2.f32 o0, f1, f0;\ncvt.rn.bf16x2.f32 o1, f3, f2;\n"
+      "cvt.rn.bf16x2.f32 o2, f5, f4;\ncvt.rn.bf16x2.f32 o3, f7, f6;\n"
+      "st.shared.v4.b32 [%0], {o0, o1, o2, o3};\n}\n" ::"r"(addr),
+      "r"(w.x), "r"(w.y), "f"(scale)
+      : "memory");
+}
+
+__device__ __forceinline__ uint2 load_shared_v2(std::uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
+}
+
+// A block's index entries of thread t: rows r0 + 16 i (r0 = t / 8) of block `block`, each the byte
+// offset of its cached row (0 when the entry is invalid) and a bit of `ok` (bit i: valid).
+struct RowSources {
+  std::int64_t offset[4];
+  unsigned ok;
+};
+
+__device__ __forceinline__ RowSources row_sources(const SparseMlaParams& p,
+                                                  const std::int32_t* indices, int entries,
+                                                  int block, int t) {
+  RowSources r{{}, 0};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int entry = block * kKeys + t / 8 + 16 * i;
+    const std::int32_t slot = load_global_i32(indices + entry, entry < entries, -1);
+    const bool ok = slot >= 0 && slot < p.slots;
+    r.ok |= static_cast<unsigned>(ok) << i;
+    r.offset[i] = ok ? slot * p.kv_row_bytes : 0;
+  }
+  return r;
+}
+
+// The halves of a pair in the order the consumers read them: S_0 left then right, S_1 right then
+// left; as (buffer, half).
+__device__ __forceinline__ int half_buffer(int k) { return k == 1 || k == 3; }
+__device__ __forceinline__ int half_side(int k) { return k == 1 || k == 2; }
+
+// Where thread t's chunks sit in a sub-tile: chunk t % 8 of row t / 8 (swizzled); rows t / 8 + 16 i
+// follow 2,048 bytes apart.
+__device__ __forceinline__ std::uint32_t chunk_offset(int t) {
+  const int r0 = t / 8, c = t % 8;
+  return r0 * 128 + ((c ^ (r0 % 8)) << 4);
+}
+
+// The shared address of the chunk at `offset` (chunk_offset) of sub-tile j, row r0 + 16 i, of
+// buffer b.
+__device__ __forceinline__ std::uint32_t chunk_address(Smem& sm, int b, int j, int i,
+                                                       std::uint32_t offset) {
+  return smem_addr(sm.k[b][j]) + offset + i * 2048;
+}
+
+// Publishes the pair's valid flags (thread t's rows; one arrival per 8-thread copy group). Called
+// once the pair's releases of the previous pair have been waited for: both consumers have masked
+// it by then.
+__device__ __forceinline__ void publish_valid(Smem& sm, unsigned ok0, unsigned ok1, int t) {
+  if (t % 8 != 0) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    sm.valid[0][t / 8 + 16 * i] = (ok0 >> i) & 1u;
+    sm.valid[1][t / 8 + 16 * i] = (ok1 >> i) & 1u;
+  }
+  mbarrier_arrive(smem_addr(&sm.valid_full));
+}
+
+__device__ __forceinline__ void wait_free(Smem& sm, int b, int side, int pair) {
+  if (pair > 0) mbarrier_wait(smem_addr(&sm.k_free[b][side]), (pair - 1) & 1);
+}
+
+// bf16 rows: 16-byte cp.async straight into the swizzled buffers, each half announced when its
+// copies land (no waiting here).
+__device__ __forceinline__ void gather_bf16_blocks(const SparseMlaParams& p, Smem& sm,
+                                                   const std::int32_t* indices, int entries,
+                                                   int blocks, int t) {
+  const auto* kv = static_cast<const std::uint8_t*>(p.kv) + 16 * (t % 8);
+  const std::uint32_t offset = chunk_offset(t);
+  for (int pair = 0; 2 * pair < blocks; ++pair) {
+    unsigned ok[2] = {0, 0};
+    const auto gather = [&](int b, int side) DSATTN_INLINE {
+      // The slots are read again for each half (from L1) rather than kept: the producer runs on
+      // few registers.
+      const __nv_bfloat16* src[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int entry = (2 * pair + b) * kKeys + t / 8 + 16 * i;
+        const std::int32_t slot = entry < entries ? __ldg(indices + entry) : -1;
+        const bool valid = slot >= 0 && slot < p.slots;
+        ok[b] |= static_cast<unsigned>(valid) << i;
+        src[i] = reinterpret_cast<const __nv_bfloat16*>(kv + (valid ? slot * p.kv_row_bytes : 0));
+      }
+      wait_free(sm, b, side, pair);
+      const int sub0 = side == 0 ? 0 : kLeftSubs, sub1 = side == 0 ? kLeftSubs : kSubs;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = sub0; j < sub1; ++j) {
+          cp_async16(chunk_address(sm, b, j, i, offset), src[i] + j * 64, (ok[b] >> i) & 1u);
+        }
+      }
+      mbarrier_arrive_on_copies(smem_addr(&sm.k_full[b][side]));
+    };
+    // In the order the consumers read: S_0 left then right, S_1 right then left.
+    gather(0, 0);
+    gather(1, 1);
+    gather(0, 1);
+    gather(1, 0);
+    publish_valid(sm, ok[0], ok[1], t);
+  }
+  cp_async_commit();
+  cp_async_wait_all();
+}
+
+// FP8 rows: sub-tile j < 8 holds values 64 j ...: chunk c is 8 codes at byte 64 j + 8 c times
+// scale j / 2; sub-tile 8 is the bf16 rope part, copied as it is. The 8 code bytes land
+// (cp.async) in the upper half of their 16-byte destination chunk and are expanded to 8 bf16 in
+// place, so no staging buffer is needed; an invalid row is zeros (codes and scale 0). Two halves
+// are in flight: the next one's copies are issued before this one is expanded.
+__device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem& sm,
+                                                  const std::int32_t* indices, int entries,
+                                                  int blocks, int t) {
+  const auto* kv = static_cast<const std::uint8_t*>(p.kv);
+  const int c = t % 8;
+  const std::uint32_t offset = chunk_offset(t);
+  const int halves = 4 * ((blocks + 1) / 2);
+  uint2 scale[2][4];  // per half in flight (slot h % 2), per row
+  unsigned ok[2] = {0, 0};
+  const auto issue = [&]<int kSlot>(int h) DSATTN_INLINE {
+    const int pair = h / 4, k = h % 4, b = half_buffer(k), side = half_side(k);
+    const RowSources rows = row_sources(p, indices, entries, 2 * pair + b, t);
+    if (b == 0) {
+      ok[0] = rows.ok;
+    } else {
+      ok[1] = rows.ok;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      scale[kSlot][i] =
+          load_global_v2(kv + rows.offset[i] + kFp8ScaleOffset + 8 * side, (rows.ok >> i) & 1u);
+    }
+    wait_free(sm, b, side, pair);
+    const int sub0 = side == 0 ? 0 : kLeftSubs;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const bool valid = (rows.ok >> i) & 1u;
+      const std::uint8_t* row = kv + rows.offset[i];
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        cp_async8(chunk_address(sm, b, sub0 + jj, i, offset) + 8, row + (sub0 + jj) * 64 + 8 * c,
+                  valid);
+      }
+      if (side == 1) {
+        cp_async16(chunk_address(sm, b, kRopeSub, i, offset), row + kFp8RopeOffset + 16 * c, valid);
+      }
+    }
+    cp_async_commit();
+  };
+  const auto expand = [&]<int kSlot>(int h) DSATTN_INLINE {
+    const int k = h % 4, b = half_buffer(k), side = half_side(k);
+    const int sub0 = side == 0 ? 0 : kLeftSubs;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const std::uint32_t chunk = chunk_address(sm, b, sub0 + jj, i, offset);
+        const uint2 sc = scale[kSlot][i];
+        dequant8_to_shared(chunk, load_shared_v2(chunk + 8), __uint_as_float(jj < 2 ? sc.x : sc.y));
+      }
+    }
+    wgmma::fence_proxy_async_smem();  // generic-proxy stores the products read
+    mbarrier_arrive(smem_addr(&sm.k_full[b][side]));
+  };
+  // Half h's copies go out before half h - 1 is expanded. Half 3 of a pair has waited for the
+  // last release of the previous pair, after which the pair's valid flags are published.
+  const auto step = [&]<int kSlot>(int h) DSATTN_INLINE {
+    if (h + 1 < halves) {
+      issue.template operator()<1 - kSlot>(h + 1);
+      if ((h + 1) % 4 == 3) publish_valid(sm, ok[0], ok[1], t);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    expand.template operator()<kSlot>(h);
+  };
+  if (halves > 0) issue.template operator()<0>(0);
+#pragma unroll 1
+  for (int h = 0; h < halves; h += 2) {  // halves is a multiple of 4
+    step.template operator()<0>(h);
+    step.template operator()<1>(h + 1);
+  }
+}
+
 // The producer: Q, the block count, then every pair's gathers and valid flags.
+template <bool kFp8>
 __device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std::int64_t row,
                                         int group, int heads_here, int t) {
-  const std::int32_t* indices = p.indices + row * p.stride_indices;
-  int entries = p.topk;
-  if (p.splits > 1) {  // this CTA's split of the row's entries, as a list of its own
-    const int begin = static_cast<int>(blockIdx.y) * p.split_entries;
-    indices += begin;
-    entries = min(max(entries - begin, 0), p.split_entries);
-  }
   const auto* q = static_cast<const __nv_bfloat16*>(p.q) + row * p.sq0 + group * kHeads * p.sq1;
   copy_rows_swizzled<kHeads, kSubs>(smem_addr(sm.q), q, p.sq1, heads_here, t);
   mbarrier_arrive_on_copies(smem_addr(&sm.q_full));
 
-  // The last valid entry; entries past it are never gathered.
+  // The entries the row reads (topk_length clamps them; a split reads its part of them, as a list
+  // of its own), and the last valid one: entries past it are never gathered.
+  const std::int32_t* indices = p.indices + row * p.stride_indices;
+  int entries = p.topk_length == nullptr
+                    ? p.topk
+                    : min(max(__ldg(p.topk_length + row * p.s_topk_length), 0), p.topk);
+  if (p.splits > 1) {
+    const int begin = static_cast<int>(blockIdx.y) * p.split_entries;
+    indices += begin;
+    entries = min(max(entries - begin, 0), p.split_entries);
+  }
   int last = -1;
   for (int i = t; i < entries; i += 128) {
     const std::int32_t slot = __ldg(indices + i);
@@ -116,53 +376,11 @@ __device__ __forceinline__ void produce(const SparseMlaParams& p, Smem& sm, std:
   const int blocks = (last + kKeys) / kKeys;           // (last + 1) rounded up
   if (t == 0) mbarrier_arrive(smem_addr(&sm.q_full));  // publishes the count with Q
 
-  // Thread t copies 16-byte chunk c of each sub-tile of rows r0 + 16 i of a block.
-  const int r0 = t / 8, c = t % 8;
-  const std::uint32_t row_offset = r0 * 128 + ((c ^ (r0 % 8)) << 4);
-  const auto* kv = static_cast<const std::uint8_t*>(p.kv) + c * 16;
-  for (int pair = 0; 2 * pair < blocks; ++pair) {
-    // Which of the thread's rows name a cached row: bit 4 b + i for row r0 + 16 i of block b.
-    unsigned ok_bits = 0;
-    const auto gather = [&](int b, int half) DSATTN_INLINE {
-      // The slots are read again for each half (from L1) rather than kept: the producer runs on
-      // few registers.
-      const __nv_bfloat16* src[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int entry = (2 * pair + b) * kKeys + r0 + 16 * i;
-        const std::int32_t slot = entry < entries ? __ldg(indices + entry) : -1;
-        const bool ok = slot >= 0 && slot < p.slots;
-        ok_bits |= static_cast<unsigned>(ok) << (4 * b + i);
-        src[i] = reinterpret_cast<const __nv_bfloat16*>(kv + (ok ? slot * p.kv_row_bytes : 0));
-      }
-      if (pair > 0) mbarrier_wait(smem_addr(&sm.k_free[b][half]), (pair - 1) & 1);
-      const int sub0 = half == 0 ? 0 : kLeftSubs, sub1 = half == 0 ? kLeftSubs : kSubs;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const bool ok = (ok_bits >> (4 * b + i)) & 1u;
-#pragma unroll
-        for (int j = sub0; j < sub1; ++j) {
-          cp_async16(smem_addr(sm.k[b][j]) + row_offset + i * 16 * 128, src[i] + j * 64, ok);
-        }
-      }
-      mbarrier_arrive_on_copies(smem_addr(&sm.k_full[b][half]));
-    };
-    // In the order the consumers read: S_0 left then right, S_1 right then left.
-    gather(0, 0);
-    gather(1, 1);
-    gather(0, 1);
-    gather(1, 0);
-    // Both consumers have masked the previous pair: its last releases (above) come after that.
-    if (c == 0) {
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) sm.valid[b][r0 + 16 * i] = (ok_bits >> (4 * b + i)) & 1u;
-      }
-      mbarrier_arrive(smem_addr(&sm.valid_full));
-    }
+  if constexpr (kFp8) {
+    gather_fp8_blocks(p, sm, indices, entries, blocks, t);
+  } else {
+    gather_bf16_blocks(p, sm, indices, entries, blocks, t);
   }
-  cp_async_wait_all();
 }
 
 // Consumer warpgroup kC of the CTA (see the top of the file).
@@ -480,6 +698,7 @@ __device__ __forceinline__ void consume(const SparseMlaParams& p, Smem& sm, std:
   }
 }
 
+template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const SparseMlaParams p) {
   extern __shared__ unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
@@ -506,10 +725,10 @@ __global__ void __launch_bounds__(kThreads, 1) sparse_mla_wgmma_kernel(const Spa
   __syncthreads();
 
   if (warpgroup == 0) {
-    release_registers<kProducerRegs>();
-    produce(p, sm, row, group, heads_here, t);
+    release_registers<kProducerRegs<kFp8>>();
+    produce<kFp8>(p, sm, row, group, heads_here, t);
   } else {
-    claim_registers<kConsumerRegs>();
+    claim_registers<kConsumerRegs<kFp8>>();
     if (warpgroup == 1) {
       consume<0>(p, sm, row, group, heads_here, t);
     } else {
@@ -557,29 +776,35 @@ __global__ void __launch_bounds__(256) sparse_mla_combine_kernel(const SparseMla
   }
 }
 
+template <bool kFp8>
+cudaError_t launch(const SparseMlaParams& p, cudaStream_t stream) {
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      sparse_mla_wgmma_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (attr != cudaSuccess) return attr;
+  const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
+  const dim3 grid(static_cast<unsigned>(p.n * groups), static_cast<unsigned>(max(p.splits, 1)));
+  sparse_mla_wgmma_kernel<kFp8><<<grid, kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p) {
-  // cp.async moves 16-byte chunks of q and cache rows; the output has no alignment requirement.
+  // 16-byte copies of q and cache rows; the output has no alignment requirement.
   const bool rows_aligned = aligned16(p.q) && aligned16(p.kv) && p.sq0 % 8 == 0 && p.sq1 % 8 == 0 &&
-                            p.kv_row_bytes % 16 == 0;
+                            p.kv_row_bytes % 16 == 0 &&
+                            p.kv_row_bytes >= (p.fp8 ? kFp8RowBytes : kDqk * 2);
   // The running maximum is taken over raw scores, which orders the scaled ones only for scale > 0.
   const bool scale_ok = p.scale > 0.0f && std::isfinite(p.scale);
   const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
-  return !p.fp8 && p.d_qk == kDqk && p.d_v == kDv && p.heads > 0 && p.topk >= 0 &&
-         p.kv_row_bytes >= kDqk * 2 && rows_aligned && scale_ok && p.n * groups <= 0x7fffffff;
+  return p.d_qk == kDqk && p.d_v == kDv && p.heads > 0 && p.topk >= 0 && rows_aligned && scale_ok &&
+         p.n * groups <= 0x7fffffff;
 }
 
 cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream) {
   if (!sparse_mla_wgmma_sm90_supports(p)) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      sparse_mla_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  if (attr != cudaSuccess) return attr;
-  const std::int64_t groups = (p.heads + kHeads - 1) / kHeads;
-  const dim3 grid(static_cast<unsigned>(p.n * groups), static_cast<unsigned>(max(p.splits, 1)));
-  sparse_mla_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return p.fp8 ? launch<true>(p, stream) : launch<false>(p, stream);
 }
 
 int sparse_mla_wgmma_splits(const SparseMlaParams& p) {
