@@ -180,9 +180,9 @@ cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t str
 // whether it takes p.
 inline constexpr int kSparseMlaSm90HeadGroup = 64;  // heads per CTA
 inline constexpr int kSparseMlaSm90Dqk = 576, kSparseMlaSm90Dv = 512, kSparseMlaSm90MaxTopk = 2048;
-// The mma.sync kernel reads bf16 and FP8 caches and writes no log-sum-exp; the wgmma kernel
-// (the op's for bf16 caches) takes any head count (groups of 64, the last one partial), any
-// top-k, bf16 or FP8 cache rows and scale > 0, and writes the log-sum-exp when asked.
+// The mma.sync kernel reads bf16 and FP8 caches and writes no log-sum-exp; the wgmma kernel (the
+// op's) takes any head count (groups of 64, the last one partial), any top-k, bf16 or FP8 cache
+// rows, topk_length and scale > 0, and writes the log-sum-exp when asked.
 bool sparse_mla_sm90_supports(const SparseMlaParams& p);
 cudaError_t launch_sparse_mla_sm90(const SparseMlaParams& p, cudaStream_t stream);
 bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p);
