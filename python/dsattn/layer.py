@@ -1,4 +1,5 @@
-"""One DeepSeek-V3.2 attention layer with its own paged cache, driven request by request."""
+"""One DeepSeek-V3.2 attention layer with its own paged cache or the caller's, driven request by
+request."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ class AttentionLayer:
     `page_size` tokens (a multiple of 16 up to 256; default 64). device: "cpu", "cuda" or
     "cuda:N"; default: the weights' device.
 
+    The caller's cache instead of the layer's own: pass `latent_cache`, [num_pages, page_size,
+    576] bf16 (or uint16 bits) or [num_pages, page_size, 656] uint8 for the FP8 rows (the byte
+    layout FlashMLA and vLLM use; width kv_lora_rank + rope for other configs), and
+    `index_key_cache`, [num_pages, page_size, 132] uint8, contiguous, on the layer's device. The
+    format, page count and page size then come from them (kv_cache, num_pages and page_size must
+    be left out or agree). The caller allocates pages and builds the block tables: requests may
+    share pages read-only (a prefix cache); a forward writes only each request's new positions
+    and refuses a batch where two requests would write the same slot. allocate, free and
+    free_pages are for the layer's own cache. The layer keeps the tensors alive.
+
     Hidden states are packed by request: the rows of request i follow those of request i - 1.
     Every forward takes an optional `out` (written in place and returned; it may be `hidden`
     itself) and, for CUDA tensors, an optional `stream` (an int cudaStream_t; default: the
@@ -46,16 +57,36 @@ class AttentionLayer:
         self,
         config: _core.AttentionConfig,
         weights: _core.LayerWeights,
-        kv_cache: str = "bf16",
+        kv_cache: str | None = None,
         policy: str = "auto",
-        num_pages: int = 1024,
+        num_pages: int | None = None,
         device: str | None = None,
-        page_size: int = 64,
+        page_size: int | None = None,
         profile: str | None = None,
+        latent_cache: Any = None,
+        index_key_cache: Any = None,
     ) -> None:
         self._layer = _core.AttentionLayer(
-            config, weights, kv_cache, policy, num_pages, device, page_size, profile
+            config,
+            weights,
+            "bf16" if kv_cache is None else kv_cache,
+            policy,
+            1024 if num_pages is None else num_pages,
+            device,
+            64 if page_size is None else page_size,
+            profile,
+            latent_cache,
+            index_key_cache,
         )
+        if latent_cache is not None:
+            given = {"kv_cache": kv_cache, "num_pages": num_pages, "page_size": page_size}
+            have = {"kv_cache": self.kv_cache, "num_pages": self.num_pages,
+                    "page_size": self.page_size}
+            for name, value in given.items():
+                if value is not None and value != have[name]:
+                    raise ValueError(
+                        f"{name}={value!r} disagrees with the given cache tensors, which hold "
+                        f"{name}={have[name]!r}")
 
     @property
     def config(self) -> _core.AttentionConfig:
@@ -101,7 +132,13 @@ class AttentionLayer:
         return self._layer.num_pages
 
     @property
+    def owns_cache(self) -> bool:
+        """False when the layer runs on the caller's cache tensors (latent_cache, index_key_cache)."""
+        return self._layer.owns_cache
+
+    @property
     def free_pages(self) -> int:
+        """Free pages of the layer's own cache (an error on the caller's cache)."""
         return self._layer.free_pages
 
     def allocate(self, num_tokens: int, block_table: Sequence[int] | None = None) -> list[int]:
@@ -194,7 +231,9 @@ class AttentionLayer:
         return LayerOutput(out, paths)
 
     def __repr__(self) -> str:
+        pages = (f"pages={self.free_pages}/{self.num_pages} free" if self.owns_cache
+                 else f"the caller's cache of {self.num_pages} pages")
         return (
             f"AttentionLayer(device={self.device!r}, kv_cache={self.kv_cache!r}, "
-            f"policy={self.policy!r}, pages={self.free_pages}/{self.num_pages} free)"
+            f"policy={self.policy!r}, {pages})"
         )

@@ -78,20 +78,73 @@ std::shared_ptr<const CostProfile> load_profile(const std::optional<std::string>
   return std::make_shared<const CostProfile>(CostProfile::load(*path));
 }
 
+// The caller's cache tensors for one layer: latent [num_pages, page_size, width] (bf16 rows of
+// kv_lora_rank + rope values, or u8 FP8 rows of latent_fp8_bytes) and index keys [num_pages,
+// page_size, index_key_bytes] u8, on `device`, pages contiguous (slot = page · page_size +
+// offset is row `slot` of the flattened tensor). The imports keep the caller's memory alive.
+struct CallerCache {
+  TensorArg latent, index_keys;
+  LayerCacheView view;
+};
+
+CallerCache caller_cache(const AttentionConfig& config, nb::handle latent, nb::handle index_keys,
+                         Device device) {
+  CallerCache c;
+  c.latent = tensor_arg(latent, "latent_cache", {DType::bf16, DType::u8}, 3,
+                        "[num_pages, page_size, width]", /*writable=*/true);
+  c.index_keys = tensor_arg(index_keys, "index_key_cache", {DType::u8}, 3,
+                            "[num_pages, page_size, index_key_bytes]", /*writable=*/true);
+  check_same_device({{"latent_cache", &c.latent}, {"index_key_cache", &c.index_keys}}, device,
+                    "the layer's device");
+  const TensorView& l = c.latent.view;
+  const TensorView& k = c.index_keys.view;
+  const bool fp8 = l.dtype() == DType::u8;
+  const std::int64_t pages = l.size(0), page_size = l.size(1);
+  const std::int64_t width = fp8 ? latent_fp8_bytes(config.kv_lora_rank, config.qk_rope_head_dim)
+                                 : config.kv_lora_rank + config.qk_rope_head_dim;
+  if (page_size % kPageSizeStep != 0 || page_size < kPageSizeStep || page_size > kMaxPageSize) {
+    fail("latent_cache: page_size (dimension 1) must be a multiple of {} up to {}, got {}",
+         kPageSizeStep, kMaxPageSize, page_size);
+  }
+  check_shape(l, "latent_cache", {pages, page_size, width});
+  check_shape(k, "index_key_cache", {pages, page_size, index_key_bytes(config.index_head_dim)});
+  for (const auto& [name, v] : {std::pair{"latent_cache", &l}, std::pair{"index_key_cache", &k}}) {
+    if (!v->is_contiguous()) {
+      fail("{}: pages must be contiguous rows (slot = page * page_size + offset), got strides {}",
+           name, shape_string(v->strides()));
+    }
+  }
+  c.view.latent = l.reshape({pages * page_size, width});
+  c.view.latent_format = fp8 ? LatentFormat::fp8 : LatentFormat::bf16;
+  c.view.index_keys = k.reshape({pages * page_size, k.size(2)});
+  c.view.page_size = page_size;
+  c.view.num_pages = pages;
+  return c;
+}
+
 class Layer {
  public:
   Layer(const AttentionConfig& config, const LayerWeights& weights, const std::string& kv_cache,
         const std::string& policy, std::int64_t num_pages, std::optional<std::string> device,
-        std::int64_t page_size, std::optional<std::string> profile)
+        std::int64_t page_size, std::optional<std::string> profile, nb::handle latent_cache,
+        nb::handle index_key_cache)
       : device_(device ? parse_device(*device) : weights.device()),
         profile_(load_profile(profile)),
         layer_(config, weights.device() == device_ ? weights : weights.to(device_),
-               policy_with_profile(policy, profile_)),
-        cache_(config, cache_options(kv_cache, num_pages, page_size, device_)) {
+               policy_with_profile(policy, profile_)) {
     if (!weights.has_indexer()) {
       fail(
           "weights have no indexer (a layer that takes an earlier layer's top-k, IndexShare): "
           "AttentionLayer runs one layer on its own, which needs its own indexer weights");
+    }
+    if (latent_cache.is_none() != index_key_cache.is_none()) {
+      fail("latent_cache and index_key_cache come together: got only {}",
+           latent_cache.is_none() ? "index_key_cache" : "latent_cache");
+    }
+    if (latent_cache.is_none()) {
+      own_.emplace(config, cache_options(kv_cache, num_pages, page_size, device_));
+    } else {
+      caller_.emplace(caller_cache(config, latent_cache, index_key_cache, device_));
     }
   }
 
@@ -107,22 +160,27 @@ class Layer {
     const CostProfile* p = layer_.cost_profile();
     return p ? std::optional<std::string>(p->to_json()) : std::nullopt;
   }
-  std::string kv_cache() const { return std::string(latent_format_name(cache_.latent_format())); }
-  std::int64_t page_size() const { return cache_.page_size(); }
-  std::int64_t num_pages() const { return cache_.num_pages(); }
-  std::int64_t free_pages() const { return cache_.free_pages(); }
+  std::string kv_cache() const {
+    return std::string(
+        latent_format_name(own_ ? own_->latent_format() : caller_->view.latent_format));
+  }
+  std::int64_t page_size() const { return own_ ? own_->page_size() : caller_->view.page_size; }
+  std::int64_t num_pages() const { return own_ ? own_->num_pages() : caller_->view.num_pages; }
+  bool owns_cache() const { return own_.has_value(); }
+  std::int64_t free_pages() const { return own_cache("free_pages").free_pages(); }
 
   BlockTable allocate(std::int64_t num_tokens, std::optional<BlockTable> table) {
+    PagedKvCache& cache = own_cache("allocate");
     if (num_tokens < 0) {
       throw nb::value_error(
           fmt::format("num_tokens: expected a count >= 0, got {}", num_tokens).c_str());
     }
     BlockTable grown = table.value_or(BlockTable{});
-    cache_.reserve(grown, num_tokens);
+    cache.reserve(grown, num_tokens);
     return grown;
   }
 
-  void free(BlockTable table) { cache_.release(table); }
+  void free(BlockTable table) { own_cache("free").release(table); }
 
   std::vector<std::string> forward(bool decode, nb::handle hidden, nb::handle out,
                                    const std::vector<std::int64_t>& prefix_lens,
@@ -159,18 +217,35 @@ class Layer {
     {
       nb::gil_scoped_release release;
       std::lock_guard<std::mutex> lock(mutex_);
-      const ForwardResult r = layer_.forward(batch, in.view, cache_.layer(0), dst.view, options);
+      const ForwardResult r =
+          layer_.forward(batch, in.view, own_ ? own_->layer(0) : caller_->view, dst.view, options);
       for (Path p : r.paths) paths.emplace_back(path_name(p));
     }
     return paths;
   }
 
  private:
+  // The layer's own cache, for the calls that manage its pages (`what`); a layer on the caller's
+  // cache leaves its pages to the caller.
+  PagedKvCache& own_cache(const char* what) {
+    if (!own_) {
+      fail(
+          "{}: this layer reads and writes the caller's cache tensors, whose pages the caller "
+          "allocates and frees",
+          what);
+    }
+    return *own_;
+  }
+  const PagedKvCache& own_cache(const char* what) const {
+    return const_cast<Layer*>(this)->own_cache(what);
+  }
+
   Device device_;
   std::shared_ptr<const CostProfile> profile_;  // given at construction, or null
   AttentionLayer layer_;
-  PagedKvCache cache_;
-  std::mutex mutex_;  // one forward at a time writes this layer's cache
+  std::optional<PagedKvCache> own_;    // the layer's own cache, or
+  std::optional<CallerCache> caller_;  // the caller's tensors
+  std::mutex mutex_;                   // one forward at a time writes this layer's cache
 };
 
 }  // namespace
@@ -271,10 +346,12 @@ void bind_layer(nb::module_& m) {
                     "including out.")
       .def(nb::init<const AttentionConfig&, const LayerWeights&, const std::string&,
                     const std::string&, std::int64_t, std::optional<std::string>, std::int64_t,
-                    std::optional<std::string>>(),
+                    std::optional<std::string>, nb::handle, nb::handle>(),
            nb::arg("config"), nb::arg("weights"), nb::arg("kv_cache") = "bf16",
            nb::arg("policy") = "auto", nb::arg("num_pages") = 1024, nb::arg("device") = nb::none(),
-           nb::arg("page_size") = kPageSize, nb::arg("profile") = nb::none())
+           nb::arg("page_size") = kPageSize, nb::arg("profile") = nb::none(),
+           nb::arg("latent_cache").none() = nb::none(),
+           nb::arg("index_key_cache").none() = nb::none())
       .def_prop_ro("config", &Layer::config)
       .def_prop_ro("weights", &Layer::weights)
       .def_prop_ro("device", &Layer::device)
@@ -284,6 +361,7 @@ void bind_layer(nb::module_& m) {
       .def_prop_ro("page_size", &Layer::page_size)
       .def_prop_ro("num_pages", &Layer::num_pages)
       .def_prop_ro("free_pages", &Layer::free_pages)
+      .def_prop_ro("owns_cache", &Layer::owns_cache)
       .def("allocate", &Layer::allocate, nb::arg("num_tokens"), nb::arg("block_table") = nb::none())
       .def("free", &Layer::free, nb::arg("block_table"))
       .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
