@@ -343,6 +343,7 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
     step.template operator()<0>(h);
     step.template operator()<1>(h + 1);
   }
+  cp_async_wait_all();  // Q's copies, where no block was gathered
 }
 
 // The producer: Q, the block count, then every pair's gathers and valid flags.
@@ -803,8 +804,19 @@ bool sparse_mla_wgmma_sm90_supports(const SparseMlaParams& p) {
 
 cudaError_t launch_sparse_mla_wgmma_sm90(const SparseMlaParams& p, cudaStream_t stream) {
   if (!sparse_mla_wgmma_sm90_supports(p)) return cudaErrorInvalidValue;
+  // Splits write only to the workspace, and together cover every entry.
+  if (p.splits > 1 &&
+      (p.partial_out == nullptr || p.partial_lse == nullptr || p.split_entries <= 0 ||
+       static_cast<std::int64_t>(p.splits) * p.split_entries < p.topk)) {
+    return cudaErrorInvalidValue;
+  }
   if (p.n == 0) return cudaSuccess;
   return p.fp8 ? launch<true>(p, stream) : launch<false>(p, stream);
+}
+
+int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits) {
+  const int per = (p.topk + splits - 1) / splits;
+  return (per + 2 * kKeys - 1) / (2 * kKeys) * (2 * kKeys);  // whole pairs of blocks
 }
 
 int sparse_mla_wgmma_splits(const SparseMlaParams& p) {
@@ -813,12 +825,12 @@ int sparse_mla_wgmma_splits(const SparseMlaParams& p) {
   const std::int64_t ctas = p.n * ((p.heads + kHeads - 1) / kHeads);
   const std::int64_t sms = multiprocessor_count();
   if (ctas <= 0 || 2 * ctas > sms) return 1;
-  return static_cast<int>(std::clamp<std::int64_t>(sms / ctas, 1, std::max(p.topk / 256, 1)));
-}
-
-int sparse_mla_wgmma_split_entries(const SparseMlaParams& p, int splits) {
-  const int per = (p.topk + splits - 1) / splits;
-  return (per + 2 * kKeys - 1) / (2 * kKeys) * (2 * kKeys);  // whole pairs of blocks
+  const int wanted =
+      static_cast<int>(std::clamp<std::int64_t>(sms / ctas, 1, std::max(p.topk / 256, 1)));
+  if (wanted == 1) return 1;
+  // No split left without entries once each is rounded up to whole block pairs.
+  const int per = sparse_mla_wgmma_split_entries(p, wanted);
+  return std::max(1, (p.topk + per - 1) / per);
 }
 
 cudaError_t launch_sparse_mla_combine(const SparseMlaParams& p, cudaStream_t stream) {
