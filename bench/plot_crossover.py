@@ -2,7 +2,10 @@
 
 Two panels: layer time per path against context length (prompts without a prefix; batches of
 about 16K tokens) and against prefix length for a fixed extend, measured (solid, markers) and as
-the cost profile auto plans with predicts (dashed), with the path auto took at each point.
+the cost profile auto plans with predicts (dashed), with the path auto took at each point. The
+cost model predicts the stages where the paths differ, not the projections every path runs
+alike, so a predicted line sits below its measured one by about that shared time; auto compares
+the paths by their differences.
 
   python bench/plot_crossover.py BENCH.json [OUT.png]   (default: BENCH.json with .png)
 """
@@ -36,7 +39,7 @@ def panel(ax, rows, x_key, x_label, title):
             if r.get("predicted") and r["predicted"].get(predicted) is not None
         ]
         if pts:
-            ax.plot(*zip(*pts), "--", color=colour, label=f"{label} (predicted)")
+            ax.plot(*zip(*pts), "--", color=colour, label=f"{label} (predicted, path stages)")
     ax.plot(xs, [r["auto_ms"] for r in rows], "k:", marker="x", label="auto (measured)")
     for x, r in zip(xs, rows):
         ax.annotate(r["auto_path"], (x, r["auto_ms"]), fontsize=6, rotation=30,
