@@ -267,9 +267,10 @@ __device__ __forceinline__ void gather_bf16_blocks(const SparseMlaParams& p, Sme
 //   a + 1 (buffer 1 right) and a + 2 (buffer 0 right) wait for pair P - 1 only;
 //   a + 3 (buffer 1 left) waits for consumer 0 to have started S_0 of pair P: a expanded;
 //   a + 4 (next pair, buffer 0 left) waits for P_0·V_0 of pair P: a and a + 2 expanded.
-// Hence, per pair: issue a + 1, a + 2; expand a; issue a + 3; expand a + 1, a + 2; issue a + 4;
-// expand a + 3. The pair's valid flags are published once a + 3 is issued (its wait orders
-// them after both consumers' masks of pair P - 1).
+// Hence, per pair: issue a + 1, a + 2; expand a; issue a + 3; expand a + 1, a + 2, a + 3; issue
+// a + 4 (which may wait for consumer 0's P_0·V_0: a + 3 goes first, so S_1 does not wait for it).
+// The pair's valid flags are published once a + 3 is issued (its wait orders them after both
+// consumers' masks of pair P - 1).
 __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem& sm,
                                                   const std::int32_t* indices, int entries,
                                                   int blocks, int t) {
@@ -332,15 +333,12 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
     expand(a + 1);
     cp_async_wait<1>();
     expand(a + 2);
-    if (a + 4 < halves) {
-      issue(a + 4);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    expand(a + 3);
+    cp_async_wait<0>();
+    expand(a + 3);  // before a + 4's wait for P_0·V_0, so that S_1 need not wait for it
+    if (a + 4 < halves) issue(a + 4);
   }
-  cp_async_wait_all();  // Q's copies, where no block was gathered
+  cp_async_commit();  // Q's copies, where no block was gathered
+  cp_async_wait_all();
 }
 
 // The producer: Q, the block count, then every pair's gathers and valid flags.
