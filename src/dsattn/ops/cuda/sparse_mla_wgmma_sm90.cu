@@ -343,7 +343,9 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
     step.template operator()<0>(h);
     step.template operator()<1>(h + 1);
   }
-  cp_async_wait_all();  // Q's copies, where no block was gathered
+  // Every committed group has landed. Q's copies, uncommitted where no block was gathered, are
+  // not waited for here: q_full's arrive-on-copies announces them to the consumers.
+  cp_async_wait_all();
 }
 
 // The producer: Q, the block count, then every pair's gathers and valid flags.
