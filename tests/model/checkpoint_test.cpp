@@ -518,6 +518,40 @@ TEST_F(CheckpointErrors, ShardsMustBeRegularFilesInsideTheFolder) {
                                   HasSubstr("not a regular file")));
 }
 
+// The index, config.json and a single-file checkpoint's weights get the shards' checks: a FIFO is
+// refused before it is opened (reading it would wait for a writer forever), a symbolic link is
+// followed only inside the checkpoint folder.
+TEST_F(CheckpointErrors, IndexConfigAndSingleFileMustBeRegularFilesInsideTheFolder) {
+  const std::string dir = dir_.path().string();
+  const auto open_error = [&] {
+    return thrown_message<CheckpointError>([&] { Checkpoint::open(dir); });
+  };
+  const fs::path index = dir_.path() / "model.safetensors.index.json";
+  const std::string index_text = read_all(index.string());
+  fs::remove(index);
+  ASSERT_EQ(::mkfifo(index.c_str(), 0600), 0);
+  EXPECT_THAT(open_error(),
+              AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("not a regular file")));
+  fs::remove(index);
+  write_all(index.string(), index_text);
+
+  TempDir elsewhere;
+  const fs::path config = dir_.path() / "config.json";
+  fs::rename(config, elsewhere.path() / "config.json");
+  fs::create_symlink(elsewhere.path() / "config.json", config);
+  EXPECT_THAT(open_error(), AllOf(HasSubstr("config.json"), HasSubstr("outside the checkpoint")));
+  fs::remove(config);
+  fs::rename(elsewhere.path() / "config.json", config);
+  EXPECT_NO_THROW(Checkpoint::open(dir));
+
+  // A single-file checkpoint (no index) whose weights file links out of the folder.
+  fs::remove(index);
+  fs::rename(shard(), elsewhere.path() / "model.safetensors");
+  fs::create_symlink(elsewhere.path() / "model.safetensors", dir_.path() / "model.safetensors");
+  EXPECT_THAT(open_error(),
+              AllOf(HasSubstr("model.safetensors"), HasSubstr("outside the checkpoint folder")));
+}
+
 TEST_F(CheckpointErrors, MissingTensorInShard) {
   rewrite_shard(shard(), [](std::vector<SafetensorsEntry>& e) {
     std::erase_if(e, [](const SafetensorsEntry& x) {

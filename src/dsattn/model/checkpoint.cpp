@@ -16,6 +16,29 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// `name` in the checkpoint folder `dir`, checked before it is opened: a regular file (not a FIFO,
+// which would block the reader, nor a device or a folder) that lies inside the folder once
+// symbolic links are resolved. `what` names it in errors ("config.json", "shard").
+fs::path checkpoint_file(const std::string& dir, const fs::path& name, const char* what) {
+  const fs::path path = fs::path(dir) / name;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) {
+    fail<CheckpointError>("checkpoint {}: {} {} does not exist", dir, what, path.string());
+  }
+  if (!fs::is_regular_file(status)) {
+    fail<CheckpointError>("checkpoint {}: {} {} is not a regular file", dir, what, path.string());
+  }
+  const fs::path real = fs::canonical(path, ec), folder = fs::canonical(dir, ec);
+  const auto [mismatch, unused] =
+      std::mismatch(folder.begin(), folder.end(), real.begin(), real.end());
+  if (ec || mismatch != folder.end()) {
+    fail<CheckpointError>("checkpoint {}: {} {} resolves to {}, outside the checkpoint folder", dir,
+                          what, path.string(), real.string());
+  }
+  return path;
+}
+
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail<CheckpointError>("cannot open {}", path.string());
@@ -116,15 +139,15 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   Checkpoint ck;
   ck.dir_ = dir;
   const fs::path root(dir);
-  const fs::path config_path = root / "config.json";
-  if (!fs::is_regular_file(config_path)) {
+  if (!fs::exists(root / "config.json")) {
     fail<CheckpointError>("checkpoint {} has no config.json", dir);
   }
+  const fs::path config_path = checkpoint_file(dir, "config.json", "config.json");
   ck.config_ = AttentionConfig::from_json_file(config_path.string());
   ck.quant_ = quantization_config_from_json_text(read_text(config_path), config_path.string());
 
-  const fs::path index_path = root / kCheckpointIndexFile;
-  if (fs::exists(index_path)) {
+  if (fs::exists(root / kCheckpointIndexFile)) {
+    const fs::path index_path = checkpoint_file(dir, kCheckpointIndexFile, "index");
     const std::string source = index_path.string();
     json index;
     try {
@@ -159,8 +182,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       ck.weight_map_[name] = file.get<std::string>();
     }
   } else if (fs::exists(root / kCheckpointSingleFile)) {
-    auto file = std::make_unique<SafetensorsFile>(
-        SafetensorsFile::open((root / kCheckpointSingleFile).string()));
+    auto file = std::make_unique<SafetensorsFile>(SafetensorsFile::open(
+        checkpoint_file(dir, kCheckpointSingleFile, "weights file").string()));
     for (const auto& [name, t] : file->tensors()) ck.weight_map_[name] = kCheckpointSingleFile;
     ck.shards_->open.emplace(kCheckpointSingleFile, std::move(file));
   } else {
@@ -178,24 +201,10 @@ const SafetensorsFile& Checkpoint::shard_for(const std::string& tensor) const {
   std::lock_guard<std::mutex> lock(shards_->mutex);
   auto& slot = shards_->open[it->second];
   if (!slot) {
-    const fs::path path = fs::path(dir_) / it->second;
-    if (!fs::exists(path)) {
-      shards_->open.erase(it->second);
-      fail<CheckpointError>("checkpoint {}: shard {} (holding tensor {}) does not exist", dir_,
-                            path.string(), tensor);
-    }
-    // A shard reached through a symbolic link must still lie inside the checkpoint folder.
-    std::error_code ec;
-    const fs::path real = fs::canonical(path, ec), folder = fs::canonical(dir_, ec);
-    const auto [mismatch, unused] =
-        std::mismatch(folder.begin(), folder.end(), real.begin(), real.end());
-    if (ec || mismatch != folder.end()) {
-      shards_->open.erase(it->second);
-      fail<CheckpointError>("checkpoint {}: shard {} resolves to {}, outside the checkpoint folder",
-                            dir_, path.string(), real.string());
-    }
     try {
-      slot = std::make_unique<SafetensorsFile>(SafetensorsFile::open(path.string()));
+      const std::string what = fmt::format("shard (holding tensor {})", tensor);
+      slot = std::make_unique<SafetensorsFile>(
+          SafetensorsFile::open(checkpoint_file(dir_, it->second, what.c_str()).string()));
     } catch (...) {
       shards_->open.erase(it->second);
       throw;
