@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
@@ -133,6 +134,20 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
 
 }  // namespace
 
+double relative_difference(std::span<const double> a, std::span<const double> b) {
+  if (a.size() != b.size()) {
+    fail("relative_difference needs equal sizes, got {} and {}", a.size(), b.size());
+  }
+  double diff = 0, scale = 0;
+  for (std::size_t j = 0; j < a.size(); ++j) {
+    if (!std::isfinite(a[j]) || !std::isfinite(b[j]))
+      return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::fabs(a[j] - b[j]));
+    scale = std::max(scale, std::fabs(b[j]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
 CaseReport check_case(const CheckCase& c, std::vector<Policy> policies) {
   c.config.validate();
   if (c.requests.empty()) fail("check case must hold at least one request");
@@ -165,12 +180,7 @@ CaseReport check_case(const CheckCase& c, std::vector<Policy> policies) {
     if (p.policy == "mla") mla = &p.output;
   }
   if (mha && mla) {
-    double diff = 0, scale = 0;
-    for (std::size_t j = 0; j < mla->size(); ++j) {
-      diff = std::max(diff, std::fabs((*mha)[j] - (*mla)[j]));
-      scale = std::max(scale, std::fabs((*mla)[j]));
-    }
-    report.mha_mla_relative_difference = scale > 0 ? diff / scale : diff;
+    report.mha_mla_relative_difference = relative_difference(*mha, *mla);
   }
   return report;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,10 @@ struct PolicyCheck {
   bool pass = false;
   std::vector<double> output;  // [total rows * hidden], as doubles
 };
+
+// max |a - b| / max |b| (max |a - b| where b is all zeros); +inf when either holds a NaN or an
+// Inf: a non-finite value is a disagreement, never dropped by a maximum.
+double relative_difference(std::span<const double> a, std::span<const double> b);
 
 struct CaseReport {
   std::vector<PolicyCheck> checks;
