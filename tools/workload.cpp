@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 
+#include "dsattn/core/checked_size.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/decode_graph.h"
@@ -32,6 +33,14 @@ void WorkloadSpec::validate() const {
                "--prefix-len + --prompt-len + --decode-steps must be at most {} (positions are "
                "int32), got {}",
                kMaxPosition, prefix_len + prompt_len + decode_steps);
+  // The cache holds every request's whole context.
+  const std::int64_t pages =
+      checked_mul(requests, pages_for(prefix_len + prompt_len + decode_steps), "cache pages");
+  DSATTN_CHECK(pages <= kMaxPosition,
+               "--requests x the pages of one request's context ({} x {} pages of {} tokens) must "
+               "be at most {} cache pages, got {}",
+               requests, pages_for(prefix_len + prompt_len + decode_steps), kPageSize, kMaxPosition,
+               pages);
 }
 
 std::string WorkloadSpec::to_string() const {

@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "core/error_message.h"
+#include "dsattn/core/checked_size.h"
 #include "dsattn/core/cuda_runtime.h"
 
 namespace dsattn {
@@ -65,6 +67,39 @@ TEST(TensorView, ContiguousViewHasRowMajorStrides) {
   EXPECT_TRUE(v.is_contiguous());
   EXPECT_FALSE(v.empty());
   EXPECT_EQ(v.row<float>(1), data.data() + 15);
+}
+
+// Shapes whose element or byte count does not fit int64 are refused by name, not wrapped into a
+// small size that an allocation or a loop would trust.
+TEST(TensorView, CountsThatOverflowAreRefused) {
+  const std::int64_t big = std::int64_t(1) << 40;
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] {
+                Tensor::empty({big, big}, DType::f32);
+              }),
+              AllOf(HasSubstr("elements of a tensor of shape [1099511627776, 1099511627776]"),
+                    HasSubstr("exceeds the largest size")));
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] {
+                TensorView(nullptr, DType::bf16, Device::cpu(), {big, big, 4});
+              }),
+              HasSubstr("elements of a tensor of shape"));
+  const std::int64_t strides[] = {1, 1};
+  const std::int64_t shape[] = {big, big};
+  EXPECT_THAT(thrown_message<InvalidArgument>(
+                  [&] { TensorView(nullptr, DType::bf16, Device::cpu(), shape, strides); }),
+              HasSubstr("elements of a tensor of shape"));
+  EXPECT_THAT(
+      thrown_message<InvalidArgument>([&] { Tensor::empty({std::int64_t(1) << 62}, DType::f32); }),
+      AllOf(HasSubstr("bytes of a tensor of shape [4611686018427387904]"),
+            HasSubstr("4611686018427387904 x 4")));
+}
+
+TEST(CheckedSize, SumsAndProductsThatFitPassThrough) {
+  EXPECT_EQ(checked_mul(std::int64_t(1) << 31, std::int64_t(1) << 31, "x"), std::int64_t(1) << 62);
+  EXPECT_EQ(checked_add(std::numeric_limits<std::int64_t>::max() - 1, 1, "x"),
+            std::numeric_limits<std::int64_t>::max());
+  EXPECT_THAT(thrown_message<InvalidArgument>(
+                  [] { checked_add(std::numeric_limits<std::int64_t>::max(), 1, "positions"); }),
+              HasSubstr("positions: 9223372036854775807 + 1 exceeds"));
 }
 
 TEST(TensorView, DefaultViewIsEmptyScalar) {

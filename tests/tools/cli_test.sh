@@ -108,6 +108,8 @@ expect_error "huge requests" "--requests must be in \\[1, 1048576\\]" \
   run --device cpu --requests 99999999999999999999
 expect_error "positions past int32" "must be at most 2147483647 \\(positions are int32\\)" \
   run --device cpu --requests 1 --prompt-len 2000000000 --prefix-len 2000000000
+expect_error "too many pages" "--requests x the pages of one request's context \\(1048576 x 32769 pages" \
+  run --device cpu --requests 1048576 --prompt-len 2097152
 expect_error "json dir" "--json: directory" run --requests 1 --prompt-len 4 --decode-steps 0 \
   --json "$work/no/such/dir/out.json"
 [[ -e "$work/no" ]] && fail "json dir: something was written"

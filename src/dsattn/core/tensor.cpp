@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "dsattn/core/checked_size.h"
 #include "dsattn/core/cuda_runtime.h"
 
 namespace dsattn {
@@ -25,11 +26,21 @@ namespace {
 void check_rank(std::size_t rank) {
   if (rank > kMaxDims) fail("tensor rank must be at most {}, got {}", kMaxDims, rank);
 }
+
+// The element count of a valid shape; refuses one whose count does not fit int64.
+void check_count(std::span<const std::int64_t> shape) {
+  std::int64_t n = 1;
+  for (std::int64_t d : shape) {
+    n = checked_mul(
+        n, d, [&] { return fmt::format("elements of a tensor of shape {}", shape_string(shape)); });
+  }
+}
 }  // namespace
 
 TensorView::TensorView(void* data, DType dtype, Device device, std::span<const std::int64_t> shape)
     : data_(data), dtype_(dtype), device_(device), ndim_(static_cast<int>(shape.size())) {
   check_rank(shape.size());
+  check_count(shape);
   std::int64_t stride = 1;
   for (int i = ndim_ - 1; i >= 0; --i) {
     if (shape[i] < 0) fail("tensor shape {} has a negative dimension", shape_string(shape));
@@ -51,6 +62,7 @@ TensorView::TensorView(void* data, DType dtype, Device device, std::span<const s
     shape_[i] = shape[i];
     strides_[i] = strides[i];
   }
+  check_count(shape);
 }
 
 int TensorView::dim_index(int dim) const {
@@ -130,7 +142,10 @@ TensorView TensorView::with_dtype(DType dtype) const {
 Tensor Tensor::empty(std::span<const std::int64_t> shape, DType dtype, Device device) {
   Tensor t;
   TensorView probe(nullptr, dtype, device, shape);  // validates rank and sizes
-  const std::size_t bytes = std::max<std::size_t>(1, probe.numel() * dtype_size(dtype));
+  const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(
+      1, checked_mul(probe.numel(), dtype_size(dtype), [&] {
+        return fmt::format("bytes of a tensor of shape {}", shape_string(shape));
+      })));
   if (device.is_cpu()) {
     // 64-byte alignment keeps rows vector-friendly and matches what BLAS prefers.
     const std::size_t rounded = (bytes + 63) / 64 * 64;
