@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "bench/stages.h"
 #include "bench/timer.h"
 #include "dsattn/cache/cache_format.h"
 #include "dsattn/core/random.h"
@@ -34,12 +35,7 @@ json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t
 // the measured time under mha (where exact), mla and auto, auto's path, and the predictions.
 json point(AttentionStack& stack, const AttentionConfig& config, Device device, std::int64_t n,
            std::int64_t prefix, std::int64_t extend, const CostProfile* profile, double budget_ms) {
-  CacheOptions opts;
-  opts.device = device;
-  opts.num_pages = n * pages_for(prefix + extend);
-  PagedKvCache cache(config, opts);
-  std::vector<BlockTable> tables(n);
-  for (BlockTable& t : tables) cache.reserve(t, prefix + extend);
+  auto [cache, tables] = reserve_requests(config, device, n, prefix + extend);
   ForwardOptions fo;
   fo.time_stages = false;
   if (prefix > 0) {

@@ -319,6 +319,16 @@ json bench_decode(Device device, const Ceilings& c) {
   return rows;
 }
 
+ReservedCache reserve_requests(const AttentionConfig& config, Device device, std::int64_t requests,
+                               std::int64_t tokens) {
+  CacheOptions opts;
+  opts.device = device;
+  opts.num_pages = requests * pages_for(tokens);
+  ReservedCache r{PagedKvCache(config, opts), std::vector<BlockTable>(requests)};
+  for (BlockTable& t : r.tables) r.cache.reserve(t, tokens);
+  return r;
+}
+
 json bench_layer(Device device, std::int64_t requests, const std::vector<std::int64_t>& prompt_lens,
                  const AttentionConfig& config) {
   json rows = json::array();
@@ -327,12 +337,7 @@ json bench_layer(Device device, std::int64_t requests, const std::vector<std::in
   const std::int64_t D = config.hidden_size, budget = 16384;
   for (std::int64_t len : prompt_lens) {
     json row = {{"requests", requests}, {"prompt_len", len}};
-    CacheOptions opts;
-    opts.device = device;
-    opts.num_pages = requests * pages_for(len + 1);
-    PagedKvCache cache(config, opts);
-    std::vector<BlockTable> tables(requests);
-    for (BlockTable& t : tables) cache.reserve(t, len + 1);
+    auto [cache, tables] = reserve_requests(config, device, requests, len + 1);
     // Whole requests per forward, up to the token budget.
     std::vector<Batch> batches;
     for (std::int64_t r = 0, used = budget; r < requests; ++r) {
@@ -384,12 +389,7 @@ json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefi
                         std::int64_t extend) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();
   AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
-  CacheOptions opts;
-  opts.device = device;
-  opts.num_pages = requests * pages_for(prefix + extend);
-  PagedKvCache cache(config, opts);
-  std::vector<BlockTable> tables(requests);
-  for (BlockTable& t : tables) cache.reserve(t, prefix + extend);
+  auto [cache, tables] = reserve_requests(config, device, requests, prefix + extend);
   ForwardOptions fo;
   fo.time_stages = false;
   // The cached prefixes, written by sparse forwards of up to 16K tokens (untimed).
@@ -429,12 +429,8 @@ json bench_layer_chunked(Device device, const std::vector<std::int64_t>& context
   stack.set_policy(Policy::parse("per-request"));
   const Tensor x = random_tensor({chunk, config.hidden_size}, DType::bf16, device, 21);
   for (std::int64_t len : contexts) {
-    CacheOptions opts;
-    opts.device = device;
-    opts.num_pages = pages_for(len);
-    PagedKvCache cache(config, opts);
-    BlockTable table;
-    cache.reserve(table, len);
+    auto [cache, tables] = reserve_requests(config, device, 1, len);
+    const BlockTable& table = tables[0];
     ForwardOptions fo;
     fo.time_stages = false;
     auto prefill = [&] {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/tensor.h"
 #include "dsattn/model/config.h"
 
@@ -16,6 +17,15 @@ struct Ceilings {
 };
 
 Ceilings measure_ceilings(Device device);
+
+// A one-layer cache on `device` for `requests` sequences of `tokens` positions each, their block
+// tables reserved.
+struct ReservedCache {
+  PagedKvCache cache;
+  std::vector<BlockTable> tables;
+};
+ReservedCache reserve_requests(const AttentionConfig& config, Device device, std::int64_t requests,
+                               std::int64_t tokens);
 
 // Sequence lengths of the per-stage sweep; each batch holds about `tokens` tokens.
 struct Sweep {
