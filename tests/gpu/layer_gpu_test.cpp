@@ -103,10 +103,7 @@ TEST_F(LayerGpu, Glm5ShapesMatchReference) {
 // forward (a profile where dense work is free makes auto split every such request), beside a
 // request on each whole path; both cache formats, the prefix written in chunks.
 TEST_F(LayerGpu, RowSplitMatchesReference) {
-  auto dense_free = std::make_shared<CostProfile>();
-  dense_free->mla_s_per_flop = dense_free->absorb_s_per_flop = dense_free->score_s_per_pair = 1.0;
-  Policy split = Policy::parse("auto");
-  split.profile = dense_free;
+  const Policy split = testing::row_split_policy();
   for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
     reference::CheckCase c;
     c.config = f == LatentFormat::bf16 ? small(48) : testing::glm5_shaped_config(4, 48);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "dsattn/cache/paged_kv_cache.h"
@@ -39,6 +40,16 @@ inline AttentionConfig glm5_shaped_config(std::int64_t heads, std::int64_t index
   c.q_lora_rank = 128;
   c.index_topk = index_topk;
   return c;
+}
+
+// auto with a profile where dense work is free: every prefill request whose context passes
+// index_topk inside its extend takes the row split, every other one its cheaper whole path.
+inline Policy row_split_policy() {
+  auto dense_free = std::make_shared<CostProfile>();
+  dense_free->mla_s_per_flop = dense_free->absorb_s_per_flop = dense_free->score_s_per_pair = 1.0;
+  Policy p = Policy::parse("auto");
+  p.profile = dense_free;
+  return p;
 }
 
 // Seeded hidden states, uniform with unit RMS.

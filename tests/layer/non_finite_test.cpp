@@ -38,10 +38,7 @@ TEST(NonFiniteToken, ReachesOnlyTheRowsThatSeeIt) {
   const LayerWeights weights = LayerWeights::synthetic(config, 41);
   const std::int64_t n = 60, bad = 17, D = config.hidden_size;
   const Tensor clean = testing::random_hidden(n, D, 42);
-  auto dense_free = std::make_shared<CostProfile>();
-  dense_free->mla_s_per_flop = dense_free->absorb_s_per_flop = dense_free->score_s_per_pair = 1.0;
-  Policy split = Policy::parse("auto");
-  split.profile = dense_free;
+  const Policy split = testing::row_split_policy();
   const std::pair<const char*, Policy> policies[] = {{"mla", Policy::parse("mla")},
                                                      {"row split", split}};
   for (LatentFormat format : {LatentFormat::bf16, LatentFormat::fp8}) {

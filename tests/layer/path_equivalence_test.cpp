@@ -56,10 +56,7 @@ INSTANTIATE_TEST_SUITE_P(
 // profile where dense work is free makes auto split every such request), beside a request on
 // each whole path; both cache formats, the prefix written in chunks.
 TEST(RowSplit, MatchesReference) {
-  auto dense_free = std::make_shared<CostProfile>();
-  dense_free->mla_s_per_flop = dense_free->absorb_s_per_flop = dense_free->score_s_per_pair = 1.0;
-  Policy split = Policy::parse("auto");
-  split.profile = dense_free;
+  const Policy split = testing::row_split_policy();
   // The small shape with a bf16 cache; GLM-5's (its latent fits the FP8 blocks) with an FP8 one.
   for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
     reference::CheckCase c;
