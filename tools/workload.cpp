@@ -34,13 +34,12 @@ void WorkloadSpec::validate() const {
                "int32), got {}",
                kMaxPosition, prefix_len + prompt_len + decode_steps);
   // The cache holds every request's whole context.
-  const std::int64_t pages =
-      checked_mul(requests, pages_for(prefix_len + prompt_len + decode_steps), "cache pages");
+  const std::int64_t per_request = pages_for(prefix_len + prompt_len + decode_steps);
+  const std::int64_t pages = checked_mul(requests, per_request, "cache pages");
   DSATTN_CHECK(pages <= kMaxPosition,
                "--requests x the pages of one request's context ({} x {} pages of {} tokens) must "
                "be at most {} cache pages, got {}",
-               requests, pages_for(prefix_len + prompt_len + decode_steps), kPageSize, kMaxPosition,
-               pages);
+               requests, per_request, kPageSize, kMaxPosition, pages);
 }
 
 std::string WorkloadSpec::to_string() const {
