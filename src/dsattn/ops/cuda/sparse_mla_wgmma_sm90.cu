@@ -12,10 +12,10 @@
 //   names with 16-byte cp.async (an invalid entry, -1 or outside the cache, gives a zero row and a
 //   "not valid" flag the consumers mask with). FP8 rows (656 bytes): the codes land by 8-byte
 //   cp.async in the upper half of their 16-byte destination chunks and are expanded to bf16 in
-//   place (two halves in flight), so there is no staging buffer and no bf16 copy of the cache. Each
-//   buffer is announced in two halves, sub-tiles 0-3 (values 0-255) and 4-8 (values 256-511 and the
-//   rope columns), each with its own landed/released mbarrier, so a half is refilled as soon as its
-//   last reader is done.
+//   place (up to three halves in flight), so there is no staging buffer and no bf16 copy of the
+//   cache. Each buffer is announced in two halves, sub-tiles 0-3 (values 0-255) and 4-8 (values
+//   256-511 and the rope columns), each with its own landed/released mbarrier, so a half is
+//   refilled as soon as its last reader is done.
 // - Consumer warpgroup c computes S_c = Q·K_cᵀ for its block (64 × 64, 36 products from shared
 //   memory) and the online softmax; the two share one running maximum per head, consumer 0 going
 //   first and consumer 1 folding its block into consumer 0's maximum. Each then owns half of the
@@ -26,8 +26,8 @@
 // - While one consumer runs its softmax the other's products keep the tensor cores busy; consumer
 //   0 issues the next pair's S_0 behind its last P·V.
 //
-// Registers: the producer drops to 56 per thread (72 with FP8 rows) so that the consumers can
-// hold 224 (216): O 128, S 32, P 16. Shared memory: Q 72 KB (the output is staged there at the
+// Registers: the producer drops to 56 per thread (88 with FP8 rows) so that the consumers can
+// hold 224 (208): O 128, S 32, P 16. Shared memory: Q 72 KB (the output is staged there at the
 // end), two key buffers of 72 KB, consumer 1's P 8 KB.
 #include <algorithm>
 #include <cmath>
@@ -59,9 +59,9 @@ constexpr int kThreads = 384;  // producer warpgroup, then two consumers
 // Registers per thread after setmaxnreg (128 · producer + 256 · consumer <= 65,536): the FP8
 // producer expands codes in registers and needs more.
 template <bool kFp8>
-constexpr int kProducerRegs = kFp8 ? 72 : 56;
+constexpr int kProducerRegs = kFp8 ? 88 : 56;
 template <bool kFp8>
-constexpr int kConsumerRegs = kFp8 ? 216 : 224;
+constexpr int kConsumerRegs = kFp8 ? 208 : 224;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 // The running maximum (of scaled scores, in log2 units) before any key: finite, so that a block
 // whose keys are all masked gives exp2(-inf - kMaxInit) = 0 and a correction of exp2(0) = 1.
@@ -100,25 +100,14 @@ __device__ __forceinline__ void store_shared(std::uint32_t addr, std::uint32_t v
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(value) : "memory");
 }
 
-// A global load of a `valid` row (zeros otherwise, without a branch) that the compiler keeps in
-// program order with the barrier waits around it (an ordinary read-only load may be hoisted
-// above the waits of earlier blocks, holding values of a whole pair in registers at once).
-__device__ __forceinline__ uint2 load_global_v2(const void* p, bool valid) {
-  uint2 v;
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\nmov.b32 %0, 0;\nmov.b32 %1, 0;\n"
-      "@p ld.global.nc.v2.u32 {%0, %1}, [%2];\n}\n"
-      : "=r"(v.x), "=r"(v.y)
-      : "l"(p), "r"(static_cast<int>(valid)));
-  return v;
-}
-
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// An index entry, or `otherwise` when !valid, kept in program order like load_global_v2.
+// An index entry, or `otherwise` when !valid (without a branch), kept in program order with the
+// barrier waits around it: an ordinary read-only load may be hoisted above the waits of earlier
+// blocks, holding values of a whole pair in registers at once.
 __device__ __forceinline__ std::int32_t load_global_i32(const std::int32_t* p, bool valid,
                                                         std::int32_t otherwise) {
   std::int32_t v;
@@ -269,8 +258,19 @@ __device__ __forceinline__ void gather_bf16_blocks(const SparseMlaParams& p, Sme
 // FP8 rows: sub-tile j < 8 holds values 64 j ...: chunk c is 8 codes at byte 64 j + 8 c times
 // scale j / 2; sub-tile 8 is the bf16 rope part, copied as it is. The 8 code bytes land
 // (cp.async) in the upper half of their 16-byte destination chunk and are expanded to 8 bf16 in
-// place, so no staging buffer is needed; an invalid row is zeros (codes and scale 0). Two halves
-// are in flight: the next one's copies are issued before this one is expanded.
+// place, so no staging buffer is needed; the half's two scales of the row land in the lower half
+// of its first chunk, read before that chunk is expanded. An invalid row is zeros (codes and
+// scales 0).
+//
+// Up to three halves are in flight. Which half may be issued before which is expanded follows
+// from what its release waits for (the consumers' order): in pair P (halves a = 4P ...),
+//   a + 1 (buffer 1 right) and a + 2 (buffer 0 right) wait for pair P - 1 only;
+//   a + 3 (buffer 1 left) waits for consumer 0 to have started S_0 of pair P: a expanded;
+//   a + 4 (next pair, buffer 0 left) waits for P_0·V_0 of pair P: a and a + 2 expanded.
+// Hence, per pair: issue a + 1, a + 2; expand a; issue a + 3; expand a + 1, a + 2, a + 3; issue
+// a + 4 (which may wait for consumer 0's P_0·V_0: a + 3 goes first, so S_1 does not wait for it).
+// The pair's valid flags are published once a + 3 is issued (its wait orders them after both
+// consumers' masks of pair P - 1).
 __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem& sm,
                                                   const std::int32_t* indices, int entries,
                                                   int blocks, int t) {
@@ -278,9 +278,8 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
   const int c = t % 8;
   const std::uint32_t offset = chunk_offset(t);
   const int halves = 4 * ((blocks + 1) / 2);
-  uint2 scale[2][4];  // per half in flight (slot h % 2), per row
   unsigned ok[2] = {0, 0};
-  const auto issue = [&]<int kSlot>(int h) DSATTN_INLINE {
+  const auto issue = [&](int h) DSATTN_INLINE {
     const int pair = h / 4, k = h % 4, b = half_buffer(k), side = half_side(k);
     const RowSources rows = row_sources(p, indices, entries, 2 * pair + b, t);
     if (b == 0) {
@@ -288,17 +287,13 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
     } else {
       ok[1] = rows.ok;
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      scale[kSlot][i] =
-          load_global_v2(kv + rows.offset[i] + kFp8ScaleOffset + 8 * side, (rows.ok >> i) & 1u);
-    }
     wait_free(sm, b, side, pair);
     const int sub0 = side == 0 ? 0 : kLeftSubs;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const bool valid = (rows.ok >> i) & 1u;
       const std::uint8_t* row = kv + rows.offset[i];
+      cp_async8(chunk_address(sm, b, sub0, i, offset), row + kFp8ScaleOffset + 8 * side, valid);
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         cp_async8(chunk_address(sm, b, sub0 + jj, i, offset) + 8, row + (sub0 + jj) * 64 + 8 * c,
@@ -310,41 +305,39 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
     }
     cp_async_commit();
   };
-  const auto expand = [&]<int kSlot>(int h) DSATTN_INLINE {
+  const auto expand = [&](int h) DSATTN_INLINE {
     const int k = h % 4, b = half_buffer(k), side = half_side(k);
     const int sub0 = side == 0 ? 0 : kLeftSubs;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
+      const uint2 sc = load_shared_v2(chunk_address(sm, b, sub0, i, offset));
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         const std::uint32_t chunk = chunk_address(sm, b, sub0 + jj, i, offset);
-        const uint2 sc = scale[kSlot][i];
         dequant8_to_shared(chunk, load_shared_v2(chunk + 8), __uint_as_float(jj < 2 ? sc.x : sc.y));
       }
     }
     wgmma::fence_proxy_async_smem();  // generic-proxy stores the products read
     mbarrier_arrive(smem_addr(&sm.k_full[b][side]));
   };
-  // Half h's copies go out before half h - 1 is expanded. Half 3 of a pair has waited for the
-  // last release of the previous pair, after which the pair's valid flags are published.
-  const auto step = [&]<int kSlot>(int h) DSATTN_INLINE {
-    if (h + 1 < halves) {
-      issue.template operator()<1 - kSlot>(h + 1);
-      if ((h + 1) % 4 == 3) publish_valid(sm, ok[0], ok[1], t);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    expand.template operator()<kSlot>(h);
-  };
-  if (halves > 0) issue.template operator()<0>(0);
+  if (halves > 0) issue(0);
 #pragma unroll 1
-  for (int h = 0; h < halves; h += 2) {  // halves is a multiple of 4
-    step.template operator()<0>(h);
-    step.template operator()<1>(h + 1);
+  for (int a = 0; a < halves; a += 4) {
+    issue(a + 1);
+    issue(a + 2);
+    cp_async_wait<2>();  // a (and Q's copies, committed with it)
+    expand(a);
+    issue(a + 3);
+    publish_valid(sm, ok[0], ok[1], t);
+    cp_async_wait<2>();
+    expand(a + 1);
+    cp_async_wait<1>();
+    expand(a + 2);
+    cp_async_wait<0>();
+    expand(a + 3);  // before a + 4's wait for P_0·V_0, so that S_1 need not wait for it
+    if (a + 4 < halves) issue(a + 4);
   }
-  // Every committed group has landed. Q's copies, uncommitted where no block was gathered, are
-  // not waited for here: q_full's arrive-on-copies announces them to the consumers.
+  cp_async_commit();  // Q's copies, where no block was gathered
   cp_async_wait_all();
 }
 
