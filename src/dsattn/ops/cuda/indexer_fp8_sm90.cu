@@ -6,9 +6,12 @@
 // cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each)
 // against one split of the request's keys; each warpgroup scores every 64-key tile of the split
 // with four m64n128k32 MMAs. All threads copy tiles with 4-byte cp.async (cache rows are 132
-// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step; the
-// MMAs of both tiles go out together, so the first tile's epilogue (ReLU, head weights, quad
-// sum, key scale, causal mask, store) runs while the second tile's MMAs do.
+// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step. Each
+// warpgroup issues both tiles' MMAs, then scores the first (ReLU, head weights, quad sum, key
+// scale, causal mask, store) while the second's run. The warpgroups synchronise through
+// mbarriers only (a pair has landed; both have finished with a pair), never a CTA barrier, and
+// the second starts one tile behind the first: one's epilogue of its second tile runs while the
+// other's MMAs keep the tensor cores busy.
 //
 // The per-token key scale and the per-(query, head) query scale come out of the ReLU because
 // both are non-negative, as the quantiser makes them: Σ_h w_h ReLU(q_s k_s dot) = k_s Σ_h (w_h q_s)
@@ -16,6 +19,7 @@
 #include <algorithm>
 #include <cub/block/block_scan.cuh>
 
+#include "dsattn/ops/cuda/barriers.cuh"
 #include "dsattn/ops/cuda/common.cuh"
 #include "dsattn/ops/cuda/ptx.cuh"
 #include "dsattn/ops/cuda/wgmma.cuh"
@@ -29,7 +33,11 @@ constexpr int kDim = 128;            // bytes of one e4m3 key or query head; one
 constexpr int kRowBytes = kDim + 4;  // a cached key: its values, then its scale
 constexpr int kKeysPerTile = 64;     // the M of one MMA
 constexpr int kQueriesPerGroup = 2;  // N = 128
-constexpr int kPairStages = 3;       // pairs of key tiles in flight: pair u + 2 loads during pair u
+// Pairs of key tiles in the ring: during step u a warpgroup scores pair u and loads its share of
+// pair u + kLoadAhead into the stages of pair u + kLoadAhead - kPairStages, which the other
+// warpgroup, up to a step behind, may still be scoring until then.
+constexpr int kLoadAhead = 2;
+constexpr int kPairStages = kLoadAhead + 2;
 constexpr int kStages = 2 * kPairStages;
 constexpr int kKeyTileBytes = kKeysPerTile * kDim;
 constexpr int kQueryTileBytes = kQueriesPerGroup * kHeads * kDim;
@@ -43,7 +51,10 @@ struct Smem {
   alignas(1024) std::uint8_t keys[kStages][kKeyTileBytes];
   float key_scales[kStages][kKeysPerTile];
   float weights[G * kQueriesPerGroup][kHeads];  // head weight x query scale
-  int request, block;                           // this CTA's request and query block within it
+  // Per pair stage: every thread's copies have landed (each thread arrives when its own do);
+  // every thread has finished reading it.
+  std::uint64_t full[kPairStages], empty[kPairStages];
+  int request, block;  // this CTA's request and query block within it
 };
 
 // CTA y-slot -> (request, query block): request b owns ceil(n_q(b) / kQueriesPerCta) slots, in
@@ -157,13 +168,19 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
   }
 }
 
-// Tiles 2u and 2u + 1 of the split into the stages of pair u, as one cp.async group.
+// This thread's share of tiles 2u and 2u + 1 of the split, into the stages of pair u once every
+// thread has finished with the pair that used them before; the thread arrives on the pair's
+// full barrier when its copies land.
 template <int G>
 __device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int split_begin,
                               int u, int end, Smem<G>& s) {
-  const int stage = 2 * (u % kPairStages);
+  const int ring = u % kPairStages, stage = 2 * ring;
+  if (u >= kPairStages) {
+    barriers::mbarrier_wait(ptx::smem_addr(&s.empty[ring]), (u / kPairStages - 1) & 1);
+  }
   load_key_tile(p, table, split_begin + 2 * u * kKeysPerTile, end, s, stage);
   load_key_tile(p, table, split_begin + (2 * u + 1) * kKeysPerTile, end, s, stage + 1);
+  barriers::mbarrier_arrive_on_copies(ptx::smem_addr(&s.full[ring]));
 }
 
 // The one query row whose scores a thread stores (its quad's lane picks the query and key row).
@@ -262,14 +279,19 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       }
       s.weights[query][head] = w;
     }
+    if (threadIdx.x == 0) {
+      for (int r = 0; r < kPairStages; ++r) {
+        barriers::mbarrier_init(ptx::smem_addr(&s.full[r]), kThreads);
+        barriers::mbarrier_init(ptx::smem_addr(&s.empty[r]), kThreads);
+      }
+    }
     wgmma::fence_proxy_async_smem();
+    __syncthreads();  // the queries, weights and barriers are ready
     const int pairs = (tiles + 1) / 2;
 #pragma unroll
-    for (int u = 0; u < kPairStages - 1; ++u) {
+    for (int u = 0; u < kLoadAhead; ++u) {
       if (u < pairs) load_key_pair(p, table, split_begin, u, split_end, s);
-      ptx::cp_async_commit();
     }
-    __syncthreads();
 
     const int group = static_cast<int>(threadIdx.x) / 128,
               lane = static_cast<int>(threadIdx.x) % 32;
@@ -290,48 +312,44 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       mine.half = (lane % 4) / 2;
     }
 
-    // Two tiles per step: their MMAs go out back to back, and the first tile's epilogue runs
-    // while the second's MMAs do (a pair past the last tile scores zeros and stores nothing).
+    // Step u: wait for pair u, issue both tiles' MMAs, load this thread's share of pair
+    // u + kLoadAhead, score the first tile while the second's MMAs run, score the second, release
+    // the pair. A pair past the last tile scores zeros and stores nothing.
     float acc0[64], acc1[64];
+    const auto issue = [&](float(&acc)[64], std::uint32_t keys) {
+#pragma unroll
+      for (int k = 0; k < kDim / 32; ++k) {
+        wgmma::mma_m64n128k32_e4m3(acc, wgmma::desc_k_major_sw128(keys + 32 * k),
+                                   wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
+      }
+      wgmma::commit_group();
+    };
+    // The second warpgroup starts once the first's first tile is done (a named barrier over
+    // both), so that from then on their epilogues alternate with each other's MMAs.
+    constexpr int kStagger = 1;
+    if (kWarpgroups > 1 && group == 1) barriers::role_sync(kStagger, 256);
     for (int u = 0; u < pairs; ++u) {
-      asm volatile("cp.async.wait_group %0;\n" ::"n"(kPairStages - 2) : "memory");
+      const int ring = u % kPairStages, stage = 2 * ring;
+      barriers::mbarrier_wait(ptx::smem_addr(&s.full[ring]), (u / kPairStages) & 1);
+      // The copies landed in the generic proxy; the MMAs read through the async proxy.
       wgmma::fence_proxy_async_smem();
-      __syncthreads();
-      const int stage = 2 * (u % kPairStages);
-      const std::uint32_t keys0 = ptx::smem_addr(s.keys[stage]);
-      const std::uint32_t keys1 = ptx::smem_addr(s.keys[stage + 1]);
-      {
-        wgmma::fence();
-        wgmma::fence_operands(acc0);
-        wgmma::fence_operands(acc1);
-#pragma unroll
-        for (int k = 0; k < kDim / 32; ++k) {
-          wgmma::mma_m64n128k32_e4m3(acc0, wgmma::desc_k_major_sw128(keys0 + 32 * k),
-                                     wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
-        }
-        wgmma::commit_group();
-#pragma unroll
-        for (int k = 0; k < kDim / 32; ++k) {
-          wgmma::mma_m64n128k32_e4m3(acc1, wgmma::desc_k_major_sw128(keys1 + 32 * k),
-                                     wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
-        }
-        wgmma::commit_group();
+      wgmma::fence();
+      wgmma::fence_operands(acc0);
+      wgmma::fence_operands(acc1);
+      issue(acc0, ptx::smem_addr(s.keys[stage]));
+      issue(acc1, ptx::smem_addr(s.keys[stage + 1]));
+      if (u + kLoadAhead < pairs) {
+        load_key_pair(p, table, split_begin, u + kLoadAhead, split_end, s);
       }
-      // The stages of pair u - 1 are free: its MMAs finished and its epilogue ran before the
-      // barrier above.
-      if (u + kPairStages - 1 < pairs) {
-        load_key_pair(p, table, split_begin, u + kPairStages - 1, split_end, s);
-      }
-      ptx::cp_async_commit();
-      {
-        const int begin = split_begin + 2 * u * kKeysPerTile;
-        wgmma::wait_group<1>();
-        wgmma::fence_operands(acc0);
-        score_tile(acc0, w, s.key_scales[stage], begin, split_end, mine);
-        wgmma::wait_group<0>();
-        wgmma::fence_operands(acc1);
-        score_tile(acc1, w, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
-      }
+      const int begin = split_begin + 2 * u * kKeysPerTile;
+      wgmma::wait_group<1>();
+      wgmma::fence_operands(acc0);
+      if (kWarpgroups > 1 && group == 0 && u == 0) barriers::role_arrive(kStagger, 256);
+      score_tile(acc0, w, s.key_scales[stage], begin, split_end, mine);
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(acc1);
+      score_tile(acc1, w, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+      barriers::mbarrier_arrive(ptx::smem_addr(&s.empty[ring]));
     }
   }
 
