@@ -202,16 +202,11 @@ const IndexerCase kIndexerCases[] = {
     {"H64_Page16_VerifyRows", 64, 16, {{4, 1500}, {2, 999}, {1, 64}, {3, 3}}, 0, 0},
     {"H64_ChunkCrossingTopk", 64, kPageSize, {{70, 2100}, {1, 2049}}, 2048, 1},
     // Enough query blocks to fill the chip without splitting the keys: each CTA walks all its
-    // keys, up to 11 tiles in 6 pairs, round its ring of stages more than once (prefill: two
-    // warpgroups a CTA; decode rows: one). A shorter context masks the columns past its end.
+    // 700 keys, 11 tiles in 6 pairs, round its ring of stages more than once (prefill: two
+    // warpgroups a CTA; verify steps of two rows: one, whose four warps each copy rows of both
+    // swizzle phases).
     {"H64_ManyRequests_RingWraps", 64, kPageSize, repeated({3, 700}, 150), 0, 5},
-    {"H64_DecodeRows_RingWraps", 64, kPageSize,
-     [] {
-       auto requests = repeated({1, 700}, 300);
-       requests.emplace_back(1, 650);
-       return requests;
-     }(),
-     0, 9},
+    {"H64_VerifyRows_RingWraps", 64, kPageSize, repeated({2, 700}, 300), 0, 9},
     // Few heads, pages of 16, an empty request between others, contexts that are not multiples
     // of 128.
     {"H4_Page16_EmptyRequest", 4, 16, {{5, 129}, {0, 0}, {7, 7}, {1, 257}}, 0, 130},

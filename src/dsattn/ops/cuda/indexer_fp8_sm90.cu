@@ -109,8 +109,12 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
   constexpr int kWarps = kThreads / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int page_size = static_cast<int>(p.page_size);
-  // This lane's 4 bytes of row `warp` (row & 7 is the same for rows warp + 8 i).
-  const std::uint32_t dst = ptx::smem_addr(s.keys[stage]) + wgmma::swizzled_offset(warp, lane * 4);
+  // This lane's 4 bytes of row i * kWarps + warp, the i-th row it copies. With one warpgroup
+  // (4 warps) consecutive rows of a lane differ in row % 8, hence in their swizzle.
+  const std::uint32_t tile_base = ptx::smem_addr(s.keys[stage]);
+  const auto dst = [&](int i) {
+    return tile_base + wgmma::swizzled_offset(i * kWarps + warp, lane * 4);
+  };
   const bool scale_thread = threadIdx.x < kKeysPerTile;
   const std::uint32_t scale_dst = ptx::smem_addr(&s.key_scales[stage][threadIdx.x % kKeysPerTile]);
   if (p.page_size % kKeysPerTile == 0) {
@@ -129,8 +133,7 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
       const std::uint8_t* src = tile + warp * kRowBytes + lane * 4;
 #pragma unroll
       for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
-        copy4_if(dst + i * kWarps * 128, src + i * kWarps * kRowBytes,
-                 i * kWarps + warp < valid_rows);
+        copy4_if(dst(i), src + i * kWarps * kRowBytes, i * kWarps + warp < valid_rows);
       }
       if (scale_thread) {
         copy4_if(scale_dst, tile + threadIdx.x * kRowBytes + kDim,
@@ -143,7 +146,7 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
 #pragma unroll
     for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
       const bool valid = i * kWarps + warp < valid_rows;
-      copy4(dst + i * kWarps * 128, src + (valid ? i * kWarps * stride : 0), valid);
+      copy4(dst(i), src + (valid ? i * kWarps * stride : 0), valid);
     }
     if (scale_thread) {
       const bool valid = static_cast<int>(threadIdx.x) < valid_rows;
@@ -160,7 +163,7 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
 #pragma unroll
   for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
     const std::uint8_t* src = key_row(i * kWarps + warp);
-    copy4(dst + i * kWarps * 128, src ? src + lane * 4 : p.keys, src != nullptr);
+    copy4(dst(i), src ? src + lane * 4 : p.keys, src != nullptr);
   }
   if (scale_thread) {
     const std::uint8_t* src = key_row(static_cast<int>(threadIdx.x));
