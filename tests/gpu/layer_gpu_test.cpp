@@ -72,6 +72,25 @@ TEST_F(LayerGpu, DecodeAndVerifyAcrossTopk) {
   }
 }
 
+// DeepSeek-V3.2's 64 index heads, which the FP8 tensor-core indexer takes: decode and verify
+// rows (one warpgroup a CTA) and a prefill chunk over a prefix (two), past index_topk.
+TEST_F(LayerGpu, TensorCoreIndexerDecodeAndPrefill) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    reference::CheckCase c;
+    c.config = small(32);
+    c.config.index_n_heads = 64;
+    c.latent_format = f;
+    c.mode = ForwardMode::decode;
+    c.requests = {{10, 1}, {31, 1}, {90, 1}, {300, 1}, {30, 3}, {200, 3}};
+    c.seed = 11;
+    expect_pass(c);
+    c.mode = ForwardMode::prefill;
+    c.requests = {{0, 65}, {100, 30}};
+    c.prefix_chunk = 33;
+    expect_pass(c);
+  }
+}
+
 // GLM-5's shapes per head (q/k 192 + 64, v 256, 32 index heads with interleaved RoPE, no YaRN),
 // with its 64 heads and with a tensor-parallel rank's 32 (zero-padded heads in the sparse
 // kernel), against the float64 reference.

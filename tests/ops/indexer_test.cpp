@@ -213,6 +213,12 @@ const IndexerCase kIndexerCases[] = {
     // Every row short enough: nothing is written.
     {"SkipEveryRow_H4", 4, 128, 4, {{2, 9}, {1, 1}, {3, 10}}, 2, 10},
     {"TwoScaleBlocks_H4", 4, 256, 8, {{5, 23}, {2, 9}}, 3, 0},
+    // Contexts of several key blocks (2048 keys each on the CPU), ending inside one, exactly at
+    // one's end and one key past it.
+    {"LongContextKeyBlocks_H8", 8, 128, kPageSize, {{3, 4500}, {2, 2048}, {1, 2049}}, 5, 0},
+    // More (query, head) rows than one chunk holds (4096 on the CPU): rows in chunks of 4, the
+    // keys each chunk scores ending at its last row's view.
+    {"QueryChunks_H1024", 1024, 128, 16, {{9, 40}, {5, 5}}, 2, 0},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, IndexerScoresTest, ::testing::ValuesIn(kIndexerCases),
                          [](const auto& info) { return std::string(info.param.name); });

@@ -37,17 +37,15 @@ void request_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   while (first < n_q && n_k - n_q + first + 1 <= skip_rows_up_to) ++first;
   if (first == n_q) return;
 
-  std::vector<float> keys(static_cast<std::size_t>(n_k * d));
-#pragma omp parallel for schedule(static)
-  for (std::int64_t s = 0; s < n_k; ++s) {
-    const std::int64_t slot = table[s / page_size] * page_size + s % page_size;
-    dequantize_key(key_cache.row<std::uint8_t>(slot), d, keys.data() + s * d);
-  }
-
-  // Queries in chunks: logits = Q_chunk (rows = query·head) · Kᵀ, then the weighted ReLU sum.
+  // Queries in chunks of about 4096 (query, head) rows, keys in blocks of kKeyBlock: logits =
+  // Q_chunk · K_blockᵀ, then the weighted ReLU sum. The buffers stay the same size whatever the
+  // context (32 MiB of logits, 1 MiB of keys), so a long context costs no more memory here than
+  // its scores.
+  constexpr std::int64_t kKeyBlock = 2048;
   const std::int64_t chunk = std::max<std::int64_t>(1, 4096 / heads);
   std::vector<float> q_f32(static_cast<std::size_t>(chunk * heads * d));
-  std::vector<float> logits(static_cast<std::size_t>(chunk * heads * n_k));
+  std::vector<float> keys(static_cast<std::size_t>(std::min(n_k, kKeyBlock) * d));
+  std::vector<float> logits(static_cast<std::size_t>(chunk * heads * std::min(n_k, kKeyBlock)));
   for (std::int64_t t0 = first; t0 < n_q; t0 += chunk) {
     const std::int64_t rows = std::min(chunk, n_q - t0);
     for (std::int64_t t = 0; t < rows; ++t) {
@@ -61,24 +59,39 @@ void request_scores(const TensorView& q, const TensorView& q_scale, const Tensor
         }
       }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, n_k, d, 1.0f, q_f32.data(),
-                d, keys.data(), d, 0.0f, logits.data(), n_k);
+    // Keys past the chunk's last row's view are masked without being scored.
+    const std::int64_t seen = n_k - n_q + t0 + rows;
+    for (std::int64_t k0 = 0; k0 < seen; k0 += kKeyBlock) {
+      const std::int64_t block = std::min(kKeyBlock, seen - k0);
+#pragma omp parallel for schedule(static)
+      for (std::int64_t s = 0; s < block; ++s) {
+        const std::int64_t pos = k0 + s;
+        const std::int64_t slot = table[pos / page_size] * page_size + pos % page_size;
+        dequantize_key(key_cache.row<std::uint8_t>(slot), d, keys.data() + s * d);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, block, d, 1.0f,
+                  q_f32.data(), d, keys.data(), d, 0.0f, logits.data(), block);
+#pragma omp parallel for schedule(static)
+      for (std::int64_t t = 0; t < rows; ++t) {
+        const std::int64_t i = t0 + t, row = row0 + i;
+        const std::int64_t limit = n_k - n_q + i;  // last visible key position
+        const float* w = weights.ptr<float>() + row * weights.stride(0);
+        float* out = scores.row<float>(row);
+        for (std::int64_t s = 0; s < block; ++s) {
+          if (k0 + s > limit) continue;  // masked below
+          float acc = 0.0f;
+          for (std::int64_t h = 0; h < heads; ++h) {
+            acc += w[h * weights.stride(1)] * std::max(logits[(t * heads + h) * block + s], 0.0f);
+          }
+          out[k0 + s] = acc;
+        }
+      }
+    }
 #pragma omp parallel for schedule(static)
     for (std::int64_t t = 0; t < rows; ++t) {
-      const std::int64_t i = t0 + t, row = row0 + i;
-      const std::int64_t limit = n_k - n_q + i;  // last visible key position
-      const float* w = weights.ptr<float>() + row * weights.stride(0);
-      float* out = scores.row<float>(row);
-      for (std::int64_t s = 0; s < n_k; ++s) {
-        if (s > limit) {
-          out[s] = -std::numeric_limits<float>::infinity();
-          continue;
-        }
-        float acc = 0.0f;
-        for (std::int64_t h = 0; h < heads; ++h) {
-          acc += w[h * weights.stride(1)] * std::max(logits[(t * heads + h) * n_k + s], 0.0f);
-        }
-        out[s] = acc;
+      float* out = scores.row<float>(row0 + t0 + t);
+      for (std::int64_t s = n_k - n_q + t0 + t + 1; s < n_k; ++s) {
+        out[s] = -std::numeric_limits<float>::infinity();
       }
     }
   }
