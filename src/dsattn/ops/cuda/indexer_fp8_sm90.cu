@@ -40,6 +40,11 @@ constexpr int kLoadAhead = 2;
 constexpr int kPairStages = kLoadAhead + 2;
 constexpr int kStages = 2 * kPairStages;
 constexpr int kKeyTileBytes = kKeysPerTile * kDim;
+// The most keys one CTA scores (the launch's split length is at most this), and the most pages
+// of whole tiles such a split touches (it starts at a multiple of 64 keys, so at most one page
+// beyond its length's worth).
+constexpr int kMaxKeysPerSplit = 4096;
+constexpr int kMaxSplitPages = kMaxKeysPerSplit / kKeysPerTile + 1;
 constexpr int kQueryTileBytes = kQueriesPerGroup * kHeads * kDim;
 
 // G warpgroups, each scoring kQueriesPerGroup query rows: 2 for prefill; 1 for decode and short
@@ -54,6 +59,9 @@ struct Smem {
   // Per pair stage: every thread's copies have landed (each thread arrives when its own do);
   // every thread has finished reading it.
   std::uint64_t full[kPairStages], empty[kPairStages];
+  // When pages hold whole tiles: the block-table entries of the split's pages, read once so
+  // that a tile's copies do not wait for a global load.
+  std::int32_t split_pages[kMaxSplitPages];
   int request, block;  // this CTA's request and query block within it
 };
 
@@ -87,8 +95,9 @@ __device__ bool find_query_block(const IndexerParams& p, Smem<G>& s) {
 // Copies the 64 keys from `tile_begin` (those below `end`; zeros past it) and their scales into
 // a stage: a warp per key row per step, 4 bytes per lane, then one scale per thread of the first
 // 64. When pages hold whole tiles (page_size a multiple of 64, the model's 64 among them; tiles
-// start at multiples of 64) a tile's slots are consecutive: one block-table read per tile and
-// addresses that step by a constant. Other page sizes look each key's page up.
+// start at multiples of 64) a tile's slots are consecutive: one entry of the split's pages (in
+// shared memory) per tile and addresses that step by a constant. Other page sizes look each
+// key's page up in the block table.
 __device__ __forceinline__ void copy4(std::uint32_t dst, const std::uint8_t* src, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
                "r"(valid ? 4 : 0));
@@ -103,8 +112,8 @@ __device__ __forceinline__ void copy4_if(std::uint32_t dst, const std::uint8_t* 
 }
 
 template <int G>
-__device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table, int tile_begin,
-                              int end, Smem<G>& s, int stage) {
+__device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table, int first_page,
+                              int tile_begin, int end, Smem<G>& s, int stage) {
   constexpr int kThreads = 128 * G;
   constexpr int kWarps = kThreads / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -123,7 +132,7 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
     const int page = p.page_shift >= 0 ? tile_begin >> p.page_shift : tile_begin / page_size;
     const int offset = tile_begin - page * page_size;
     const std::int64_t first_slot =
-        tile_begin < end ? std::int64_t(table[page]) * page_size + offset : 0;
+        tile_begin < end ? std::int64_t(s.split_pages[page - first_page]) * page_size + offset : 0;
     const int valid_rows = min(kKeysPerTile, end - tile_begin);
     const std::uint8_t* tile = p.keys + first_slot * p.stride_key;
     if (p.stride_key == kRowBytes) {
@@ -175,14 +184,14 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
 // thread has finished with the pair that used them before; the thread arrives on the pair's
 // full barrier when its copies land.
 template <int G>
-__device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int split_begin,
-                              int u, int end, Smem<G>& s) {
+__device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int first_page,
+                              int split_begin, int u, int end, Smem<G>& s) {
   const int ring = u % kPairStages, stage = 2 * ring;
   if (u >= kPairStages) {
     barriers::mbarrier_wait(ptx::smem_addr(&s.empty[ring]), (u / kPairStages - 1) & 1);
   }
-  load_key_tile(p, table, split_begin + 2 * u * kKeysPerTile, end, s, stage);
-  load_key_tile(p, table, split_begin + (2 * u + 1) * kKeysPerTile, end, s, stage + 1);
+  load_key_tile(p, table, first_page, split_begin + 2 * u * kKeysPerTile, end, s, stage);
+  load_key_tile(p, table, first_page, split_begin + (2 * u + 1) * kKeysPerTile, end, s, stage + 1);
   barriers::mbarrier_arrive_on_copies(ptx::smem_addr(&s.full[ring]));
 }
 
@@ -282,6 +291,12 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       }
       s.weights[query][head] = w;
     }
+    const bool whole_tiles = p.page_size % kKeysPerTile == 0;
+    const int first_page = whole_tiles ? split_begin / static_cast<int>(p.page_size) : 0;
+    if (whole_tiles) {
+      const int pages = (split_end - 1) / static_cast<int>(p.page_size) - first_page + 1;
+      for (int i = threadIdx.x; i < pages; i += kThreads) s.split_pages[i] = table[first_page + i];
+    }
     if (threadIdx.x == 0) {
       for (int r = 0; r < kPairStages; ++r) {
         barriers::mbarrier_init(ptx::smem_addr(&s.full[r]), kThreads);
@@ -293,7 +308,7 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     const int pairs = (tiles + 1) / 2;
 #pragma unroll
     for (int u = 0; u < kLoadAhead; ++u) {
-      if (u < pairs) load_key_pair(p, table, split_begin, u, split_end, s);
+      if (u < pairs) load_key_pair(p, table, first_page, split_begin, u, split_end, s);
     }
 
     const int group = static_cast<int>(threadIdx.x) / 128,
@@ -342,7 +357,7 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       issue(acc0, ptx::smem_addr(s.keys[stage]));
       issue(acc1, ptx::smem_addr(s.keys[stage + 1]));
       if (u + kLoadAhead < pairs) {
-        load_key_pair(p, table, split_begin, u + kLoadAhead, split_end, s);
+        load_key_pair(p, table, first_page, split_begin, u + kLoadAhead, split_end, s);
       }
       const int begin = split_begin + 2 * u * kKeysPerTile;
       wgmma::wait_group<1>();
@@ -391,7 +406,7 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   const std::int64_t wanted_splits = (2 * multiprocessor_count() + blocks - 1) / blocks;
   std::int64_t per_split = (p.max_k + wanted_splits - 1) / wanted_splits;
   per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
-  p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, 4096));
+  p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, kMaxKeysPerSplit));
   p.page_shift = -1;
   for (int shift = 0; shift < 31; ++shift) {
     if ((std::int64_t(1) << shift) == p.page_size) p.page_shift = shift;
