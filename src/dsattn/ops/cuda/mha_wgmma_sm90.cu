@@ -164,8 +164,11 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       named_sync(kProducerBarrier, 128);
       const int item = sm.taken[n_item & 1];
       // The consumers are done with the previous item's Q (and have read its announcement).
-      if (n_item > 0) mbarrier_wait(smem_addr(&sm.q_empty), (n_item - 1) & 1);
+      const auto wait_q_empty = [&] {
+        if (n_item > 0) mbarrier_wait(smem_addr(&sm.q_empty), (n_item - 1) & 1);
+      };
       if (item < 0) {
+        wait_q_empty();
         if (t == 0) sm.announced[n_item & 1] = -1;
         mbarrier_arrive(smem_addr(&sm.q_full));
         return;
@@ -176,6 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
           static_cast<const __nv_bfloat16*>(p.q) + (w.q_start + w.row0) * p.sq0 + w.h * p.sq1;
       const auto* k = static_cast<const __nv_bfloat16*>(p.k) + w.k_start * p.sk0 + w.h * p.sk1;
       const auto* v = static_cast<const __nv_bfloat16*>(p.v) + w.k_start * p.sv0 + w.h * p.sv1;
+      wait_q_empty();
       copy_rows_swizzled<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, w.rows_here, t);
       cp_async_commit();
       for (int i = 0; i < w.n_blocks; ++i, ++g) {
@@ -378,10 +382,14 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       if (needs_mask(n)) guard_values(stage, n);
     };
 
+    // Every product that reads Q is done once the item's last S has landed: the producer may
+    // bring the next item's.
+    const auto release_q = [&] { mbarrier_arrive(smem_addr(&sm.q_empty)); };
     mbarrier_wait(smem_addr(&sm.k_full[stage_of(0)]), parity_of(0));
     issue_qk(stage_of(0));
     wgmma::wait_group<0>();
     wgmma::fence_operands(s);
+    if (n_blocks == 1) release_q();
     if (needs_mask(n_blocks - 1)) apply_mask(n_blocks - 1);
     {
       float unused[2];
@@ -396,6 +404,7 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       issue_pv(prev);
       wgmma::wait_group<1>();  // S(i) has landed; P·V(i - 1) may still run
       wgmma::fence_operands(s);
+      if (i == n_blocks - 1) release_q();
       if (needs_mask(n)) apply_mask(n);
       float correction[2];
       softmax(correction);
@@ -407,8 +416,6 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
       for (int i2 = 0; i2 < kO; ++i2) o[i2] *= correction[(i2 / 2) % 2];
       pack_probabilities();
     }
-    // Every product that reads Q is done: the producer may bring the next item's.
-    mbarrier_arrive(smem_addr(&sm.q_empty));
     const int last = stage_of(n_blocks - 1);
     value_tile_ready(n_blocks - 1);
     issue_pv(last);
