@@ -204,15 +204,17 @@ struct StoreRow {
 
 // The epilogue of one key tile for one warpgroup: ReLU, head weights, the sum over heads (a
 // thread's 16 columns per query, then its quad), the key scale, the causal mask, the store.
-__device__ __forceinline__ void score_tile(const float (&acc)[64],
-                                           const float (&w)[kQueriesPerGroup][16],
+// `weight(q, j)`: the weight (head weight x query scale) of query q's head at the thread's
+// column j of 16.
+template <class Weight>
+__device__ __forceinline__ void score_tile(const float (&acc)[64], const Weight& weight,
                                            const float* key_scales, int tile_begin, int end,
                                            const StoreRow& mine) {
   float sum[kQueriesPerGroup][2] = {};
 #pragma unroll
   for (int i = 0; i < 64; ++i) {
     const int q = i / 32, half = (i / 2) % 2, j = ((i / 4) % 8) * 2 + i % 2;
-    sum[q][half] = fmaf(w[q][j], fmaxf(acc[i], 0.0f), sum[q][half]);
+    sum[q][half] = fmaf(weight(q, j), fmaxf(acc[i], 0.0f), sum[q][half]);
   }
 #pragma unroll
   for (int q = 0; q < kQueriesPerGroup; ++q) {
@@ -313,14 +315,28 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
 
     const int group = static_cast<int>(threadIdx.x) / 128,
               lane = static_cast<int>(threadIdx.x) % 32;
-    float w[kQueriesPerGroup][16];
+    // With more than two warpgroups (128 registers a thread) each holds one tile's accumulators
+    // and reads its weights from shared memory; otherwise both tiles' and the weights stay in
+    // registers.
+    constexpr bool kOneAccumulator = G > 2;
+    const auto weight_in_smem = [&](int q, int j) {
+      return s.weights[group * kQueriesPerGroup + q][(j / 2) * 8 + (lane % 4) * 2 + j % 2];
+    };
+    float w[kOneAccumulator ? 1 : kQueriesPerGroup][16];
+    if constexpr (!kOneAccumulator) {
 #pragma unroll
-    for (int q = 0; q < kQueriesPerGroup; ++q) {
+      for (int q = 0; q < kQueriesPerGroup; ++q) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        w[q][j] = s.weights[group * kQueriesPerGroup + q][(j / 2) * 8 + (lane % 4) * 2 + j % 2];
+        for (int j = 0; j < 16; ++j) w[q][j] = weight_in_smem(q, j);
       }
     }
+    const auto weight = [&](int q, int j) {
+      if constexpr (kOneAccumulator) {
+        return weight_in_smem(q, j);
+      } else {
+        return w[q][j];
+      }
+    };
     const std::uint32_t queries = ptx::smem_addr(s.queries[group]);
     StoreRow mine;
     {
@@ -333,8 +349,8 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     // Step u: wait for pair u, issue both tiles' MMAs, load this thread's share of pair
     // u + kLoadAhead, score the first tile while the second's MMAs run, score the second, release
     // the pair. A pair past the last tile scores zeros and stores nothing.
-    float acc0[64], acc1[64];
-    const auto issue = [&](float(&acc)[64], std::uint32_t keys) {
+    float acc0[64], acc1[kOneAccumulator ? 1 : 64];
+    const auto issue = [&](auto& acc, std::uint32_t keys) {
 #pragma unroll
       for (int k = 0; k < kDim / 32; ++k) {
         wgmma::mma_m64n128k32_e4m3(acc, wgmma::desc_k_major_sw128(keys + 32 * k),
@@ -342,31 +358,51 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       }
       wgmma::commit_group();
     };
-    // The second warpgroup starts once the first's first tile is done (a named barrier over
-    // both), so that from then on their epilogues alternate with each other's MMAs.
-    constexpr int kStagger = 1;
-    if (kWarpgroups > 1 && group == 1) barriers::role_sync(kStagger, 256);
+    // Each warpgroup after the first starts once the one before it has its first tile's scores
+    // (named barriers over each pair), so that their epilogues alternate with each other's MMAs.
+    constexpr int kStagger = 1;  // barriers kStagger .. kStagger + G - 2
+    if (group > 0) barriers::role_sync(kStagger + group - 1, 256);
     for (int u = 0; u < pairs; ++u) {
       const int ring = u % kPairStages, stage = 2 * ring;
       barriers::mbarrier_wait(ptx::smem_addr(&s.full[ring]), (u / kPairStages) & 1);
       // The copies landed in the generic proxy; the MMAs read through the async proxy.
       wgmma::fence_proxy_async_smem();
-      wgmma::fence();
-      wgmma::fence_operands(acc0);
-      wgmma::fence_operands(acc1);
-      issue(acc0, ptx::smem_addr(s.keys[stage]));
-      issue(acc1, ptx::smem_addr(s.keys[stage + 1]));
-      if (u + kLoadAhead < pairs) {
-        load_key_pair(p, table, first_page, split_begin, u + kLoadAhead, split_end, s);
-      }
       const int begin = split_begin + 2 * u * kKeysPerTile;
-      wgmma::wait_group<1>();
-      wgmma::fence_operands(acc0);
-      if (kWarpgroups > 1 && group == 0 && u == 0) barriers::role_arrive(kStagger, 256);
-      score_tile(acc0, w, s.key_scales[stage], begin, split_end, mine);
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(acc1);
-      score_tile(acc1, w, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+      if constexpr (kOneAccumulator) {
+        // One tile at a time: the other warpgroups' MMAs overlap this one's epilogues.
+        wgmma::fence();
+        wgmma::fence_operands(acc0);
+        issue(acc0, ptx::smem_addr(s.keys[stage]));
+        if (u + kLoadAhead < pairs) {
+          load_key_pair(p, table, first_page, split_begin, u + kLoadAhead, split_end, s);
+        }
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(acc0);
+        if (group + 1 < kWarpgroups && u == 0) barriers::role_arrive(kStagger + group, 256);
+        score_tile(acc0, weight, s.key_scales[stage], begin, split_end, mine);
+        wgmma::fence();
+        wgmma::fence_operands(acc0);
+        issue(acc0, ptx::smem_addr(s.keys[stage + 1]));
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(acc0);
+        score_tile(acc0, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+      } else {
+        wgmma::fence();
+        wgmma::fence_operands(acc0);
+        wgmma::fence_operands(acc1);
+        issue(acc0, ptx::smem_addr(s.keys[stage]));
+        issue(acc1, ptx::smem_addr(s.keys[stage + 1]));
+        if (u + kLoadAhead < pairs) {
+          load_key_pair(p, table, first_page, split_begin, u + kLoadAhead, split_end, s);
+        }
+        wgmma::wait_group<1>();
+        wgmma::fence_operands(acc0);
+        if (group + 1 < kWarpgroups && u == 0) barriers::role_arrive(kStagger + group, 256);
+        score_tile(acc0, weight, s.key_scales[stage], begin, split_end, mine);
+        wgmma::wait_group<0>();
+        wgmma::fence_operands(acc1);
+        score_tile(acc1, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+      }
       barriers::mbarrier_arrive(ptx::smem_addr(&s.empty[ring]));
     }
   }
@@ -430,7 +466,7 @@ cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream) {
   // Decode and short verify steps (at most two rows per request on average) take one
   // warpgroup per CTA; prefills two, sharing each key tile between four queries.
   return p.total_q <= 2 * std::int64_t(p.batch) ? launch_with<1>(p, stream)
-                                                : launch_with<2>(p, stream);
+                                                : launch_with<4>(p, stream);
 }
 
 }  // namespace dsattn::ops::cuda
