@@ -248,12 +248,17 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     for (int i = 0; i < kO; ++i) o[i] = 0.0f;
 
     const auto issue_qk = [&](int stage) {
+      // GLM-5's shape (O takes 128 registers) cannot keep the Q descriptors, which the compiler
+      // would otherwise hoist out of the tiles, live in registers: there they are rebuilt from
+      // an address it cannot hoist.
+      std::uint32_t q_base = q_rows;
+      if constexpr (kDv > 128) asm volatile("" : "+r"(q_base));
       wgmma::fence();
 #pragma unroll
       for (int kc = 0; kc < kQkSubs; ++kc) {
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-          mma_qk<kBlockN>(s, wgmma::desc_k_major_sw128(q_rows + kc * kQSub + ks * 32),
+          mma_qk<kBlockN>(s, wgmma::desc_k_major_sw128(q_base + kc * kQSub + ks * 32),
                           wgmma::desc_k_major_sw128(smem_addr(sm.k[stage][kc]) + ks * 32),
                           kc + ks > 0);
         }
