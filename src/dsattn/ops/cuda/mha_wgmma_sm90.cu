@@ -76,7 +76,7 @@ constexpr int kConsumersBarrier = 1, kProducerBarrier = 2;
 // head, then the next request.
 struct WorkItem {
   int b, h, q_start, n_q, k_start, n_k, row0, rows_here, n_blocks;
-  bool valid;  // the request has rows in this block
+  bool valid;  // the request has rows in this block, and they see keys
 };
 
 template <int BlockN>
@@ -91,10 +91,12 @@ __device__ WorkItem work_item(const MhaParams& p, int item) {
   w.k_start = p.cu_k[w.b];
   w.n_k = p.cu_k[w.b + 1] - w.k_start;
   w.row0 = (m_blocks - 1 - x) * kBlockM;
-  w.valid = w.row0 < w.n_q;
   w.rows_here = min(kBlockM, w.n_q - w.row0);
   // Query i sees keys j <= n_k - n_q + i.
   w.n_blocks = (w.n_k - w.n_q + w.row0 + w.rows_here + BlockN - 1) / BlockN;
+  // A block whose rows see no key (only offsets that break n_k >= n_q, which the host checks
+  // when it holds them) is skipped rather than waited for.
+  w.valid = w.row0 < w.n_q && w.n_blocks > 0;
   return w;
 }
 
