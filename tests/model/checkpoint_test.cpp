@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -372,6 +373,45 @@ TEST(CheckpointWriter, OverwritingLeavesNoStaleShards) {
   EXPECT_FALSE(fs::exists(dir.path() / "model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(dir.path() / "model-00001-of-00001.safetensors"));
   EXPECT_TRUE(fs::exists(dir.path() / "model.safetensors"));
+}
+
+// Names in `dir` that a writer's staging folder would have.
+std::vector<std::string> staging_leftovers(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.find("dsattn-partial") != std::string::npos) names.push_back(name);
+  }
+  return names;
+}
+
+// Writing over a checkpoint swaps the whole folder in one step: a reader that holds the old
+// folder open keeps seeing only the old files (here, none once the writer has removed them),
+// never the new ones beside old ones; the folder's other files and subfolders come along, and
+// no staging folder is left beside it.
+TEST(CheckpointWriter, TheFolderIsReplacedWhole) {
+  TempDir parent;
+  const fs::path dir = parent.path() / "ckpt";
+  const AttentionConfig c = small_config();
+  write_synthetic_checkpoint(dir.string(), c, 2, 100, false);
+  write_all((dir / "tokenizer.json").string(), "{\"v\": 1}");
+  fs::create_directory(dir / "extra");
+  write_all((dir / "extra" / "notes.txt").string(), "kept");
+  const int old_folder = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(old_folder, 0);
+  struct stat st;
+  ASSERT_EQ(::fstatat(old_folder, "config.json", &st, 0), 0);
+  write_synthetic_checkpoint(dir.string(), c, 1, 200, false);
+  EXPECT_NE(::fstatat(old_folder, "config.json", &st, 0), 0)
+      << "the new config.json appeared in the old folder: the files were moved in one by one";
+  ::close(old_folder);
+  expect_bit_identical(load_layer_weights(Checkpoint::open(dir.string()), 0),
+                       LayerWeights::synthetic(c, 200));
+  EXPECT_EQ(read_all((dir / "tokenizer.json").string()), "{\"v\": 1}");
+  EXPECT_EQ(read_all((dir / "extra" / "notes.txt").string()), "kept");
+  EXPECT_FALSE(fs::exists(dir / "model-00002-of-00002.safetensors"));
+  EXPECT_TRUE(staging_leftovers(parent.path()).empty());
+  EXPECT_TRUE(staging_leftovers(dir).empty());
 }
 
 // A writer that fails before finish() leaves the old checkpoint byte for byte and nothing of

@@ -1,6 +1,11 @@
 #include "dsattn/model/checkpoint_writer.h"
 
+#include <fcntl.h>  // AT_FDCWD
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <atomic>
@@ -112,11 +117,21 @@ CheckpointWriter::CheckpointWriter(std::string dir, bool fp8, CheckpointLayout l
   fs::create_directories(dir_, ec);
   if (ec) fail<CheckpointError>("cannot create checkpoint directory {}: {}", dir_, ec.message());
   static std::atomic<int> writers{0};  // several writers of one process need their own folders
+  const std::string tag = fmt::format("dsattn-partial-{}-{}", ::getpid(), writers++);
+  // The new checkpoint is built in a sibling folder and swapped with the old one in one step;
+  // where the parent cannot hold it, inside the folder, and moved into place file by file.
+  const fs::path root = fs::absolute(fs::path(dir_)).lexically_normal();
+  const fs::path folder = root.has_filename() ? root : root.parent_path();
   staging_ =
-      (fs::path(dir_) / fmt::format(".dsattn-partial-{}-{}", ::getpid(), writers++)).string();
+      (folder.parent_path() / fmt::format(".{}.{}", folder.filename().string(), tag)).string();
   fs::remove_all(staging_, ec);  // a staging folder a killed writer of this pid left behind
-  fs::create_directory(staging_, ec);
-  if (ec) fail<CheckpointError>("cannot create staging folder {}: {}", staging_, ec.message());
+  swap_folders_ = fs::create_directory(staging_, ec) && !ec;
+  if (!swap_folders_) {
+    staging_ = (fs::path(dir_) / fmt::format(".{}", tag)).string();
+    fs::remove_all(staging_, ec);
+    fs::create_directory(staging_, ec);
+    if (ec) fail<CheckpointError>("cannot create staging folder {}: {}", staging_, ec.message());
+  }
 }
 
 CheckpointWriter::~CheckpointWriter() {
@@ -127,6 +142,36 @@ CheckpointWriter::~CheckpointWriter() {
 void CheckpointWriter::install() {
   const fs::path root(dir_), staged(staging_);
   std::error_code ec;
+  if (swap_folders_) {
+    // The folder's other files (a tokenizer, a README, subfolders) go into the new folder too,
+    // as hard links; the old checkpoint's files stay behind.
+    for (const fs::directory_entry& e : fs::directory_iterator(root)) {
+      const std::string name = e.path().filename().string();
+      if (is_checkpoint_file(name) || fs::exists(staged / name)) continue;
+      fs::copy(e.path(), staged / name,
+               fs::copy_options::recursive | fs::copy_options::create_hard_links |
+                   fs::copy_options::copy_symlinks,
+               ec);
+      if (ec) {
+        fail<CheckpointError>("cannot carry {} over into the new checkpoint in {}: {}", name, dir_,
+                              ec.message());
+      }
+    }
+    // One step: a reader opens the old checkpoint or the new one, never a mix, and a crash
+    // leaves one of them whole (the other under the staging name, removed by the next writer
+    // of that name or by hand).
+    if (::renameat2(AT_FDCWD, staged.c_str(), AT_FDCWD, root.c_str(), RENAME_EXCHANGE) == 0) {
+      fs::remove_all(staged, ec);  // now the old checkpoint
+      return;
+    }
+    const int err = errno;
+    if (err != EINVAL && err != ENOSYS && err != EXDEV && err != EBUSY) {
+      fail<CheckpointError>("cannot swap the new checkpoint {} into place as {}: {}",
+                            staged.string(), dir_, std::strerror(err));
+    }
+    // The filesystem cannot exchange folders (or the folder is a mount point): file by file,
+    // config.json last. The carried-over links are already in the folder.
+  }
   // The earlier checkpoint's files that the new one does not replace.
   for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
     const std::string name = e.path().filename().string();
@@ -134,7 +179,8 @@ void CheckpointWriter::install() {
   }
   std::vector<std::string> files;
   for (const fs::directory_entry& e : fs::directory_iterator(staged)) {
-    if (e.path().filename() != "config.json") files.push_back(e.path().filename().string());
+    const std::string name = e.path().filename().string();
+    if (is_checkpoint_file(name)) files.push_back(name);  // not what was carried over
   }
   files.push_back("config.json");  // last: a loader finds a complete checkpoint or the old one
   for (const std::string& name : files) {

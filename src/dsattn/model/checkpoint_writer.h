@@ -44,7 +44,10 @@ class CheckpointWriter {
 
  private:
   std::string dir_;
-  std::string staging_;  // inside dir_, so that moving a file into place is a rename
+  // A sibling of dir_ that install() swaps with it in one step (swap_folders_); else, where the
+  // parent cannot hold it, inside dir_, so that moving a file into place is a rename.
+  std::string staging_;
+  bool swap_folders_ = false;
   bool finished_ = false;
   bool fp8_;
   CheckpointLayout layout_;
