@@ -414,6 +414,22 @@ TEST(CheckpointWriter, TheFolderIsReplacedWhole) {
   EXPECT_TRUE(staging_leftovers(dir).empty());
 }
 
+// Written through a symbolic link to the folder: the link stays a link to the same folder, which
+// holds the new checkpoint.
+TEST(CheckpointWriter, ALinkToTheFolderStaysALink) {
+  TempDir parent;
+  const fs::path real = parent.path() / "real", link = parent.path() / "link";
+  const AttentionConfig c = small_config();
+  write_synthetic_checkpoint(real.string(), c, 1, 100, false);
+  fs::create_directory_symlink(real, link);
+  write_synthetic_checkpoint(link.string(), c, 1, 200, false);
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(fs::read_symlink(link), real);
+  expect_bit_identical(load_layer_weights(Checkpoint::open(real.string()), 0),
+                       LayerWeights::synthetic(c, 200));
+  EXPECT_TRUE(staging_leftovers(parent.path()).empty());
+}
+
 // A writer that fails before finish() leaves the old checkpoint byte for byte and nothing of
 // its own (no staging folder, no partial shard).
 TEST(CheckpointWriter, AFailureLeavesTheOldCheckpointIntact) {

@@ -120,8 +120,10 @@ CheckpointWriter::CheckpointWriter(std::string dir, bool fp8, CheckpointLayout l
   const std::string tag = fmt::format("dsattn-partial-{}-{}", ::getpid(), writers++);
   // The new checkpoint is built in a sibling folder and swapped with the old one in one step;
   // where the parent cannot hold it, inside the folder, and moved into place file by file.
-  const fs::path root = fs::absolute(fs::path(dir_)).lexically_normal();
-  const fs::path folder = root.has_filename() ? root : root.parent_path();
+  // The folder itself, through any symbolic links to it (so that they keep pointing at it).
+  const fs::path folder = fs::canonical(fs::path(dir_), ec);
+  if (ec) fail<CheckpointError>("cannot resolve checkpoint directory {}: {}", dir_, ec.message());
+  folder_ = folder.string();
   staging_ =
       (folder.parent_path() / fmt::format(".{}.{}", folder.filename().string(), tag)).string();
   fs::remove_all(staging_, ec);  // a staging folder a killed writer of this pid left behind
@@ -140,7 +142,7 @@ CheckpointWriter::~CheckpointWriter() {
 }
 
 void CheckpointWriter::install() {
-  const fs::path root(dir_), staged(staging_);
+  const fs::path root(folder_), staged(staging_);
   std::error_code ec;
   if (swap_folders_) {
     // The folder's other files (a tokenizer, a README, subfolders) go into the new folder too,

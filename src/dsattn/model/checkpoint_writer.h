@@ -44,6 +44,7 @@ class CheckpointWriter {
 
  private:
   std::string dir_;
+  std::string folder_;  // dir_ with symbolic links resolved
   // A sibling of dir_ that install() swaps with it in one step (swap_folders_); else, where the
   // parent cannot hold it, inside dir_, so that moving a file into place is a rename.
   std::string staging_;
