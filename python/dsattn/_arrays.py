@@ -17,7 +17,7 @@ import numpy as np
 _DL_CPU, _DL_CUDA_HOST = 1, 3
 
 # Storage dtype -> NumPy dtype (bf16 travels as its uint16 bit patterns).
-_NUMPY_DTYPES = {"bf16": np.uint16, "f32": np.float32, "i32": np.int32}
+_NUMPY_DTYPES = {"bf16": np.uint16, "f32": np.float32, "i32": np.int32, "u8": np.uint8}
 
 
 def shape_of(tensor: Any, name: str, dims: str) -> tuple[int, ...]:
@@ -39,12 +39,17 @@ def shape_of(tensor: Any, name: str, dims: str) -> tuple[int, ...]:
 
 
 def empty_like(reference: Any, shape: Sequence[int], dtype: str, fill: float | None = None) -> Any:
-    """A new tensor of `shape` and `dtype` ('bf16', 'f32' or 'i32') in the framework and on the
-    device of `reference`, uninitialised or filled with `fill`."""
+    """A new tensor of `shape` and `dtype` ('bf16', 'f32', 'i32' or 'u8') in the framework and on
+    the device of `reference`, uninitialised or filled with `fill`."""
     shape = tuple(int(s) for s in shape)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(reference, torch.Tensor):
-        torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32, "i32": torch.int32}[dtype]
+        torch_dtype = {
+            "bf16": torch.bfloat16,
+            "f32": torch.float32,
+            "i32": torch.int32,
+            "u8": torch.uint8,
+        }[dtype]
         if fill is None:
             return torch.empty(shape, dtype=torch_dtype, device=reference.device)
         return torch.full(shape, fill, dtype=torch_dtype, device=reference.device)

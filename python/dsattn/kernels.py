@@ -189,6 +189,25 @@ def write_index_keys(keys: Any, slots: Any, cache: Any, stream: int | None = Non
     return cache
 
 
+def quantize_index_keys(
+    keys: Any, out: Any = None, rotate: bool = True, stream: int | None = None
+) -> Any:
+    """Index-key cache rows from the indexer's keys (after their norm and RoPE), as the layer
+    writes them: with `rotate`, the Walsh-Hadamard rotation (H · k / sqrt(d), rounded to bf16),
+    then FP8 e4m3 quantisation in blocks of 128, scale = max(amax, 1e-4) / 448. Row r holds the d
+    e4m3 values, then the d / 128 float32 scales; pass the rows to `write_index_keys`. Returns
+    `out`.
+
+    keys: [n, d] bf16, d a multiple of 128 (128 on CUDA with `rotate`); out: [n, d + 4 * d / 128]
+    uint8 (132 bytes for DeepSeek-V3.2), rows 4-byte aligned; allocated when not given.
+    """
+    if out is None:
+        (n, d) = shape_of(keys, "keys", "[n, d]")
+        out = empty_like(keys, (n, d + 4 * (d // 128)), "u8")
+    _core.quantize_index_keys(keys, out, bool(rotate), stream)
+    return out
+
+
 def map_positions_to_slots(
     indices: Any, row_request: Any, block_tables: Any, page_size: int, stream: int | None = None
 ) -> Any:

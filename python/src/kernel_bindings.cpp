@@ -8,6 +8,7 @@
 #include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/indexer.h"
 #include "dsattn/ops/latent_fp8.h"
+#include "dsattn/ops/quantize.h"
 #include "dsattn/ops/topk.h"
 #include "tensor_args.h"
 
@@ -148,6 +149,25 @@ void write_rows(nb::handle rows_obj, nb::handle slots_obj, nb::handle cache_obj,
   ops::scatter_rows(rows.view, slots.view, cache.view);
 }
 
+void quantize_index_keys(nb::handle keys_obj, nb::handle out_obj, bool rotate, nb::handle stream) {
+  const TensorArg keys = tensor_arg(keys_obj, "keys", {DType::bf16}, 2, "[n, index_head_dim]");
+  const TensorArg out = tensor_arg(out_obj, "out", {DType::u8}, 2,
+                                   "[n, index_head_dim + 4 * index_head_dim / 128]", true);
+  check_same_device({{"out", &out}}, keys.device(), "keys' device");
+  CallScope scope(keys.device(), resolve_stream(stream, keys_obj, keys.device()));
+  nb::gil_scoped_release release;
+  if (!rotate) {
+    ops::quantize_index_key_rows(keys.view, out.view);
+    return;
+  }
+  // The rotation works in place: on a copy, so that the caller's keys stay as they are.
+  Tensor rotated =
+      Tensor::empty({keys.view.size(0), keys.view.size(1)}, DType::bf16, keys.device());
+  copy(keys.view, rotated);
+  ops::hadamard_rotate(rotated);
+  ops::quantize_index_key_rows(rotated, out.view);
+}
+
 void map_positions_to_slots(nb::handle indices_obj, nb::handle row_request_obj,
                             nb::handle block_tables_obj, std::int64_t page_size,
                             nb::handle stream) {
@@ -170,6 +190,8 @@ void bind_kernels(nb::module_& m) {
         nb::arg("kv_lora_rank"), nb::arg("stream") = nb::none());
   m.def("write_rows", &write_rows, nb::arg("rows"), nb::arg("slots"), nb::arg("cache"),
         nb::arg("stream") = nb::none());
+  m.def("quantize_index_keys", &quantize_index_keys, nb::arg("keys"), nb::arg("out"),
+        nb::arg("rotate"), nb::arg("stream") = nb::none());
   m.def("map_positions_to_slots", &map_positions_to_slots, nb::arg("indices"),
         nb::arg("row_request"), nb::arg("block_tables"), nb::arg("page_size"),
         nb::arg("stream") = nb::none());

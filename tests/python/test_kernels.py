@@ -284,3 +284,42 @@ def test_write_index_keys_and_map_positions_to_slots(rng):
                         + np.maximum(indices, 0) % page, -1)
     assert dsattn.map_positions_to_slots(indices, row_request, tables, page) is indices
     np.testing.assert_array_equal(indices, expected)
+
+
+def hadamard(n):
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_quantize_index_keys_matches_formula(rng, rotate):
+    n, d = 5, 128
+    keys = random_bf16(rng, (n, d), 2.0)
+    before = keys.copy()
+    rows = dsattn.quantize_index_keys(keys, rotate=rotate)
+    assert rows.dtype == np.uint8 and rows.shape == (n, d + 4)
+    np.testing.assert_array_equal(keys, before)  # the caller's keys stay as they are
+    scales = rows[:, d:].copy().view(np.float32)
+    values = dsattn.fp8_e4m3_to_float32(np.ascontiguousarray(rows[:, :d])).astype(np.float64)
+    dequantised = values * scales
+    if rotate:
+        # The rotation in f32 rounded to bf16, then e4m3 (3 mantissa bits): within half an e4m3
+        # step of the rotated keys, plus the bf16 rounding.
+        rotated = f64(keys) @ hadamard(d).T / np.sqrt(d)
+        np.testing.assert_allclose(scales[:, 0], np.abs(rotated).max(axis=1) / 448, rtol=1e-2)
+        err = np.abs(dequantised - rotated)
+        assert (err <= np.abs(rotated) * (2.0**-4 + 2.0**-8) + scales * 2.0**-9).all()
+        assert not np.allclose(dequantised, f64(keys), atol=0.1)  # it did rotate
+    else:
+        want, _ = quantize_rows(f64(keys).astype(np.float32))
+        np.testing.assert_array_equal(rows, want)
+
+    # Into a caller's buffer: a window of wider rows, written in place.
+    store = np.full((n, 140), 7, np.uint8)
+    assert dsattn.quantize_index_keys(keys, store[:, 4:136], rotate=rotate) is not None
+    np.testing.assert_array_equal(store[:, 4:136], rows)
+    assert (store[:, :4] == 7).all() and (store[:, 136:] == 7).all()
+    with pytest.raises(ValueError, match=r"rows must have shape"):
+        dsattn.quantize_index_keys(keys, np.zeros((n, 131), np.uint8))

@@ -33,13 +33,7 @@ Tensor compute_index_keys(const LayerContext& ctx, const TensorView& hidden,
   rope_index_heads(ctx, k.view().reshape({T, 1, d}), positions);
   ops::hadamard_rotate(k);
   Tensor rows = Tensor::empty({T, index_key_bytes(d)}, DType::u8, dev);
-  const TensorView values = rows.view().slice(1, 0, d);
-  // Each row holds the d values, then the f32 scales: view those as a strided f32 matrix.
-  const std::int64_t row_bytes = index_key_bytes(d);
-  const TensorView scale_rows(static_cast<std::uint8_t*>(rows.view().data()) + d, DType::f32, dev,
-                              std::vector<std::int64_t>{T, d / ops::kQuantBlock},
-                              std::vector<std::int64_t>{row_bytes / 4, 1});
-  ops::quantize_fp8_block128(k, values, scale_rows);
+  ops::quantize_index_key_rows(k, rows);
   return rows;
 }
 

@@ -19,4 +19,10 @@ void hadamard_rotate(const TensorView& x);
 //   f32 q and scale may be strided by row (to write straight into a cache).
 void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale);
 
+// Index-key cache rows (the cache's row layout): row r holds the d e4m3 values of
+// quantize_fp8_block128(keys[r]), then its d / 128 f32 scales.
+//   keys: [n, d] bf16, d a multiple of 128; rows: [n, d + 4 d / 128] u8, rows may be strided,
+//   4-byte aligned (the scales are f32)
+void quantize_index_key_rows(const TensorView& keys, const TensorView& rows);
+
 }  // namespace dsattn::ops
