@@ -298,9 +298,6 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   p.scale = scale;
   if (mha_wgmma_sm90_supports(p)) {
     record_kernel("mha_varlen_causal", "mha_wgmma_sm90");
-    const Tensor counter = Tensor::empty({1}, DType::i32, q.device());
-    p.item_counter = static_cast<int*>(counter.view().data());
-    DSATTN_CUDA_CHECK(cudaMemsetAsync(p.item_counter, 0, sizeof(int), stream()));
     check_launch(launch_mha_wgmma_sm90(p, stream()), "mha_varlen_causal");
     return;
   }

@@ -2,17 +2,12 @@
 // sizes: DeepSeek-V3.2's q/k 192, v 128 (128-key tiles) and GLM-5's q/k 256, v 256 (64-key
 // tiles, so that O's 128 accumulators per thread fit beside S), warp-specialised:
 //
-// - Work items are blocks of 128 query rows of one (request, head). The kernel is persistent:
-//   one CTA per multiprocessor takes items from a counter, heaviest first within each head and
-//   the heads in order (the order a plain grid would run them in, so the blocks of one head
-//   share its K/V in L2), until none is left. A CTA has three warpgroups. The producer copies an
-//   item's Q and then its key tiles (K and V), from the diagonal down, with 16-byte cp.async
-//   into 128-byte-swizzled shared tiles: K and Q K-major, V in the same physical layout read
-//   MN-major, so no operand is transposed in memory. Two K/V stages, a ring that runs on from
-//   one item to the next; mbarriers say when K, and separately V, of a stage has landed and
-//   when both consumers are done with it, and when an item's Q has landed and when its last
-//   product has read it. So the next item's Q and first tiles load while the consumers finish
-//   the current one's last P·V and write its rows, straight from registers.
+// - A CTA owns 128 query rows of one (request, head) and three warpgroups. The producer
+//   warpgroup copies Q once and then the key tiles (K and V), from the diagonal
+//   down, with 16-byte cp.async into 128-byte-swizzled shared tiles: K and Q K-major, V in the
+//   same physical layout read MN-major, so no operand is transposed in memory. Two K/V stages;
+//   mbarriers say when K, and separately V, of a stage has landed and when both consumers are
+//   done with it.
 // - Each consumer warpgroup owns 64 query rows: S = Q·Kᵀ (d_qk / 16 products from shared
 //   memory), the causal mask, the online softmax in registers, then O += P·V with P as the A
 //   operand straight from registers (the f32 accumulator layout packs pairwise into it).
@@ -24,7 +19,6 @@
 // Registers: the producer drops to 40 per thread so that the consumers can hold 232 (192/128:
 // S 64, O 64, P 32; 256/256: S 32, O 128, P 16; and the row statistics). Shared memory:
 // 192/128: Q 48 KB and two stages of K 48 KB + V 32 KB; 256/256: Q 64 KB, stages of 32 + 32 KB.
-#include <algorithm>
 #include <cmath>
 
 #include "dsattn/ops/cuda/barriers.cuh"
@@ -53,52 +47,21 @@ struct Shape {
   static constexpr int kQkSubs = Dqk / 64, kVSubs = Dv / 64;
   static constexpr int kQSub = kBlockM * 128, kKvSub = BlockN * 128;
   static_assert(Dqk % 64 == 0 && Dv % 128 == 0 && (BlockN == 64 || BlockN == 128));
+  static_assert(kVSubs <= kQkSubs, "the output is staged in Q's sub-tiles");
 
   struct alignas(1024) Smem {
     std::uint8_t q[kQkSubs][kQSub];
     std::uint8_t k[kStages][kQkSubs][kKvSub];
     std::uint8_t v[kStages][kVSubs][kKvSub];
-    std::uint64_t q_full, q_empty, k_full[kStages], v_full[kStages], empty[kStages];
-    // Per item parity: the item the producer took (for its own threads) and the one it announces
-    // with q_full (for the consumers); -1 when none is left.
-    int taken[2], announced[2];
+    std::uint64_t q_full, k_full[kStages], v_full[kStages], empty[kStages];
   };
   static constexpr int kSmemBytes = sizeof(Smem) + 1024;  // + room to align the allocation
 };
 using DeepSeekShape = Shape<192, 128, 128>;
 using Glm5Shape = Shape<256, 256, 64>;
 
-// Named barriers (0 is __syncthreads): both consumers; the producer warpgroup.
-constexpr int kConsumersBarrier = 1, kProducerBarrier = 2;
-
-// A block of kBlockM query rows of one (request, head), from its index in the kernel's order:
-// the query blocks of a head from the heaviest (the last rows, most keys) down, then the next
-// head, then the next request.
-struct WorkItem {
-  int b, h, q_start, n_q, k_start, n_k, row0, rows_here, n_blocks;
-  bool valid;  // the request has rows in this block, and they see keys
-};
-
-template <int BlockN>
-__device__ WorkItem work_item(const MhaParams& p, int item) {
-  const int m_blocks = static_cast<int>((p.max_q + kBlockM - 1) / kBlockM);
-  WorkItem w;
-  const int x = item % m_blocks, rest = item / m_blocks;
-  w.h = rest % p.heads;
-  w.b = rest / p.heads;
-  w.q_start = p.cu_q[w.b];
-  w.n_q = p.cu_q[w.b + 1] - w.q_start;
-  w.k_start = p.cu_k[w.b];
-  w.n_k = p.cu_k[w.b + 1] - w.k_start;
-  w.row0 = (m_blocks - 1 - x) * kBlockM;
-  w.rows_here = min(kBlockM, w.n_q - w.row0);
-  // Query i sees keys j <= n_k - n_q + i.
-  w.n_blocks = (w.n_k - w.n_q + w.row0 + w.rows_here + BlockN - 1) / BlockN;
-  // A block whose rows see no key (only offsets that break n_k >= n_q, which the host checks
-  // when it holds them) is skipped rather than waited for.
-  w.valid = w.row0 < w.n_q && w.n_blocks > 0;
-  return w;
-}
+// Named barriers (0 is __syncthreads): both consumers; each consumer alone.
+constexpr int kConsumersBarrier = 1, kConsumerBarrier0 = 2;
 
 // S (+)= Q·Kᵀ step: m64nNk16 from shared memory for N = 128 or 64 keys.
 template <int N>
@@ -134,11 +97,30 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   Smem& sm = *reinterpret_cast<Smem*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
                                       ~std::uintptr_t{1023});
 
+  // The heaviest (most keys) query blocks of a head go first, so the tail of the launch is short
+  // work; the blocks of one head run together and share its K/V in L2.
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int m_block = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int q_start = p.cu_q[b], n_q = p.cu_q[b + 1] - q_start;
+  const int k_start = p.cu_k[b], n_k = p.cu_k[b + 1] - k_start;
+  const int row0 = m_block * kBlockM;
+  if (row0 >= n_q) return;
+  const int offset = n_k - n_q;  // query i sees keys j <= offset + i
+  const int rows_here = min(kBlockM, n_q - row0);
+  const int n_blocks = (offset + row0 + rows_here + kBlockN - 1) / kBlockN;
+  // A block whose rows see no key (only offsets that break n_k >= n_q, which the host checks
+  // when it holds them) is left alone rather than waited for.
+  if (n_blocks <= 0) return;
+  // Tiles are visited from the last (the diagonal) down: visit i is tile n_blocks - 1 - i, in
+  // stage i % kStages. The causal limit of tile n for the block's first row, relative to the
+  // tile: its key c is hidden from block row r when c > limit(n) + r.
+  const auto limit = [&](int n) { return offset + row0 - n * kBlockN; };
+  const auto needs_mask = [&](int n) { return limit(n) < kBlockN - 1; };
+
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
   const int t = static_cast<int>(threadIdx.x) % 128;
   if (threadIdx.x == 0) {
     mbarrier_init(smem_addr(&sm.q_full), 128);
-    mbarrier_init(smem_addr(&sm.q_empty), 256);
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(smem_addr(&sm.k_full[s]), 128);
       mbarrier_init(smem_addr(&sm.v_full[s]), 128);
@@ -147,71 +129,40 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   }
   __syncthreads();
 
-  // Key tiles are numbered across the CTA's items: tile g sits in stage g % kStages, for the
-  // (g / kStages)-th time. An item's visit i is tile n_blocks - 1 - i of its keys (the diagonal
-  // first).
   if (warpgroup == 0) {
     // Producer.
     release_registers<kProducerRegs>();
-    const int items = static_cast<int>((p.max_q + kBlockM - 1) / kBlockM) * p.heads * p.batch;
-    int g = 0;
-    for (int n_item = 0;; ++n_item) {
-      if (t == 0) {
-        int item;
-        do {
-          item = atomicAdd(p.item_counter, 1);
-        } while (item < items && !work_item<kBlockN>(p, item).valid);
-        sm.taken[n_item & 1] = item < items ? item : -1;
-      }
-      named_sync(kProducerBarrier, 128);
-      const int item = sm.taken[n_item & 1];
-      // The consumers are done with the previous item's Q (and have read its announcement).
-      const auto wait_q_empty = [&] {
-        if (n_item > 0) mbarrier_wait(smem_addr(&sm.q_empty), (n_item - 1) & 1);
-      };
-      if (item < 0) {
-        wait_q_empty();
-        if (t == 0) sm.announced[n_item & 1] = -1;
-        mbarrier_arrive(smem_addr(&sm.q_full));
-        return;
-      }
-      const WorkItem w = work_item<kBlockN>(p, item);
-      if (t == 0) sm.announced[n_item & 1] = item;
-      const auto* q =
-          static_cast<const __nv_bfloat16*>(p.q) + (w.q_start + w.row0) * p.sq0 + w.h * p.sq1;
-      const auto* k = static_cast<const __nv_bfloat16*>(p.k) + w.k_start * p.sk0 + w.h * p.sk1;
-      const auto* v = static_cast<const __nv_bfloat16*>(p.v) + w.k_start * p.sv0 + w.h * p.sv1;
-      wait_q_empty();
-      copy_rows_swizzled<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, w.rows_here, t);
+    const auto* q = static_cast<const __nv_bfloat16*>(p.q) + (q_start + row0) * p.sq0 + h * p.sq1;
+    const auto* k = static_cast<const __nv_bfloat16*>(p.k) + k_start * p.sk0 + h * p.sk1;
+    const auto* v = static_cast<const __nv_bfloat16*>(p.v) + k_start * p.sv0 + h * p.sv1;
+    copy_rows_swizzled<kBlockM, kQkSubs>(smem_addr(sm.q), q, p.sq0, rows_here, t);
+    cp_async_commit();
+    for (int i = 0; i < n_blocks; ++i) {
+      const int n = n_blocks - 1 - i, s = i % kStages;
+      if (i >= kStages) mbarrier_wait(smem_addr(&sm.empty[s]), (i / kStages - 1) & 1);
+      copy_rows_swizzled<kBlockN, kQkSubs>(
+          smem_addr(sm.k[s]), k + std::int64_t(n) * kBlockN * p.sk0, p.sk0, n_k - n * kBlockN, t);
       cp_async_commit();
-      for (int i = 0; i < w.n_blocks; ++i, ++g) {
-        const int n = w.n_blocks - 1 - i, s = g % kStages;
-        if (g >= kStages) mbarrier_wait(smem_addr(&sm.empty[s]), (g / kStages - 1) & 1);
-        copy_rows_swizzled<kBlockN, kQkSubs>(smem_addr(sm.k[s]),
-                                             k + std::int64_t(n) * kBlockN * p.sk0, p.sk0,
-                                             w.n_k - n * kBlockN, t);
-        cp_async_commit();
-        copy_rows_swizzled<kBlockN, kVSubs>(smem_addr(sm.v[s]),
-                                            v + std::int64_t(n) * kBlockN * p.sv0, p.sv0,
-                                            w.n_k - n * kBlockN, t);
-        cp_async_commit();
-        if (i == 0) {
-          cp_async_wait<2>();
-          announce(smem_addr(&sm.q_full));
-        }
-        cp_async_wait<1>();
-        announce(smem_addr(&sm.k_full[s]));
-        cp_async_wait<0>();
-        announce(smem_addr(&sm.v_full[s]));
+      copy_rows_swizzled<kBlockN, kVSubs>(smem_addr(sm.v[s]), v + std::int64_t(n) * kBlockN * p.sv0,
+                                          p.sv0, n_k - n * kBlockN, t);
+      cp_async_commit();
+      if (i == 0) {
+        cp_async_wait<2>();
+        announce(smem_addr(&sm.q_full));
       }
+      cp_async_wait<1>();
+      announce(smem_addr(&sm.k_full[s]));
+      cp_async_wait<0>();
+      announce(smem_addr(&sm.v_full[s]));
     }
+    return;
   }
 
   // Consumers.
   claim_registers<kConsumerRegs>();
   const int c = warpgroup - 1;  // consumer 0 or 1
-  const int warp = t / 32, g_row = (t % 32) / 4, tq = t % 4;
-  const int row_lo = 64 * c + 16 * warp + g_row;  // block rows of hf = 0 and 1: row_lo, row_lo + 8
+  const int warp = t / 32, g = (t % 32) / 4, tq = t % 4;
+  const int row_lo = 64 * c + 16 * warp + g;  // block rows of hf = 0 and 1: row_lo, row_lo + 8
   const std::uint32_t q_rows = smem_addr(sm.q) + 64 * c * 128;
   const float scale_log2 = p.scale * 1.4426950408889634f;  // exp(x·scale) = 2^(x·scale·log2 e)
 
@@ -220,249 +171,221 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   constexpr int kS = kBlockN / 2, kO = kDv / 2, kP = kBlockN / 4;
   float s[kS], o[kO];
   std::uint32_t pf[kP];  // P as bf16 pairs, the A operand of P·V
-  float row_max[2], row_sum[2];
-  int g_base = 0;  // the CTA's key tiles before this item's
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < kO; ++i) o[i] = 0.0f;
 
-  for (int n_item = 0;; ++n_item) {
-    mbarrier_wait(smem_addr(&sm.q_full), n_item & 1);
-    const int item = sm.announced[n_item & 1];
-    if (item < 0) return;
-    // Only the item's tile count and diagonal stay in registers through its tiles (the rest is
-    // read again for the output).
-    int n_blocks, diagonal;  // diagonal: the last key the block's first row sees
-    {
-      const WorkItem w = work_item<kBlockN>(p, item);
-      n_blocks = w.n_blocks;
-      diagonal = w.n_k - w.n_q + w.row0;  // query i sees keys j <= n_k - n_q + i
+  const auto issue_qk = [&](int stage) {
+    wgmma::fence();
+#pragma unroll
+    for (int kc = 0; kc < kQkSubs; ++kc) {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        mma_qk<kBlockN>(s, wgmma::desc_k_major_sw128(q_rows + kc * kQSub + ks * 32),
+                        wgmma::desc_k_major_sw128(smem_addr(sm.k[stage][kc]) + ks * 32),
+                        kc + ks > 0);
+      }
     }
-    // The causal limit of tile n for the block's first row, relative to the tile: its key c is
-    // hidden from block row r when c > limit(n) + r.
-    const auto limit = [&](int n) { return diagonal - n * kBlockN; };
-    const auto needs_mask = [&](int n) { return limit(n) < kBlockN - 1; };
-    const auto stage_of = [&](int i) { return (g_base + i) % kStages; };
-    const auto parity_of = [&](int i) {
-      return static_cast<std::uint32_t>((g_base + i) / kStages) & 1;
-    };
+    wgmma::commit_group();
+  };
+  const auto issue_pv = [&](int stage) {
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+#pragma unroll
+      for (int nb = 0; nb < kDv / 128; ++nb) {  // 128 output columns: two V sub-tiles
+        wgmma::mma_m64n128k16_bf16_rs(
+            *reinterpret_cast<float(*)[64]>(o + 64 * nb), pf + 4 * kk,
+            wgmma::desc_mn_major_sw128(smem_addr(sm.v[stage][2 * nb]) + kk * 2048, kKvSub));
+      }
+    }
+    wgmma::commit_group();
+  };
 
-    row_max[0] = row_max[1] = -INFINITY;
-    row_sum[0] = row_sum[1] = 0.0f;
+  const auto apply_mask = [&](int n) {
 #pragma unroll
-    for (int i = 0; i < kO; ++i) o[i] = 0.0f;
-
-    const auto issue_qk = [&](int stage) {
-      // GLM-5's shape (O takes 128 registers) cannot keep the Q descriptors, which the compiler
-      // would otherwise hoist out of the tiles, live in registers: there they are rebuilt from
-      // an address it cannot hoist.
-      std::uint32_t q_base = q_rows;
-      if constexpr (kDv > 128) asm volatile("" : "+r"(q_base));
-      wgmma::fence();
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row_limit = limit(n) + row_lo + 8 * hf - 2 * tq;
 #pragma unroll
-      for (int kc = 0; kc < kQkSubs; ++kc) {
+      for (int j = 0; j < kBlockN / 8; ++j) {
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-          mma_qk<kBlockN>(s, wgmma::desc_k_major_sw128(q_base + kc * kQSub + ks * 32),
-                          wgmma::desc_k_major_sw128(smem_addr(sm.k[stage][kc]) + ks * 32),
-                          kc + ks > 0);
+        for (int e = 0; e < 2; ++e) {
+          if (8 * j + e > row_limit) s[4 * j + 2 * hf + e] = -INFINITY;
         }
       }
-      wgmma::commit_group();
-    };
-    const auto issue_pv = [&](int stage) {
-      wgmma::fence();
+    }
+  };
+  // Online softmax over the tile in s (a row's scores spread over the 4 lanes of a quad):
+  // leaves the probabilities in s and returns, per row, the factor O must be rescaled by. A row
+  // whose scores are all masked so far keeps max -inf and uses 0 in its place, so that its
+  // exponentials are 0 rather than NaN.
+  const auto softmax = [&](float(&correction)[2]) {
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = row_max[hf];
 #pragma unroll
-        for (int nb = 0; nb < kDv / 128; ++nb) {  // 128 output columns: two V sub-tiles
-          wgmma::mma_m64n128k16_bf16_rs(
-              *reinterpret_cast<float(*)[64]>(o + 64 * nb), pf + 4 * kk,
-              wgmma::desc_mn_major_sw128(smem_addr(sm.v[stage][2 * nb]) + kk * 2048, kKvSub));
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+      }
+      mx = quad_max(mx);
+      const float base = (mx == -INFINITY ? 0.0f : mx) * scale_log2;
+      correction[hf] = exp2_approx(row_max[hf] * scale_log2 - base);
+      row_max[hf] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[4 * j + 2 * hf + e];
+          x = exp2_approx(fmaf(x, scale_log2, -base));
+          sum += x;
         }
       }
-      wgmma::commit_group();
-    };
+      // Each lane sums its own columns; the quad's partial sums are combined once, at the end.
+      row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+    }
+  };
+  const auto pack_probabilities = [&] {
+#pragma unroll
+    for (int i = 0; i < kP; ++i) pf[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
+  };
 
-    const auto apply_mask = [&](int n) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int row_limit = limit(n) + row_lo + 8 * hf - 2 * tq;
-#pragma unroll
-        for (int j = 0; j < kBlockN / 8; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (8 * j + e > row_limit) s[4 * j + 2 * hf + e] = -INFINITY;
-          }
-        }
-      }
+  // A masked tile's value rows are hidden from some rows, whose probabilities there are 0; but
+  // 0 · NaN (or Inf) in P·V is NaN, so a non-finite value would reach rows that cannot see its
+  // key. Such a tile (a scan of the tile by both consumers) is handled exactly: each thread adds,
+  // for its rows and columns, every non-finite value its rows see (so that a visible NaN or Inf
+  // reaches the output as it would in the sum), then the non-finite values are zeroed in shared
+  // memory before P·V. Tiles without one (every tile in practice) pay only the scan.
+  const auto guard_values = [&](int stage, int n) {
+    const auto non_finite = [](std::uint32_t w, int half) {  // bf16 exponent all ones
+      return ((w >> (16 * half)) & 0x7f80u) == 0x7f80u;
     };
-    // Online softmax over the tile in s (a row's scores spread over the 4 lanes of a quad):
-    // leaves the probabilities in s and returns, per row, the factor O must be rescaled by. A row
-    // whose scores are all masked so far keeps max -inf and uses 0 in its place, so that its
-    // exponentials are 0 rather than NaN.
-    const auto softmax = [&](float(&correction)[2]) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float mx = row_max[hf];
-#pragma unroll
-        for (int j = 0; j < kBlockN / 8; ++j) {
-          mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-        }
-        mx = quad_max(mx);
-        const float base = (mx == -INFINITY ? 0.0f : mx) * scale_log2;
-        correction[hf] = exp2_approx(row_max[hf] * scale_log2 - base);
-        row_max[hf] = mx;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kBlockN / 8; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& x = s[4 * j + 2 * hf + e];
-            x = exp2_approx(fmaf(x, scale_log2, -base));
-            sum += x;
-          }
-        }
-        // Each lane sums its own columns; the quad's partial sums are combined once, at the end.
-        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
-      }
-    };
-    const auto pack_probabilities = [&] {
-#pragma unroll
-      for (int i = 0; i < kP; ++i) pf[i] = pack_bf16(s[2 * i], s[2 * i + 1]);
-    };
-
-    // A masked tile's value rows are hidden from some rows, whose probabilities there are 0; but
-    // 0 · NaN (or Inf) in P·V is NaN, so a non-finite value would reach rows that cannot see its
-    // key. Such a tile (a scan of the tile by both consumers) is handled exactly: each thread adds,
-    // for its rows and columns, every non-finite value its rows see (so that a visible NaN or Inf
-    // reaches the output as it would in the sum), then the non-finite values are zeroed in shared
-    // memory before P·V. Tiles without one (every tile in practice) pay only the scan.
-    const auto guard_values = [&](int stage, int n) {
-      const auto non_finite = [](std::uint32_t w, int half) {  // bf16 exponent all ones
-        return ((w >> (16 * half)) & 0x7f80u) == 0x7f80u;
-      };
-      unsigned char* tile = sm.v[stage][0];
-      constexpr int kChunks = kVSubs * kKvSub / 16;  // 16-byte chunks; both consumers scan all
-      bool found = false;
+    unsigned char* tile = sm.v[stage][0];
+    constexpr int kChunks = kVSubs * kKvSub / 16;  // 16-byte chunks; both consumers scan all
+    bool found = false;
 #pragma unroll 4
-      for (int i = t; i < kChunks; i += 128) {
-        const uint4 w = reinterpret_cast<const uint4*>(tile)[i];
-        const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
+    for (int i = t; i < kChunks; i += 128) {
+      const uint4 w = reinterpret_cast<const uint4*>(tile)[i];
+      const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int x = 0; x < 4; ++x) found |= non_finite(words[x], 0) || non_finite(words[x], 1);
-      }
-      if (!named_sync_or(kConsumersBarrier, 256, found)) return;
-      // Value (key, column 8j + 2tq + e) sits in sub-tile j / 8, row key, chunk (j % 8) ^ (key %
-      // 8).
-      for (int key = 0; key < kBlockN; ++key) {
+      for (int x = 0; x < 4; ++x) found |= non_finite(words[x], 0) || non_finite(words[x], 1);
+    }
+    if (!named_sync_or(kConsumersBarrier, 256, found)) return;
+    // Value (key, column 8j + 2tq + e) sits in sub-tile j / 8, row key, chunk (j % 8) ^ (key % 8).
+    for (int key = 0; key < kBlockN; ++key) {
 #pragma unroll
-        for (int j = 0; j < kDv / 8; ++j) {
-          const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(
-              tile + (j / 8) * kKvSub + key * 128 + (((j % 8) ^ (key % 8)) << 4) + 4 * tq);
+      for (int j = 0; j < kDv / 8; ++j) {
+        const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(
+            tile + (j / 8) * kKvSub + key * 128 + (((j % 8) ^ (key % 8)) << 4) + 4 * tq);
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (!non_finite(w, e)) continue;
-            const float value = __uint_as_float(((w >> (16 * e)) & 0xffffu) << 16);
+        for (int e = 0; e < 2; ++e) {
+          if (!non_finite(w, e)) continue;
+          const float value = __uint_as_float(((w >> (16 * e)) & 0xffffu) << 16);
 #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              if (key <= limit(n) + row_lo + 8 * hf) o[4 * j + 2 * hf + e] += value;
-            }
+          for (int hf = 0; hf < 2; ++hf) {
+            if (key <= limit(n) + row_lo + 8 * hf) o[4 * j + 2 * hf + e] += value;
           }
         }
       }
-      named_sync(kConsumersBarrier, 256);  // both consumers have read the tile as it came
-      for (int i = t + 128 * c; i < kChunks; i += 256) {
-        auto* w = reinterpret_cast<std::uint32_t*>(tile) + 4 * i;
+    }
+    named_sync(kConsumersBarrier, 256);  // both consumers have read the tile as it came
+    for (int i = t + 128 * c; i < kChunks; i += 256) {
+      auto* w = reinterpret_cast<std::uint32_t*>(tile) + 4 * i;
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          std::uint32_t word = w[x];
-          if (non_finite(word, 0)) word &= 0xffff0000u;
-          if (non_finite(word, 1)) word &= 0x0000ffffu;
-          w[x] = word;
-        }
+      for (int x = 0; x < 4; ++x) {
+        std::uint32_t word = w[x];
+        if (non_finite(word, 0)) word &= 0xffff0000u;
+        if (non_finite(word, 1)) word &= 0x0000ffffu;
+        w[x] = word;
       }
-      wgmma::fence_proxy_async_smem();
-      named_sync(kConsumersBarrier, 256);
-    };
+    }
+    wgmma::fence_proxy_async_smem();
+    named_sync(kConsumersBarrier, 256);
+  };
+  const auto value_tile_ready = [&](int i) {
+    const int stage = i % kStages, n = n_blocks - 1 - i;
+    mbarrier_wait(smem_addr(&sm.v_full[stage]), (i / kStages) & 1);
+    if (needs_mask(n)) guard_values(stage, n);
+  };
 
-    const auto value_tile_ready = [&](int i) {
-      const int stage = stage_of(i), n = n_blocks - 1 - i;
-      mbarrier_wait(smem_addr(&sm.v_full[stage]), parity_of(i));
-      if (needs_mask(n)) guard_values(stage, n);
-    };
-
-    // Every product that reads Q is done once the item's last S has landed: the producer may
-    // bring the next item's.
-    const auto release_q = [&] { mbarrier_arrive(smem_addr(&sm.q_empty)); };
-    mbarrier_wait(smem_addr(&sm.k_full[stage_of(0)]), parity_of(0));
-    issue_qk(stage_of(0));
-    wgmma::wait_group<0>();
+  mbarrier_wait(smem_addr(&sm.q_full), 0);
+  mbarrier_wait(smem_addr(&sm.k_full[0]), 0);
+  issue_qk(0);
+  wgmma::wait_group<0>();
+  wgmma::fence_operands(s);
+  if (needs_mask(n_blocks - 1)) apply_mask(n_blocks - 1);
+  {
+    float unused[2];
+    softmax(unused);
+  }
+  pack_probabilities();
+  for (int i = 1; i < n_blocks; ++i) {
+    const int stage = i % kStages, prev = (i - 1) % kStages, n = n_blocks - 1 - i;
+    mbarrier_wait(smem_addr(&sm.k_full[stage]), (i / kStages) & 1);
+    issue_qk(stage);
+    value_tile_ready(i - 1);
+    issue_pv(prev);
+    wgmma::wait_group<1>();  // S(i) has landed; P·V(i - 1) may still run
     wgmma::fence_operands(s);
-    if (n_blocks == 1) release_q();
-    if (needs_mask(n_blocks - 1)) apply_mask(n_blocks - 1);
-    {
-      float unused[2];
-      softmax(unused);
-    }
-    pack_probabilities();
-    for (int i = 1; i < n_blocks; ++i) {
-      const int stage = stage_of(i), prev = stage_of(i - 1), n = n_blocks - 1 - i;
-      mbarrier_wait(smem_addr(&sm.k_full[stage]), parity_of(i));
-      issue_qk(stage);
-      value_tile_ready(i - 1);
-      issue_pv(prev);
-      wgmma::wait_group<1>();  // S(i) has landed; P·V(i - 1) may still run
-      wgmma::fence_operands(s);
-      if (i == n_blocks - 1) release_q();
-      if (needs_mask(n)) apply_mask(n);
-      float correction[2];
-      softmax(correction);
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(o);
-      wgmma::fence_operands(pf);
-      mbarrier_arrive(smem_addr(&sm.empty[prev]));
-#pragma unroll
-      for (int i2 = 0; i2 < kO; ++i2) o[i2] *= correction[(i2 / 2) % 2];
-      pack_probabilities();
-    }
-    const int last = stage_of(n_blocks - 1);
-    value_tile_ready(n_blocks - 1);
-    issue_pv(last);
+    if (needs_mask(n)) apply_mask(n);
+    float correction[2];
+    softmax(correction);
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
     wgmma::fence_operands(pf);
-    mbarrier_arrive(smem_addr(&sm.empty[last]));
-    g_base += n_blocks;
+    mbarrier_arrive(smem_addr(&sm.empty[prev]));
+#pragma unroll
+    for (int i2 = 0; i2 < kO; ++i2) o[i2] *= correction[(i2 / 2) % 2];
+    pack_probabilities();
+  }
+  value_tile_ready(n_blocks - 1);
+  issue_pv((n_blocks - 1) % kStages);
+  wgmma::wait_group<0>();
+  wgmma::fence_operands(o);
+  wgmma::fence_operands(pf);
 
-    // Normalise and write the rows straight from registers: a quad holds 8 consecutive columns
-    // of a row, one pair of them per lane.
-    const WorkItem w = work_item<kBlockN>(p, item);
-    const int row0 = w.row0;
-    auto* out = static_cast<__nv_bfloat16*>(p.out) + (w.q_start + row0) * p.so0 + w.h * p.so1;
-    // The output may be a window of a wider tensor at any element offset; a pair of columns is
-    // one 4-byte store when rows and pairs are 4-byte aligned.
-    const bool pair_store = ((reinterpret_cast<std::uintptr_t>(p.out) |
-                              static_cast<std::uintptr_t>(p.so0 | p.so1) * 2) &
-                             3) == 0;
+  // Normalise and stage the rows as bf16 in this consumer's own Q rows (its products are done
+  // with them), 2 d_v bytes a row over d_v / 64 swizzled sub-tiles; then write 16-byte chunks.
+  unsigned char* staging = sm.q[0] + 64 * c * 128;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = row_lo + 8 * hf;  // row within the block
-      const float sum = quad_sum(row_sum[hf]);
-      const float inv = 1.0f / sum;
-      if (r >= w.rows_here) continue;
-      // sum = Σ exp(scale · (x - max)) over the row's keys, so ln Σ exp(scale · x) is this:
-      if (p.lse != nullptr && tq == 0) {
-        p.lse[(w.q_start + row0 + r) * p.s_lse + w.h] = fmaf(row_max[hf], p.scale, logf(sum));
-      }
-      __nv_bfloat16* dst = out + r * p.so0 + 2 * tq;
+  for (int hf = 0; hf < 2; ++hf) {
+    const float sum = quad_sum(row_sum[hf]);
+    const float inv = 1.0f / sum;
+    const int r = row_lo - 64 * c + 8 * hf;  // row within the consumer's 64
+    // sum = Σ exp(scale · (x - max)) over the row's keys, so ln Σ exp(scale · x) is this:
+    if (p.lse != nullptr && tq == 0 && row_lo + 8 * hf < rows_here) {
+      p.lse[(q_start + row0 + row_lo + 8 * hf) * p.s_lse + h] =
+          fmaf(row_max[hf], p.scale, logf(sum));
+    }
 #pragma unroll
-      for (int j = 0; j < kDv / 8; ++j) {
-        const std::uint32_t pair = pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
-        if (pair_store) {
-          *reinterpret_cast<std::uint32_t*>(dst + 8 * j) = pair;
-        } else {
-          const auto* e = reinterpret_cast<const __nv_bfloat16*>(&pair);
-          dst[8 * j] = e[0];
-          dst[8 * j + 1] = e[1];
-        }
+    for (int j = 0; j < kDv / 8; ++j) {
+      *reinterpret_cast<std::uint32_t*>(staging + (j / 8) * kQSub + r * 128 +
+                                        (((j % 8) ^ (r % 8)) << 4) + 4 * tq) =
+          pack_bf16(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+    }
+  }
+  named_sync(kConsumerBarrier0 + c, 128);
+  auto* out = static_cast<__nv_bfloat16*>(p.out) + (q_start + row0 + 64 * c) * p.so0 + h * p.so1;
+  // The output may be a window of a wider tensor at any element offset; 16-byte stores need
+  // 16-byte aligned rows.
+  const bool vector_store =
+      ((reinterpret_cast<std::uintptr_t>(p.out) | static_cast<std::uintptr_t>(p.so0 | p.so1) * 2) &
+       15) == 0;
+  const int rows_mine = rows_here - 64 * c;
+  constexpr int kChunksPerRow = kDv / 8, kRowsPerStep = 128 / kChunksPerRow;
+#pragma unroll
+  for (int i = 0; i < 64 / kRowsPerStep; ++i) {
+    const int r = i * kRowsPerStep + t / kChunksPerRow, chunk = t % kChunksPerRow;
+    if (r < rows_mine) {
+      const uint4 value = *reinterpret_cast<const uint4*>(staging + (chunk / 8) * kQSub + r * 128 +
+                                                          (((chunk % 8) ^ (r % 8)) << 4));
+      __nv_bfloat16* dst = out + r * p.so0 + chunk * 8;
+      if (vector_store) {
+        *reinterpret_cast<uint4*>(dst) = value;
+      } else {
+        const auto* e = reinterpret_cast<const __nv_bfloat16*>(&value);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) dst[x] = e[x];
       }
     }
   }
@@ -475,9 +398,8 @@ cudaError_t launch(const MhaParams& p, cudaStream_t stream) {
   static const cudaError_t attr = cudaFuncSetAttribute(
       mha_wgmma_kernel<Sh>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::kSmemBytes);
   if (attr != cudaSuccess) return attr;
-  // Persistent: one CTA per multiprocessor (at most one per item).
-  const std::int64_t items = (p.max_q + kBlockM - 1) / kBlockM * p.heads * p.batch;
-  const int grid = static_cast<int>(std::min<std::int64_t>(items, multiprocessor_count()));
+  const dim3 grid(static_cast<unsigned>((p.max_q + kBlockM - 1) / kBlockM),
+                  static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   mha_wgmma_kernel<Sh><<<grid, kThreads, Sh::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
@@ -493,14 +415,12 @@ bool mha_wgmma_sm90_supports(const MhaParams& p) {
   const bool scale_ok = p.scale > 0.0f && std::isfinite(p.scale);
   const bool shape = (p.d_qk == DeepSeekShape::kDqk && p.d_v == DeepSeekShape::kDv) ||
                      (p.d_qk == Glm5Shape::kDqk && p.d_v == Glm5Shape::kDv);
-  // Work items are counted in an int (and the counter may pass the last by a CTA's worth).
-  const std::int64_t items = (p.max_q + kBlockM - 1) / kBlockM * p.heads * p.batch;
   return shape && rows_aligned && scale_ok && p.heads <= 65535 && p.batch <= 65535 &&
-         p.max_q <= (std::int64_t{1} << 30) && items < (std::int64_t{1} << 30);
+         p.max_q <= (std::int64_t{1} << 30);
 }
 
 cudaError_t launch_mha_wgmma_sm90(const MhaParams& p, cudaStream_t stream) {
-  if (!mha_wgmma_sm90_supports(p) || p.item_counter == nullptr) return cudaErrorInvalidValue;
+  if (!mha_wgmma_sm90_supports(p)) return cudaErrorInvalidValue;
   if (p.total_q == 0 || p.max_q == 0 || p.batch == 0) return cudaSuccess;
   return p.d_qk == DeepSeekShape::kDqk ? launch<DeepSeekShape>(p, stream)
                                        : launch<Glm5Shape>(p, stream);

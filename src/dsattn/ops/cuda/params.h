@@ -120,9 +120,6 @@ struct MhaParams {
   std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1, s_lse;
   int batch, heads, d_qk, d_v;
   float scale;
-  // The wgmma kernel's work-item counter: one int, zero when the kernel starts (it counts the
-  // items its persistent CTAs have taken).
-  int* item_counter = nullptr;
 };
 
 struct SparseMlaParams {
