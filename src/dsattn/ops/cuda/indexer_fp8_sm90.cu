@@ -6,12 +6,13 @@
 // cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each)
 // against one split of the request's keys; each warpgroup scores every 64-key tile of the split
 // with four m64n128k32 MMAs. All threads copy tiles with 4-byte cp.async (cache rows are 132
-// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step. Each
-// warpgroup issues both tiles' MMAs, then scores the first (ReLU, head weights, quad sum, key
-// scale, causal mask, store) while the second's run. The warpgroups synchronise through
-// mbarriers only (a pair has landed; both have finished with a pair), never a CTA barrier, and
-// the second starts one tile behind the first: one's epilogue of its second tile runs while the
-// other's MMAs keep the tensor cores busy.
+// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step. The
+// warpgroups synchronise through mbarriers only (a pair has landed; all have finished with a
+// pair), never a CTA barrier, and each starts one tile behind the one before it, so that one's
+// epilogue (ReLU, head weights, quad sum, key scale, causal mask, store) runs while the others'
+// MMAs keep the tensor cores busy. Prefill: four warpgroups, each with one tile's accumulators
+// (128 registers a thread), issuing a tile and scoring it; decode and short verify steps: one
+// warpgroup, which issues both tiles' MMAs and scores the first while the second's run.
 //
 // The per-token key scale and the per-(query, head) query scale come out of the ReLU because
 // both are non-negative, as the quantiser makes them: Σ_h w_h ReLU(q_s k_s dot) = k_s Σ_h (w_h q_s)
@@ -47,9 +48,9 @@ constexpr int kMaxKeysPerSplit = 4096;
 constexpr int kMaxSplitPages = kMaxKeysPerSplit / kKeysPerTile + 1;
 constexpr int kQueryTileBytes = kQueriesPerGroup * kHeads * kDim;
 
-// G warpgroups, each scoring kQueriesPerGroup query rows: 2 for prefill; 1 for decode and short
-// verify steps (one or two rows per request), so that a CTA's second warpgroup does not run
-// its MMAs on missing queries.
+// G warpgroups, each scoring kQueriesPerGroup query rows: 4 for prefill; 1 for decode and short
+// verify steps (one or two rows per request), so that a CTA's other warpgroups do not run
+// their MMAs on missing queries.
 template <int G>
 struct Smem {
   alignas(1024) std::uint8_t queries[G][kQueryTileBytes];
@@ -464,7 +465,8 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
 cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream) {
   if (p.total_q == 0 || p.max_k == 0) return cudaSuccess;
   // Decode and short verify steps (at most two rows per request on average) take one
-  // warpgroup per CTA; prefills two, sharing each key tile between four queries.
+  // warpgroup per CTA; prefills four, sharing each key tile between eight queries (measured on
+  // the H100: 637 FP8 TFLOPS at 4K, against 531 with two warpgroups of two accumulators each).
   return p.total_q <= 2 * std::int64_t(p.batch) ? launch_with<1>(p, stream)
                                                 : launch_with<4>(p, stream);
 }
