@@ -32,6 +32,7 @@ from .kernels import (
     quantize_index_keys,
     sparse_mla,
     topk,
+    topk_slots,
     write_index_keys,
     write_latent,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "quantize_index_keys",
     "sparse_mla",
     "topk",
+    "topk_slots",
     "write_index_keys",
     "write_latent",
 ]

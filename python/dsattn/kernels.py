@@ -162,6 +162,28 @@ def topk(
     return out
 
 
+def topk_slots(
+    scores: Any,
+    lengths: Any,
+    k: int,
+    row_request: Any,
+    block_tables: Any,
+    page_size: int,
+    out: Any = None,
+    stream: int | None = None,
+) -> Any:
+    """`topk`, then `map_positions_to_slots` on its result, on one stream: per row, the cache
+    slots of its selected keys (-1 for the unused ones), what `sparse_mla` reads as `indices`.
+    Positions index the row's request's block table: position p of row r lives in slot
+    block_tables[row_request[r], p // page_size] * page_size + p % page_size.
+
+    scores: [rows, n] float32; lengths: [rows] int32 in [0, n]; row_request: [rows] int32;
+    block_tables: [requests, max_pages] int32; out: [rows, k] int32 (its width is k when given).
+    """
+    out = topk(scores, lengths, k, out, stream)
+    return map_positions_to_slots(out, row_request, block_tables, page_size, stream)
+
+
 def write_latent(
     latent: Any, slots: Any, cache: Any, kv_lora_rank: int, stream: int | None = None
 ) -> Any:

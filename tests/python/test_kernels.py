@@ -323,3 +323,21 @@ def test_quantize_index_keys_matches_formula(rng, rotate):
     assert (store[:, :4] == 7).all() and (store[:, 136:] == 7).all()
     with pytest.raises(ValueError, match=r"rows must have shape"):
         dsattn.quantize_index_keys(keys, np.zeros((n, 131), np.uint8))
+
+
+def test_topk_slots_is_topk_then_the_slot_map(rng):
+    rows, n, k, page = 5, 300, 40, 16
+    scores = rng.standard_normal((rows, n)).astype(np.float32)
+    lengths = np.array([300, 41, 40, 7, 0], np.int32)
+    tables = rng.permutation(64).astype(np.int32)[: 2 * 19].reshape(2, 19)
+    row_request = np.array([0, 1, 1, 0, 1], np.int32)
+    positions = dsattn.topk(scores, lengths, k)
+    expected = np.where(positions >= 0,
+                        tables[row_request[:, None], np.maximum(positions, 0) // page] * page
+                        + np.maximum(positions, 0) % page, -1)
+    slots = dsattn.topk_slots(scores, lengths, k, row_request, tables, page)
+    np.testing.assert_array_equal(slots, expected)
+    assert (slots[3, 7:] == -1).all() and (slots[4] == -1).all()
+    given = np.full((rows, k), 99, np.int32)
+    assert dsattn.topk_slots(scores, lengths, k, row_request, tables, page, out=given) is given
+    np.testing.assert_array_equal(given, expected)
