@@ -36,7 +36,7 @@ from .kernels import (
     write_index_keys,
     write_latent,
 )
-from .layer import AttentionLayer, LayerOutput
+from .layer import AttentionLayer, DecodeStep, LayerOutput
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "AttentionLayer",
     "CacheFull",
     "CheckpointError",
+    "DecodeStep",
     "LayerOutput",
     "LayerWeights",
     "bf16_to_float32",

@@ -154,6 +154,16 @@ class AttentionLayer:
         is out of range or already free; nothing is freed then)."""
         self._layer.free(list(block_table))
 
+    def decode_step(
+        self, batch_size: int, max_context: int, tokens_per_request: int = 1
+    ) -> DecodeStep:
+        """A decode (or, with tokens_per_request > 1, speculative-verify) step of fixed shape
+        whose lengths and block tables live in the caller's device tensors: DecodeStep.run does
+        no host work, so a CUDA graph can capture it (torch.cuda.graph) and replay it after new
+        lengths and tables are written into the same tensors. max_context: the longest context
+        (cached tokens plus the step's) a replay may see. The step keeps this layer alive."""
+        return DecodeStep(self._layer.decode_step(batch_size, tokens_per_request, max_context))
+
     def prefill(
         self,
         hidden: Any,
@@ -236,4 +246,81 @@ class AttentionLayer:
         return (
             f"AttentionLayer(device={self.device!r}, kv_cache={self.kv_cache!r}, "
             f"policy={self.policy!r}, {pages})"
+        )
+
+
+class DecodeStep:
+    """A decode or verify step of an AttentionLayer for capture in the caller's CUDA graph (see
+    AttentionLayer.decode_step). Every row takes the sparse path: for contexts <= index_topk the
+    indexer's scores and the top-k are skipped inside the kernels, which read the lengths on the
+    device, so one capture serves short and long contexts; the output equals the layer's decode
+    (or verify) under policy "mla", bit for bit.
+
+    Typical use with PyTorch: run the step once eagerly (the warm-up allocates its temporaries;
+    a first run inside a capture raises), capture run() in torch.cuda.graph with static
+    hidden / prefix_lens / block_tables / out tensors, then per step copy the new values into
+    them and replay. Requests must not share the slots they write; pages they only read may be
+    shared.
+    """
+
+    def __init__(self, core: Any) -> None:
+        self._step = core
+
+    @property
+    def batch_size(self) -> int:
+        return self._step.batch_size
+
+    @property
+    def tokens_per_request(self) -> int:
+        return self._step.tokens_per_request
+
+    @property
+    def max_context(self) -> int:
+        return self._step.max_context
+
+    @property
+    def max_pages(self) -> int:
+        """Block-table entries each request's row must hold at least."""
+        return self._step.max_pages
+
+    @property
+    def warm(self) -> bool:
+        """True once a run has made the step's buffers: only then may run() be captured."""
+        return self._step.warm
+
+    def run(
+        self,
+        hidden: Any,
+        prefix_lens: Any,
+        block_tables: Any,
+        out: Any = None,
+        stream: int | None = None,
+    ) -> Any:
+        """One step: request b has tokens_per_request new tokens after prefix_lens[b] cached ones.
+
+        hidden: [batch_size * tokens_per_request, hidden_size] bf16, contiguous, packed by
+        request. prefix_lens: [batch_size] int32; block_tables: [batch_size, >= max_pages] int32
+        (rows contiguous; a request's entries past its context are not read). All on the layer's
+        device; their contents are read there only. Writes the new tokens' latents and indexer
+        keys to the cache; returns `out` (allocated like hidden when not given). A length or page
+        outside the cache is not an error here (nothing is read on the host): it is made
+        harmless and recorded, and check() raises on it.
+        """
+        if out is None:
+            out = empty_like(hidden, shape_of(hidden, "hidden", "[rows, hidden_size]"), "bf16")
+        self._step.run(hidden, prefix_lens, block_tables, out, stream)
+        return out
+
+    def check(self, stream: int | None = None) -> None:
+        """Raises ValueError when a run since the last check met a prefix length or block-table
+        entry outside the cache (that request's output is then not meaningful); clears the
+        record. Waits for `stream` (default: that of the last run)."""
+        faults = self._step.take_faults(stream)
+        if faults:
+            raise ValueError("decode step: " + "; ".join(faults))
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodeStep(batch_size={self.batch_size}, tokens_per_request="
+            f"{self.tokens_per_request}, max_context={self.max_context})"
         )

@@ -31,9 +31,21 @@ void check_cuda(cudaError_t status, const char* what) {
   }
 }
 
-// The stream of the last call per device.
+// Per device: the stream of the last call outside a graph capture, and an event recorded there at
+// the call's end.
+struct LastCall {
+  std::uintptr_t stream = 0;
+  cudaEvent_t done = nullptr;
+};
 std::mutex g_streams_mutex;
-std::map<int, std::uintptr_t> g_last_stream;
+std::map<int, LastCall> g_last_call;
+
+bool is_capturing(std::uintptr_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream), &status),
+             "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
 #endif
 
 }  // namespace
@@ -63,20 +75,34 @@ CallScope::CallScope(Device device, std::uintptr_t stream) {
 #ifdef DSATTN_WITH_CUDA
   check_cuda(cudaGetDevice(&previous_device_), "cudaGetDevice");
   if (previous_device_ != device.index) check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
-  {
+  // Inside a capture nothing is ordered or recorded: a capture may not wait on work outside it
+  // (torch.cuda.graph synchronises the device before it starts), and the step it captures
+  // allocates from its own pool.
+  capturing_ = is_capturing(stream);
+  if (!capturing_) {
     std::lock_guard<std::mutex> lock(g_streams_mutex);
-    auto it = g_last_stream.find(device.index);
-    if (it != g_last_stream.end() && it->second != stream) {
-      check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    LastCall& last = g_last_call[device.index];
+    if (!last.done)
+      check_cuda(cudaEventCreateWithFlags(&last.done, cudaEventDisableTiming),
+                 "cudaEventCreateWithFlags");
+    else if (last.stream != stream) {
+      check_cuda(cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream), last.done, 0),
+                 "cudaStreamWaitEvent");
     }
-    g_last_stream[device.index] = stream;
+    last.stream = stream;
   }
 #endif
   stream_.emplace(reinterpret_cast<void*>(stream));
+  device_ = device.index;
+  raw_stream_ = stream;
 }
 
 CallScope::~CallScope() {
 #ifdef DSATTN_WITH_CUDA
+  if (device_ >= 0 && !capturing_) {
+    std::lock_guard<std::mutex> lock(g_streams_mutex);
+    cudaEventRecord(g_last_call[device_].done, reinterpret_cast<cudaStream_t>(raw_stream_));
+  }
   if (previous_device_ >= 0) cudaSetDevice(previous_device_);
 #endif
 }

@@ -21,8 +21,9 @@ std::uintptr_t resolve_stream(nb::handle stream, nb::handle tensor, Device devic
 
 // For a CUDA device: makes it the current device and `stream` dsattn's current stream for the
 // scope. The library's caching allocator reuses freed blocks in the order of one stream, so a
-// call on another stream than the previous call on that device first waits for the device.
-// Nothing for the CPU.
+// call on another stream than the previous call on that device first makes its stream wait for
+// an event recorded at the end of that call (no device synchronisation). Inside a CUDA graph
+// capture neither happens. Nothing for the CPU.
 class CallScope {
  public:
   CallScope(Device device, std::uintptr_t stream);
@@ -33,6 +34,9 @@ class CallScope {
  private:
   std::optional<cuda::StreamGuard> stream_;
   int previous_device_ = -1;
+  int device_ = -1;  // CUDA only
+  std::uintptr_t raw_stream_ = 0;
+  bool capturing_ = false;
 };
 
 }  // namespace dsattn::python

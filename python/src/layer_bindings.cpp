@@ -14,6 +14,7 @@
 #include "call_scope.h"
 #include "dsattn/core/checks.h"
 #include "dsattn/layer/attention_layer.h"
+#include "dsattn/layer/decode_step.h"
 #include "dsattn/layer/planner.h"
 #include "tensor_args.h"
 
@@ -217,14 +218,16 @@ class Layer {
     {
       nb::gil_scoped_release release;
       std::lock_guard<std::mutex> lock(mutex_);
-      const ForwardResult r =
-          layer_.forward(batch, in.view, own_ ? own_->layer(0) : caller_->view, dst.view, options);
+      const ForwardResult r = layer_.forward(batch, in.view, cache_view(), dst.view, options);
       for (Path p : r.paths) paths.emplace_back(path_name(p));
     }
     return paths;
   }
 
  private:
+  friend class Step;
+  LayerCacheView cache_view() const { return own_ ? own_->layer(0) : caller_->view; }
+
   // The layer's own cache, for the calls that manage its pages (`what`); a layer on the caller's
   // cache leaves its pages to the caller.
   PagedKvCache& own_cache(const char* what) {
@@ -246,6 +249,57 @@ class Layer {
   std::optional<PagedKvCache> own_;    // the layer's own cache, or
   std::optional<CallerCache> caller_;  // the caller's tensors
   std::mutex mutex_;                   // one forward at a time writes this layer's cache
+};
+
+// A decode or verify step of a Layer with its metadata in the caller's device tensors, for capture
+// in the caller's CUDA graph (layer/decode_step.h). Keeps its layer alive (keep_alive in the
+// binding).
+class Step {
+ public:
+  Step(Layer& layer, std::int64_t batch_size, std::int64_t tokens_per_request,
+       std::int64_t max_context)
+      : layer_(layer),
+        step_(layer.layer_, layer.cache_view(), batch_size, tokens_per_request, max_context) {}
+
+  std::int64_t batch_size() const { return step_.batch_size(); }
+  std::int64_t tokens_per_request() const { return step_.tokens_per_request(); }
+  std::int64_t max_context() const { return step_.max_context(); }
+  std::int64_t max_pages() const { return step_.max_pages(); }
+  bool warm() const { return step_.warm(); }
+
+  void run(nb::handle hidden, nb::handle prefix_lens, nb::handle block_tables, nb::handle out,
+           nb::handle stream) {
+    const TensorArg in = tensor_arg(hidden, "hidden", {DType::bf16}, 2, "[rows, hidden_size]");
+    const TensorArg dst =
+        tensor_arg(out, "out", {DType::bf16}, 2, "[rows, hidden_size]", /*writable=*/true);
+    const TensorArg lens = tensor_arg(prefix_lens, "prefix_lens", {DType::i32}, 1, "[batch_size]");
+    const TensorArg tables =
+        tensor_arg(block_tables, "block_tables", {DType::i32}, 2, "[batch_size, >= max_pages]");
+    check_same_device(
+        {{"hidden", &in}, {"out", &dst}, {"prefix_lens", &lens}, {"block_tables", &tables}},
+        layer_.device_, "the layer's device");
+    const std::uintptr_t s = resolve_stream(stream, hidden, layer_.device_);
+    CallScope scope(layer_.device_, s);
+    last_stream_ = s;
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(layer_.mutex_);
+    step_.run(lens.view, tables.view, in.view, dst.view);
+  }
+
+  // Waits for `stream`, else for the stream of the last run.
+  std::vector<std::string> take_faults(nb::handle stream) {
+    const std::uintptr_t s =
+        stream.is_none() ? last_stream_ : resolve_stream(stream, nb::none(), layer_.device_);
+    CallScope scope(layer_.device_, s);
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(layer_.mutex_);
+    return step_.take_faults();
+  }
+
+ private:
+  Layer& layer_;
+  DecodeStep step_;
+  std::uintptr_t last_stream_ = 0;
 };
 
 }  // namespace
@@ -364,9 +418,27 @@ void bind_layer(nb::module_& m) {
       .def_prop_ro("owns_cache", &Layer::owns_cache)
       .def("allocate", &Layer::allocate, nb::arg("num_tokens"), nb::arg("block_table") = nb::none())
       .def("free", &Layer::free, nb::arg("block_table"))
+      .def(
+          "decode_step",
+          [](Layer& layer, std::int64_t batch_size, std::int64_t tokens_per_request,
+             std::int64_t max_context) {
+            return new Step(layer, batch_size, tokens_per_request, max_context);
+          },
+          nb::arg("batch_size"), nb::arg("tokens_per_request"), nb::arg("max_context"),
+          nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
       .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
            nb::arg("prefix_lens"), nb::arg("extend_lens"), nb::arg("block_tables"),
            nb::arg("stream") = nb::none());
+  nb::class_<Step>(m, "DecodeStep",
+                   "The engine behind dsattn.DecodeStep: run() takes every tensor, including out.")
+      .def_prop_ro("batch_size", &Step::batch_size)
+      .def_prop_ro("tokens_per_request", &Step::tokens_per_request)
+      .def_prop_ro("max_context", &Step::max_context)
+      .def_prop_ro("max_pages", &Step::max_pages)
+      .def_prop_ro("warm", &Step::warm)
+      .def("run", &Step::run, nb::arg("hidden"), nb::arg("prefix_lens"), nb::arg("block_tables"),
+           nb::arg("out"), nb::arg("stream") = nb::none())
+      .def("take_faults", &Step::take_faults, nb::arg("stream") = nb::none());
 }
 
 }  // namespace dsattn::python

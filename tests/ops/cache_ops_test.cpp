@@ -259,6 +259,108 @@ INSTANTIATE_TEST_SUITE_P(Caches, PagedRoundTripTest,
                                            RoundTripCase{"OddF32", DType::f32, 5}),
                          [](const auto& info) { return std::string(info.param.name); });
 
+TEST(ScatterGatherTest, ScatterSkipsRowsIndexedMinusOne) {
+  const std::int64_t w = 8, num_rows = 6;
+  Tensor rows = random_tensor({3, w}, DType::bf16, 61, 1);
+  Tensor dst = random_tensor({num_rows, w}, DType::bf16, 61, 2);
+  Tensor before = random_tensor({num_rows, w}, DType::bf16, 61, 2);  // dst's values
+  ops::scatter_rows(rows, i32_tensor({4, -1, 0}), dst);
+  for (std::int64_t r = 0; r < num_rows; ++r) {
+    const bf16* want = r == 4   ? rows.view().row<bf16>(0)
+                       : r == 0 ? rows.view().row<bf16>(2)
+                                : before.view().row<bf16>(r);
+    for (std::int64_t j = 0; j < w; ++j) {
+      EXPECT_EQ(dst.view().row<bf16>(r)[j].bits, want[j].bits) << "row " << r;
+    }
+  }
+}
+
+// Request b of `tokens` rows after prefix[b] cached tokens: positions, slots through its table,
+// contexts; a bad length is clamped and a bad page read as page 0 (its new tokens not written),
+// each reported in `faults`, which accumulates.
+TEST(BuildDecodeTablesTest, DerivesEachRowAndMakesFaultsHarmless) {
+  const std::int64_t tokens = 2, page_size = 4, num_pages = 10, max_context = 12, max_pages = 3;
+  // Rows wider than max_pages: the extra column is never read.
+  Tensor tables_in = i32_tensor({7, 2, 9, 99,   //
+                                 1, 3, 5, 99,   //
+                                 4, -3, 8, 99,  //
+                                 6, 0, 10, 99});
+  const TensorView tables_view = tables_in.view().reshape({4, 4});
+  const auto build = [&](std::vector<std::int32_t> prefix, Tensor& out, Tensor& faults) {
+    Tensor p = i32_tensor(prefix);
+    out = Tensor::empty({4 * 8 + 5 + 4 + 4 * max_pages}, DType::i32);
+    std::fill_n(out.ptr<std::int32_t>(), out.numel(), kI32Poison);
+    std::int32_t* o = out.ptr<std::int32_t>();
+    ops::DecodeTables t;
+    t.positions = TensorView(o, DType::i32, Device::cpu(), {8});
+    t.visible = TensorView(o + 8, DType::i32, Device::cpu(), {8});
+    t.slots = TensorView(o + 16, DType::i32, Device::cpu(), {8});
+    t.row_request = TensorView(o + 24, DType::i32, Device::cpu(), {8});
+    t.cu_q = TensorView(o + 32, DType::i32, Device::cpu(), {5});
+    t.context_lens = TensorView(o + 37, DType::i32, Device::cpu(), {4});
+    t.block_tables = TensorView(o + 41, DType::i32, Device::cpu(), {4, max_pages});
+    t.faults = faults.view();
+    ops::build_decode_tables(p, tables_view, tokens, page_size, num_pages, max_context, t);
+  };
+  Tensor out, faults = i32_tensor({0});
+  // Request 0: positions 5, 6 on page 2 (table entry 1); request 1: 0, 1; request 2 reads the
+  // bad page -3 (index 1) for positions 4, 5; request 3: prefix 11 leaves no room, clamped to 10.
+  build({5, 0, 4, 11}, out, faults);
+  const std::int32_t* o = out.ptr<std::int32_t>();
+  const std::vector<std::int32_t> positions = {5, 6, 0, 1, 4, 5, 10, 11};
+  const std::vector<std::int32_t> slots = {2 * 4 + 1, 2 * 4 + 2, 1 * 4 + 0, 1 * 4 + 1,
+                                           -1,        -1,        -1,        -1};
+  for (int r = 0; r < 8; ++r) {
+    EXPECT_EQ(o[r], positions[r]) << "positions[" << r << "]";
+    EXPECT_EQ(o[8 + r], positions[r] + 1) << "visible[" << r << "]";
+    EXPECT_EQ(o[24 + r], r / 2) << "row_request[" << r << "]";
+  }
+  // Request 3's pages: 6, 0 and 10 (outside the cache): positions 10, 11 fall on page index 2.
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(o[16 + r], slots[r]) << "slots[" << r << "]";
+  EXPECT_EQ(std::vector<std::int32_t>(o + 32, o + 37), (std::vector<std::int32_t>{0, 2, 4, 6, 8}));
+  EXPECT_EQ(std::vector<std::int32_t>(o + 37, o + 41), (std::vector<std::int32_t>{7, 2, 6, 12}));
+  // Pages a request sees are copied (bad ones as 0), the rest are 0.
+  EXPECT_EQ(std::vector<std::int32_t>(o + 41, o + 41 + 12),
+            (std::vector<std::int32_t>{7, 2, 0, 1, 0, 0, 4, 0, 0, 6, 0, 0}));
+  EXPECT_EQ(faults.ptr<std::int32_t>()[0], ops::kDecodeFaultContext | ops::kDecodeFaultPage);
+
+  // Clean lengths and pages add no fault; the bits or into what is there.
+  Tensor clean = i32_tensor({0});
+  build({0, 1, 0, 2}, out, clean);
+  EXPECT_EQ(clean.ptr<std::int32_t>()[0], 0);
+  build({-4, 1, 0, 2}, out, clean);
+  EXPECT_EQ(clean.ptr<std::int32_t>()[0], ops::kDecodeFaultContext);
+  EXPECT_EQ(out.ptr<std::int32_t>()[0], 0) << "a negative prefix is clamped to 0";
+}
+
+TEST(BuildDecodeTablesTest, RejectsBadArguments) {
+  Tensor prefix = i32_tensor({0, 1});
+  Tensor tables = i32_tensor({0, 1, 2, 3});
+  const TensorView two_pages = tables.view().reshape({2, 2});
+  Tensor buf = Tensor::empty({64}, DType::i32);
+  std::int32_t* o = buf.ptr<std::int32_t>();
+  ops::DecodeTables t;
+  t.positions = TensorView(o, DType::i32, Device::cpu(), {2});
+  t.visible = TensorView(o + 2, DType::i32, Device::cpu(), {2});
+  t.slots = TensorView(o + 4, DType::i32, Device::cpu(), {2});
+  t.row_request = TensorView(o + 6, DType::i32, Device::cpu(), {2});
+  t.cu_q = TensorView(o + 8, DType::i32, Device::cpu(), {3});
+  t.context_lens = TensorView(o + 11, DType::i32, Device::cpu(), {2});
+  t.block_tables = TensorView(o + 13, DType::i32, Device::cpu(), {2, 2});
+  t.faults = TensorView(o + 17, DType::i32, Device::cpu(), {1});
+  EXPECT_TRUE(rejects([&] { ops::build_decode_tables(prefix, two_pages, 1, 4, 8, 12, t); },
+                      "block_tables: expected at least 3 pages a row (max_context 12 at "
+                      "page_size 4), got 2",
+                      {watch(buf)}));
+  EXPECT_TRUE(rejects([&] { ops::build_decode_tables(prefix, two_pages, 2, 4, 8, 1, t); },
+                      "max_context must be >= tokens (2), got 1", {watch(buf)}));
+  EXPECT_TRUE(rejects(
+      [&] { ops::build_decode_tables(prefix, two_pages, 1, 4, std::int64_t(1) << 30, 8, t); },
+      "the cache's slots (num_pages x page_size = 1073741824 x 4) must fit int32", {watch(buf)}));
+  EXPECT_TRUE(rejects([&] { ops::build_decode_tables(prefix, two_pages, 2, 4, 8, 8, t); },
+                      "positions must have shape [4]", {watch(buf)}));
+}
+
 TEST(ScatterGatherTest, RejectsBadArguments) {
   const std::int64_t n = 3, w = 16, num_rows = 10;
   Tensor rows = random_tensor({n, w}, DType::bf16, 60, 1);
@@ -267,6 +369,7 @@ TEST(ScatterGatherTest, RejectsBadArguments) {
   Tensor index = i32_tensor({4, 0, 9});
   Tensor past_end = i32_tensor({4, 10, 1});
   Tensor negative = i32_tensor({4, 1, -1});
+  Tensor below_skip = i32_tensor({4, 1, -2});
   Tensor too_few = i32_tensor({4, 1});
   Tensor index_f32 = random_tensor({n}, DType::f32, 60, 4);
   Tensor index_wide = i32_tensor({4, 7, 0, 2, 9, 5});
@@ -279,8 +382,8 @@ TEST(ScatterGatherTest, RejectsBadArguments) {
   // scatter_rows(rows, index, dst)
   EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, past_end, table); },
                       "index[1] = 10 is outside [0, 10)", {watch(table)}));
-  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, negative, table); },
-                      "index[2] = -1 is outside [0, 10)", {watch(table)}));
+  EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, below_skip, table); },
+                      "index[2] = -2 is outside [0, 10) (or -1)", {watch(table)}));
   EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, too_few, table); }, "index must have shape [3]",
                       {watch(table)}));
   EXPECT_TRUE(rejects([&] { ops::scatter_rows(rows, index_f32, table); },

@@ -174,3 +174,74 @@ def test_mixed_devices_are_refused(rng):
                                          r"one on cpu"):
         dsattn.mha_prefill(to_torch(torch, q, CUDA), q, q, to_torch(torch, np.array([0, 4], np.int32), CUDA),
                            to_torch(torch, np.array([0, 4], np.int32), CUDA), 4, 0.25)
+
+
+@pytest.mark.parametrize("kv_cache", ["bf16", "fp8"])
+def test_decode_step_replays_in_a_torch_cuda_graph(rng, kv_cache):
+    """A decode step captured with torch.cuda.graph and replayed with new lengths written into
+    the same tensors gives the layer's eager decode under "mla" bit for bit, step after step,
+    contexts crossing index_topk (29 -> 34)."""
+    c = small_config(32, kv_lora_rank=128)
+    w = dsattn.LayerWeights.synthetic(c, 31, device=CUDA)
+    prompts, max_context, steps = [6, 29, 40, 90], 112, 6
+    prompt = to_torch(torch, random_bf16(rng, (sum(prompts), c.hidden_size)), CUDA)
+    layers, tables = [], []
+    for _ in range(2):
+        layer = dsattn.AttentionLayer(c, w, kv_cache=kv_cache, policy="mla", num_pages=32,
+                                      page_size=16)
+        t = [layer.allocate(max_context) for _ in prompts]
+        layer.prefill(prompt, [0] * len(prompts), prompts, t)
+        layers.append(layer)
+        tables.append(t)
+    eager, stepped = layers
+    step = stepped.decode_step(len(prompts), max_context)
+    static_hidden = torch.empty((len(prompts), c.hidden_size), dtype=torch.bfloat16, device=CUDA)
+    static_lens = torch.tensor(prompts, dtype=torch.int32, device=CUDA)
+    static_tables = torch.tensor(tables[1], dtype=torch.int32, device=CUDA)
+    static_out = torch.empty_like(static_hidden)
+    inputs = [to_torch(torch, random_bf16(rng, (len(prompts), c.hidden_size)), CUDA)
+              for _ in range(steps)]
+
+    # Warm-up on a side stream (torch.cuda.graph's recipe): step 0, eagerly.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        static_hidden.copy_(inputs[0])
+        step.run(static_hidden, static_lens, static_tables, out=static_out)
+    torch.cuda.current_stream().wait_stream(side)
+    expected = eager.decode(inputs[0], prompts, tables[0]).out
+    np.testing.assert_array_equal(to_bits(torch, static_out), to_bits(torch, expected))
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step.run(static_hidden, static_lens, static_tables, out=static_out)
+    for s in range(1, steps):
+        context = [n + s for n in prompts]
+        static_lens.copy_(torch.tensor(context, dtype=torch.int32))
+        static_hidden.copy_(inputs[s])
+        static_out.fill_(float("nan"))
+        graph.replay()
+        expected = eager.decode(inputs[s], context, tables[0]).out
+        np.testing.assert_array_equal(to_bits(torch, static_out), to_bits(torch, expected),
+                                      err_msg=f"step {s}")
+    step.check()
+    # A length past max_context inside a replay is reported, not followed.
+    static_lens.copy_(torch.tensor([max_context] * len(prompts), dtype=torch.int32))
+    graph.replay()
+    with pytest.raises(ValueError, match="left no room"):
+        step.check()
+
+
+def test_a_cold_decode_step_is_not_captured(rng):
+    c = small_config(32)
+    w = dsattn.LayerWeights.synthetic(c, 32, device=CUDA)
+    layer = dsattn.AttentionLayer(c, w, policy="mla", num_pages=4)
+    step = layer.decode_step(1, 64)
+    hidden = torch.zeros((1, c.hidden_size), dtype=torch.bfloat16, device=CUDA)
+    lens = torch.zeros(1, dtype=torch.int32, device=CUDA)
+    tables = torch.tensor([layer.allocate(64)], dtype=torch.int32, device=CUDA)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="run the step once outside the capture first"):
+        with torch.cuda.graph(graph):
+            step.run(hidden, lens, tables)
+    assert not step.warm

@@ -48,6 +48,13 @@ void synchronize() {
         "cudaStreamSynchronize");
 }
 
+bool current_stream_is_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(current_stream()), &status),
+        "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
 namespace {
 
 // Sizes are rounded so that blocks are interchangeable: 512 B steps below 1 MiB, 2 MiB above.
@@ -257,6 +264,7 @@ void memcpy(void* dst, Device dst_device, const void* src, Device src_device, st
 
 bool built_with_cuda() { return false; }
 void synchronize() {}
+bool current_stream_is_capturing() { return false; }
 int device_count() { return 0; }
 std::string device_name(int) { fail<Unsupported>("this build of dsattn has no CUDA support"); }
 void* device_malloc(std::size_t, Device device) {

@@ -35,6 +35,9 @@ class StreamGuard {
 
 // Waits for all work on the current stream.
 void synchronize();
+// True while the current stream is being captured into a CUDA graph (by dsattn or the caller):
+// no synchronisation and no cudaMalloc may happen then.
+bool current_stream_is_capturing();
 
 // Device memory for tensors, through a caching allocator: freed blocks are kept for reuse by
 // later allocations of a similar size on the same device, in stream order (every op runs on the

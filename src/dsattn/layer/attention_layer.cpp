@@ -41,7 +41,9 @@ class StageClock {
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
-void check_cache(const LayerCacheView& cache, const AttentionConfig& c) {
+}  // namespace
+
+void check_layer_cache(const LayerCacheView& cache, const AttentionConfig& c) {
   const std::int64_t slots = cache.num_pages * cache.page_size;
   if (cache.latent_format == LatentFormat::bf16) {
     check_dtype(cache.latent, "cache.latent", DType::bf16);
@@ -55,8 +57,6 @@ void check_cache(const LayerCacheView& cache, const AttentionConfig& c) {
   check_shape(cache.index_keys, "cache.index_keys",
               {cache.num_pages * cache.page_size, index_key_bytes(c.index_head_dim)});
 }
-
-}  // namespace
 
 AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy)
     : ctx_(config, std::move(weights)) {
@@ -102,7 +102,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
                                       const ForwardOptions& options, SharedTopk* shared) const {
   const AttentionConfig& c = ctx_.config;
   // Every check first: nothing is written unless the whole forward can run.
-  check_cache(cache, c);
+  check_layer_cache(cache, c);
   validate_batch(batch, c, cache);
   const std::int64_t T = batch.total_tokens();
   check_dtype(hidden_in, "hidden_in", DType::bf16);

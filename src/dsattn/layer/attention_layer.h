@@ -54,6 +54,10 @@ struct SharedTopk {
   Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on
 };
 
+// Throws InvalidArgument unless `cache` holds rows of the layer's formats and widths for
+// num_pages x page_size slots.
+void check_layer_cache(const LayerCacheView& cache, const AttentionConfig& config);
+
 class AttentionLayer {
  public:
   AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy = {});

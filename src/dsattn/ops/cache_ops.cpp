@@ -1,5 +1,9 @@
 #include "dsattn/ops/cache_ops.h"
 
+#include <limits>
+#include <tuple>
+
+#include "dsattn/core/checked_size.h"
 #include "dsattn/ops/op_checks.h"
 
 namespace dsattn::ops {
@@ -68,9 +72,61 @@ void check_row_copy(const TensorView& rows, const char* rows_name, const TensorV
 
 }  // namespace
 
+void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
+                         std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
+                         std::int64_t max_context, const DecodeTables& out) {
+  DSATTN_CHECK(tokens >= 1, "tokens must be >= 1, got {}", tokens);
+  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
+  DSATTN_CHECK(num_pages > 0, "num_pages must be positive, got {}", num_pages);
+  DSATTN_CHECK(max_context >= tokens, "max_context must be >= tokens ({}), got {}", tokens,
+               max_context);
+  constexpr std::int64_t kI32 = std::numeric_limits<std::int32_t>::max();
+  DSATTN_CHECK(max_context <= kI32, "max_context must fit int32 ({}), got {}", kI32, max_context);
+  DSATTN_CHECK(checked_mul(num_pages, page_size, "cache slots") <= kI32,
+               "the cache's slots (num_pages x page_size = {} x {}) must fit int32", num_pages,
+               page_size);
+  check_dtype(prefix_lens, "prefix_lens", DType::i32);
+  check_shape(prefix_lens, "prefix_lens", {kAny});
+  check_contiguous(prefix_lens, "prefix_lens");
+  const std::int64_t batch = prefix_lens.size(0), rows = checked_mul(batch, tokens, "rows");
+  const std::int64_t max_pages = (max_context + page_size - 1) / page_size;
+  check_dtype(block_tables, "block_tables", DType::i32);
+  check_shape(block_tables, "block_tables", {batch, kAny});
+  check_inner_contiguous(block_tables, "block_tables");
+  if (block_tables.size(1) < max_pages) {
+    fail("block_tables: expected at least {} pages a row (max_context {} at page_size {}), got {}",
+         max_pages, max_context, page_size, block_tables.size(1));
+  }
+  for (const auto& [name, t, n] :
+       {std::tuple{"positions", &out.positions, rows}, std::tuple{"visible", &out.visible, rows},
+        std::tuple{"slots", &out.slots, rows}, std::tuple{"row_request", &out.row_request, rows},
+        std::tuple{"cu_q", &out.cu_q, batch + 1},
+        std::tuple{"context_lens", &out.context_lens, batch},
+        std::tuple{"faults", &out.faults, std::int64_t(1)}}) {
+    check_dtype(*t, name, DType::i32);
+    check_shape(*t, name, {n});
+    check_contiguous(*t, name);
+  }
+  check_dtype(out.block_tables, "out.block_tables", DType::i32);
+  check_shape(out.block_tables, "out.block_tables", {batch, max_pages});
+  check_contiguous(out.block_tables, "out.block_tables");
+  const Device d = common_device({{"prefix_lens", &prefix_lens},
+                                  {"block_tables", &block_tables},
+                                  {"positions", &out.positions},
+                                  {"visible", &out.visible},
+                                  {"slots", &out.slots},
+                                  {"row_request", &out.row_request},
+                                  {"cu_q", &out.cu_q},
+                                  {"context_lens", &out.context_lens},
+                                  {"out.block_tables", &out.block_tables},
+                                  {"faults", &out.faults}});
+  DSATTN_DISPATCH(d, build_decode_tables, prefix_lens, block_tables, tokens, page_size, num_pages,
+                  max_context, out);
+}
+
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst) {
   check_row_copy(rows, "rows", dst, "dst");
-  check_index(index, "index", rows.size(0), dst.size(0));
+  check_index(index, "index", rows.size(0), dst.size(0), /*allow_skip=*/true);
   const Device d = common_device({{"rows", &rows}, {"index", &index}, {"dst", &dst}});
   if (rows.size(0) == 0) return;
   DSATTN_DISPATCH(d, scatter_rows, rows, index, dst);

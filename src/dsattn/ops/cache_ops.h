@@ -6,6 +6,7 @@
 #include <span>
 
 #include "dsattn/core/tensor.h"
+#include "dsattn/ops/decode_request_tables.h"
 
 namespace dsattn::ops {
 
@@ -22,7 +23,29 @@ void positions_to_slots(std::span<const std::int32_t> block_table, std::int64_t 
 void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
                             const TensorView& block_tables, std::int64_t page_size);
 
-// dst[index[t], :] = rows[t, :]      rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
+// The tables a decode or verify step reads (layer/decode_step.h), built on the device from the
+// caller's per-request cached lengths and block tables: request b has `tokens` new rows after
+// prefix_lens[b] cached tokens, at positions prefix_lens[b] + t. No host work, so that the step
+// can be captured in a CUDA graph and replayed with new lengths and tables.
+struct DecodeTables {
+  TensorView positions;     // [batch * tokens] i32
+  TensorView visible;       // [batch * tokens] i32, position + 1
+  TensorView slots;         // [batch * tokens] i32 cache slots of the new tokens; -1: not written
+  TensorView row_request;   // [batch * tokens] i32
+  TensorView cu_q;          // [batch + 1] i32
+  TensorView context_lens;  // [batch] i32, prefix + tokens
+  TensorView block_tables;  // [batch, max_pages] i32, the pages a request sees; 0 past them
+  TensorView faults;        // [1] i32: fault bits of every build since it was last cleared
+};
+// Fault bits: kDecodeFault* (ops/decode_request_tables.h).
+//   prefix_lens: [batch] i32; block_tables: [batch, >= max_pages] i32, rows inner-contiguous;
+//   out's tables as above, with max_pages = out.block_tables.size(1) covering max_context
+void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
+                         std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
+                         std::int64_t max_context, const DecodeTables& out);
+
+// dst[index[t], :] = rows[t, :] for index[t] >= 0 (-1: row t is not written)
+//   rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
 // out[t, :] = src[index[t], :]       src: [num_rows, w]; index: [n] i32 (each valid); out: [n, w]
 void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out);

@@ -23,15 +23,16 @@ void check_rows_bf16(const TensorView& t, const char* name, std::int64_t n) {
   check_inner_contiguous(t, name);
 }
 
-void check_index(const TensorView& index, const char* name, std::int64_t n, std::int64_t limit) {
+void check_index(const TensorView& index, const char* name, std::int64_t n, std::int64_t limit,
+                 bool allow_skip) {
   check_dtype(index, name, DType::i32);
   check_shape(index, name, {n});
   check_contiguous(index, name);
   if (!index.device().is_cpu()) return;
   const std::int32_t* s = index.ptr<std::int32_t>();
   for (std::int64_t i = 0; i < n; ++i) {
-    if (s[i] < 0 || s[i] >= limit) {
-      fail("{}[{}] = {} is outside [0, {})", name, i, s[i], limit);
+    if ((s[i] < 0 || s[i] >= limit) && !(allow_skip && s[i] == -1)) {
+      fail("{}[{}] = {} is outside [0, {}){}", name, i, s[i], limit, allow_skip ? " (or -1)" : "");
     }
   }
 }

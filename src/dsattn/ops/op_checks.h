@@ -22,8 +22,10 @@ Device common_device(std::initializer_list<std::pair<const char*, const TensorVi
 void check_rows_bf16(const TensorView& t, const char* name, std::int64_t n);
 
 // An index tensor: i32, [n], contiguous; on the CPU its entries are checked against
-// [0, limit) (CUDA indices are built by the layer and trusted by the kernels).
-void check_index(const TensorView& index, const char* name, std::int64_t n, std::int64_t limit);
+// [0, limit), or -1 too with allow_skip (CUDA indices are built by the layer and trusted by the
+// kernels).
+void check_index(const TensorView& index, const char* name, std::int64_t n, std::int64_t limit,
+                 bool allow_skip = false);
 
 // Packed variable-length offsets: cu_q, cu_k [batch + 1] i32 starting at 0, non-decreasing,
 // ending at total_q / total_k, each request with at least as many keys as queries and (when

@@ -1,6 +1,7 @@
 #include <cstring>
 
 #include "dsattn/ops/cpu/cpu_ops.h"
+#include "dsattn/ops/decode_request_tables.h"
 
 namespace dsattn::ops::cpu {
 
@@ -13,8 +14,38 @@ void scatter_rows(const TensorView& rows, const TensorView& slots, const TensorV
   const std::int64_t src_stride = rows.stride(0) * dtype_size(rows.dtype());
   const std::int64_t dst_stride = cache.stride(0) * dtype_size(cache.dtype());
   for (std::int64_t i = 0; i < n; ++i) {
-    std::memcpy(dst + s[i] * dst_stride, src + i * src_stride, row_bytes);
+    if (s[i] >= 0) std::memcpy(dst + s[i] * dst_stride, src + i * src_stride, row_bytes);
   }
+}
+
+void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
+                         std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
+                         std::int64_t max_context, const DecodeTables& out) {
+  const std::int64_t batch = prefix_lens.size(0), max_pages = out.block_tables.size(1);
+  const std::int32_t* prefix = prefix_lens.ptr<std::int32_t>();
+  std::int32_t faults = 0;
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const DecodeRequestTables r = decode_request_tables(
+        prefix[b], block_tables.row<std::int32_t>(b), tokens, page_size, num_pages, max_context);
+    faults |= r.faults;
+    std::int32_t* table = out.block_tables.row<std::int32_t>(b);
+    for (std::int64_t j = 0; j < max_pages; ++j) {
+      if (r.page_fault(j)) faults |= kDecodeFaultPage;
+      table[j] = r.page(j);
+    }
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const std::int64_t row = b * tokens + t;
+      out.positions.ptr<std::int32_t>()[row] = r.position(t);
+      out.visible.ptr<std::int32_t>()[row] = r.position(t) + 1;
+      out.slots.ptr<std::int32_t>()[row] = r.slot(t);
+      out.row_request.ptr<std::int32_t>()[row] = static_cast<std::int32_t>(b);
+    }
+    out.context_lens.ptr<std::int32_t>()[b] = r.context();
+  }
+  for (std::int64_t b = 0; b <= batch; ++b) {
+    out.cu_q.ptr<std::int32_t>()[b] = static_cast<std::int32_t>(b * tokens);
+  }
+  out.faults.ptr<std::int32_t>()[0] |= faults;
 }
 
 void gather_rows(const TensorView& cache, const TensorView& slots, const TensorView& out) {

@@ -1,4 +1,5 @@
 #include "dsattn/ops/cuda/common.cuh"
+#include "dsattn/ops/decode_request_tables.h"
 
 namespace dsattn::ops::cuda {
 
@@ -9,6 +10,7 @@ template <typename Word>
 __global__ void move_rows_kernel(MoveRowsParams p) {
   const std::int64_t r = blockIdx.x;
   const std::int64_t from = p.gather ? p.index[r] : r, to = p.gather ? r : p.index[r];
+  if (to < 0) return;  // a scatter's -1: the row is not written
   const auto* src =
       reinterpret_cast<const Word*>(static_cast<const char*>(p.src) + from * p.src_stride_bytes);
   auto* dst = reinterpret_cast<Word*>(static_cast<char*>(p.dst) + to * p.dst_stride_bytes);
@@ -26,7 +28,41 @@ __global__ void map_positions_kernel(MapPositionsParams p) {
   *idx = static_cast<std::int32_t>(table[*idx / p.page_size] * p.page_size + *idx % p.page_size);
 }
 
+// One block per request: its rows' positions and slots, its context and its block-table row.
+__global__ void decode_tables_kernel(DecodeTablesParams p) {
+  const std::int64_t b = blockIdx.x;
+  const DecodeRequestTables r =
+      decode_request_tables(p.prefix_lens[b], p.tables_in + b * p.stride_in, p.tokens, p.page_size,
+                            p.num_pages, p.max_context);
+  std::int32_t faults = threadIdx.x == 0 ? r.faults : 0;
+  for (std::int64_t j = threadIdx.x; j < p.max_pages; j += blockDim.x) {
+    if (r.page_fault(j)) faults |= kDecodeFaultPage;
+    p.tables[b * p.max_pages + j] = r.page(j);
+  }
+  for (std::int64_t t = threadIdx.x; t < p.tokens; t += blockDim.x) {
+    const std::int64_t row = b * p.tokens + t;
+    p.positions[row] = r.position(t);
+    p.visible[row] = r.position(t) + 1;
+    p.slots[row] = r.slot(t);
+    p.row_request[row] = static_cast<std::int32_t>(b);
+  }
+  if (threadIdx.x == 0) {
+    p.context_lens[b] = r.context();
+    p.cu_q[b] = static_cast<std::int32_t>(b * p.tokens);
+    if (b == p.batch - 1) p.cu_q[p.batch] = static_cast<std::int32_t>(p.batch * p.tokens);
+  }
+  if (faults) atomicOr(p.faults, faults);
+}
+
 }  // namespace
+
+cudaError_t launch_decode_tables(const DecodeTablesParams& p, cudaStream_t stream) {
+  if (p.batch == 0) {  // only the first offset to write
+    return cudaMemsetAsync(p.cu_q, 0, sizeof(std::int32_t), stream);
+  }
+  decode_tables_kernel<<<static_cast<unsigned>(p.batch), 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream) {
   const auto aligned = [](std::uintptr_t v, unsigned a) { return v % a == 0; };

@@ -178,6 +178,30 @@ void map_positions_to_slots(const TensorView& indices, const TensorView& row_req
   check_launch(launch_map_positions(p, stream()), "map_positions_to_slots");
 }
 
+void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
+                         std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
+                         std::int64_t max_context, const DecodeTables& out) {
+  const auto i32 = [](const TensorView& t) { return static_cast<std::int32_t*>(t.data()); };
+  const DecodeTablesParams p{static_cast<const std::int32_t*>(prefix_lens.data()),
+                             static_cast<const std::int32_t*>(block_tables.data()),
+                             i32(out.positions),
+                             i32(out.visible),
+                             i32(out.slots),
+                             i32(out.row_request),
+                             i32(out.cu_q),
+                             i32(out.context_lens),
+                             i32(out.block_tables),
+                             i32(out.faults),
+                             prefix_lens.size(0),
+                             block_tables.stride(0),
+                             tokens,
+                             page_size,
+                             num_pages,
+                             max_context,
+                             out.block_tables.size(1)};
+  check_launch(launch_decode_tables(p, stream()), "build_decode_tables");
+}
+
 namespace {
 
 LatentFp8Params latent_params(const TensorView& latent, const TensorView& rows,

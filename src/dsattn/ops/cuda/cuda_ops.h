@@ -28,6 +28,9 @@ void gemm(const TensorView& a, const TensorView& b, const TensorView& c, BLayout
           float alpha);
 void hadamard_rotate(const TensorView& x);
 void quantize_fp8_block128(const TensorView& x, const TensorView& q, const TensorView& scale);
+void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
+                         std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
+                         std::int64_t max_context, const DecodeTables& out);
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
 void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out);
 void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,

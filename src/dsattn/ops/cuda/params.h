@@ -76,6 +76,16 @@ struct MapPositionsParams {
   std::int64_t rows, k, stride_indices, stride_tables, page_size;
 };
 
+struct DecodeTablesParams {
+  const std::int32_t* prefix_lens;  // [batch]
+  const std::int32_t* tables_in;    // [batch, >= max_pages], row stride stride_in
+  std::int32_t *positions, *visible, *slots, *row_request;  // [batch * tokens]
+  std::int32_t *cu_q, *context_lens;                        // [batch + 1], [batch]
+  std::int32_t* tables;                                     // [batch, max_pages]
+  std::int32_t* faults;                                     // [1], or-ed into
+  std::int64_t batch, stride_in, tokens, page_size, num_pages, max_context, max_pages;
+};
+
 struct LatentFp8Params {
   void* latent;  // [n, r + rope] bf16: read when quantising, written when dequantising
   void* rows;    // [n, latent_fp8_bytes] u8: written when quantising, read otherwise
@@ -152,6 +162,7 @@ cudaError_t launch_hadamard128(const HadamardParams& p, cudaStream_t stream);
 cudaError_t launch_quantize_fp8_block128(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream);
 cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream);
+cudaError_t launch_decode_tables(const DecodeTablesParams& p, cudaStream_t stream);
 cudaError_t launch_latent_fp8(const LatentFp8Params& p, cudaStream_t stream);
 cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
 // The FP8 tensor-core (wgmma) kernel for the model's indexer: 64 heads of 128, 16-byte aligned

@@ -1,0 +1,154 @@
+#include "dsattn/layer/decode_step.h"
+
+#include <optional>
+
+#include "dsattn/core/checked_size.h"
+#include "dsattn/core/checks.h"
+#include "dsattn/layer/paths.h"
+#include "dsattn/ops/cache_ops.h"
+
+namespace dsattn {
+
+namespace {
+
+// Offsets of the derived arrays inside the step's i32 buffer.
+struct Layout {
+  std::int64_t rows, batch, pages;
+  std::int64_t positions() const { return 0; }
+  std::int64_t visible() const { return rows; }
+  std::int64_t slots() const { return 2 * rows; }
+  std::int64_t row_request() const { return 3 * rows; }
+  std::int64_t cu_q() const { return 4 * rows; }
+  std::int64_t context_lens() const { return 4 * rows + batch + 1; }
+  std::int64_t tables() const { return 4 * rows + 2 * batch + 1; }
+  std::int64_t size() const { return tables() + batch * pages; }
+};
+
+TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
+                    std::int64_t cols = 0) {
+  std::int32_t* base = t.ptr<std::int32_t>() + offset;
+  if (cols == 0) return TensorView(base, DType::i32, t.device(), {rows});
+  return TensorView(base, DType::i32, t.device(), {rows, cols});
+}
+
+void clear(const Tensor& faults) {
+  std::int32_t zero = 0;
+  copy(TensorView(&zero, DType::i32, Device::cpu(), {1}), faults);
+}
+
+}  // namespace
+
+DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
+                       std::int64_t batch_size, std::int64_t tokens_per_request,
+                       std::int64_t max_context)
+    : layer_(layer),
+      cache_(cache),
+      batch_(batch_size),
+      tokens_(tokens_per_request),
+      max_context_(max_context),
+      max_pages_(0) {
+  DSATTN_CHECK(batch_size >= 1, "batch_size must be >= 1, got {}", batch_size);
+  DSATTN_CHECK(tokens_per_request >= 1, "tokens_per_request must be >= 1, got {}",
+               tokens_per_request);
+  DSATTN_CHECK(max_context >= tokens_per_request,
+               "max_context must be >= tokens_per_request ({}), got {}", tokens_per_request,
+               max_context);
+  if (!layer.has_indexer()) {
+    fail(
+        "a decode step runs one layer on its own, which needs its own indexer weights; this "
+        "layer takes an earlier layer's top-k (IndexShare)");
+  }
+  check_layer_cache(cache, layer.config());
+  const Device dev = layer.weights().device();
+  check_device(cache.latent, "cache.latent", dev);
+  check_device(cache.index_keys, "cache.index_keys", dev);
+  max_pages_ = pages_for(max_context, cache.page_size);
+  const std::int64_t rows = checked_mul(batch_, tokens_, "batch_size x tokens_per_request");
+  const Layout layout{rows, batch_, max_pages_};
+  if (dev.is_cuda()) pool_ = std::make_unique<cuda::MemoryPool>();
+  std::optional<cuda::MemoryPool::Use> use;
+  if (pool_) use.emplace(*pool_);
+  tables_ = Tensor::empty(
+      {checked_add(layout.tables(), checked_mul(batch_, max_pages_, "the block tables' entries"),
+                   "the step's tables")},
+      DType::i32, dev);
+  faults_ = Tensor::empty({1}, DType::i32, dev);
+  clear(faults_);
+}
+
+void DecodeStep::run(const TensorView& prefix_lens, const TensorView& block_tables,
+                     const TensorView& hidden_in, const TensorView& hidden_out) {
+  const AttentionConfig& c = layer_.config();
+  const std::int64_t rows = batch_ * tokens_;
+  const Device dev = layer_.weights().device();
+  check_dtype(prefix_lens, "prefix_lens", DType::i32);
+  check_shape(prefix_lens, "prefix_lens", {batch_});
+  check_dtype(block_tables, "block_tables", DType::i32);
+  check_shape(block_tables, "block_tables", {batch_, kAny});
+  for (const auto& [name, t] :
+       {std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out}}) {
+    check_dtype(*t, name, DType::bf16);
+    check_shape(*t, name, {rows, c.hidden_size});
+    check_contiguous(*t, name);
+  }
+  for (const auto& [name, t] :
+       {std::pair{"prefix_lens", &prefix_lens}, std::pair{"block_tables", &block_tables},
+        std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out}}) {
+    check_device(*t, name, dev);
+  }
+  if (!warm_ && dev.is_cuda() && cuda::current_stream_is_capturing()) {
+    fail(
+        "decode step: the first run is being captured into a CUDA graph; run the step once "
+        "outside the capture first (a warm-up, as torch.cuda.graph's documentation asks), so "
+        "that its buffers exist before the capture");
+  }
+
+  const Layout layout{rows, batch_, max_pages_};
+  ops::DecodeTables t;
+  t.positions = i32_view(tables_, layout.positions(), rows);
+  t.visible = i32_view(tables_, layout.visible(), rows);
+  t.slots = i32_view(tables_, layout.slots(), rows);
+  t.row_request = i32_view(tables_, layout.row_request(), rows);
+  t.cu_q = i32_view(tables_, layout.cu_q(), batch_ + 1);
+  t.context_lens = i32_view(tables_, layout.context_lens(), batch_);
+  t.block_tables = i32_view(tables_, layout.tables(), batch_, max_pages_);
+  t.faults = faults_.view();
+
+  std::optional<cuda::MemoryPool::Use> use;
+  if (pool_) use.emplace(*pool_);
+  ops::build_decode_tables(prefix_lens, block_tables, tokens_, cache_.page_size, cache_.num_pages,
+                           max_context_, t);
+  SparseMeta meta;
+  meta.positions = t.positions;
+  meta.visible = t.visible;
+  meta.row_request = t.row_request;
+  meta.cu_q = t.cu_q;
+  meta.context_lens = t.context_lens;
+  meta.block_tables = t.block_tables;
+  meta.n = rows;
+  meta.max_k = max_context_;
+  layer_.forward_sparse_on_device(meta, t.slots, hidden_in, cache_, hidden_out);
+  warm_ = true;
+}
+
+std::vector<std::string> DecodeStep::take_faults() {
+  std::int32_t bits = 0;
+  copy(faults_, TensorView(&bits, DType::i32, Device::cpu(), {1}));
+  clear(faults_);
+  std::vector<std::string> found;
+  if (bits & ops::kDecodeFaultContext) {
+    found.push_back(fmt::format(
+        "a prefix length was negative or left no room for {} token(s) within max_context {} "
+        "(clamped; that request's output is not meaningful)",
+        tokens_, max_context_));
+  }
+  if (bits & ops::kDecodeFaultPage) {
+    found.push_back(fmt::format(
+        "a block-table entry a request needed lay outside the cache's pages [0, {}) (read as "
+        "page 0, its new tokens not written; that request's output is not meaningful)",
+        cache_.num_pages));
+  }
+  return found;
+}
+
+}  // namespace dsattn
