@@ -252,3 +252,83 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SparseMlaSm90Gpu, ::testing::ValuesIn(kCases),
 
 }  // namespace
 }  // namespace dsattn::gpu_test
+
+namespace dsattn::gpu_test {
+namespace {
+
+// A NaN or Inf in a cached row reaches exactly the query rows that select that row: every other
+// row equals, bit for bit, its output with finite values in its place. Bad values in a value
+// column (c_kv, read by both products) and in the rope part (keys only); bf16 and FP8 caches; a
+// batch the op splits (split-K and its combine) and one it runs whole, on the wgmma kernel.
+class SparseMlaNonFiniteGpu : public GpuTest {};
+
+TEST_F(SparseMlaNonFiniteGpu, NeverReachesRowsThatDoNotSelectTheRow) {
+  const std::int64_t H = 64, slots = 600, topk = 512, bad = 333;
+  const float scale = static_cast<float>(AttentionConfig::deepseek_v32().softmax_scale());
+  for (const bool fp8 : {false, true}) {
+    for (const std::int64_t n : {std::int64_t{6}, std::int64_t{300}}) {
+      for (int kind = 0; kind < 3; ++kind) {  // NaN in c_kv, Inf in c_kv, NaN in k_pe
+        SCOPED_TRACE(fmt::format("{} cache, {} rows, {}", fp8 ? "fp8" : "bf16", n,
+                                 kind == 0   ? "NaN value"
+                                 : kind == 1 ? "Inf value"
+                                             : "NaN rope"));
+        const Tensor q = random_tensor({n, H, kDqk}, DType::bf16, 731, 1, 1.0);
+        Tensor latent = random_tensor({slots, kDqk}, DType::bf16, 731, 2, 1.0);
+        // Rows select every other row of the cache from an offset, so that half of them see the
+        // bad row (sorted lists, as the top-k gives them).
+        Tensor indices = Tensor::empty({n, topk}, DType::i32);
+        std::vector<bool> sees(static_cast<std::size_t>(n));
+        for (std::int64_t t = 0; t < n; ++t) {
+          const std::int64_t first = t % 2 + (t % 7) * 10;
+          for (std::int64_t i = 0; i < topk; ++i) {
+            const std::int64_t s = first + 2 * i;
+            indices.ptr<std::int32_t>()[t * topk + i] =
+                s < slots ? static_cast<std::int32_t>(s) : -1;
+            if (s == bad) sees[t] = true;
+          }
+        }
+        const auto run = [&](const Tensor& rows) {
+          Tensor cache = rows;
+          if (fp8) {
+            cache = Tensor::empty({slots, latent_fp8_bytes(kDv, kDqk - kDv)}, DType::u8);
+            ops::quantize_latent_fp8(rows, kDv, cache);
+          }
+          Tensor out = Tensor::empty({n, H, kDv}, DType::bf16, gpu());
+          poison(out);
+          ops::sparse_mla(q.to(gpu()), cache.to(gpu()), indices.to(gpu()), scale, out);
+          EXPECT_EQ(ops::cuda::last_kernel("sparse_mla"), "sparse_mla_wgmma_sm90");
+          return out.to(Device::cpu());
+        };
+        const Tensor clean = run(latent);
+        const float x = kind == 1 ? std::numeric_limits<float>::infinity()
+                                  : std::numeric_limits<float>::quiet_NaN();
+        const std::int64_t column = kind == 2 ? kDv + 5 : 3;
+        latent.ptr<bf16>()[bad * kDqk + column] = bf16::from_float(x);
+        const Tensor dirty = run(latent);
+        std::int64_t seen = 0;
+        for (std::int64_t t = 0; t < n; ++t) {
+          seen += sees[t];
+          for (std::int64_t e = 0; e < H * kDv; ++e) {
+            const std::int64_t at = t * H * kDv + e;
+            const float y = dirty.ptr<bf16>()[at].to_float();
+            if (!sees[t]) {
+              ASSERT_EQ(dirty.ptr<bf16>()[at].bits, clean.ptr<bf16>()[at].bits)
+                  << "row " << t << " element " << e << " does not select cache row " << bad;
+            } else if (kind != 1 || e % kDv == column) {
+              // c_kv is part of the key as well as the value, so a NaN there (or in k_pe) spoils
+              // every head's scores: the whole row. An Inf key entry gives each head a score of
+              // +/-Inf: NaN after the max subtraction, or probability 0 times the Inf value;
+              // either way its value column is not finite.
+              ASSERT_TRUE(!std::isfinite(y)) << "row " << t << " element " << e << " " << y;
+            }
+          }
+        }
+        ASSERT_GT(seen, 0);
+        ASSERT_LT(seen, n);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dsattn::gpu_test
