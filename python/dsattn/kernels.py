@@ -190,7 +190,8 @@ def write_latent(
     """Writes tokens' latents [c_kv, k_pe] into a latent cache at their slots (page * page_size +
     offset), quantising them for an FP8 cache; returns `cache`.
 
-    latent: [n, kv_lora_rank + rope_dim] bf16; slots: [n] int32, distinct, in [0, num_slots);
+    latent: [n, kv_lora_rank + rope_dim] bf16; slots: [n] int32, distinct, in [0, num_slots)
+    (-1: that row is not written);
     cache: [num_slots, kv_lora_rank + rope_dim] bf16, or [num_slots, kv_lora_rank + 4 *
     kv_lora_rank / 128 + 2 * rope_dim] uint8 for the FP8 format (kv_lora_rank e4m3 values, one
     float32 scale = max(amax, 1e-4) / 448 per 128 of them, then rope_dim bf16): 656 bytes for
@@ -204,7 +205,8 @@ def write_index_keys(keys: Any, slots: Any, cache: Any, stream: int | None = Non
     """Writes tokens' indexer keys (already quantised: index_head_dim e4m3 values, then one
     float32 scale per 128) into the index-key cache at their slots; returns `cache`.
 
-    keys: [n, key bytes] uint8; slots: [n] int32, distinct; cache: [num_slots, key bytes] uint8
+    keys: [n, key bytes] uint8; slots: [n] int32, distinct (-1: that row is not written);
+    cache: [num_slots, key bytes] uint8
     (132 bytes for DeepSeek-V3.2).
     """
     _core.write_rows(keys, slots, cache, stream)

@@ -260,11 +260,15 @@ class DecodeStep:
     a first run inside a capture raises), capture run() in torch.cuda.graph with static
     hidden / prefix_lens / block_tables / out tensors, then per step copy the new values into
     them and replay. Requests must not share the slots they write; pages they only read may be
-    shared.
+    shared; prefix_lens[b] = -1 marks an inactive row (padding a batch to the captured size).
+    Keep the step alive as long as a graph that captured it, and run it and replay that graph on
+    one stream (they share the step's buffers). Only run() may be captured: other dsattn calls
+    raise inside a capture.
     """
 
     def __init__(self, core: Any) -> None:
         self._step = core
+        self._torch_device = None  # a PyTorch CUDA device once run() was given its tensors
 
     @property
     def batch_size(self) -> int:
@@ -299,8 +303,9 @@ class DecodeStep:
         """One step: request b has tokens_per_request new tokens after prefix_lens[b] cached ones.
 
         hidden: [batch_size * tokens_per_request, hidden_size] bf16, contiguous, packed by
-        request. prefix_lens: [batch_size] int32; block_tables: [batch_size, >= max_pages] int32
-        (rows contiguous; a request's entries past its context are not read). All on the layer's
+        request. prefix_lens: [batch_size] int32 (-1: an inactive row); block_tables:
+        [batch_size, >= max_pages] int32 (rows contiguous; a request's entries past its context
+        are not read). All on the layer's
         device; their contents are read there only. Writes the new tokens' latents and indexer
         keys to the cache; returns `out` (allocated like hidden when not given). A length or page
         outside the cache is not an error here (nothing is read on the host): it is made
@@ -309,12 +314,22 @@ class DecodeStep:
         if out is None:
             out = empty_like(hidden, shape_of(hidden, "hidden", "[rows, hidden_size]"), "bf16")
         self._step.run(hidden, prefix_lens, block_tables, out, stream)
+        device = getattr(hidden, "device", None)
+        if getattr(device, "type", None) == "cuda":
+            self._torch_device = device
         return out
 
     def check(self, stream: int | None = None) -> None:
-        """Raises ValueError when a run since the last check met a prefix length or block-table
-        entry outside the cache (that request's output is then not meaningful); clears the
-        record. Waits for `stream` (default: that of the last run)."""
+        """Raises ValueError when a run (or a graph's replay of one) since the last check met a
+        prefix length below -1, one that leaves no room within max_context, or a block-table
+        entry outside the cache (that request wrote nothing and its output is not meaningful);
+        clears the record. Waits for `stream` first (default: PyTorch's current stream when
+        run() was given PyTorch tensors, else the default stream): call it on the stream of the
+        replays, after them."""
+        if stream is None and self._torch_device is not None:
+            import torch  # run() had its tensors: PyTorch is loaded
+
+            stream = torch.cuda.current_stream(self._torch_device).cuda_stream
         faults = self._step.take_faults(stream)
         if faults:
             raise ValueError("decode step: " + "; ".join(faults))

@@ -31,10 +31,8 @@ void check_cuda(cudaError_t status, const char* what) {
   }
 }
 
-// Per device: the stream of the last call outside a graph capture, and an event recorded there at
-// the call's end.
+// Per device: an event recorded at the end of the last call outside a graph capture.
 struct LastCall {
-  std::uintptr_t stream = 0;
   cudaEvent_t done = nullptr;
 };
 std::mutex g_streams_mutex;
@@ -70,26 +68,32 @@ std::uintptr_t resolve_stream(nb::handle stream, nb::handle tensor, Device devic
   return 0;
 }
 
-CallScope::CallScope(Device device, std::uintptr_t stream) {
+CallScope::CallScope(Device device, std::uintptr_t stream, Capture capture) {
   if (!device.is_cuda()) return;
 #ifdef DSATTN_WITH_CUDA
+  capturing_ = is_capturing(stream);
+  if (capturing_ && capture == Capture::refuse) {
+    fail(
+        "this call cannot be captured in a CUDA graph: its temporaries come from the general "
+        "allocator, whose blocks a graph's replays would share with later calls; capture a "
+        "DecodeStep's run() (it keeps its own), or make this call outside the capture");
+  }
   check_cuda(cudaGetDevice(&previous_device_), "cudaGetDevice");
   if (previous_device_ != device.index) check_cuda(cudaSetDevice(device.index), "cudaSetDevice");
   // Inside a capture nothing is ordered or recorded: a capture may not wait on work outside it
-  // (torch.cuda.graph synchronises the device before it starts), and the step it captures
-  // allocates from its own pool.
-  capturing_ = is_capturing(stream);
+  // (torch.cuda.graph synchronises the device before it starts), and what it captures allocates
+  // from its own pool. Otherwise the stream waits for the end of the last call on this device,
+  // whatever stream that was (a wait on the same stream is free; a stream handle may be reused).
   if (!capturing_) {
     std::lock_guard<std::mutex> lock(g_streams_mutex);
     LastCall& last = g_last_call[device.index];
-    if (!last.done)
+    if (!last.done) {
       check_cuda(cudaEventCreateWithFlags(&last.done, cudaEventDisableTiming),
                  "cudaEventCreateWithFlags");
-    else if (last.stream != stream) {
+    } else {
       check_cuda(cudaStreamWaitEvent(reinterpret_cast<cudaStream_t>(stream), last.done, 0),
                  "cudaStreamWaitEvent");
     }
-    last.stream = stream;
   }
 #endif
   stream_.emplace(reinterpret_cast<void*>(stream));

@@ -20,13 +20,15 @@ namespace nb = nanobind;
 std::uintptr_t resolve_stream(nb::handle stream, nb::handle tensor, Device device);
 
 // For a CUDA device: makes it the current device and `stream` dsattn's current stream for the
-// scope. The library's caching allocator reuses freed blocks in the order of one stream, so a
-// call on another stream than the previous call on that device first makes its stream wait for
-// an event recorded at the end of that call (no device synchronisation). Inside a CUDA graph
-// capture neither happens. Nothing for the CPU.
+// scope. The library's caching allocator reuses freed blocks in the order of one stream, so every
+// call first makes its stream wait for an event recorded at the end of the previous call on that
+// device (no device synchronisation). A call on a stream being captured into a CUDA graph is
+// refused unless it is one that may be captured (Capture::allow: it allocates only from a pool of
+// its own); then nothing is waited for or recorded. Nothing for the CPU.
 class CallScope {
  public:
-  CallScope(Device device, std::uintptr_t stream);
+  enum class Capture { refuse, allow };
+  CallScope(Device device, std::uintptr_t stream, Capture capture = Capture::refuse);
   ~CallScope();
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;

@@ -97,16 +97,19 @@ void topk(nb::handle scores_obj, nb::handle lengths_obj, nb::handle out_obj, nb:
   ops::topk(scores.view, lengths.view, out.view);
 }
 
-// On the CPU, slots are checked before anything is written: each in the cache, none twice (a
-// repeated slot would keep one of its rows silently). On CUDA they are trusted, as all metadata.
+// On the CPU, slots are checked before anything is written: each in the cache or -1 (that row is
+// not written), none twice (a repeated slot would keep one of its rows silently). On CUDA they are
+// trusted, as all metadata.
 void check_slots(const TensorArg& slots, std::int64_t num_slots) {
   if (!slots.device().is_cpu()) return;
   const TensorView& v = slots.view;
   std::vector<bool> seen(static_cast<std::size_t>(num_slots), false);
   for (std::int64_t i = 0; i < v.size(0); ++i) {
     const std::int32_t s = static_cast<const std::int32_t*>(v.data())[i * v.stride(0)];
+    if (s == -1) continue;
     if (s < 0 || s >= num_slots) {
-      fail("slots[{}] = {} is outside the cache's [0, {}) slots", i, s, num_slots);
+      fail("slots[{}] = {} is outside the cache's [0, {}) slots (or -1: not written)", i, s,
+           num_slots);
     }
     if (seen[static_cast<std::size_t>(s)]) fail("slots[{}] = {} is given twice", i, s);
     seen[static_cast<std::size_t>(s)] = true;

@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -258,14 +259,13 @@ class Step {
  public:
   Step(Layer& layer, std::int64_t batch_size, std::int64_t tokens_per_request,
        std::int64_t max_context)
-      : layer_(layer),
-        step_(layer.layer_, layer.cache_view(), batch_size, tokens_per_request, max_context) {}
+      : layer_(layer), step_(make(layer, batch_size, tokens_per_request, max_context)) {}
 
-  std::int64_t batch_size() const { return step_.batch_size(); }
-  std::int64_t tokens_per_request() const { return step_.tokens_per_request(); }
-  std::int64_t max_context() const { return step_.max_context(); }
-  std::int64_t max_pages() const { return step_.max_pages(); }
-  bool warm() const { return step_.warm(); }
+  std::int64_t batch_size() const { return step_->batch_size(); }
+  std::int64_t tokens_per_request() const { return step_->tokens_per_request(); }
+  std::int64_t max_context() const { return step_->max_context(); }
+  std::int64_t max_pages() const { return step_->max_pages(); }
+  bool warm() const { return step_->warm(); }
 
   void run(nb::handle hidden, nb::handle prefix_lens, nb::handle block_tables, nb::handle out,
            nb::handle stream) {
@@ -279,27 +279,32 @@ class Step {
         {{"hidden", &in}, {"out", &dst}, {"prefix_lens", &lens}, {"block_tables", &tables}},
         layer_.device_, "the layer's device");
     const std::uintptr_t s = resolve_stream(stream, hidden, layer_.device_);
-    CallScope scope(layer_.device_, s);
-    last_stream_ = s;
+    CallScope scope(layer_.device_, s, CallScope::Capture::allow);
     nb::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(layer_.mutex_);
-    step_.run(lens.view, tables.view, in.view, dst.view);
+    step_->run(lens.view, tables.view, in.view, dst.view);
   }
 
-  // Waits for `stream`, else for the stream of the last run.
+  // Waits for `stream` (an int; the Python wrapper passes the framework's current stream).
   std::vector<std::string> take_faults(nb::handle stream) {
-    const std::uintptr_t s =
-        stream.is_none() ? last_stream_ : resolve_stream(stream, nb::none(), layer_.device_);
-    CallScope scope(layer_.device_, s);
+    CallScope scope(layer_.device_, resolve_stream(stream, nb::none(), layer_.device_));
     nb::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(layer_.mutex_);
-    return step_.take_faults();
+    return step_->take_faults();
   }
 
  private:
+  // The step's buffers are made on the layer's device, on the default stream.
+  static std::unique_ptr<DecodeStep> make(Layer& layer, std::int64_t batch_size,
+                                          std::int64_t tokens_per_request,
+                                          std::int64_t max_context) {
+    CallScope scope(layer.device_, 0);
+    return std::make_unique<DecodeStep>(layer.layer_, layer.cache_view(), batch_size,
+                                        tokens_per_request, max_context);
+  }
+
   Layer& layer_;
-  DecodeStep step_;
-  std::uintptr_t last_stream_ = 0;
+  std::unique_ptr<DecodeStep> step_;
 };
 
 }  // namespace

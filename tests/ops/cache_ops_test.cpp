@@ -330,7 +330,40 @@ TEST(BuildDecodeTablesTest, DerivesEachRowAndMakesFaultsHarmless) {
   EXPECT_EQ(clean.ptr<std::int32_t>()[0], 0);
   build({-4, 1, 0, 2}, out, clean);
   EXPECT_EQ(clean.ptr<std::int32_t>()[0], ops::kDecodeFaultContext);
-  EXPECT_EQ(out.ptr<std::int32_t>()[0], 0) << "a negative prefix is clamped to 0";
+  EXPECT_EQ(out.ptr<std::int32_t>()[0], 0) << "a negative prefix is clamped to 0 for the reads";
+  EXPECT_EQ(out.ptr<std::int32_t>()[16], -1) << "a clamped request writes nothing";
+  EXPECT_EQ(out.ptr<std::int32_t>()[17], -1) << "a clamped request writes nothing";
+  EXPECT_EQ(out.ptr<std::int32_t>()[18], 1 * 4 + 1) << "the next request writes";
+
+  // Prefix -1 marks an inactive row: no fault, nothing written, no page of its table read.
+  Tensor quiet = i32_tensor({0});
+  Tensor garbage_tables = i32_tensor({-9, 99, -9, 99,  //
+                                      1, 3, 5, 99,     //
+                                      4, 6, 8, 99,     //
+                                      6, 0, 7, 99});
+  ops::DecodeTables t2;
+  {
+    Tensor p = i32_tensor({-1, 0, 4, 2});
+    std::fill_n(out.ptr<std::int32_t>(), out.numel(), kI32Poison);
+    std::int32_t* o2 = out.ptr<std::int32_t>();
+    t2.positions = TensorView(o2, DType::i32, Device::cpu(), {8});
+    t2.visible = TensorView(o2 + 8, DType::i32, Device::cpu(), {8});
+    t2.slots = TensorView(o2 + 16, DType::i32, Device::cpu(), {8});
+    t2.row_request = TensorView(o2 + 24, DType::i32, Device::cpu(), {8});
+    t2.cu_q = TensorView(o2 + 32, DType::i32, Device::cpu(), {5});
+    t2.context_lens = TensorView(o2 + 37, DType::i32, Device::cpu(), {4});
+    t2.block_tables = TensorView(o2 + 41, DType::i32, Device::cpu(), {4, max_pages});
+    t2.faults = quiet.view();
+    ops::build_decode_tables(p, garbage_tables.view().reshape({4, 4}), tokens, page_size, num_pages,
+                             max_context, t2);
+  }
+  EXPECT_EQ(quiet.ptr<std::int32_t>()[0], 0);
+  const std::int32_t* o2 = out.ptr<std::int32_t>();
+  EXPECT_EQ(o2[16], -1);
+  EXPECT_EQ(o2[17], -1);
+  EXPECT_EQ(o2[0], 0);
+  EXPECT_EQ(o2[37], 2) << "an inactive row's context is its own tokens";
+  EXPECT_EQ(std::vector<std::int32_t>(o2 + 41, o2 + 44), (std::vector<std::int32_t>{0, 0, 0}));
 }
 
 TEST(BuildDecodeTablesTest, RejectsBadArguments) {

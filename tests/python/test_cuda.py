@@ -245,3 +245,16 @@ def test_a_cold_decode_step_is_not_captured(rng):
         with torch.cuda.graph(graph):
             step.run(hidden, lens, tables)
     assert not step.warm
+
+
+def test_other_calls_refuse_a_capture(rng):
+    """Only DecodeStep.run may be captured: a kernel call inside torch.cuda.graph raises (its
+    temporaries come from the general allocator) and leaves the capture to end cleanly."""
+    scores = torch.randn((4, 300), device=CUDA)
+    lengths = torch.full((4,), 300, dtype=torch.int32, device=CUDA)
+    expected = dsattn.topk(scores, lengths, 8)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            dsattn.topk(scores, lengths, 8)
+    assert torch.equal(dsattn.topk(scores, lengths, 8), expected)

@@ -58,10 +58,10 @@ def test_bad_lengths_and_pages_are_reported_not_followed(rng):
     step = layer.decode_step(len(PROMPTS), MAX_CONTEXT)
     block_tables = np.array(tables, dtype=np.int32)
     hidden = random_bf16(rng, (len(PROMPTS), c.hidden_size))
-    for lengths in ([-1, 30, 45], [5, MAX_CONTEXT, 45]):
+    for lengths in ([-2, 30, 45], [5, MAX_CONTEXT, 45]):
         out = step.run(hidden, np.array(lengths, dtype=np.int32), block_tables)
         assert out.shape == hidden.shape
-        with pytest.raises(ValueError, match="prefix length was negative or left no room"):
+        with pytest.raises(ValueError, match="prefix length was below -1 or left no room"):
             step.check()
         step.check()  # the record was cleared
     bad = block_tables.copy()
@@ -96,3 +96,41 @@ def test_bad_arguments_are_refused(rng):
     with pytest.raises(ValueError, match="block_tables: expected at least 4 pages a row"):
         step.run(hidden, lengths, block_tables[:, :3])
     assert not step.warm
+
+
+def test_only_valid_requests_write_the_cache(rng):
+    """Clamped lengths, bad pages and inactive rows (prefix -1) write nothing: on the caller's
+    cache, exactly the valid requests' new slots change."""
+    c = small_config(32, kv_lora_rank=128)
+    w = dsattn.LayerWeights.synthetic(c, 22)
+    latent = np.zeros((12, 16, c.kv_lora_rank + c.qk_rope_head_dim), dtype=np.uint16)
+    index_keys = np.zeros((12, 16, 132), dtype=np.uint8)
+    layer = dsattn.AttentionLayer(c, w, policy="mla", latent_cache=latent,
+                                  index_key_cache=index_keys)
+    tables = np.arange(12, dtype=np.int32).reshape(3, 4)
+    layer.prefill(random_bf16(rng, (sum(PROMPTS), c.hidden_size)), [0, 0, 0], PROMPTS,
+                  tables.tolist())
+    step = layer.decode_step(3, MAX_CONTEXT)
+
+    def written(lengths, block_tables, faults):
+        before = (latent.copy(), index_keys.copy())
+        hidden = random_bf16(rng, (3, c.hidden_size))  # new values: every write shows
+        step.run(hidden, np.array(lengths, dtype=np.int32), block_tables)
+        if faults:
+            with pytest.raises(ValueError, match=faults):
+                step.check()
+        else:
+            step.check()
+        changed = set()
+        for cache, old in zip((latent, index_keys), before):
+            rows = (cache != old).reshape(12 * 16, -1).any(axis=1)
+            changed |= set(np.flatnonzero(rows).tolist())
+        return changed
+
+    slot_of_request_1 = tables[1, 30 // 16] * 16 + 30 % 16
+    assert written([-4, 30, MAX_CONTEXT], tables, "left no room") == {slot_of_request_1}
+    assert written([-1, 30, -1], tables, None) == {slot_of_request_1}
+    bad = tables.copy()
+    bad[2, 45 // 16] = 99  # the page request 2's new token falls on
+    assert written([5, 30, 45], bad, "outside the cache's pages") == {
+        tables[0, 0] * 16 + 5, slot_of_request_1}

@@ -341,3 +341,21 @@ def test_topk_slots_is_topk_then_the_slot_map(rng):
     given = np.full((rows, k), 99, np.int32)
     assert dsattn.topk_slots(scores, lengths, k, row_request, tables, page, out=given) is given
     np.testing.assert_array_equal(given, expected)
+
+
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_cache_writes_skip_slot_minus_one(rng, cache):
+    latent = random_bf16(rng, (3, 576))
+    if cache == "bf16":
+        table = np.zeros((5, 576), dtype=np.uint16)
+    else:
+        table = np.zeros((5, 656), dtype=np.uint8)
+    dsattn.write_latent(latent, np.array([3, -1, 0], dtype=np.int32), table, 512)
+    assert (table != 0).any(axis=1).tolist() == [True, False, False, True, False]
+    keys = rng.integers(1, 255, size=(2, 132), dtype=np.uint8)
+    key_cache = np.zeros((4, 132), dtype=np.uint8)
+    dsattn.write_index_keys(keys, np.array([-1, 2], dtype=np.int32), key_cache)
+    np.testing.assert_array_equal(key_cache[2], keys[1])
+    assert not key_cache[[0, 1, 3]].any()
+    with pytest.raises(ValueError, match=r"slots\[1\] = -2 is outside the cache's \[0, 4\) slots"):
+        dsattn.write_index_keys(keys, np.array([0, -2], dtype=np.int32), key_cache)

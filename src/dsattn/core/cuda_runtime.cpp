@@ -48,6 +48,14 @@ void synchronize() {
         "cudaStreamSynchronize");
 }
 
+void synchronize_device(int index) noexcept {
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) return;
+  if (previous != index) cudaSetDevice(index);
+  cudaDeviceSynchronize();
+  if (previous != index) cudaSetDevice(previous);
+}
+
 bool current_stream_is_capturing() {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(static_cast<cudaStream_t>(current_stream()), &status),
@@ -265,6 +273,7 @@ void memcpy(void* dst, Device dst_device, const void* src, Device src_device, st
 bool built_with_cuda() { return false; }
 void synchronize() {}
 bool current_stream_is_capturing() { return false; }
+void synchronize_device(int) noexcept {}
 int device_count() { return 0; }
 std::string device_name(int) { fail<Unsupported>("this build of dsattn has no CUDA support"); }
 void* device_malloc(std::size_t, Device device) {

@@ -35,6 +35,8 @@ class StreamGuard {
 
 // Waits for all work on the current stream.
 void synchronize();
+// Waits for all work on device `index` (nothing without CUDA). Never throws: for destructors.
+void synchronize_device(int index) noexcept;
 // True while the current stream is being captured into a CUDA graph (by dsattn or the caller):
 // no synchronisation and no cudaMalloc may happen then.
 bool current_stream_is_capturing();

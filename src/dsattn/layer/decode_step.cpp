@@ -58,6 +58,9 @@ DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
         "a decode step runs one layer on its own, which needs its own indexer weights; this "
         "layer takes an earlier layer's top-k (IndexShare)");
   }
+  DSATTN_CHECK(max_context <= layer.config().max_position_embeddings,
+               "max_context must be <= max_position_embeddings ({}), got {}",
+               layer.config().max_position_embeddings, max_context);
   check_layer_cache(cache, layer.config());
   const Device dev = layer.weights().device();
   check_device(cache.latent, "cache.latent", dev);
@@ -74,6 +77,10 @@ DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
       DType::i32, dev);
   faults_ = Tensor::empty({1}, DType::i32, dev);
   clear(faults_);
+}
+
+DecodeStep::~DecodeStep() {
+  if (pool_) cuda::synchronize_device(layer_.weights().device().index);
 }
 
 void DecodeStep::run(const TensorView& prefix_lens, const TensorView& block_tables,
@@ -138,8 +145,9 @@ std::vector<std::string> DecodeStep::take_faults() {
   std::vector<std::string> found;
   if (bits & ops::kDecodeFaultContext) {
     found.push_back(fmt::format(
-        "a prefix length was negative or left no room for {} token(s) within max_context {} "
-        "(clamped; that request's output is not meaningful)",
+        "a prefix length was below -1 or left no room for {} token(s) within max_context {} "
+        "(clamped for the reads, its tokens not written; that request's output is not "
+        "meaningful)",
         tokens_, max_context_));
   }
   if (bits & ops::kDecodeFaultPage) {

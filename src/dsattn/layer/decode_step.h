@@ -6,6 +6,10 @@
 // indexer's scores and the top-k are skipped inside the kernels, which read the lengths from the
 // device, so one capture serves short and long contexts alike (the result equals the layer's
 // forward under the `mla` policy).
+//
+// A graph that captured run() uses the step's buffers: keep the step alive as long as the graph,
+// and issue its eager runs and the graph's replays on one stream (they share those buffers). The
+// step does not go through the page allocator: the caller owns which slots its requests write.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +28,10 @@ class DecodeStep {
   // step) up to max_context, on `cache` (a view of the layer's device).
   DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache, std::int64_t batch_size,
              std::int64_t tokens_per_request, std::int64_t max_context);
+  // Waits for the device first: its temporaries return to the general allocator.
+  ~DecodeStep();
+  DecodeStep(const DecodeStep&) = delete;
+  DecodeStep& operator=(const DecodeStep&) = delete;
 
   std::int64_t batch_size() const { return batch_; }
   std::int64_t tokens_per_request() const { return tokens_; }
@@ -35,7 +43,8 @@ class DecodeStep {
   // Device memory the step keeps for its temporaries.
   std::size_t reserved_bytes() const { return pool_ ? pool_->reserved_bytes() : 0; }
 
-  //   prefix_lens: [batch_size] i32, tokens cached per request before the step
+  //   prefix_lens: [batch_size] i32, tokens cached per request before the step; -1 marks an
+  //     inactive row (padding: nothing written, nothing of its table read, output meaningless)
   //   block_tables: [batch_size, >= max_pages()] i32 page indices, rows inner-contiguous
   //   hidden_in, hidden_out: [batch_size * tokens_per_request, hidden_size] bf16, contiguous
   // all on the layer's device. Writes the new tokens' latents and index keys to the cache at

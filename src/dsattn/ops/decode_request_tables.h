@@ -13,35 +13,46 @@
 
 namespace dsattn::ops {
 
-// Fault bits of build_decode_tables. A request whose prefix_len is negative or leaves no room for
-// its tokens within max_context is clamped into [0, max_context - tokens]; a page entry outside
-// [0, num_pages) is read as page 0 and the new tokens that fall on it are not written. Either way
-// no access leaves the cache, and the request's output is not meaningful.
+// Fault bits of build_decode_tables. A request whose prefix_len is below -1 or leaves no room for
+// its tokens within max_context is clamped into [0, max_context - tokens] for its reads; a page
+// entry outside [0, num_pages) is read as page 0. Either way its new tokens are not written (where
+// a clamped request would write is some other token's slot), no access leaves the cache, and the
+// request's output is not meaningful.
 inline constexpr std::int32_t kDecodeFaultContext = 1, kDecodeFaultPage = 2;
+// prefix_len -1 marks an inactive row (padding of a fixed-size batch): no fault, nothing written,
+// its table not read (every page read as page 0), its output not meaningful.
+inline constexpr std::int32_t kDecodeInactive = -1;
 
 struct DecodeRequestTables {
   const std::int32_t* table;  // the caller's block-table row
   std::int64_t prefix, tokens, page_size, num_pages, pages;
   std::int32_t faults;
+  bool writes;  // false for an inactive or clamped request
 
   DSATTN_HOST_DEVICE bool page_ok(std::int64_t j) const {
     return table[j] >= 0 && table[j] < num_pages;
   }
-  DSATTN_HOST_DEVICE bool page_fault(std::int64_t j) const { return j < pages && !page_ok(j); }
+  // An entry the request reads (an inactive request reads none of its table) that is not a page.
+  DSATTN_HOST_DEVICE bool page_fault(std::int64_t j) const {
+    return active() && j < pages && !page_ok(j);
+  }
   // The page the step reads at table index j: the caller's where it is valid and seen, else 0.
   DSATTN_HOST_DEVICE std::int32_t page(std::int64_t j) const {
-    return j < pages && page_ok(j) ? table[j] : 0;
+    return active() && j < pages && page_ok(j) ? table[j] : 0;
   }
+  DSATTN_HOST_DEVICE bool active() const { return pages > 0; }
   DSATTN_HOST_DEVICE std::int32_t position(std::int64_t t) const {
     return static_cast<std::int32_t>(prefix + t);
   }
   DSATTN_HOST_DEVICE std::int32_t context() const {
     return static_cast<std::int32_t>(prefix + tokens);
   }
-  // The new token t's cache slot, or -1 (not written) when its page entry is invalid.
+  // The new token t's cache slot, or -1 (not written): an inactive or clamped request, or an
+  // invalid page entry.
   DSATTN_HOST_DEVICE std::int32_t slot(std::int64_t t) const {
     const std::int64_t p = prefix + t, j = p / page_size;
-    return page_ok(j) ? static_cast<std::int32_t>(table[j] * page_size + p % page_size) : -1;
+    return writes && page_ok(j) ? static_cast<std::int32_t>(table[j] * page_size + p % page_size)
+                                : -1;
   }
 };
 
@@ -50,9 +61,15 @@ struct DecodeRequestTables {
 DSATTN_HOST_DEVICE inline DecodeRequestTables decode_request_tables(
     std::int32_t prefix, const std::int32_t* table, std::int64_t tokens, std::int64_t page_size,
     std::int64_t num_pages, std::int64_t max_context) {
-  DecodeRequestTables r{table, prefix, tokens, page_size, num_pages, 0, 0};
+  DecodeRequestTables r{table, prefix, tokens, page_size, num_pages, 0, 0, true};
+  if (prefix == kDecodeInactive) {
+    r.prefix = 0;
+    r.writes = false;
+    return r;  // pages = 0: inactive
+  }
   if (prefix < 0 || prefix > max_context - tokens) {
     r.faults |= kDecodeFaultContext;
+    r.writes = false;
     r.prefix = prefix < 0 ? 0 : max_context - tokens;
   }
   r.pages = (r.prefix + tokens + page_size - 1) / page_size;
