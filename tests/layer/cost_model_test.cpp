@@ -91,6 +91,38 @@ TEST(CostModel, FittedCostsAreNeverNegative) {
       ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("at least 4 timed groups")));
 }
 
+// Shared stages timed exactly: the fit recovers the per-forward and per-token costs; a profile
+// without a "shared" group reads as zeros; a negative cost is refused.
+TEST(CostModel, SharedStagesFitAndJson) {
+  std::vector<TimedShared> forwards;
+  for (double tokens : {512.0, 4096.0, 16384.0}) forwards.push_back({tokens, 3e-4 + 5e-7 * tokens});
+  CostProfile p;
+  fit_shared_costs(forwards, p);
+  EXPECT_NEAR(p.shared_fixed_s, 3e-4, 1e-9);
+  EXPECT_NEAR(p.shared_s_per_token / 5e-7, 1.0, 1e-6);
+  EXPECT_DOUBLE_EQ(p.shared_seconds(1000), p.shared_fixed_s + 1000 * p.shared_s_per_token);
+  EXPECT_THAT(
+      [&] {
+        fit_shared_costs({forwards.data(), 1}, p);
+      },
+      ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("at least 2 timed forwards")));
+
+  p.device = "x";
+  p.source = "y";
+  const CostProfile q = CostProfile::parse(p.to_json());
+  EXPECT_EQ(q.shared_fixed_s, p.shared_fixed_s);
+  EXPECT_EQ(q.shared_s_per_token, p.shared_s_per_token);
+  const std::string without = R"({"device": "x", "source": "y", "dense": {"fixed_s": 0,
+      "decompress_s_per_flop": 0, "attention_s_per_flop": 0}, "sparse": {"fixed_s": 0,
+      "absorb_s_per_flop": 0, "score_s_per_pair": 0, "mla_s_per_flop": 0}})";
+  EXPECT_EQ(CostProfile::parse(without).shared_s_per_token, 0.0);
+  std::string negative = without;
+  negative.insert(negative.size() - 1, R"(, "shared": {"fixed_s": 0, "s_per_token": -1})");
+  EXPECT_THAT([&] { CostProfile::parse(negative); },
+              ::testing::ThrowsMessage<InvalidArgument>(
+                  HasSubstr("'shared.s_per_token' must be finite and >= 0, got -1")));
+}
+
 TEST(CostModel, ProfileJsonRoundTripAndErrors) {
   CostProfile p;
   p.device = "NVIDIA H100 80GB HBM3";

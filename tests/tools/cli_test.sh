@@ -36,6 +36,8 @@ j = json.load(open(sys.argv[1]))
 assert j["device"] == "cpu" and j["shape"].endswith("topk24"), j
 costs = [v for path in ("dense", "sparse") for v in j[path].values()]
 assert len(costs) == 7 and all(math.isfinite(v) and v >= 0 for v in costs), j
+shared = list(j["shared"].values())
+assert len(shared) == 2 and all(math.isfinite(v) and v >= 0 for v in shared), j
 assert any(v > 0 for v in j["dense"].values()) and any(v > 0 for v in j["sparse"].values()), j
 PY
 "$dsattn" run --config "$data/small_config.json" --requests 2 --prompt-len 20 --decode-steps 1 \

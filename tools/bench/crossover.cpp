@@ -19,12 +19,14 @@ namespace {
 using nlohmann::json;
 
 // The predicted time of a forward of `n` copies of `r` on each path under `profile`, the fixed
-// costs of the path groups it runs included; null for a path that is not exact for `r`.
+// costs of the path groups it runs and the shared stages (projections, o_proj) included; null for
+// a path that is not exact for `r`.
 json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t n,
                  const AttentionConfig& config) {
   const PathCosts c = predict_paths(r, config, profile);
+  const double shared = profile.shared_seconds(static_cast<double>(n * r.extend_len));
   const auto ms = [&](std::optional<double> s, double fixed) {
-    return s ? json(1e3 * (fixed + static_cast<double>(n) * *s)) : json(nullptr);
+    return s ? json(1e3 * (shared + fixed + static_cast<double>(n) * *s)) : json(nullptr);
   };
   return {{"sparse_mla_ms", ms(c.sparse_mla, profile.sparse_fixed_s)},
           {"dense_mha_ms", ms(c.dense_mha, profile.dense_fixed_s)},

@@ -65,6 +65,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
   AttentionLayer layer(config, device.is_cpu() ? std::move(weights) : weights.to(device),
                        Policy::parse("mla"));
   std::vector<TimedGroup> dense, sparse;
+  std::vector<TimedShared> shared;
   for (const CalibrationShape& s : shapes) {
     const std::int64_t context = s.prefix + s.extend;
     CacheOptions options;
@@ -115,11 +116,13 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     const auto time_path = [&](const char* policy, bool dense_path) {
       // A warm-up forward on a GPU: library plans, kernel attributes, the allocator's blocks.
       if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
-      std::vector<double> seconds;
+      std::vector<double> seconds, shared_seconds;
       for (int i = 0; i < repeats; ++i) {
         const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
         seconds.push_back(dense_path ? t.dense_mha : t.sparse_mla);
+        shared_seconds.push_back(t.projections + t.o_proj);
       }
+      shared.push_back({static_cast<double>(s.requests * s.extend), median(shared_seconds)});
       return median(seconds);
     };
     const bool exact = context <= config.index_topk;
@@ -143,6 +146,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
       fmt::format("dsattn calibrate, {}, {} cache", utc_date(), latent_format_name(cache_format));
   fit_dense_costs(dense, profile);
   fit_sparse_costs(sparse, profile);
+  fit_shared_costs(shared, profile);
   return profile;
 }
 

@@ -178,6 +178,7 @@ std::string CostProfile::to_json() const {
                  {"absorb_s_per_flop", absorb_s_per_flop},
                  {"score_s_per_pair", score_s_per_pair},
                  {"mla_s_per_flop", mla_s_per_flop}};
+  j["shared"] = {{"fixed_s", shared_fixed_s}, {"s_per_token", shared_s_per_token}};
   return j.dump(1) + "\n";
 }
 
@@ -207,6 +208,10 @@ CostProfile CostProfile::parse(std::string_view text) {
   p.absorb_s_per_flop = cost_field(j, "sparse", "absorb_s_per_flop");
   p.score_s_per_pair = cost_field(j, "sparse", "score_s_per_pair");
   p.mla_s_per_flop = cost_field(j, "sparse", "mla_s_per_flop");
+  if (j.contains("shared")) {
+    p.shared_fixed_s = cost_field(j, "shared", "fixed_s");
+    p.shared_s_per_token = cost_field(j, "shared", "s_per_token");
+  }
   return p;
 }
 
@@ -239,6 +244,24 @@ void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile) 
   profile.absorb_s_per_flop = x[1];
   profile.score_s_per_pair = x[2];
   profile.mla_s_per_flop = x[3];
+}
+
+void fit_shared_costs(std::span<const TimedShared> forwards, CostProfile& profile) {
+  DSATTN_CHECK(forwards.size() >= 2,
+               "fitting the shared stages' 2 costs needs at least 2 timed forwards, got {}",
+               forwards.size());
+  std::vector<std::vector<double>> a;
+  std::vector<double> b;
+  for (const TimedShared& f : forwards) {
+    DSATTN_CHECK(std::isfinite(f.seconds) && f.seconds >= 0,
+                 "a forward's shared stages took {} seconds; expected a finite time >= 0",
+                 f.seconds);
+    a.push_back({1.0, f.tokens});
+    b.push_back(f.seconds);
+  }
+  const std::vector<double> x = nonnegative_least_squares(a, b);
+  profile.shared_fixed_s = x[0];
+  profile.shared_s_per_token = x[1];
 }
 
 }  // namespace dsattn

@@ -48,12 +48,22 @@ struct CostProfile {
   double absorb_s_per_flop = 0;
   double score_s_per_pair = 0;
   double mla_s_per_flop = 0;
+  // The stages every path runs (the token projections and cache writes, o_proj), per forward
+  // and per new token: they do not change which path is cheaper, but a forward's predicted time
+  // needs them. 0 in profiles that do not record them (the "shared" group is optional).
+  double shared_fixed_s = 0;
+  double shared_s_per_token = 0;
 
   // Predicted seconds of each path for work `w`, without the per-group fixed cost.
   double dense_seconds(const PathWork& w) const;
   double sparse_seconds(const PathWork& w) const;
+  // Predicted seconds of the shared stages of a forward of `tokens` new tokens.
+  double shared_seconds(double tokens) const {
+    return shared_fixed_s + shared_s_per_token * tokens;
+  }
 
-  // JSON ({"device", "source", "dense": {...}, "sparse": {...}}); parse() throws InvalidArgument
+  // JSON ({"device", "source", "dense": {...}, "sparse": {...}, "shared": {...}}; "shared" may be
+  // absent: zeros); parse() throws InvalidArgument
   // naming the missing or invalid field (every cost must be finite and >= 0).
   std::string to_json() const;
   static CostProfile parse(std::string_view json);
@@ -80,5 +90,14 @@ struct TimedGroup {
 // costs to fit.
 void fit_dense_costs(std::span<const TimedGroup> groups, CostProfile& profile);
 void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile);
+
+// One timed forward's shared stages: its new tokens and the seconds they took.
+struct TimedShared {
+  double tokens = 0;
+  double seconds = 0;
+};
+// Least-squares fit of shared_fixed_s and shared_s_per_token (both >= 0); InvalidArgument with
+// fewer than two forwards.
+void fit_shared_costs(std::span<const TimedShared> forwards, CostProfile& profile);
 
 }  // namespace dsattn
