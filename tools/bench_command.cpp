@@ -34,6 +34,7 @@ struct BenchOptions {
   std::vector<std::string> stages = kStages;
   bool quick = false;
   std::vector<std::int64_t> seqs;  // overrides the sweep's sequence lengths
+  std::string profile;             // the crossover's cost profile instead of the built-in one
   TensorParallelOptions tp;
 };
 
@@ -57,6 +58,10 @@ int run(const BenchOptions& o) {
       fail("--stages: unknown stage '{}' (known: {})", s, fmt::join(kStages, ", "));
     }
   }
+  // Read before any stage runs, so that a bad file fails at once.
+  const std::shared_ptr<const CostProfile> profile =
+      o.profile.empty() ? nullptr
+                        : std::make_shared<const CostProfile>(CostProfile::load(o.profile));
   // Each sweep batch holds about `tokens` tokens: a length must fit in one.
   const std::int64_t sweep_tokens = o.quick ? 512 : Sweep{}.tokens;
   for (std::int64_t s : o.seqs) {
@@ -140,6 +145,7 @@ int run(const BenchOptions& o) {
       cs.prefix_requests = 1;
       cs.budget_ms = 50;
     }
+    cs.profile = profile;
     j["crossover"] = bench_crossover(dev, cs);
   }
   // GLM-5's shapes: dense MHA at 64 heads of q/k 256 and v 256, and the layer.
@@ -178,6 +184,9 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");
   cmd->add_option("--seqs", o->seqs, "Sequence lengths of the stage sweeps (default 256 ... 8192)")
       ->delimiter(',');
+  cmd->add_option("--profile", o->profile,
+                  "Cost profile (dsattn calibrate's JSON) that auto plans with and the crossover "
+                  "predicts from, instead of the device's built-in one");
   add_tensor_parallel_options(
       cmd, o->tp, "Layer prefill and decode with the heads split over 1, 2, 4 ... N GPUs");
   return [o] { return run(*o); };

@@ -48,6 +48,9 @@ grep -q "cost profile: $work/profile.json, measured on cpu" "$work/out" ||
 expect_error "profile with mla" "--profile gives the costs of policy auto; --policy is mla" \
   run --config "$data/small_config.json" --policy mla --profile "$work/profile.json"
 echo '{"device": "cpu"}' >"$work/bad_profile.json"
+expect_error "bench bad profile" \
+  "cost profile: 'source' must be a string \\(in '$work/bad_profile.json'\\)" \
+  bench --device cpu --quick --stages crossover --profile "$work/bad_profile.json"
 expect_error "bad profile" "cost profile: 'source' must be a string \\(in '$work/bad_profile.json'\\)" \
   run --config "$data/small_config.json" --profile "$work/bad_profile.json"
 expect_error "calibrate repeats" "--repeats must be >= 1, got 0" calibrate --repeats 0

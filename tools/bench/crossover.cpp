@@ -36,7 +36,8 @@ json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t
 // One point of a sweep: `n` requests of (prefix, extend), the prefixes written first (untimed);
 // the measured time under mha (where exact), mla and auto, auto's path, and the predictions.
 json point(AttentionStack& stack, const AttentionConfig& config, Device device, std::int64_t n,
-           std::int64_t prefix, std::int64_t extend, const CostProfile* profile, double budget_ms) {
+           std::int64_t prefix, std::int64_t extend,
+           const std::shared_ptr<const CostProfile>& profile, double budget_ms) {
   auto [cache, tables] = reserve_requests(config, device, n, prefix + extend);
   ForwardOptions fo;
   fo.time_stages = false;
@@ -60,7 +61,9 @@ json point(AttentionStack& stack, const AttentionConfig& config, Device device, 
       row["mha_ms"] = nullptr;
       continue;
     }
-    stack.set_policy(Policy::parse(policy));
+    Policy p = Policy::parse(policy);
+    if (p.kind == Policy::Kind::automatic) p.profile = profile;
+    stack.set_policy(p);
     const Timing t = time_median(
         device, [&] { stack.forward(batch, x, cache, fo); }, budget_ms);
     row[fmt::format("{}_ms", policy)] = t.median_ms;
@@ -84,20 +87,20 @@ json point(AttentionStack& stack, const AttentionConfig& config, Device device, 
 
 json bench_crossover(Device device, const CrossoverSweep& sweep) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();
-  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
-  const std::shared_ptr<const CostProfile> profile =
-      planning_profile(Policy::parse("auto"), device, config);
+  Policy automatic = Policy::parse("auto");
+  automatic.profile = sweep.profile;
+  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, automatic, device);
+  const std::shared_ptr<const CostProfile> profile = planning_profile(automatic, device, config);
   json j = {{"profile", profile ? json::parse(profile->to_json()) : json(nullptr)},
             {"by_context", json::array()},
             {"by_prefix", json::array()}};
   for (std::int64_t len : sweep.contexts) {
     const std::int64_t n = std::max<std::int64_t>(1, sweep.tokens / len);
-    j["by_context"].push_back(
-        point(stack, config, device, n, 0, len, profile.get(), sweep.budget_ms));
+    j["by_context"].push_back(point(stack, config, device, n, 0, len, profile, sweep.budget_ms));
   }
   for (std::int64_t prefix : sweep.prefixes) {
     j["by_prefix"].push_back(point(stack, config, device, sweep.prefix_requests, prefix,
-                                   sweep.extend, profile.get(), sweep.budget_ms));
+                                   sweep.extend, profile, sweep.budget_ms));
   }
   return j;
 }

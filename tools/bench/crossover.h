@@ -3,10 +3,12 @@
 // plot of scripts/plot_crossover.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "dsattn/core/tensor.h"
+#include "dsattn/layer/cost_model.h"
 
 namespace dsattn::tools {
 
@@ -18,6 +20,8 @@ struct CrossoverSweep {
   std::vector<std::int64_t> prefixes = {0, 256, 512, 1024, 1536, 1984};
   std::int64_t extend = 64, prefix_requests = 64;
   double budget_ms = 300;  // timing budget per measured point
+  // The costs auto plans with and the predictions come from; null: the device's built-in ones.
+  std::shared_ptr<const CostProfile> profile;
 };
 
 // DeepSeek-V3.2's layer on `device` under mha (where exact), mla and auto at each point of
