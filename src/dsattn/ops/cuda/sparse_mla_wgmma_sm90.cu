@@ -126,33 +126,26 @@ __device__ __forceinline__ void cp_async8(std::uint32_t dst, const void* src, bo
 }
 
 // Eight e4m3 codes (w, low byte first) times `scale`, rounded to bf16 as latent_fp8.cuh's
-// dequant_e4m3x2 does (e4m3 -> f16 -> f32 exactly, one f32 product, round to nearest even): four
-// bf16 pairs, the 16-byte chunk they fill. One asm block: written as separate conversions, the
-// producer's code needs more registers than it has. Not volatile and without memory: a pure
-// function of its inputs, so that the chunks of a row are converted side by side.
-__device__ __forceinline__ uint4 dequant8(uint2 w, float scale) {
-  uint4 o;
-  asm("{\n.reg .b16 c<4>, x<8>;\n.reg .b32 h<4>;\n.reg .f32 f<8>;\n"
-      "mov.b32 {c0, c1}, %4;\nmov.b32 {c2, c3}, %5;\n"
+// dequant_e4m3x2 does (e4m3 -> f16 -> f32 exactly, one f32 product, round to nearest even), stored
+// as one 16-byte chunk at shared address `addr`. One asm block: written as separate conversions,
+// the producer's code needs more registers than it has.
+__device__ __forceinline__ void dequant8_to_shared(std::uint32_t addr, uint2 w, float scale) {
+  asm volatile(
+      "{\n.reg .b16 c<4>, x<8>;\n.reg .b32 h<4>, o<4>;\n.reg .f32 f<8>;\n"
+      "mov.b32 {c0, c1}, %1;\nmov.b32 {c2, c3}, %2;\n"
       "cvt.rn.f16x2.e4m3x2 h0, c0;\ncvt.rn.f16x2.e4m3x2 h1, c1;\n"
       "cvt.rn.f16x2.e4m3x2 h2, c2;\ncvt.rn.f16x2.e4m3x2 h3, c3;\n"
       "mov.b32 {x0, x1}, h0;\nmov.b32 {x2, x3}, h1;\nmov.b32 {x4, x5}, h2;\nmov.b32 {x6, x7}, h3;\n"
       "cvt.f32.f16 f0, x0;\ncvt.f32.f16 f1, x1;\ncvt.f32.f16 f2, x2;\ncvt.f32.f16 f3, x3;\n"
       "cvt.f32.f16 f4, x4;\ncvt.f32.f16 f5, x5;\ncvt.f32.f16 f6, x6;\ncvt.f32.f16 f7, x7;\n"
-      "mul.rn.f32 f0, f0, %6;\nmul.rn.f32 f1, f1, %6;\nmul.rn.f32 f2, f2, %6;\n"
-      "mul.rn.f32 f3, f3, %6;\nmul.rn.f32 f4, f4, %6;\nmul.rn.f32 f5, f5, %6;\n"
-      "mul.rn.f32 f6, f6, %6;\nmul.rn.f32 f7, f7, %6;\n"
-      "cvt.rn.bf16x2.f32 %0, f1, f0;\ncvt.rn.bf16x2.f32 %1, f3, f2;\n"
-      "cvt.rn.bf16x2.f32 %2, f5, f4;\ncvt.rn.bf16x2.f32 %3, f7, f6;\n}\n"
-      : "=r"(o.x), "=r"(o.y), "=r"(o.z), "=r"(o.w)
-      : "r"(w.x), "r"(w.y), "f"(scale));
-  return o;
-}
-
-__device__ __forceinline__ void store_shared_v4(std::uint32_t addr, uint4 v) {
-  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y),
-               "r"(v.z), "r"(v.w)
-               : "memory");
+      "mul.rn.f32 f0, f0, %3;\nmul.rn.f32 f1, f1, %3;\nmul.rn.f32 f2, f2, %3;\n"
+      "mul.rn.f32 f3, f3, %3;\nmul.rn.f32 f4, f4, %3;\nmul.rn.f32 f5, f5, %3;\n"
+      "mul.rn.f32 f6, f6, %3;\nmul.rn.f32 f7, f7, %3;\n"
+      "cvt.rn.bf16x2.f32 o0, f1, f0;\ncvt.rn.bf16x2.f32 o1, f3, f2;\n"
+      "cvt.rn.bf16x2.f32 o2, f5, f4;\ncvt.rn.bf16x2.f32 o3, f7, f6;\n"
+      "st.shared.v4.b32 [%0], {o0, o1, o2, o3};\n}\n" ::"r"(addr),
+      "r"(w.x), "r"(w.y), "f"(scale)
+      : "memory");
 }
 
 __device__ __forceinline__ uint2 load_shared_v2(std::uint32_t addr) {
@@ -315,25 +308,13 @@ __device__ __forceinline__ void gather_fp8_blocks(const SparseMlaParams& p, Smem
   const auto expand = [&](int h) DSATTN_INLINE {
     const int k = h % 4, b = half_buffer(k), side = half_side(k);
     const int sub0 = side == 0 ? 0 : kLeftSubs;
-    // A row's four chunks at a time: every load (the scales sit in the first chunk, which its
-    // own expansion overwrites) before any store, so that the four conversions overlap instead of
-    // each waiting for the store before it.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint2 sc = load_shared_v2(chunk_address(sm, b, sub0, i, offset));
-      uint2 codes[4];
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
-        codes[jj] = load_shared_v2(chunk_address(sm, b, sub0 + jj, i, offset) + 8);
-      }
-      uint4 values[4];
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        values[jj] = dequant8(codes[jj], __uint_as_float(jj < 2 ? sc.x : sc.y));
-      }
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
-        store_shared_v4(chunk_address(sm, b, sub0 + jj, i, offset), values[jj]);
+        const std::uint32_t chunk = chunk_address(sm, b, sub0 + jj, i, offset);
+        dequant8_to_shared(chunk, load_shared_v2(chunk + 8), __uint_as_float(jj < 2 ? sc.x : sc.y));
       }
     }
     wgmma::fence_proxy_async_smem();  // generic-proxy stores the products read
