@@ -161,7 +161,7 @@ void captured_steps_match_the_forward(LatentFormat format, std::int64_t tokens) 
     fill_uniform(x, 100 + s, 2, 1.0f);
     copy(i32_host(lens, {batch}), prefix);
     copy(x, hidden);
-    test::poison(out);
+    copy(test::poisoned({rows, c.hidden_size}, DType::bf16), out);
     {
       cuda::StreamGuard on(stream);
       if (s == 0) {
@@ -185,7 +185,7 @@ void captured_steps_match_the_forward(LatentFormat format, std::int64_t tokens) 
         ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
         ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
         cudaGraphDestroy(graph);
-        test::poison(out);
+        copy(test::poisoned({rows, c.hidden_size}, DType::bf16), out);
       }
       ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);

@@ -293,8 +293,7 @@ TEST_F(SparseMlaNonFiniteGpu, NeverReachesRowsThatDoNotSelectTheRow) {
             cache = Tensor::empty({slots, latent_fp8_bytes(kDv, kDqk - kDv)}, DType::u8);
             ops::quantize_latent_fp8(rows, kDv, cache);
           }
-          Tensor out = Tensor::empty({n, H, kDv}, DType::bf16, gpu());
-          poison(out);
+          Tensor out = poisoned({n, H, kDv}, DType::bf16).to(gpu());
           ops::sparse_mla(q.to(gpu()), cache.to(gpu()), indices.to(gpu()), scale, out);
           EXPECT_EQ(ops::cuda::last_kernel("sparse_mla"), "sparse_mla_wgmma_sm90");
           return out.to(Device::cpu());

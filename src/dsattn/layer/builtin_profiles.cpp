@@ -32,21 +32,25 @@ constexpr Builtin kBuiltins[] = {
   "score_s_per_pair": 1.8773291473283946e-06
  }
 })"},
-    // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-06.json (H100 SXM).
+    // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-07.json (H100 SXM).
     {"H100", R"({
  "dense": {
-  "attention_s_per_flop": 1.4374022550296719e-15,
-  "decompress_s_per_flop": 6.949475141646923e-15,
-  "fixed_s": 0.0016981740634773716
+  "attention_s_per_flop": 1.630969862930378e-15,
+  "decompress_s_per_flop": 6.892147202569223e-15,
+  "fixed_s": 0.0016608646287397432
  },
  "device": "NVIDIA H100 80GB HBM3",
  "shape": "H128 qk192 v128 r512 rope64 topk2048",
- "source": "dsattn calibrate, 2026-12-06, bf16 cache",
+ "shared": {
+  "fixed_s": 8.004653731344095e-05,
+  "s_per_token": 4.969241870481571e-07
+ },
+ "source": "dsattn calibrate, 2026-12-07, bf16 cache",
  "sparse": {
-  "absorb_s_per_flop": 1.1422882446967292e-14,
-  "fixed_s": 0.00013972043442177977,
-  "mla_s_per_flop": 2.79238830625465e-15,
-  "score_s_per_pair": 4.818858069705242e-11
+  "absorb_s_per_flop": 1.3286088877306668e-14,
+  "fixed_s": 0.0,
+  "mla_s_per_flop": 1.5336867057291117e-15,
+  "score_s_per_pair": 3.534269895076499e-11
  }
 })"},
     // bench/results/cost-profile-nvidia-h100-80gb-hbm3-glm5-2026-12-06.json: GLM-5's shapes.
