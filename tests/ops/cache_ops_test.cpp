@@ -275,6 +275,27 @@ TEST(ScatterGatherTest, ScatterSkipsRowsIndexedMinusOne) {
   }
 }
 
+// Views of build_decode_tables' outputs laid out one after another in `buffer` (i32): `batch`
+// requests of `tokens` rows, `pages` table entries each, then the fault word.
+ops::DecodeTables decode_tables_in(const Tensor& buffer, std::int64_t batch, std::int64_t tokens,
+                                   std::int64_t pages) {
+  std::int32_t* o = buffer.ptr<std::int32_t>();
+  const std::int64_t rows = batch * tokens;
+  const auto at = [&](std::int64_t offset, std::vector<std::int64_t> shape) {
+    return TensorView(o + offset, DType::i32, Device::cpu(), shape);
+  };
+  ops::DecodeTables t;
+  t.positions = at(0, {rows});
+  t.visible = at(rows, {rows});
+  t.slots = at(2 * rows, {rows});
+  t.row_request = at(3 * rows, {rows});
+  t.cu_q = at(4 * rows, {batch + 1});
+  t.context_lens = at(4 * rows + batch + 1, {batch});
+  t.block_tables = at(4 * rows + 2 * batch + 1, {batch, pages});
+  t.faults = at(4 * rows + 2 * batch + 1 + batch * pages, {1});
+  return t;
+}
+
 // Request b of `tokens` rows after prefix[b] cached tokens: positions, slots through its table,
 // contexts; a bad length is clamped and a bad page read as page 0 (its new tokens not written),
 // each reported in `faults`, which accumulates.
@@ -285,22 +306,16 @@ TEST(BuildDecodeTablesTest, DerivesEachRowAndMakesFaultsHarmless) {
                                  1, 3, 5, 99,   //
                                  4, -3, 8, 99,  //
                                  6, 0, 10, 99});
-  const TensorView tables_view = tables_in.view().reshape({4, 4});
+  TensorView tables_view = tables_in.view().reshape({4, 4});
+  // out: the 41 + 12 table entries, then the fault word; `faults` is copied in and out of it.
   const auto build = [&](std::vector<std::int32_t> prefix, Tensor& out, Tensor& faults) {
     Tensor p = i32_tensor(prefix);
-    out = Tensor::empty({4 * 8 + 5 + 4 + 4 * max_pages}, DType::i32);
+    out = Tensor::empty({4 * 8 + 5 + 4 + 4 * max_pages + 1}, DType::i32);
     std::fill_n(out.ptr<std::int32_t>(), out.numel(), kI32Poison);
-    std::int32_t* o = out.ptr<std::int32_t>();
-    ops::DecodeTables t;
-    t.positions = TensorView(o, DType::i32, Device::cpu(), {8});
-    t.visible = TensorView(o + 8, DType::i32, Device::cpu(), {8});
-    t.slots = TensorView(o + 16, DType::i32, Device::cpu(), {8});
-    t.row_request = TensorView(o + 24, DType::i32, Device::cpu(), {8});
-    t.cu_q = TensorView(o + 32, DType::i32, Device::cpu(), {5});
-    t.context_lens = TensorView(o + 37, DType::i32, Device::cpu(), {4});
-    t.block_tables = TensorView(o + 41, DType::i32, Device::cpu(), {4, max_pages});
-    t.faults = faults.view();
+    ops::DecodeTables t = decode_tables_in(out, 4, tokens, max_pages);
+    t.faults.ptr<std::int32_t>()[0] = faults.ptr<std::int32_t>()[0];
     ops::build_decode_tables(p, tables_view, tokens, page_size, num_pages, max_context, t);
+    faults.ptr<std::int32_t>()[0] = t.faults.ptr<std::int32_t>()[0];
   };
   Tensor out, faults = i32_tensor({0});
   // Request 0: positions 5, 6 on page 2 (table entry 1); request 1: 0, 1; request 2 reads the
@@ -341,21 +356,11 @@ TEST(BuildDecodeTablesTest, DerivesEachRowAndMakesFaultsHarmless) {
                                       1, 3, 5, 99,     //
                                       4, 6, 8, 99,     //
                                       6, 0, 7, 99});
-  ops::DecodeTables t2;
   {
-    Tensor p = i32_tensor({-1, 0, 4, 2});
-    std::fill_n(out.ptr<std::int32_t>(), out.numel(), kI32Poison);
-    std::int32_t* o2 = out.ptr<std::int32_t>();
-    t2.positions = TensorView(o2, DType::i32, Device::cpu(), {8});
-    t2.visible = TensorView(o2 + 8, DType::i32, Device::cpu(), {8});
-    t2.slots = TensorView(o2 + 16, DType::i32, Device::cpu(), {8});
-    t2.row_request = TensorView(o2 + 24, DType::i32, Device::cpu(), {8});
-    t2.cu_q = TensorView(o2 + 32, DType::i32, Device::cpu(), {5});
-    t2.context_lens = TensorView(o2 + 37, DType::i32, Device::cpu(), {4});
-    t2.block_tables = TensorView(o2 + 41, DType::i32, Device::cpu(), {4, max_pages});
-    t2.faults = quiet.view();
-    ops::build_decode_tables(p, garbage_tables.view().reshape({4, 4}), tokens, page_size, num_pages,
-                             max_context, t2);
+    const TensorView saved = tables_view;
+    tables_view = garbage_tables.view().reshape({4, 4});
+    build({-1, 0, 4, 2}, out, quiet);
+    tables_view = saved;
   }
   EXPECT_EQ(quiet.ptr<std::int32_t>()[0], 0);
   const std::int32_t* o2 = out.ptr<std::int32_t>();
@@ -370,17 +375,8 @@ TEST(BuildDecodeTablesTest, RejectsBadArguments) {
   Tensor prefix = i32_tensor({0, 1});
   Tensor tables = i32_tensor({0, 1, 2, 3});
   const TensorView two_pages = tables.view().reshape({2, 2});
-  Tensor buf = Tensor::empty({64}, DType::i32);
-  std::int32_t* o = buf.ptr<std::int32_t>();
-  ops::DecodeTables t;
-  t.positions = TensorView(o, DType::i32, Device::cpu(), {2});
-  t.visible = TensorView(o + 2, DType::i32, Device::cpu(), {2});
-  t.slots = TensorView(o + 4, DType::i32, Device::cpu(), {2});
-  t.row_request = TensorView(o + 6, DType::i32, Device::cpu(), {2});
-  t.cu_q = TensorView(o + 8, DType::i32, Device::cpu(), {3});
-  t.context_lens = TensorView(o + 11, DType::i32, Device::cpu(), {2});
-  t.block_tables = TensorView(o + 13, DType::i32, Device::cpu(), {2, 2});
-  t.faults = TensorView(o + 17, DType::i32, Device::cpu(), {1});
+  Tensor buf = Tensor::empty({2 * 4 + 3 + 2 + 2 * 2 + 1}, DType::i32);
+  const ops::DecodeTables t = decode_tables_in(buf, 2, 1, 2);
   EXPECT_TRUE(rejects([&] { ops::build_decode_tables(prefix, two_pages, 1, 4, 8, 12, t); },
                       "block_tables: expected at least 3 pages a row (max_context 12 at "
                       "page_size 4), got 2",

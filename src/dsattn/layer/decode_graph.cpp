@@ -3,7 +3,7 @@
 #include <span>
 #include <vector>
 
-#include "dsattn/layer/paths.h"
+#include "dsattn/layer/decode_layout.h"
 #include "dsattn/ops/cache_ops.h"
 #ifdef DSATTN_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -12,31 +12,6 @@
 #endif
 
 namespace dsattn {
-
-namespace {
-
-// Offsets of the arrays inside the metadata buffer (in i32 elements).
-struct Layout {
-  std::int64_t rows, batch, pages;
-  std::int64_t positions() const { return 0; }
-  std::int64_t slots() const { return rows; }
-  std::int64_t visible() const { return 2 * rows; }
-  std::int64_t row_request() const { return 3 * rows; }
-  std::int64_t cu_q() const { return 4 * rows; }
-  std::int64_t context_lens() const { return 4 * rows + batch + 1; }
-  std::int64_t tables() const { return 4 * rows + 2 * batch + 1; }
-  std::int64_t size() const { return tables() + batch * pages; }
-};
-
-// Used by the capture only, which a build without CUDA does not compile.
-[[maybe_unused]] TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
-                                     std::int64_t cols = 0) {
-  std::int32_t* base = t.ptr<std::int32_t>() + offset;
-  if (cols == 0) return TensorView(base, DType::i32, t.device(), {rows});
-  return TensorView(base, DType::i32, t.device(), {rows, cols});
-}
-
-}  // namespace
 
 DecodeGraph::DecodeGraph(const AttentionStack& stack, const PagedKvCache& cache,
                          std::int64_t batch_size, std::int64_t tokens_per_request,
@@ -72,7 +47,7 @@ DecodeGraph::DecodeGraph(const AttentionStack& stack, const PagedKvCache& cache,
   pool_ = std::make_unique<cuda::MemoryPool>();
   cuda::MemoryPool::Use use(*pool_);
   const std::int64_t rows = batch_ * tokens_, D = stack.layer(0).config().hidden_size;
-  const Layout layout{rows, batch_, max_pages_};
+  const DecodeLayout layout{rows, batch_, max_pages_};
   hidden_ = Tensor::empty({rows, D}, DType::bf16, dev);
   metadata_ = Tensor::empty({layout.size()}, DType::i32, dev);
   staging_ = Tensor::empty({layout.size()}, DType::i32);
@@ -98,7 +73,7 @@ DecodeGraph::~DecodeGraph() {
 }
 
 void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
-  const Layout layout{batch_ * tokens_, batch_, max_pages_};
+  const DecodeLayout layout{batch_ * tokens_, batch_, max_pages_};
   std::int32_t* h = staging_.ptr<std::int32_t>();
   for (std::int64_t b = 0; b < batch_; ++b) {
     const RequestInput& r = requests[b];
@@ -124,17 +99,10 @@ void DecodeGraph::write_metadata(std::span<const RequestInput> requests) {
 
 #ifdef DSATTN_WITH_CUDA
 void DecodeGraph::capture_graph() {
-  const Layout layout{batch_ * tokens_, batch_, max_pages_};
-  SparseMeta meta;
-  meta.positions = i32_view(metadata_, layout.positions(), layout.rows);
-  meta.visible = i32_view(metadata_, layout.visible(), layout.rows);
-  meta.row_request = i32_view(metadata_, layout.row_request(), layout.rows);
-  meta.cu_q = i32_view(metadata_, layout.cu_q(), batch_ + 1);
-  meta.context_lens = i32_view(metadata_, layout.context_lens(), batch_);
-  meta.block_tables = i32_view(metadata_, layout.tables(), batch_, max_pages_);
-  meta.n = layout.rows;
-  meta.max_k = max_context_;
-  const TensorView slots = i32_view(metadata_, layout.slots(), layout.rows);
+  const DecodeLayout layout{batch_ * tokens_, batch_, max_pages_};
+  const ops::DecodeTables t = layout.views(metadata_);
+  const SparseMeta meta = layout.sparse_meta(t, max_context_);
+  const TensorView slots = t.slots;
 
   cuda::MemoryPool::Use use(*pool_);
   cuda::StreamGuard guard(stream_);

@@ -4,32 +4,12 @@
 
 #include "dsattn/core/checked_size.h"
 #include "dsattn/core/checks.h"
-#include "dsattn/layer/paths.h"
+#include "dsattn/layer/decode_layout.h"
 #include "dsattn/ops/cache_ops.h"
 
 namespace dsattn {
 
 namespace {
-
-// Offsets of the derived arrays inside the step's i32 buffer.
-struct Layout {
-  std::int64_t rows, batch, pages;
-  std::int64_t positions() const { return 0; }
-  std::int64_t visible() const { return rows; }
-  std::int64_t slots() const { return 2 * rows; }
-  std::int64_t row_request() const { return 3 * rows; }
-  std::int64_t cu_q() const { return 4 * rows; }
-  std::int64_t context_lens() const { return 4 * rows + batch + 1; }
-  std::int64_t tables() const { return 4 * rows + 2 * batch + 1; }
-  std::int64_t size() const { return tables() + batch * pages; }
-};
-
-TensorView i32_view(const Tensor& t, std::int64_t offset, std::int64_t rows,
-                    std::int64_t cols = 0) {
-  std::int32_t* base = t.ptr<std::int32_t>() + offset;
-  if (cols == 0) return TensorView(base, DType::i32, t.device(), {rows});
-  return TensorView(base, DType::i32, t.device(), {rows, cols});
-}
 
 void clear(const Tensor& faults) {
   std::int32_t zero = 0;
@@ -67,7 +47,7 @@ DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
   check_device(cache.index_keys, "cache.index_keys", dev);
   max_pages_ = pages_for(max_context, cache.page_size);
   const std::int64_t rows = checked_mul(batch_, tokens_, "batch_size x tokens_per_request");
-  const Layout layout{rows, batch_, max_pages_};
+  const DecodeLayout layout{rows, batch_, max_pages_};
   if (dev.is_cuda()) pool_ = std::make_unique<cuda::MemoryPool>();
   std::optional<cuda::MemoryPool::Use> use;
   if (pool_) use.emplace(*pool_);
@@ -110,30 +90,15 @@ void DecodeStep::run(const TensorView& prefix_lens, const TensorView& block_tabl
         "that its buffers exist before the capture");
   }
 
-  const Layout layout{rows, batch_, max_pages_};
-  ops::DecodeTables t;
-  t.positions = i32_view(tables_, layout.positions(), rows);
-  t.visible = i32_view(tables_, layout.visible(), rows);
-  t.slots = i32_view(tables_, layout.slots(), rows);
-  t.row_request = i32_view(tables_, layout.row_request(), rows);
-  t.cu_q = i32_view(tables_, layout.cu_q(), batch_ + 1);
-  t.context_lens = i32_view(tables_, layout.context_lens(), batch_);
-  t.block_tables = i32_view(tables_, layout.tables(), batch_, max_pages_);
+  const DecodeLayout layout{rows, batch_, max_pages_};
+  ops::DecodeTables t = layout.views(tables_);
   t.faults = faults_.view();
 
   std::optional<cuda::MemoryPool::Use> use;
   if (pool_) use.emplace(*pool_);
   ops::build_decode_tables(prefix_lens, block_tables, tokens_, cache_.page_size, cache_.num_pages,
                            max_context_, t);
-  SparseMeta meta;
-  meta.positions = t.positions;
-  meta.visible = t.visible;
-  meta.row_request = t.row_request;
-  meta.cu_q = t.cu_q;
-  meta.context_lens = t.context_lens;
-  meta.block_tables = t.block_tables;
-  meta.n = rows;
-  meta.max_k = max_context_;
+  const SparseMeta meta = layout.sparse_meta(t, max_context_);
   layer_.forward_sparse_on_device(meta, t.slots, hidden_in, cache_, hidden_out);
   warm_ = true;
 }
