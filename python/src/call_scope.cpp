@@ -38,12 +38,6 @@ struct LastCall {
 std::mutex g_streams_mutex;
 std::map<int, LastCall> g_last_call;
 
-bool is_capturing(std::uintptr_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check_cuda(cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream), &status),
-             "cudaStreamIsCapturing");
-  return status != cudaStreamCaptureStatusNone;
-}
 #endif
 
 }  // namespace
@@ -71,7 +65,7 @@ std::uintptr_t resolve_stream(nb::handle stream, nb::handle tensor, Device devic
 CallScope::CallScope(Device device, std::uintptr_t stream, Capture capture) {
   if (!device.is_cuda()) return;
 #ifdef DSATTN_WITH_CUDA
-  capturing_ = is_capturing(stream);
+  capturing_ = cuda::stream_is_capturing(reinterpret_cast<void*>(stream));
   if (capturing_ && capture == Capture::refuse) {
     fail(
         "this call cannot be captured in a CUDA graph: its temporaries come from the general "

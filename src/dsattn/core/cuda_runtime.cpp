@@ -56,10 +56,9 @@ void synchronize_device(int index) noexcept {
   if (previous != index) cudaSetDevice(previous);
 }
 
-bool current_stream_is_capturing() {
+bool stream_is_capturing(void* stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(current_stream()), &status),
-        "cudaStreamIsCapturing");
+  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status), "cudaStreamIsCapturing");
   return status != cudaStreamCaptureStatusNone;
 }
 
@@ -272,7 +271,7 @@ void memcpy(void* dst, Device dst_device, const void* src, Device src_device, st
 
 bool built_with_cuda() { return false; }
 void synchronize() {}
-bool current_stream_is_capturing() { return false; }
+bool stream_is_capturing(void*) { return false; }
 void synchronize_device(int) noexcept {}
 int device_count() { return 0; }
 std::string device_name(int) { fail<Unsupported>("this build of dsattn has no CUDA support"); }

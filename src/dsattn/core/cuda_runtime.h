@@ -37,9 +37,9 @@ class StreamGuard {
 void synchronize();
 // Waits for all work on device `index` (nothing without CUDA). Never throws: for destructors.
 void synchronize_device(int index) noexcept;
-// True while the current stream is being captured into a CUDA graph (by dsattn or the caller):
-// no synchronisation and no cudaMalloc may happen then.
-bool current_stream_is_capturing();
+// True while `stream` (a cudaStream_t) is being captured into a CUDA graph (by dsattn or the
+// caller): no synchronisation and no cudaMalloc may happen then.
+bool stream_is_capturing(void* stream);
 
 // Device memory for tensors, through a caching allocator: freed blocks are kept for reuse by
 // later allocations of a similar size on the same device, in stream order (every op runs on the

@@ -25,12 +25,7 @@ DecodeGraph::DecodeGraph(const AttentionStack& stack, const PagedKvCache& cache,
 #ifndef DSATTN_WITH_CUDA
   fail<Unsupported>("DecodeGraph needs the CUDA backend; this build has none");
 #else
-  DSATTN_CHECK(batch_size >= 1, "batch_size must be >= 1, got {}", batch_size);
-  DSATTN_CHECK(tokens_per_request >= 1, "tokens_per_request must be >= 1, got {}",
-               tokens_per_request);
-  DSATTN_CHECK(max_context >= tokens_per_request,
-               "max_context must be >= tokens_per_request ({}), got {}", tokens_per_request,
-               max_context);
+  check_decode_shape(batch_size, tokens_per_request, max_context);
   const Device dev = cache.device();
   if (!dev.is_cuda()) fail("DecodeGraph needs a cache on a CUDA device, got {}", to_string(dev));
   DSATTN_CHECK(cache.num_layers() >= stack.num_layers(),

@@ -6,11 +6,24 @@
 
 #include <cstdint>
 
+#include "dsattn/core/checked_size.h"
+#include "dsattn/core/checks.h"
 #include "dsattn/core/tensor.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/ops/cache_ops.h"
 
 namespace dsattn {
+
+// The shape checks of a fixed-shape decode step (DecodeGraph, DecodeStep).
+inline void check_decode_shape(std::int64_t batch_size, std::int64_t tokens_per_request,
+                               std::int64_t max_context) {
+  DSATTN_CHECK(batch_size >= 1, "batch_size must be >= 1, got {}", batch_size);
+  DSATTN_CHECK(tokens_per_request >= 1, "tokens_per_request must be >= 1, got {}",
+               tokens_per_request);
+  DSATTN_CHECK(max_context >= tokens_per_request,
+               "max_context must be >= tokens_per_request ({}), got {}", tokens_per_request,
+               max_context);
+}
 
 struct DecodeLayout {
   std::int64_t rows, batch, pages;  // batch requests of rows / batch tokens; pages per table
@@ -22,7 +35,11 @@ struct DecodeLayout {
   std::int64_t cu_q() const { return 4 * rows; }
   std::int64_t context_lens() const { return 4 * rows + batch + 1; }
   std::int64_t tables() const { return 4 * rows + 2 * batch + 1; }
-  std::int64_t size() const { return tables() + batch * pages; }
+  // Checked: a step's shapes come from its caller.
+  std::int64_t size() const {
+    return checked_add(tables(), checked_mul(batch, pages, "the block tables' entries"),
+                       "the decode tables");
+  }
 
   // Views of the tables in `buffer` (i32, size() entries; faults left empty).
   ops::DecodeTables views(const Tensor& buffer) const {

@@ -27,12 +27,7 @@ DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
       tokens_(tokens_per_request),
       max_context_(max_context),
       max_pages_(0) {
-  DSATTN_CHECK(batch_size >= 1, "batch_size must be >= 1, got {}", batch_size);
-  DSATTN_CHECK(tokens_per_request >= 1, "tokens_per_request must be >= 1, got {}",
-               tokens_per_request);
-  DSATTN_CHECK(max_context >= tokens_per_request,
-               "max_context must be >= tokens_per_request ({}), got {}", tokens_per_request,
-               max_context);
+  check_decode_shape(batch_size, tokens_per_request, max_context);
   if (!layer.has_indexer()) {
     fail(
         "a decode step runs one layer on its own, which needs its own indexer weights; this "
@@ -51,10 +46,7 @@ DecodeStep::DecodeStep(const AttentionLayer& layer, const LayerCacheView& cache,
   if (dev.is_cuda()) pool_ = std::make_unique<cuda::MemoryPool>();
   std::optional<cuda::MemoryPool::Use> use;
   if (pool_) use.emplace(*pool_);
-  tables_ = Tensor::empty(
-      {checked_add(layout.tables(), checked_mul(batch_, max_pages_, "the block tables' entries"),
-                   "the step's tables")},
-      DType::i32, dev);
+  tables_ = Tensor::empty({layout.size()}, DType::i32, dev);
   faults_ = Tensor::empty({1}, DType::i32, dev);
   clear(faults_);
 }
@@ -70,8 +62,7 @@ void DecodeStep::run(const TensorView& prefix_lens, const TensorView& block_tabl
   const Device dev = layer_.weights().device();
   check_dtype(prefix_lens, "prefix_lens", DType::i32);
   check_shape(prefix_lens, "prefix_lens", {batch_});
-  check_dtype(block_tables, "block_tables", DType::i32);
-  check_shape(block_tables, "block_tables", {batch_, kAny});
+  // block_tables' dtype and shape: build_decode_tables checks them, before anything is written.
   for (const auto& [name, t] :
        {std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out}}) {
     check_dtype(*t, name, DType::bf16);
@@ -83,7 +74,7 @@ void DecodeStep::run(const TensorView& prefix_lens, const TensorView& block_tabl
         std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out}}) {
     check_device(*t, name, dev);
   }
-  if (!warm_ && dev.is_cuda() && cuda::current_stream_is_capturing()) {
+  if (!warm_ && dev.is_cuda() && cuda::stream_is_capturing(cuda::current_stream())) {
     fail(
         "decode step: the first run is being captured into a CUDA graph; run the step once "
         "outside the capture first (a warm-up, as torch.cuda.graph's documentation asks), so "
