@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "decode_test_config.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/decode_graph.h"
@@ -19,20 +20,6 @@ class DecodeGraphGpu : public ::testing::Test {
     if (cuda::device_count() == 0) GTEST_SKIP() << "needs a CUDA GPU (sm_90)";
   }
 };
-
-AttentionConfig config_with_topk(std::int64_t topk) {
-  AttentionConfig c;
-  c.hidden_size = 256;
-  c.num_heads = 4;
-  c.q_lora_rank = 64;
-  c.kv_lora_rank = 128;
-  c.qk_nope_head_dim = 32;
-  c.qk_rope_head_dim = 16;
-  c.v_head_dim = 32;
-  c.index_n_heads = 8;
-  c.index_topk = topk;
-  return c;
-}
 
 // Prefills `prompts` into a fresh cache and returns it with the block tables.
 struct Prefilled {
@@ -67,7 +54,7 @@ Prefilled prefill(const AttentionStack& stack, const AttentionConfig& c,
 
 // With `index_share`, layers 1 and 2 of three take layer 0's top-k (IndexShare) inside the graph.
 void run_steps(LatentFormat format, bool index_share = false) {
-  AttentionConfig c = config_with_topk(32);
+  AttentionConfig c = gpu_test::decode_test_config(32);
   if (index_share) c.shared_topk_layers = {false, true, true};
   const AttentionStack stack =
       AttentionStack::synthetic(c, index_share ? 3 : 2, 17, {}, Device::cuda(0));
@@ -119,7 +106,7 @@ TEST_F(DecodeGraphGpu, ReplaysMatchTheForwardWithIndexShare) {
 }
 
 TEST_F(DecodeGraphGpu, RefusesABatchThatDoesNotFit) {
-  const AttentionConfig c = config_with_topk(32);
+  const AttentionConfig c = gpu_test::decode_test_config(32);
   const AttentionStack stack = AttentionStack::synthetic(c, 1, 17, {}, Device::cuda(0));
   Prefilled a = prefill(stack, c, {8, 9}, 64, LatentFormat::bf16);
   DecodeGraph graph(stack, *a.cache, 2, 1, 64);

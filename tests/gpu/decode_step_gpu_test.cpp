@@ -8,6 +8,7 @@
 
 #include <random>
 
+#include "decode_test_config.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_stack.h"
@@ -78,20 +79,6 @@ TEST_F(DecodeStepGpu, TablesMatchTheCpuFaultsIncluded) {
             ops::kDecodeFaultContext | ops::kDecodeFaultPage);
 }
 
-AttentionConfig small_config() {
-  AttentionConfig c;
-  c.hidden_size = 256;
-  c.num_heads = 4;
-  c.q_lora_rank = 64;
-  c.kv_lora_rank = 128;
-  c.qk_nope_head_dim = 32;
-  c.qk_rope_head_dim = 16;
-  c.v_head_dim = 32;
-  c.index_n_heads = 8;
-  c.index_topk = 32;
-  return c;
-}
-
 // A cache with `prompts` prefilled through layer 0 of `stack`, and the block tables.
 struct Prefilled {
   std::unique_ptr<PagedKvCache> cache;
@@ -126,7 +113,7 @@ Prefilled prefill(const AttentionStack& stack, const std::vector<std::int64_t>& 
 }
 
 void captured_steps_match_the_forward(LatentFormat format, std::int64_t tokens) {
-  const AttentionConfig c = small_config();
+  const AttentionConfig c = gpu_test::decode_test_config(32);
   const AttentionStack stack = AttentionStack::synthetic(c, 1, 23, Policy::parse("mla"), gpu());
   const AttentionLayer& layer = stack.layer(0);
   // Contexts below index_topk, crossing it during the steps (29 -> 33 and more), and above.
