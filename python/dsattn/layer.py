@@ -172,6 +172,7 @@ class AttentionLayer:
         block_tables: BlockTables,
         out: Any = None,
         stream: int | None = None,
+        sequence_ids: Sequence[int] | None = None,
     ) -> LayerOutput:
         """New prompt tokens: request i has prefix_lens[i] tokens already cached (0 for a fresh
         prompt; a chunked prefill continues after its earlier chunks) and extend_lens[i] new ones.
@@ -179,10 +180,16 @@ class AttentionLayer:
         hidden: [sum(extend_lens), hidden_size] bf16 (or uint16 bits), contiguous.
         block_tables[i] must cover prefix_lens[i] + extend_lens[i] positions (see allocate).
         Writes the new tokens' latents and indexer keys to the cache.
+        sequence_ids (optional): the engine's id (>= 0) of each request's sequence. With them,
+        new tokens go only into pages that are fresh or that the same sequence wrote at the same
+        place of its block table, so that requests sharing prefix pages cannot write each
+        other's pages even where their block tables are equal up to the page written (without
+        them, sequences are told apart by the first page of their block table).
         """
         prefix = int_list(prefix_lens, "prefix_lens", 0)
         extend = int_list(extend_lens, "extend_lens", 1)
-        return self._forward(False, hidden, prefix, extend, block_tables, out, stream)
+        return self._forward(False, hidden, prefix, extend, block_tables, out, stream,
+                             sequence_ids)
 
     def decode(
         self,
@@ -191,14 +198,16 @@ class AttentionLayer:
         block_tables: BlockTables,
         out: Any = None,
         stream: int | None = None,
+        sequence_ids: Sequence[int] | None = None,
     ) -> LayerOutput:
         """One new token per request after context_lens[i] cached ones.
 
         hidden: [batch, hidden_size] bf16 (or uint16 bits), contiguous; block_tables[i] must
-        cover context_lens[i] + 1 positions.
+        cover context_lens[i] + 1 positions. sequence_ids: as for prefill.
         """
         context = int_list(context_lens, "context_lens", 0)
-        return self._forward(True, hidden, context, [1] * len(context), block_tables, out, stream)
+        return self._forward(True, hidden, context, [1] * len(context), block_tables, out, stream,
+                             sequence_ids)
 
     def verify(
         self,
@@ -208,12 +217,14 @@ class AttentionLayer:
         block_tables: BlockTables,
         out: Any = None,
         stream: int | None = None,
+        sequence_ids: Sequence[int] | None = None,
     ) -> LayerOutput:
         """Speculative verify: num_tokens[i] draft tokens (or the same count for every request)
         after prefix_lens[i] cached ones, in one decode-style forward.
 
         hidden: [sum(num_tokens), hidden_size] bf16 (or uint16 bits), contiguous;
-        block_tables[i] must cover prefix_lens[i] + num_tokens[i] positions.
+        block_tables[i] must cover prefix_lens[i] + num_tokens[i] positions. sequence_ids: as
+        for prefill.
         """
         prefix = int_list(prefix_lens, "prefix_lens", 0)
         if isinstance(num_tokens, int) and not isinstance(num_tokens, bool):
@@ -222,7 +233,8 @@ class AttentionLayer:
             counts = [num_tokens] * len(prefix)
         else:
             counts = int_list(num_tokens, "num_tokens", 1)
-        return self._forward(True, hidden, prefix, counts, block_tables, out, stream)
+        return self._forward(True, hidden, prefix, counts, block_tables, out, stream,
+                             sequence_ids)
 
     def _forward(
         self,
@@ -233,11 +245,14 @@ class AttentionLayer:
         block_tables: BlockTables,
         out: Any,
         stream: int | None,
+        sequence_ids: Sequence[int] | None,
     ) -> LayerOutput:
+        ids = None if sequence_ids is None else int_list(sequence_ids, "sequence_ids", 0)
         if out is None:
             shape = shape_of(hidden, "hidden", "[tokens, hidden_size]")
             out = empty_like(hidden, shape, "bf16")
-        paths = self._layer.forward(decode, hidden, out, prefix, extend, block_tables, stream)
+        paths = self._layer.forward(decode, hidden, out, prefix, extend, block_tables, stream,
+                                    ids)
         return LayerOutput(out, paths)
 
     def __repr__(self) -> str:

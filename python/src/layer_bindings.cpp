@@ -187,11 +187,17 @@ class Layer {
   std::vector<std::string> forward(bool decode, nb::handle hidden, nb::handle out,
                                    const std::vector<std::int64_t>& prefix_lens,
                                    const std::vector<std::int64_t>& extend_lens,
-                                   nb::handle block_tables, nb::handle stream) {
+                                   nb::handle block_tables, nb::handle stream,
+                                   const std::optional<std::vector<std::int64_t>>& sequence_ids) {
     const AttentionConfig& c = layer_.config();
     if (prefix_lens.size() != extend_lens.size()) {
       throw nb::value_error(fmt::format("the batch has {} prefix lengths but {} token counts",
                                         prefix_lens.size(), extend_lens.size())
+                                .c_str());
+    }
+    if (sequence_ids && sequence_ids->size() != prefix_lens.size()) {
+      throw nb::value_error(fmt::format("sequence_ids: expected one id per request ({}), got {}",
+                                        prefix_lens.size(), sequence_ids->size())
                                 .c_str());
     }
     const TensorArg in = tensor_arg(hidden, "hidden", {DType::bf16}, 2, "[tokens, hidden_size]");
@@ -211,7 +217,8 @@ class Layer {
     Batch batch;
     batch.mode = decode ? ForwardMode::decode : ForwardMode::prefill;
     for (std::size_t i = 0; i < prefix_lens.size(); ++i) {
-      batch.requests.push_back({prefix_lens[i], extend_lens[i], tables[i]});
+      batch.requests.push_back(
+          {prefix_lens[i], extend_lens[i], tables[i], sequence_ids ? (*sequence_ids)[i] : -1});
     }
     ForwardOptions options;
     options.time_stages = false;
@@ -433,7 +440,7 @@ void bind_layer(nb::module_& m) {
           nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
       .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
            nb::arg("prefix_lens"), nb::arg("extend_lens"), nb::arg("block_tables"),
-           nb::arg("stream") = nb::none());
+           nb::arg("stream") = nb::none(), nb::arg("sequence_ids") = nb::none());
   nb::class_<Step>(m, "DecodeStep",
                    "The engine behind dsattn.DecodeStep: run() takes every tensor, including out.")
       .def_prop_ro("batch_size", &Step::batch_size)

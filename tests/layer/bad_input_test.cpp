@@ -158,6 +158,49 @@ TEST_F(BadInput, OwnSharedAndReusedPagesAreAccepted) {
   run({0, 70, reused});
 }
 
+// Requests that share a prefix's first page are one sequence to the first-page rule; with
+// sequence ids a request writing a sibling's page at the same place of the table (its block
+// table then equals the sibling's up to that page) is refused, while each sequence goes on
+// writing, and rewriting, its own pages.
+TEST_F(BadInput, SequenceIdsTellApartRequestsSharingAPrefix) {
+  BlockTable first = {table[0]}, second = {table[0]};
+  cache->reserve(first, 80);
+  cache->reserve(second, 80);
+  const auto run = [&](std::int64_t prefix, std::int64_t extend, const BlockTable& t,
+                       std::int64_t id) {
+    Batch b;
+    b.requests.push_back({prefix, extend, t, id});
+    Tensor x = testing::random_hidden(extend, config.hidden_size, 7);
+    Tensor y = Tensor::empty({extend, config.hidden_size}, DType::bf16);
+    layer.forward(b, x, cache->layer(0), y);
+  };
+  run(0, 64, table, 7);    // the shared prefix page, written by sequence 7
+  run(64, 10, first, 1);   // sequence 1 writes its own second page
+  run(64, 10, second, 2);  // and sequence 2 its own
+  Batch b;
+  b.requests.push_back({74, 2, first, 2});  // sequence 2 with sequence 1's block table
+  before = testing::snapshot(cache->layer(0));
+  expect_refused(b, 2,
+                 "request 0: block_table[1] = " + std::to_string(first[1]) +
+                     " holds tokens of sequence 1 (page 1 of its block table)");
+  run(74, 2, first, 1);  // the owner goes on
+  run(72, 4, first, 1);  // and rewrites positions it wrote (rejected draft tokens)
+  // Without ids the two share the first page: the rule by first page cannot tell them apart.
+  run(76, 2, first, -1);
+}
+
+TEST_F(BadInput, SequenceIdsAreCheckedInTheBatch) {
+  BlockTable other;
+  cache->reserve(other, 10);
+  Batch twice;
+  twice.requests.push_back({20, 5, table, 3});
+  twice.requests.push_back({0, 5, other, 3});
+  expect_refused(twice, 10, "request 1: sequence_id 3 is also request 0's");
+  Batch negative;
+  negative.requests.push_back({20, 5, table, -2});
+  expect_refused(negative, 5, "request 0: sequence_id must be >= 0 (or -1 for none), got -2");
+}
+
 TEST_F(BadInput, HiddenRowsDoNotMatchTheBatch) {
   Batch b;
   b.requests.push_back({20, 5, table});

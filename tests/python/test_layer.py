@@ -246,3 +246,26 @@ def test_auto_plans_with_a_given_cost_profile(config, weights, tmp_path):
         bad = tmp_path / "bad.json"
         bad.write_text(profile.read_text().replace('"mla_s_per_flop": 0', '"mla_s_per_flop": "x"'))
         dsattn.plan(config, [0], [1], profile=str(bad))
+
+
+def test_sequence_ids_keep_requests_sharing_a_prefix_out_of_each_others_pages(
+        config, weights, rng):
+    layer = layer_for(config, weights)
+    page = layer.page_size
+    hidden = random_bf16(rng, (page + 4, config.hidden_size))
+    prefix = layer.allocate(page)
+    layer.prefill(hidden[:page], [0], [page], [prefix], sequence_ids=[0])
+    # Two requests continue the prefix, each in a page of its own.
+    first = layer.allocate(page + 4, list(prefix))
+    second = layer.allocate(page + 4, list(prefix))
+    layer.prefill(hidden[page:page + 2], [page], [2], [first], sequence_ids=[1])
+    layer.prefill(hidden[page:page + 2], [page], [2], [second], sequence_ids=[2])
+    # The second request with the first's block table (equal to it up to the page written).
+    with pytest.raises(ValueError, match=f"block_table\\[1\\] = {first[1]} holds tokens of "
+                                         "sequence 1"):
+        layer.decode(hidden[:1], [page + 2], [first], sequence_ids=[2])
+    layer.decode(hidden[:1], [page + 2], [first], sequence_ids=[1])
+    with pytest.raises(ValueError, match="sequence_ids: expected one id per request \\(1\\), got 2"):
+        layer.decode(hidden[:1], [page + 3], [first], sequence_ids=[1, 2])
+    with pytest.raises(ValueError, match="sequence_ids"):
+        layer.decode(hidden[:1], [page + 3], [first], sequence_ids=[-1])

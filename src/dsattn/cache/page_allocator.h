@@ -26,12 +26,14 @@ class PageAllocator {
   void release(BlockTable& table);
 
   // Whose tokens a page holds, as the forwards that wrote it recorded: the first page of the
-  // writer's block table (which names its sequence: requests sharing a prefix share it) and the
-  // page's index in that table; {-1, -1} until a forward writes the page after its allocation.
-  // A forward refuses to write new tokens into a page that holds another sequence's, so a wrong
-  // block table cannot silently change another live request's output.
+  // writer's block table (which names its sequence, except that requests sharing a prefix share
+  // it), the page's index in that table, and the writer's sequence id (-1 when the request gave
+  // none); {-1, -1, -1} until a forward writes the page after its allocation. A forward refuses
+  // to write new tokens into a page that holds another sequence's, so a wrong block table cannot
+  // silently change another live request's output.
   struct Holder {
     std::int32_t first_page = -1, index = -1;
+    std::int64_t sequence = -1;
   };
   Holder holder(std::int32_t page) const { return holders_[static_cast<std::size_t>(page)]; }
   // Records that a forward wrote into `page` (bookkeeping beside the allocation, so a const

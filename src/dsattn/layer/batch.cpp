@@ -1,6 +1,7 @@
 #include "dsattn/layer/batch.h"
 
 #include <limits>
+#include <unordered_map>
 
 #include "dsattn/core/error.h"
 
@@ -24,9 +25,19 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
   // Pages may be shared between requests (a prefix cache) as long as nobody writes them: the
   // pages holding a request's new tokens must be its own in this batch.
   std::vector<std::int32_t> writer(cache.num_pages, -1), user(cache.num_pages, -1);
+  std::unordered_map<std::int64_t, std::size_t> with_id;  // sequence id -> its request
   for (std::size_t i = 0; i < batch.requests.size(); ++i) {
     const RequestInput& r = batch.requests[i];
     if (r.prefix_len < 0) fail("request {}: prefix_len must be >= 0, got {}", i, r.prefix_len);
+    if (r.sequence_id < -1) {
+      fail("request {}: sequence_id must be >= 0 (or -1 for none), got {}", i, r.sequence_id);
+    }
+    if (r.sequence_id >= 0) {
+      if (const auto [it, fresh] = with_id.emplace(r.sequence_id, i); !fresh) {
+        fail("request {}: sequence_id {} is also request {}'s: a sequence runs once per forward", i,
+             r.sequence_id, it->second);
+      }
+    }
     if (r.extend_len <= 0) {
       fail("request {}: extend_len must be >= 1 (a request brings new tokens), got {}", i,
            r.extend_len);
@@ -56,11 +67,21 @@ void validate_batch(const Batch& batch, const AttentionConfig& config,
       }
       const bool writes = p >= first_written;
       if (writes && cache.allocator) {
-        // Across forwards: a page that holds another sequence's tokens (another first page, or
-        // another place in the table) never receives new ones. Nothing is recorded here
-        // (record_writes, once the whole forward has been checked).
+        // Across forwards: a page that holds another sequence's tokens (another sequence id
+        // where both have one, else another first page; or another place in the table) never
+        // receives new ones. Nothing is recorded here (record_writes, once the whole forward
+        // has been checked).
         const PageAllocator::Holder h = cache.allocator->holder(page);
-        if (h.first_page != -1 && (h.first_page != r.block_table[0] || h.index != p)) {
+        const bool by_id = h.sequence >= 0 && r.sequence_id >= 0;
+        const bool same_sequence =
+            by_id ? h.sequence == r.sequence_id : h.first_page == r.block_table[0];
+        if (h.first_page != -1 && (!same_sequence || h.index != p)) {
+          if (by_id) {
+            fail(
+                "request {}: block_table[{}] = {} holds tokens of sequence {} (page {} of its "
+                "block table); new tokens go only into the request's own pages",
+                i, p, page, h.sequence, h.index);
+          }
           fail(
               "request {}: block_table[{}] = {} holds tokens of another sequence (page {} of the "
               "block table that starts with page {}); new tokens go only into the request's own "
@@ -90,7 +111,8 @@ void record_writes(std::span<const RequestInput> requests, const LayerCacheView&
     const std::int64_t pages = pages_for(r.context_len(), cache.page_size);
     for (std::int64_t p = r.prefix_len / cache.page_size; p < pages; ++p) {
       cache.allocator->record_write(
-          r.block_table[p], PageAllocator::Holder{r.block_table[0], static_cast<std::int32_t>(p)});
+          r.block_table[p],
+          PageAllocator::Holder{r.block_table[0], static_cast<std::int32_t>(p), r.sequence_id});
     }
   }
 }

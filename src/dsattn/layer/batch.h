@@ -23,6 +23,12 @@ struct RequestInput {
   std::int64_t prefix_len = 0;
   std::int64_t extend_len = 0;
   std::span<const std::int32_t> block_table;
+  // The engine's id of the request's sequence (>= 0), or -1 for none. With ids, new tokens go
+  // only into pages that no forward has written since their allocation or that this same
+  // sequence wrote at this place of its table: requests that share a prefix's pages, whose block
+  // tables may be equal up to the page written, are told apart (without ids, by the first page
+  // of the block table; see PageAllocator::Holder).
+  std::int64_t sequence_id = -1;
 
   std::int64_t context_len() const { return prefix_len + extend_len; }
 };
@@ -40,7 +46,7 @@ struct Batch {
 // of `cache` (empty batch, non-positive extend, negative prefix, block table too short or naming
 // pages outside the cache or twice, positions past max_position_embeddings; with the cache's
 // allocator: free pages, and new tokens bound for a page that holds another sequence's tokens,
-// PageAllocator::Holder). Records nothing.
+// PageAllocator::Holder; a sequence id below -1 or given to two requests). Records nothing.
 void validate_batch(const Batch& batch, const AttentionConfig& config, const LayerCacheView& cache);
 
 // Records in the cache's allocator (if the view has one) that the requests' new tokens are
