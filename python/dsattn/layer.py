@@ -20,6 +20,11 @@ class LayerOutput(NamedTuple):
     """[tokens, hidden_size] bf16, in the framework and on the device of the input."""
     paths: list[str]
     """Per request, in the batch's order: "dense_mha", "sparse_mla" or "row_split"."""
+    lse: Any = None
+    """[tokens, num_heads] float32 when asked for (lse= or return_lse=True), else None: each new
+    token's and head's log-sum-exp ln sum_j exp(scale * q.k_j) over the keys its path attends
+    to (its whole context on the dense path, its selected keys on the sparse one), as
+    mha_prefill and sparse_mla give it, for merging partial attentions."""
 
 
 class AttentionLayer:
@@ -173,6 +178,8 @@ class AttentionLayer:
         out: Any = None,
         stream: int | None = None,
         sequence_ids: Sequence[int] | None = None,
+        lse: Any = None,
+        return_lse: bool = False,
     ) -> LayerOutput:
         """New prompt tokens: request i has prefix_lens[i] tokens already cached (0 for a fresh
         prompt; a chunked prefill continues after its earlier chunks) and extend_lens[i] new ones.
@@ -185,11 +192,14 @@ class AttentionLayer:
         place of its block table, so that requests sharing prefix pages cannot write each
         other's pages even where their block tables are equal up to the page written (without
         them, sequences are told apart by the first page of their block table).
+        lse (optional): [sum(extend_lens), num_heads] float32 on the layer's device, written with
+        each new token's and head's log-sum-exp (LayerOutput.lse); return_lse=True allocates it
+        when it is not given.
         """
         prefix = int_list(prefix_lens, "prefix_lens", 0)
         extend = int_list(extend_lens, "extend_lens", 1)
         return self._forward(False, hidden, prefix, extend, block_tables, out, stream,
-                             sequence_ids)
+                             sequence_ids, lse, return_lse)
 
     def decode(
         self,
@@ -199,15 +209,17 @@ class AttentionLayer:
         out: Any = None,
         stream: int | None = None,
         sequence_ids: Sequence[int] | None = None,
+        lse: Any = None,
+        return_lse: bool = False,
     ) -> LayerOutput:
         """One new token per request after context_lens[i] cached ones.
 
         hidden: [batch, hidden_size] bf16 (or uint16 bits), contiguous; block_tables[i] must
-        cover context_lens[i] + 1 positions. sequence_ids: as for prefill.
+        cover context_lens[i] + 1 positions. sequence_ids, lse, return_lse: as for prefill.
         """
         context = int_list(context_lens, "context_lens", 0)
         return self._forward(True, hidden, context, [1] * len(context), block_tables, out, stream,
-                             sequence_ids)
+                             sequence_ids, lse, return_lse)
 
     def verify(
         self,
@@ -218,13 +230,15 @@ class AttentionLayer:
         out: Any = None,
         stream: int | None = None,
         sequence_ids: Sequence[int] | None = None,
+        lse: Any = None,
+        return_lse: bool = False,
     ) -> LayerOutput:
         """Speculative verify: num_tokens[i] draft tokens (or the same count for every request)
         after prefix_lens[i] cached ones, in one decode-style forward.
 
         hidden: [sum(num_tokens), hidden_size] bf16 (or uint16 bits), contiguous;
-        block_tables[i] must cover prefix_lens[i] + num_tokens[i] positions. sequence_ids: as
-        for prefill.
+        block_tables[i] must cover prefix_lens[i] + num_tokens[i] positions. sequence_ids, lse,
+        return_lse: as for prefill.
         """
         prefix = int_list(prefix_lens, "prefix_lens", 0)
         if isinstance(num_tokens, int) and not isinstance(num_tokens, bool):
@@ -234,7 +248,7 @@ class AttentionLayer:
         else:
             counts = int_list(num_tokens, "num_tokens", 1)
         return self._forward(True, hidden, prefix, counts, block_tables, out, stream,
-                             sequence_ids)
+                             sequence_ids, lse, return_lse)
 
     def _forward(
         self,
@@ -246,14 +260,18 @@ class AttentionLayer:
         out: Any,
         stream: int | None,
         sequence_ids: Sequence[int] | None,
+        lse: Any,
+        return_lse: bool,
     ) -> LayerOutput:
         ids = None if sequence_ids is None else int_list(sequence_ids, "sequence_ids", 0)
         if out is None:
             shape = shape_of(hidden, "hidden", "[tokens, hidden_size]")
             out = empty_like(hidden, shape, "bf16")
+        if lse is None and return_lse:
+            lse = empty_like(hidden, (sum(extend), self.config.num_heads), "f32")
         paths = self._layer.forward(decode, hidden, out, prefix, extend, block_tables, stream,
-                                    ids)
-        return LayerOutput(out, paths)
+                                    ids, lse)
+        return LayerOutput(out, paths, lse)
 
     def __repr__(self) -> str:
         pages = (f"pages={self.free_pages}/{self.num_pages} free" if self.owns_cache

@@ -188,7 +188,8 @@ class Layer {
                                    const std::vector<std::int64_t>& prefix_lens,
                                    const std::vector<std::int64_t>& extend_lens,
                                    nb::handle block_tables, nb::handle stream,
-                                   const std::optional<std::vector<std::int64_t>>& sequence_ids) {
+                                   const std::optional<std::vector<std::int64_t>>& sequence_ids,
+                                   nb::handle lse) {
     const AttentionConfig& c = layer_.config();
     if (prefix_lens.size() != extend_lens.size()) {
       throw nb::value_error(fmt::format("the batch has {} prefix lengths but {} token counts",
@@ -210,6 +211,13 @@ class Layer {
       check_shape(t->view, name, {tokens, c.hidden_size});
       check_contiguous(t->view, name);
     }
+    std::optional<TensorArg> lse_arg;
+    if (!lse.is_none()) {
+      lse_arg = tensor_arg(lse, "lse", {DType::f32}, 2, "[tokens, num_heads]", /*writable=*/true);
+      check_same_device({{"hidden", &in}, {"lse", &*lse_arg}}, device_, "the layer's device");
+      check_shape(lse_arg->view, "lse", {tokens, c.num_heads});
+      check_contiguous(lse_arg->view, "lse");
+    }
 
     const std::uintptr_t s = resolve_stream(stream, hidden, device_);
     CallScope scope(device_, s);
@@ -222,6 +230,7 @@ class Layer {
     }
     ForwardOptions options;
     options.time_stages = false;
+    if (lse_arg) options.lse = lse_arg->view;
     std::vector<std::string> paths;
     {
       nb::gil_scoped_release release;
@@ -440,7 +449,8 @@ void bind_layer(nb::module_& m) {
           nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
       .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
            nb::arg("prefix_lens"), nb::arg("extend_lens"), nb::arg("block_tables"),
-           nb::arg("stream") = nb::none(), nb::arg("sequence_ids") = nb::none());
+           nb::arg("stream") = nb::none(), nb::arg("sequence_ids") = nb::none(),
+           nb::arg("lse") = nb::none());
   nb::class_<Step>(m, "DecodeStep",
                    "The engine behind dsattn.DecodeStep: run() takes every tensor, including out.")
       .def_prop_ro("batch_size", &Step::batch_size)

@@ -139,13 +139,14 @@ TEST_F(LayerGpu, RowSplitMatchesReference) {
   }
 }
 
-// The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on both paths.
+// The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on both paths, outputs and
+// log-sum-exps (ForwardOptions::lse).
 TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();
   const LayerWeights weights = LayerWeights::synthetic(config, 5);
   const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{0, 96}, {64, 40}, {0, 7}};
   for (const char* policy : {"mha", "mla"}) {
-    std::vector<Tensor> outputs;
+    std::vector<Tensor> outputs, lses;
     for (Device dev : {Device::cpu(), Device::cuda(0)}) {
       AttentionLayer layer(config, dev.is_cpu() ? weights : weights.to(dev), Policy::parse(policy));
       CacheOptions opts;
@@ -171,10 +172,25 @@ TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
       const Tensor in0 = x0.to(dev), in1 = x1.to(dev);
       Tensor out0 = Tensor::empty({prefix_rows, config.hidden_size}, DType::bf16, dev);
       Tensor out1 = Tensor::empty({rows, config.hidden_size}, DType::bf16, dev);
+      Tensor poisoned_lse = Tensor::empty({rows, config.num_heads}, DType::f32);
+      for (std::int64_t i = 0; i < poisoned_lse.numel(); ++i) {
+        poisoned_lse.ptr<float>()[i] = std::nanf("");
+      }
+      Tensor lse = poisoned_lse.to(dev);
+      ForwardOptions options;
+      options.lse = lse.view();
       layer.forward(prefix, in0, cache.layer(0), out0);
-      layer.forward(batch, in1, cache.layer(0), out1);
+      layer.forward(batch, in1, cache.layer(0), out1, options);
       outputs.push_back(out1.to(Device::cpu()));
+      lses.push_back(lse.to(Device::cpu()));
     }
+    double lse_diff = 0;
+    for (std::int64_t i = 0; i < lses[0].numel(); ++i) {
+      const float a = lses[0].ptr<float>()[i], b = lses[1].ptr<float>()[i];
+      ASSERT_TRUE(std::isfinite(a) && std::isfinite(b)) << policy << ": lse element " << i;
+      lse_diff = std::max(lse_diff, double(std::fabs(a - b)));
+    }
+    EXPECT_LE(lse_diff, 0.05) << policy << ": GPU vs CPU log-sum-exp difference " << lse_diff;
     double diff = 0, scale = 0;
     for (std::int64_t i = 0; i < outputs[0].numel(); ++i) {
       const float a = outputs[0].ptr<bf16>()[i].to_float(),

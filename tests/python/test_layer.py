@@ -269,3 +269,25 @@ def test_sequence_ids_keep_requests_sharing_a_prefix_out_of_each_others_pages(
         layer.decode(hidden[:1], [page + 3], [first], sequence_ids=[1, 2])
     with pytest.raises(ValueError, match="sequence_ids"):
         layer.decode(hidden[:1], [page + 3], [first], sequence_ids=[-1])
+
+
+def test_layer_lse_agrees_between_the_dense_and_sparse_forms(config, weights, rng):
+    hidden = random_bf16(rng, (30, config.hidden_size))
+    results = {}
+    for policy in ("mha", "mla"):
+        layer = layer_for(config, weights, policy=policy)
+        table = layer.allocate(30)
+        results[policy] = layer.prefill(hidden, [0], [30], [table], return_lse=True)
+    lse = results["mha"].lse
+    assert lse.shape == (30, config.num_heads) and lse.dtype == np.float32
+    assert np.isfinite(lse).all()
+    np.testing.assert_allclose(lse, results["mla"].lse, atol=0.05, rtol=0)
+    # A caller's buffer is filled in place; a wrong shape is refused.
+    layer = layer_for(config, weights, policy="mla")
+    table = layer.allocate(30)
+    mine = np.full((30, config.num_heads), np.nan, dtype=np.float32)
+    assert layer.prefill(hidden, [0], [30], [table], lse=mine).lse is mine
+    np.testing.assert_array_equal(mine, results["mla"].lse)
+    with pytest.raises(ValueError, match="lse"):
+        layer.prefill(hidden[:4], [30], [4], [layer.allocate(34, table)],
+                      lse=np.zeros((3, config.num_heads), np.float32))

@@ -117,6 +117,12 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
                          std::pair{"cache.index_keys", &cache.index_keys}}) {
     check_device(*t, name, dev);
   }
+  if (!options.lse.empty()) {
+    check_dtype(options.lse, "lse", DType::f32);
+    check_shape(options.lse, "lse", {T, c.num_heads});
+    check_contiguous(options.lse, "lse");
+    check_device(options.lse, "lse", dev);
+  }
   ForwardResult result;
   result.paths = plan_batch(batch, c, policy_, profile_.get());
   // The requests the paths run: a row_split request becomes two, its dense rows and then its
@@ -160,7 +166,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   dense.build(work.batch, cache.page_size);
   sparse.build(work.batch, cache.page_size);
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);
-  run_dense_mha(ctx_, dense, proj, cache, o);
+  run_dense_mha(ctx_, dense, proj, cache, o, options.lse);
   result.times.dense_mha = clock.lap();
   if (!sparse.empty()) {
     const bool all_rows = sparse.requests.size() == work.batch.requests.size();
@@ -168,7 +174,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
                                               options.max_score_bytes);
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
-                   shared);
+                   shared, options.lse);
     if (shared && has_indexer()) {
       shared->requests = sparse.requests;
       shared->page_size = cache.page_size;

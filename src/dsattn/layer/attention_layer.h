@@ -40,6 +40,12 @@ struct ForwardOptions {
   std::int64_t max_score_bytes = std::int64_t(1) << 30;
   // Stage times are wall clock; on a GPU, timing them waits for each stage's kernels.
   bool time_stages = true;
+  // Optional [T, num_heads] f32 on the layer's device, heads contiguous: each new token's and
+  // head's log-sum-exp ln Σ_j exp(scale · q·k_j) over the keys its path attends to (all its
+  // context on the dense path, its selected keys on the sparse one; the two agree where both
+  // are exact), as mha_varlen_causal and sparse_mla give it. Engines merge partial attentions
+  // with it.
+  TensorView lse;
 };
 
 // IndexShare: the top-k that a layer with its own indexer hands to the following layers that

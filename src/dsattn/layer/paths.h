@@ -33,9 +33,10 @@ struct PathGroup {
 // Dense causal MHA over each request's whole context: gather the latent of every position,
 // decompress it with kv_b_proj into per-head keys and values, and run varlen flash attention
 // with bottom-right alignment. Exact only where dense_mha_is_exact holds.
-//   o: [T, H, d_v] bf16; rows of the group's requests are written
+//   o: [T, H, d_v] bf16; rows of the group's requests are written (and of lse, [T, H] f32,
+//   when given: the rows' log-sum-exp)
 void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenProjections& proj,
-                   const LayerCacheView& cache, const TensorView& o);
+                   const LayerCacheView& cache, const TensorView& o, const TensorView& lse = {});
 
 // What the sparse path reads, on the layer's device: fixed shapes and no host work once built,
 // so that a decode step can be captured in a CUDA graph and replayed with new contents.
@@ -73,10 +74,11 @@ struct SparseMeta {
 // given it receives the selected positions ([n, K] i32 on the device, ascending, -1 = unused)
 // before they are turned into slots. A layer with an indexer stores its selection in `shared`
 // when given (the positions too when `selected_out` is asked for); a layer without one reads
-// the selection from `shared` instead of running the indexer and top-k.
+// the selection from `shared` instead of running the indexer and top-k. `lse` ([T, H] f32, or
+// empty) receives the rows' log-sum-exp over their selected keys.
 void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                     const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
-                    Tensor* selected_out, SharedTopk* shared = nullptr);
+                    Tensor* selected_out, SharedTopk* shared = nullptr, const TensorView& lse = {});
 
 // The group's rows of a [T, ...] tensor, packed: [rows, ...].
 Tensor gather_group_rows(const TensorView& src, const TensorView& rows);

@@ -149,7 +149,7 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
 
 void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                     const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
-                    Tensor* selected_out, SharedTopk* shared) {
+                    Tensor* selected_out, SharedTopk* shared, const TensorView& lse) {
   if (meta.n == 0) return;
   const AttentionConfig& c = ctx.config;
   const std::int64_t H = c.num_heads, d_nope = c.qk_nope_head_dim, d_qk = c.qk_head_dim();
@@ -199,7 +199,10 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
   ops::strided_copy(q.slice(2, d_nope, d_qk), q_absorbed.view().slice(2, r, r + d_rope));
 
   Tensor o_latent = Tensor::empty({n, H, r}, DType::bf16, dev);
-  ops::sparse_mla(q_absorbed, cache.latent, selected, ctx.softmax_scale, o_latent);
+  Tensor rows_lse = lse.empty() || all_rows ? Tensor() : Tensor::empty({n, H}, DType::f32, dev);
+  const TensorView lse_out = lse.empty() ? TensorView() : all_rows ? lse : rows_lse.view();
+  ops::sparse_mla(q_absorbed, cache.latent, selected, ctx.softmax_scale, o_latent, lse_out);
+  if (rows_lse.defined()) ops::scatter_rows(rows_lse, meta.rows, lse);
 
   // Un-absorb: o_h = W_UV,h · o~_h, written to the batch's rows.
   const TensorView w_uv = w_kvb.slice(1, d_nope, d_nope + d_v);
