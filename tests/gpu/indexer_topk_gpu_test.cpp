@@ -207,6 +207,18 @@ const IndexerCase kIndexerCases[] = {
     // swizzle phases).
     {"H64_ManyRequests_RingWraps", 64, kPageSize, repeated({3, 700}, 150), 0, 5},
     {"H64_VerifyRows_RingWraps", 64, kPageSize, repeated({2, 700}, 300), 0, 9},
+    // Decode steps (one row per request: the kernel's one-query warpgroup, N = 64): contexts
+    // over several splits and odd tile counts, an empty request, pages of 16, skipped short
+    // rows, and enough requests that several CTAs share a multiprocessor and the ring wraps.
+    {"H64_DecodeRows_Splits",
+     64,
+     kPageSize,
+     {{1, 9000}, {1, 70}, {0, 10}, {1, 4100}, {1, 1}},
+     0,
+     2},
+    {"H64_Page16_DecodeRows", 64, 16, {{1, 1500}, {1, 999}, {1, 64}, {1, 3}}, 0, 0},
+    {"H64_DecodeRows_SkipShort", 64, kPageSize, {{1, 30}, {1, 400}, {1, 2100}}, 50, 1},
+    {"H64_DecodeRows_RingWraps", 64, kPageSize, repeated({1, 2000}, 200), 0, 3},
     // Few heads, pages of 16, an empty request between others, contexts that are not multiples
     // of 128.
     {"H4_Page16_EmptyRequest", 4, 16, {{5, 129}, {0, 0}, {7, 7}, {1, 257}}, 0, 130},

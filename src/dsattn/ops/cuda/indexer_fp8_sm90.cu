@@ -3,16 +3,19 @@
 //
 // Keys are the M side of the product and (query, head) pairs the N side, so that the sum over a
 // query's heads runs along a thread's own accumulator columns and one quad of lanes: no
-// cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each)
-// against one split of the request's keys; each warpgroup scores every 64-key tile of the split
-// with four m64n128k32 MMAs. All threads copy tiles with 4-byte cp.async (cache rows are 132
-// bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages, two tiles a step. The
-// warpgroups synchronise through mbarriers only (a pair has landed; all have finished with a
-// pair), never a CTA barrier, and each starts one tile behind the one before it, so that one's
-// epilogue (ReLU, head weights, quad sum, key scale, causal mask, store) runs while the others'
-// MMAs keep the tensor cores busy. Prefill: four warpgroups, each with one tile's accumulators
-// (128 registers a thread), issuing a tile and scoring it; decode and short verify steps: one
-// warpgroup, which issues both tiles' MMAs and scores the first while the second's run.
+// cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each; one
+// in a decode step) against one split of the request's keys; each warpgroup scores every 64-key
+// tile of the split with four m64n128k32 (m64n64k32) MMAs. All threads copy tiles with 4-byte
+// cp.async (cache rows are 132 bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages,
+// two tiles a step. The warpgroups synchronise through mbarriers only (a pair has landed; all have
+// finished with a pair), never a CTA barrier, and each starts one tile behind the one before it, so
+// that one's epilogue (ReLU, head weights, quad sum, key scale, causal mask, store) runs while the
+// others' MMAs keep the tensor cores busy. Prefill: four warpgroups, each with one tile's
+// accumulators (128 registers a thread), issuing a tile and scoring it; decode and short verify
+// steps: one warpgroup, which issues both tiles' MMAs and scores the first while the second's run.
+// A decode step (one row per request) gives that warpgroup one query, N = 64: half the MMA work and
+// half the epilogue of a pair of queries, and registers and shared memory for three CTAs a
+// multiprocessor.
 //
 // The per-token key scale and the per-(query, head) query scale come out of the ReLU because
 // both are non-negative, as the quantiser makes them: Σ_h w_h ReLU(q_s k_s dot) = k_s Σ_h (w_h q_s)
@@ -33,33 +36,35 @@ constexpr int kHeads = kIndexerSm90Heads;  // index heads (the N of one query)
 constexpr int kDim = 128;            // bytes of one e4m3 key or query head; one f32 scale each
 constexpr int kRowBytes = kDim + 4;  // a cached key: its values, then its scale
 constexpr int kKeysPerTile = 64;     // the M of one MMA
-constexpr int kQueriesPerGroup = 2;  // N = 128
-// Pairs of key tiles in the ring: during step u a warpgroup scores pair u and loads its share of
-// pair u + kLoadAhead into the stages of pair u + kLoadAhead - kPairStages, which the other
-// warpgroup, up to a step behind, may still be scoring until then.
+// Pairs of key tiles in the ring (P): during step u a warpgroup scores pair u and loads its share
+// of pair u + kLoadAhead into the stages of pair u + kLoadAhead - P. With several warpgroups
+// another one, up to a step behind, may still be scoring that pair, so P = kLoadAhead + 2; a
+// CTA of one warpgroup needs only kLoadAhead + 1, and the smaller ring lets three such CTAs
+// share a multiprocessor.
 constexpr int kLoadAhead = 2;
-constexpr int kPairStages = kLoadAhead + 2;
-constexpr int kStages = 2 * kPairStages;
+// CTAs a multiprocessor holds, which the key splits are sized for: a one-query CTA (decode) fits
+// three (166 registers a thread, 59 KiB of shared memory); the others two by the grid's count.
+template <int G, int QG>
+constexpr int kCtasPerSm = G == 1 && QG == 1 ? 3 : 2;
 constexpr int kKeyTileBytes = kKeysPerTile * kDim;
 // The most keys one CTA scores (the launch's split length is at most this), and the most pages
 // of whole tiles such a split touches (it starts at a multiple of 64 keys, so at most one page
 // beyond its length's worth).
 constexpr int kMaxKeysPerSplit = 4096;
 constexpr int kMaxSplitPages = kMaxKeysPerSplit / kKeysPerTile + 1;
-constexpr int kQueryTileBytes = kQueriesPerGroup * kHeads * kDim;
 
-// G warpgroups, each scoring kQueriesPerGroup query rows: 4 for prefill; 1 for decode and short
+// G warpgroups, each scoring QG query rows: 4 for prefill; 1 for decode and short
 // verify steps (one or two rows per request), so that a CTA's other warpgroups do not run
 // their MMAs on missing queries.
-template <int G>
+template <int G, int QG, int P>
 struct Smem {
-  alignas(1024) std::uint8_t queries[G][kQueryTileBytes];
-  alignas(1024) std::uint8_t keys[kStages][kKeyTileBytes];
-  float key_scales[kStages][kKeysPerTile];
-  float weights[G * kQueriesPerGroup][kHeads];  // head weight x query scale
+  alignas(1024) std::uint8_t queries[G][QG * kHeads * kDim];
+  alignas(1024) std::uint8_t keys[2 * P][kKeyTileBytes];
+  float key_scales[2 * P][kKeysPerTile];
+  float weights[G * QG][kHeads];  // head weight x query scale
   // Per pair stage: every thread's copies have landed (each thread arrives when its own do);
   // every thread has finished reading it.
-  std::uint64_t full[kPairStages], empty[kPairStages];
+  std::uint64_t full[P], empty[P];
   // When pages hold whole tiles: the block-table entries of the split's pages, read once so
   // that a tile's copies do not wait for a global load.
   std::int32_t split_pages[kMaxSplitPages];
@@ -68,9 +73,9 @@ struct Smem {
 
 // CTA y-slot -> (request, query block): request b owns ceil(n_q(b) / kQueriesPerCta) slots, in
 // order. Returns false for the spare slots past the last request's.
-template <int G>
-__device__ bool find_query_block(const IndexerParams& p, Smem<G>& s) {
-  constexpr int kQueriesPerCta = G * kQueriesPerGroup, kThreads = 128 * G;
+template <int G, int QG, int P>
+__device__ bool find_query_block(const IndexerParams& p, Smem<G, QG, P>& s) {
+  constexpr int kQueriesPerCta = G * QG, kThreads = 128 * G;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan;
   const int slot = static_cast<int>(blockIdx.x);
@@ -112,9 +117,9 @@ __device__ __forceinline__ void copy4_if(std::uint32_t dst, const std::uint8_t* 
       "l"(src), "r"(static_cast<int>(valid)));
 }
 
-template <int G>
+template <int G, int QG, int P>
 __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table, int first_page,
-                              int tile_begin, int end, Smem<G>& s, int stage) {
+                              int tile_begin, int end, Smem<G, QG, P>& s, int stage) {
   constexpr int kThreads = 128 * G;
   constexpr int kWarps = kThreads / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -184,12 +189,12 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
 // This thread's share of tiles 2u and 2u + 1 of the split, into the stages of pair u once every
 // thread has finished with the pair that used them before; the thread arrives on the pair's
 // full barrier when its copies land.
-template <int G>
+template <int G, int QG, int P>
 __device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int first_page,
-                              int split_begin, int u, int end, Smem<G>& s) {
-  const int ring = u % kPairStages, stage = 2 * ring;
-  if (u >= kPairStages) {
-    barriers::mbarrier_wait(ptx::smem_addr(&s.empty[ring]), (u / kPairStages - 1) & 1);
+                              int split_begin, int u, int end, Smem<G, QG, P>& s) {
+  const int ring = u % P, stage = 2 * ring;
+  if (u >= P) {
+    barriers::mbarrier_wait(ptx::smem_addr(&s.empty[ring]), (u / P - 1) & 1);
   }
   load_key_tile(p, table, first_page, split_begin + 2 * u * kKeysPerTile, end, s, stage);
   load_key_tile(p, table, first_page, split_begin + (2 * u + 1) * kKeysPerTile, end, s, stage + 1);
@@ -207,40 +212,48 @@ struct StoreRow {
 // thread's 16 columns per query, then its quad), the key scale, the causal mask, the store.
 // `weight(q, j)`: the weight (head weight x query scale) of query q's head at the thread's
 // column j of 16.
-template <class Weight>
-__device__ __forceinline__ void score_tile(const float (&acc)[64], const Weight& weight,
+template <int QG, class Weight>
+__device__ __forceinline__ void score_tile(const float (&acc)[32 * QG], const Weight& weight,
                                            const float* key_scales, int tile_begin, int end,
                                            const StoreRow& mine) {
-  float sum[kQueriesPerGroup][2] = {};
+  float sum[QG][2] = {};
 #pragma unroll
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < 32 * QG; ++i) {
     const int q = i / 32, half = (i / 2) % 2, j = ((i / 4) % 8) * 2 + i % 2;
     sum[q][half] = fmaf(weight(q, j), fmaxf(acc[i], 0.0f), sum[q][half]);
   }
 #pragma unroll
-  for (int q = 0; q < kQueriesPerGroup; ++q) {
+  for (int q = 0; q < QG; ++q) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       sum[q][half] += __shfl_xor_sync(0xffffffffu, sum[q][half], 1);
       sum[q][half] += __shfl_xor_sync(0xffffffffu, sum[q][half], 2);
     }
   }
-  // Lane c of each quad stores query c % 2 of its key row c / 2.
+  // Lane c of each quad stores, with two queries, query c % 2 of its key row c / 2; with one,
+  // key row c (lanes 0 and 1).
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int c = lane % 4;
-  const float v = c == 0 ? sum[0][0] : c == 1 ? sum[1][0] : c == 2 ? sum[0][1] : sum[1][1];
+  float v;
+  if constexpr (QG == 2) {
+    v = c == 0 ? sum[0][0] : c == 1 ? sum[1][0] : c == 2 ? sum[0][1] : sum[1][1];
+  } else {
+    if (c >= 2) return;
+    v = c == 0 ? sum[0][0] : sum[0][1];
+  }
   const int row = ((static_cast<int>(threadIdx.x) / 32) % 4) * 16 + lane / 4 + mine.half * 8;
   const int pos = tile_begin + row;
   if (mine.out == nullptr || pos >= end) return;
   mine.out[pos] = pos <= mine.limit ? v * key_scales[row] : -INFINITY;
 }
 
-template <int G>
-__global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerParams p) {
-  constexpr int kWarpgroups = G, kQueriesPerCta = G * kQueriesPerGroup, kThreads = 128 * G;
+template <int G, int QG, int P>
+__global__ void __launch_bounds__(128 * G, G == 1 && QG == 1 ? kCtasPerSm<1, 1> : 1)
+    indexer_fp8_sm90_kernel(IndexerParams p) {
+  constexpr int kWarpgroups = G, kQueriesPerCta = G * QG, kThreads = 128 * G;
   extern __shared__ std::uint8_t smem_raw[];
-  Smem<G>& s = *reinterpret_cast<Smem<G>*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
-                                           ~std::uintptr_t(1023));
+  Smem<G, QG, P>& s = *reinterpret_cast<Smem<G, QG, P>*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
   if (!find_query_block(p, s)) return;
   const int b = s.request;
   const int n_q = p.cu_q[b + 1] - p.cu_q[b], n_k = p.context_lens[b];
@@ -271,12 +284,11 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     const std::int32_t* table = p.block_tables + b * p.stride_tables;
     // Queries: warpgroup g's B tile holds rows (query 2g + n / 64, head n % 64), zeros for
     // missing queries; weights folded with the query scales.
-    for (int c = threadIdx.x; c < kWarpgroups * kQueriesPerGroup * kHeads * (kDim / 16);
-         c += kThreads) {
-      const int g = c / (kQueriesPerGroup * kHeads * (kDim / 16));
-      const int rem = c % (kQueriesPerGroup * kHeads * (kDim / 16));
+    for (int c = threadIdx.x; c < kWarpgroups * QG * kHeads * (kDim / 16); c += kThreads) {
+      const int g = c / (QG * kHeads * (kDim / 16));
+      const int rem = c % (QG * kHeads * (kDim / 16));
       const int n = rem / (kDim / 16), chunk = rem % (kDim / 16);
-      const int query = g * kQueriesPerGroup + n / kHeads, head = n % kHeads;
+      const int query = g * QG + n / kHeads, head = n % kHeads;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (query < rows_here) {
         v = *reinterpret_cast<const uint4*>(p.q + (row0 + query) * p.stride_q_row +
@@ -301,7 +313,7 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
       for (int i = threadIdx.x; i < pages; i += kThreads) s.split_pages[i] = table[first_page + i];
     }
     if (threadIdx.x == 0) {
-      for (int r = 0; r < kPairStages; ++r) {
+      for (int r = 0; r < P; ++r) {
         barriers::mbarrier_init(ptx::smem_addr(&s.full[r]), kThreads);
         barriers::mbarrier_init(ptx::smem_addr(&s.empty[r]), kThreads);
       }
@@ -321,12 +333,12 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     // registers.
     constexpr bool kOneAccumulator = G > 2;
     const auto weight_in_smem = [&](int q, int j) {
-      return s.weights[group * kQueriesPerGroup + q][(j / 2) * 8 + (lane % 4) * 2 + j % 2];
+      return s.weights[group * QG + q][(j / 2) * 8 + (lane % 4) * 2 + j % 2];
     };
-    float w[kOneAccumulator ? 1 : kQueriesPerGroup][16];
+    float w[kOneAccumulator ? 1 : QG][16];
     if constexpr (!kOneAccumulator) {
 #pragma unroll
-      for (int q = 0; q < kQueriesPerGroup; ++q) {
+      for (int q = 0; q < QG; ++q) {
 #pragma unroll
         for (int j = 0; j < 16; ++j) w[q][j] = weight_in_smem(q, j);
       }
@@ -341,21 +353,26 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     const std::uint32_t queries = ptx::smem_addr(s.queries[group]);
     StoreRow mine;
     {
-      const int query = group * kQueriesPerGroup + (lane % 4) % 2;
+      const int query = group * QG + (QG == 2 ? (lane % 4) % 2 : 0);
       mine.out = written(query) ? p.scores + (row0 + query) * p.stride_scores : nullptr;
       mine.limit = limit(query);
-      mine.half = (lane % 4) / 2;
+      mine.half = QG == 2 ? (lane % 4) / 2 : lane % 4;  // with one query: lanes 0 and 1 store
     }
 
     // Step u: wait for pair u, issue both tiles' MMAs, load this thread's share of pair
     // u + kLoadAhead, score the first tile while the second's MMAs run, score the second, release
     // the pair. A pair past the last tile scores zeros and stores nothing.
-    float acc0[64], acc1[kOneAccumulator ? 1 : 64];
+    float acc0[32 * QG], acc1[kOneAccumulator ? 1 : 32 * QG];
     const auto issue = [&](auto& acc, std::uint32_t keys) {
 #pragma unroll
       for (int k = 0; k < kDim / 32; ++k) {
-        wgmma::mma_m64n128k32_e4m3(acc, wgmma::desc_k_major_sw128(keys + 32 * k),
-                                   wgmma::desc_k_major_sw128(queries + 32 * k), k > 0);
+        const std::uint64_t a = wgmma::desc_k_major_sw128(keys + 32 * k),
+                            b = wgmma::desc_k_major_sw128(queries + 32 * k);
+        if constexpr (QG == 2) {
+          wgmma::mma_m64n128k32_e4m3(acc, a, b, k > 0);
+        } else {
+          wgmma::mma_m64n64k32_e4m3(acc, a, b, k > 0);
+        }
       }
       wgmma::commit_group();
     };
@@ -364,8 +381,8 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
     constexpr int kStagger = 1;  // barriers kStagger .. kStagger + G - 2
     if (group > 0) barriers::role_sync(kStagger + group - 1, 256);
     for (int u = 0; u < pairs; ++u) {
-      const int ring = u % kPairStages, stage = 2 * ring;
-      barriers::mbarrier_wait(ptx::smem_addr(&s.full[ring]), (u / kPairStages) & 1);
+      const int ring = u % P, stage = 2 * ring;
+      barriers::mbarrier_wait(ptx::smem_addr(&s.full[ring]), (u / P) & 1);
       // The copies landed in the generic proxy; the MMAs read through the async proxy.
       wgmma::fence_proxy_async_smem();
       const int begin = split_begin + 2 * u * kKeysPerTile;
@@ -380,13 +397,14 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
         wgmma::wait_group<0>();
         wgmma::fence_operands(acc0);
         if (group + 1 < kWarpgroups && u == 0) barriers::role_arrive(kStagger + group, 256);
-        score_tile(acc0, weight, s.key_scales[stage], begin, split_end, mine);
+        score_tile<QG>(acc0, weight, s.key_scales[stage], begin, split_end, mine);
         wgmma::fence();
         wgmma::fence_operands(acc0);
         issue(acc0, ptx::smem_addr(s.keys[stage + 1]));
         wgmma::wait_group<0>();
         wgmma::fence_operands(acc0);
-        score_tile(acc0, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+        score_tile<QG>(acc0, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end,
+                       mine);
       } else {
         wgmma::fence();
         wgmma::fence_operands(acc0);
@@ -399,10 +417,11 @@ __global__ void __launch_bounds__(128 * G, 1) indexer_fp8_sm90_kernel(IndexerPar
         wgmma::wait_group<1>();
         wgmma::fence_operands(acc0);
         if (group + 1 < kWarpgroups && u == 0) barriers::role_arrive(kStagger + group, 256);
-        score_tile(acc0, weight, s.key_scales[stage], begin, split_end, mine);
+        score_tile<QG>(acc0, weight, s.key_scales[stage], begin, split_end, mine);
         wgmma::wait_group<0>();
         wgmma::fence_operands(acc1);
-        score_tile(acc1, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end, mine);
+        score_tile<QG>(acc1, weight, s.key_scales[stage + 1], begin + kKeysPerTile, split_end,
+                       mine);
       }
       barriers::mbarrier_arrive(ptx::smem_addr(&s.empty[ring]));
     }
@@ -433,14 +452,15 @@ bool indexer_fp8_sm90_supports(const IndexerParams& p) {
 
 namespace {
 
-template <int G>
+template <int G, int QG, int P>
 cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
-  constexpr int kQueriesPerCta = G * kQueriesPerGroup;
+  constexpr int kQueriesPerCta = G * QG;
   // Query blocks: each request's rows in groups of kQueriesPerCta (at most one spare per
   // request). Keys are split so that a small batch of long contexts (decode) still fills the
   // chip: about two CTAs per multiprocessor, splits of 256 to 4096 keys.
   const std::int64_t blocks = (p.total_q + kQueriesPerCta - 1) / kQueriesPerCta + p.batch;
-  const std::int64_t wanted_splits = (2 * multiprocessor_count() + blocks - 1) / blocks;
+  const std::int64_t wanted_splits =
+      (kCtasPerSm<G, QG> * multiprocessor_count() + blocks - 1) / blocks;
   std::int64_t per_split = (p.max_k + wanted_splits - 1) / wanted_splits;
   per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
   p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, kMaxKeysPerSplit));
@@ -451,12 +471,12 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   const std::int64_t splits = (p.max_k + p.keys_per_split - 1) / p.keys_per_split;
   if (blocks > 0x7fffffff || splits > 65535) return cudaErrorInvalidConfiguration;
 
-  const int smem = static_cast<int>(sizeof(Smem<G>)) + 1024;  // + alignment slack
-  const cudaError_t set = cudaFuncSetAttribute(indexer_fp8_sm90_kernel<G>,
+  const int smem = static_cast<int>(sizeof(Smem<G, QG, P>)) + 1024;  // + alignment slack
+  const cudaError_t set = cudaFuncSetAttribute(indexer_fp8_sm90_kernel<G, QG, P>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (set != cudaSuccess) return set;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
-  indexer_fp8_sm90_kernel<G><<<grid, 128 * G, smem, stream>>>(p);
+  indexer_fp8_sm90_kernel<G, QG, P><<<grid, 128 * G, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -467,8 +487,10 @@ cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream) {
   // Decode and short verify steps (at most two rows per request on average) take one
   // warpgroup per CTA; prefills four, sharing each key tile between eight queries (measured on
   // the H100: 637 FP8 TFLOPS at 4K, against 531 with two warpgroups of two accumulators each).
-  return p.total_q <= 2 * std::int64_t(p.batch) ? launch_with<1>(p, stream)
-                                                : launch_with<4>(p, stream);
+  // With one row per request (decode), the warpgroup's N holds one query instead of a pair.
+  if (p.total_q > 2 * std::int64_t(p.batch)) return launch_with<4, 2, kLoadAhead + 2>(p, stream);
+  if (p.total_q <= std::int64_t(p.batch)) return launch_with<1, 1, kLoadAhead + 1>(p, stream);
+  return launch_with<1, 2, kLoadAhead + 1>(p, stream);
 }
 
 }  // namespace dsattn::ops::cuda

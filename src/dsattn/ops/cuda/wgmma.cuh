@@ -110,6 +110,18 @@ __device__ __forceinline__ void mma_m64n128k32_e4m3(float (&d)[64], std::uint64_
       : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
 }
 
+// D[64 x 64] (+)= A[64 x 32] · B[64 x 32]ᵀ, e4m3 operands from shared memory (both K-major);
+// the accumulator layout is mma_m64n128k32_e4m3's first 64 columns.
+__device__ __forceinline__ void mma_m64n64k32_e4m3(float (&d)[32], std::uint64_t desc_a,
+                                                   std::uint64_t desc_b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 " DSATTN_WGMMA_D32_REGS
+      ", %32, %33, p, 1, 1;\n}\n"
+      : DSATTN_WGMMA_D32(d)
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+
 // D[64 x 128] (+)= A[64 x 16] · B[128 x 16]ᵀ, bf16 operands from shared memory, both K-major;
 // the accumulator layout is mma_m64n128k32_e4m3's.
 __device__ __forceinline__ void mma_m64n128k16_bf16_ss(float (&d)[64], std::uint64_t desc_a,
