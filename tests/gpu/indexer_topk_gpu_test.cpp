@@ -179,7 +179,12 @@ TEST_P(IndexerGpu, MatchesFloat64AndLeavesUnwrittenColumns) {
   if (c.skip_rows_up_to > 0) {
     EXPECT_GT(skipped_rows, 0) << "the case should skip some rows";
   }
-  EXPECT_GT(masked, 0) << "the case should mask some columns";
+  // Decode rows see their whole context: only requests of several rows mask causal columns.
+  const bool several_rows =
+      std::any_of(c.requests.begin(), c.requests.end(), [](const auto& r) { return r.first > 1; });
+  if (several_rows) {
+    EXPECT_GT(masked, 0) << "the case should mask some columns";
+  }
 }
 
 // `count` copies of one request shape.

@@ -456,11 +456,19 @@ template <int G, int QG, int P>
 cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   constexpr int kQueriesPerCta = G * QG;
   // Query blocks: each request's rows in groups of kQueriesPerCta (at most one spare per
-  // request). Keys are split so that a small batch of long contexts (decode) still fills the
-  // chip: about two CTAs per multiprocessor, splits of 256 to 4096 keys.
-  const std::int64_t blocks = (p.total_q + kQueriesPerCta - 1) / kQueriesPerCta + p.batch;
-  const std::int64_t wanted_splits =
-      (kCtasPerSm<G, QG> * multiprocessor_count() + blocks - 1) / blocks;
+  // request; none with one query a CTA). Keys are split so that a small batch of long contexts
+  // (decode) still fills the chip, in splits of 256 to 4096 keys: about two CTAs per
+  // multiprocessor; for one-query CTAs as many splits as the chip holds in one wave (a second,
+  // partial wave would leave most multiprocessors idle while it runs).
+  const std::int64_t slots = kCtasPerSm<G, QG> * multiprocessor_count();
+  std::int64_t blocks, wanted_splits;
+  if constexpr (kQueriesPerCta == 1) {
+    blocks = p.total_q;
+    wanted_splits = std::max<std::int64_t>(1, slots / blocks);
+  } else {
+    blocks = (p.total_q + kQueriesPerCta - 1) / kQueriesPerCta + p.batch;
+    wanted_splits = (slots + blocks - 1) / blocks;
+  }
   std::int64_t per_split = (p.max_k + wanted_splits - 1) / wanted_splits;
   per_split = (per_split + kKeysPerTile - 1) / kKeysPerTile * kKeysPerTile;
   p.keys_per_split = static_cast<int>(std::clamp<std::int64_t>(per_split, 256, kMaxKeysPerSplit));
