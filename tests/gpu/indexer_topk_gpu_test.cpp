@@ -224,6 +224,9 @@ const IndexerCase kIndexerCases[] = {
     {"H64_Page16_DecodeRows", 64, 16, {{1, 1500}, {1, 999}, {1, 64}, {1, 3}}, 0, 0},
     {"H64_DecodeRows_SkipShort", 64, kPageSize, {{1, 30}, {1, 400}, {1, 2100}}, 50, 1},
     {"H64_DecodeRows_RingWraps", 64, kPageSize, repeated({1, 2000}, 200), 0, 3},
+    // No more rows than requests, one of them with two (a verify step beside an idle request):
+    // the one-query kernel, with a causal mask between the two rows.
+    {"H64_OneQueryKernel_TwoRowRequest", 64, kPageSize, {{2, 1500}, {0, 100}, {1, 900}}, 0, 1},
     // Few heads, pages of 16, an empty request between others, contexts that are not multiples
     // of 128.
     {"H4_Page16_EmptyRequest", 4, 16, {{5, 129}, {0, 0}, {7, 7}, {1, 257}}, 0, 130},

@@ -78,6 +78,12 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
   if (cache.num_layers() < num_layers()) {
     fail("cache must hold at least {} layers, got {}", num_layers(), cache.num_layers());
   }
+  if (!options.lse.empty()) {
+    // One buffer cannot hold every layer's log-sum-exp; each layer's forward takes its own.
+    fail(
+        "lse: a stack's forward does not return log-sum-exps (one buffer per layer is needed: "
+        "call AttentionLayer::forward with ForwardOptions::lse for the layers that need it)");
+  }
   const std::int64_t T = hidden.size(0), D = hidden.size(1);
   Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
   Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());

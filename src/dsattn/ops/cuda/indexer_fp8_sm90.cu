@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(128 * G, G == 1 && QG == 1 ? kCtasPerSm<1, 1> 
 
   if (tiles > 0) {
     const std::int32_t* table = p.block_tables + b * p.stride_tables;
-    // Queries: warpgroup g's B tile holds rows (query 2g + n / 64, head n % 64), zeros for
+    // Queries: warpgroup g's B tile holds rows (query QG·g + n / 64, head n % 64), zeros for
     // missing queries; weights folded with the query scales.
     for (int c = threadIdx.x; c < kWarpgroups * QG * kHeads * (kDim / 16); c += kThreads) {
       const int g = c / (QG * kHeads * (kDim / 16));
@@ -459,7 +459,8 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   // request; none with one query a CTA). Keys are split so that a small batch of long contexts
   // (decode) still fills the chip, in splits of 256 to 4096 keys: about two CTAs per
   // multiprocessor; for one-query CTAs as many splits as the chip holds in one wave (a second,
-  // partial wave would leave most multiprocessors idle while it runs).
+  // partial wave would leave most multiprocessors idle while it runs), unless the 4096-key
+  // ceiling needs more (long contexts: several full waves).
   const std::int64_t slots = kCtasPerSm<G, QG> * multiprocessor_count();
   std::int64_t blocks, wanted_splits;
   if constexpr (kQueriesPerCta == 1) {
