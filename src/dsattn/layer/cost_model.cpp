@@ -95,19 +95,23 @@ std::vector<double> nonnegative_least_squares(const std::vector<std::vector<doub
   return best;
 }
 
-std::vector<double> fit(std::span<const TimedGroup> groups, std::size_t costs, const char* path,
-                        std::array<double, 4> (*features)(const PathWork&)) {
-  DSATTN_CHECK(groups.size() >= costs,
-               "fitting the {} path's {} costs needs at least {} timed groups, got {}", path, costs,
-               costs, groups.size());
+// The non-negative least-squares costs of `what` from timed samples: each sample's seconds against
+// features(sample), the first `costs` of which are used.
+template <class Timed, class Features>
+std::vector<double> fit(std::span<const Timed> samples, std::size_t costs, const char* what,
+                        const char* samples_name, Features features) {
+  DSATTN_CHECK(samples.size() >= costs,
+               "fitting the {}'s {} costs needs at least {} timed {}, got {}", what, costs, costs,
+               samples_name, samples.size());
   std::vector<std::vector<double>> a;
   std::vector<double> b;
-  for (const TimedGroup& g : groups) {
-    DSATTN_CHECK(std::isfinite(g.seconds) && g.seconds >= 0,
-                 "a timed {} group took {} seconds; expected a finite time >= 0", path, g.seconds);
-    const std::array<double, 4> f = features(g.work);
+  for (const Timed& t : samples) {
+    DSATTN_CHECK(std::isfinite(t.seconds) && t.seconds >= 0,
+                 "a timed sample of the {} took {} seconds; expected a finite time >= 0", what,
+                 t.seconds);
+    const std::array<double, 4> f = features(t);
     a.emplace_back(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(costs));
-    b.push_back(g.seconds);
+    b.push_back(t.seconds);
   }
   return nonnegative_least_squares(a, b);
 }
@@ -228,8 +232,8 @@ CostProfile CostProfile::load(const std::string& path) {
 }
 
 void fit_dense_costs(std::span<const TimedGroup> groups, CostProfile& profile) {
-  const std::vector<double> x = fit(groups, 3, "dense", [](const PathWork& w) {
-    return std::array<double, 4>{1.0, w.decompress_flops, w.attention_flops, 0.0};
+  const std::vector<double> x = fit(groups, 3, "dense path", "groups", [](const TimedGroup& g) {
+    return std::array<double, 4>{1.0, g.work.decompress_flops, g.work.attention_flops, 0.0};
   });
   profile.dense_fixed_s = x[0];
   profile.decompress_s_per_flop = x[1];
@@ -237,8 +241,8 @@ void fit_dense_costs(std::span<const TimedGroup> groups, CostProfile& profile) {
 }
 
 void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile) {
-  const std::vector<double> x = fit(groups, 4, "sparse", [](const PathWork& w) {
-    return std::array<double, 4>{1.0, w.absorb_flops, w.score_pairs, w.mla_flops};
+  const std::vector<double> x = fit(groups, 4, "sparse path", "groups", [](const TimedGroup& g) {
+    return std::array<double, 4>{1.0, g.work.absorb_flops, g.work.score_pairs, g.work.mla_flops};
   });
   profile.sparse_fixed_s = x[0];
   profile.absorb_s_per_flop = x[1];
@@ -247,19 +251,10 @@ void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile) 
 }
 
 void fit_shared_costs(std::span<const TimedShared> forwards, CostProfile& profile) {
-  DSATTN_CHECK(forwards.size() >= 2,
-               "fitting the shared stages' 2 costs needs at least 2 timed forwards, got {}",
-               forwards.size());
-  std::vector<std::vector<double>> a;
-  std::vector<double> b;
-  for (const TimedShared& f : forwards) {
-    DSATTN_CHECK(std::isfinite(f.seconds) && f.seconds >= 0,
-                 "a forward's shared stages took {} seconds; expected a finite time >= 0",
-                 f.seconds);
-    a.push_back({1.0, f.tokens});
-    b.push_back(f.seconds);
-  }
-  const std::vector<double> x = nonnegative_least_squares(a, b);
+  const std::vector<double> x =
+      fit(forwards, 2, "shared stages", "forwards", [](const TimedShared& f) {
+        return std::array<double, 4>{1.0, f.tokens, 0.0, 0.0};
+      });
   profile.shared_fixed_s = x[0];
   profile.shared_s_per_token = x[1];
 }
