@@ -36,12 +36,14 @@ constexpr int kHeads = kIndexerSm90Heads;  // index heads (the N of one query)
 constexpr int kDim = 128;            // bytes of one e4m3 key or query head; one f32 scale each
 constexpr int kRowBytes = kDim + 4;  // a cached key: its values, then its scale
 constexpr int kKeysPerTile = 64;     // the M of one MMA
-// Pairs of key tiles in the ring (P): during step u a warpgroup scores pair u and loads its share
-// of pair u + kLoadAhead into the stages of pair u + kLoadAhead - P. With several warpgroups
-// another one, up to a step behind, may still be scoring that pair, so P = kLoadAhead + 2; a
-// CTA of one warpgroup needs only kLoadAhead + 1, and the smaller ring lets three such CTAs
-// share a multiprocessor.
+// Pairs of key tiles in the ring of a CTA of G warpgroups: during step u a warpgroup scores pair
+// u and loads its share of pair u + kLoadAhead into the stages of pair u + kLoadAhead - P. With
+// several warpgroups another one, up to a step behind, may still be scoring that pair, so P =
+// kLoadAhead + 2; a CTA of one warpgroup needs only kLoadAhead + 1, and the smaller ring lets
+// three such CTAs share a multiprocessor.
 constexpr int kLoadAhead = 2;
+template <int G>
+constexpr int kPairStages = G == 1 ? kLoadAhead + 1 : kLoadAhead + 2;
 // CTAs a multiprocessor holds, which the key splits are sized for: a one-query CTA (decode) fits
 // three (166 registers a thread, 59 KiB of shared memory); the others two by the grid's count.
 template <int G, int QG>
@@ -56,8 +58,9 @@ constexpr int kMaxSplitPages = kMaxKeysPerSplit / kKeysPerTile + 1;
 // G warpgroups, each scoring QG query rows: 4 for prefill; 1 for decode and short
 // verify steps (one or two rows per request), so that a CTA's other warpgroups do not run
 // their MMAs on missing queries.
-template <int G, int QG, int P>
+template <int G, int QG>
 struct Smem {
+  static constexpr int P = kPairStages<G>;
   alignas(1024) std::uint8_t queries[G][QG * kHeads * kDim];
   alignas(1024) std::uint8_t keys[2 * P][kKeyTileBytes];
   float key_scales[2 * P][kKeysPerTile];
@@ -73,8 +76,8 @@ struct Smem {
 
 // CTA y-slot -> (request, query block): request b owns ceil(n_q(b) / kQueriesPerCta) slots, in
 // order. Returns false for the spare slots past the last request's.
-template <int G, int QG, int P>
-__device__ bool find_query_block(const IndexerParams& p, Smem<G, QG, P>& s) {
+template <int G, int QG>
+__device__ bool find_query_block(const IndexerParams& p, Smem<G, QG>& s) {
   constexpr int kQueriesPerCta = G * QG, kThreads = 128 * G;
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan;
@@ -117,9 +120,9 @@ __device__ __forceinline__ void copy4_if(std::uint32_t dst, const std::uint8_t* 
       "l"(src), "r"(static_cast<int>(valid)));
 }
 
-template <int G, int QG, int P>
+template <int G, int QG>
 __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table, int first_page,
-                              int tile_begin, int end, Smem<G, QG, P>& s, int stage) {
+                              int tile_begin, int end, Smem<G, QG>& s, int stage) {
   constexpr int kThreads = 128 * G;
   constexpr int kWarps = kThreads / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -189,9 +192,10 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
 // This thread's share of tiles 2u and 2u + 1 of the split, into the stages of pair u once every
 // thread has finished with the pair that used them before; the thread arrives on the pair's
 // full barrier when its copies land.
-template <int G, int QG, int P>
+template <int G, int QG>
 __device__ void load_key_pair(const IndexerParams& p, const std::int32_t* table, int first_page,
-                              int split_begin, int u, int end, Smem<G, QG, P>& s) {
+                              int split_begin, int u, int end, Smem<G, QG>& s) {
+  constexpr int P = kPairStages<G>;
   const int ring = u % P, stage = 2 * ring;
   if (u >= P) {
     barriers::mbarrier_wait(ptx::smem_addr(&s.empty[ring]), (u / P - 1) & 1);
@@ -247,12 +251,13 @@ __device__ __forceinline__ void score_tile(const float (&acc)[32 * QG], const We
   mine.out[pos] = pos <= mine.limit ? v * key_scales[row] : -INFINITY;
 }
 
-template <int G, int QG, int P>
+template <int G, int QG>
 __global__ void __launch_bounds__(128 * G, G == 1 && QG == 1 ? kCtasPerSm<1, 1> : 1)
     indexer_fp8_sm90_kernel(IndexerParams p) {
   constexpr int kWarpgroups = G, kQueriesPerCta = G * QG, kThreads = 128 * G;
+  constexpr int P = kPairStages<G>;
   extern __shared__ std::uint8_t smem_raw[];
-  Smem<G, QG, P>& s = *reinterpret_cast<Smem<G, QG, P>*>(
+  Smem<G, QG>& s = *reinterpret_cast<Smem<G, QG>*>(
       (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
   if (!find_query_block(p, s)) return;
   const int b = s.request;
@@ -452,7 +457,7 @@ bool indexer_fp8_sm90_supports(const IndexerParams& p) {
 
 namespace {
 
-template <int G, int QG, int P>
+template <int G, int QG>
 cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   constexpr int kQueriesPerCta = G * QG;
   // Query blocks: each request's rows in groups of kQueriesPerCta (at most one spare per
@@ -480,12 +485,12 @@ cudaError_t launch_with(IndexerParams p, cudaStream_t stream) {
   const std::int64_t splits = (p.max_k + p.keys_per_split - 1) / p.keys_per_split;
   if (blocks > 0x7fffffff || splits > 65535) return cudaErrorInvalidConfiguration;
 
-  const int smem = static_cast<int>(sizeof(Smem<G, QG, P>)) + 1024;  // + alignment slack
-  const cudaError_t set = cudaFuncSetAttribute(indexer_fp8_sm90_kernel<G, QG, P>,
+  const int smem = static_cast<int>(sizeof(Smem<G, QG>)) + 1024;  // + alignment slack
+  const cudaError_t set = cudaFuncSetAttribute(indexer_fp8_sm90_kernel<G, QG>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (set != cudaSuccess) return set;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits));
-  indexer_fp8_sm90_kernel<G, QG, P><<<grid, 128 * G, smem, stream>>>(p);
+  indexer_fp8_sm90_kernel<G, QG><<<grid, 128 * G, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -497,9 +502,9 @@ cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream) {
   // warpgroup per CTA; prefills four, sharing each key tile between eight queries (measured on
   // the H100: 637 FP8 TFLOPS at 4K, against 531 with two warpgroups of two accumulators each).
   // With one row per request (decode), the warpgroup's N holds one query instead of a pair.
-  if (p.total_q > 2 * std::int64_t(p.batch)) return launch_with<4, 2, kLoadAhead + 2>(p, stream);
-  if (p.total_q <= std::int64_t(p.batch)) return launch_with<1, 1, kLoadAhead + 1>(p, stream);
-  return launch_with<1, 2, kLoadAhead + 1>(p, stream);
+  if (p.total_q > 2 * std::int64_t(p.batch)) return launch_with<4, 2>(p, stream);
+  if (p.total_q <= std::int64_t(p.batch)) return launch_with<1, 1>(p, stream);
+  return launch_with<1, 2>(p, stream);
 }
 
 }  // namespace dsattn::ops::cuda
