@@ -213,10 +213,9 @@ class Layer {
     }
     std::optional<TensorArg> lse_arg;
     if (!lse.is_none()) {
+      // Its shape and layout are the layer's to check (ForwardOptions::lse).
       lse_arg = tensor_arg(lse, "lse", {DType::f32}, 2, "[tokens, num_heads]", /*writable=*/true);
       check_same_device({{"hidden", &in}, {"lse", &*lse_arg}}, device_, "the layer's device");
-      check_shape(lse_arg->view, "lse", {tokens, c.num_heads});
-      check_contiguous(lse_arg->view, "lse");
     }
 
     const std::uintptr_t s = resolve_stream(stream, hidden, device_);
