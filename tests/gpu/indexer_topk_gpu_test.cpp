@@ -349,8 +349,15 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
   ops::topk(scores, len, out);
   ops::topk(scores_dev.on_gpu(scores), len_dev.on_gpu(), out_dev.on_gpu(out));
   const Tensor fetched = out_dev.fetch();
-  // Rows of up to 8,192 scores take the register-resident kernel, longer ones the sliced.
-  EXPECT_EQ(ops::cuda::last_kernel("topk"), c.n <= 8192 ? "topk_binned" : "topk_sliced");
+  // Rows of up to 8,192 scores take the register-resident kernel, and so do rows of up to 32,768
+  // when there are enough of them to fill the GPU one block a row; the others the sliced kernel.
+  int device = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  const char* expected = c.n <= 8192                   ? "topk_binned"
+                         : c.n <= 32768 && rows >= sms ? "topk_binned_wide"
+                                                       : "topk_sliced";
+  EXPECT_EQ(ops::cuda::last_kernel("topk"), expected);
 
   // Row by row, for a readable message: the first differing slot and the two selections there.
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -461,6 +468,35 @@ const TopkCase kTopkCases[] = {
      4},
     {"K2048_N40000_ManyRows", 40000, 2048,
      cycled(280, {{40000, Fill::continuous}, {29999, Fill::ties}})},
+    // Rows of up to 32,768, enough to fill the GPU: the wide register-resident kernel, several
+    // rows a block (each copied in while the block selects from the one before), aligned rows
+    // (16-byte copies) and misaligned ones (4-byte copies).
+    {"K2048_N32768_ManyRows_Aligned", 32768, 2048,
+     cycled(300, {{32768, Fill::continuous},
+                  {32767, Fill::ties},
+                  {20001, Fill::specials},
+                  {100, Fill::unread},
+                  {32768, Fill::outlier},
+                  {16000, Fill::narrow},
+                  {2049, Fill::zeros},
+                  {30000, Fill::nans}}),
+     4},
+    // Just enough rows for the wide kernel, just past the narrow one's 8,192: small enough for
+    // compute-sanitizer.
+    {"K2048_N8200_Wide_Aligned", 8200, 2048,
+     cycled(140, {{8200, Fill::continuous},
+                  {8197, Fill::ties},
+                  {3000, Fill::unread},
+                  {8199, Fill::specials}}),
+     4},
+    {"K2048_N20000_ManyRows", 20000, 2048,
+     cycled(280, {{20000, Fill::continuous},
+                  {19999, Fill::ties},
+                  {8193, Fill::denormal},
+                  {12345, Fill::infinite},
+                  {3000, Fill::all_nan}})},
+    {"K10000_N20000_ManyRows", 20000, 10000,
+     cycled(200, {{20000, Fill::continuous}, {19998, Fill::ties}, {10001, Fill::zeros}}), 4},
 };
 INSTANTIATE_TEST_SUITE_P(Shapes, TopkGpu, ::testing::ValuesIn(kTopkCases),
                          [](const auto& info) { return std::string(info.param.name); });

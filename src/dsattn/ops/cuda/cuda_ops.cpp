@@ -283,12 +283,13 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
                      scores.stride(0),
                      out.stride(0),
                      static_cast<int>(out.size(1))};
-  if (topk_binned_supports(p)) {
-    record_kernel("topk", "topk_binned");
+  if (const char* binned = topk_binned_choice(p)) {
+    record_kernel("topk", binned);
     check_launch(launch_topk_binned(p, stream()), "topk");
     return;
   }
-  // Longer rows: the sliced kernel shares each row between the blocks of a cluster.
+  // Longer rows, and rows too few to fill the GPU one block each: the sliced kernel shares each
+  // row between the blocks of a cluster.
   record_kernel("topk", "topk_sliced");
   check_launch(launch_topk(p, stream()), "topk");
 }

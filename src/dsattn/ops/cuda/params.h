@@ -172,9 +172,10 @@ inline constexpr int kIndexerSm90Heads = 64;
 bool indexer_fp8_sm90_supports(const IndexerParams& p);
 cudaError_t launch_indexer_fp8_sm90(IndexerParams p, cudaStream_t stream);
 cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream);
-// The register-resident top-k for rows of up to 8,192 columns (topk_binned.cu), one block a row;
-// supports() says whether it takes p.
-bool topk_binned_supports(const TopkParams& p);
+// The register-resident top-k (topk_binned.cu): rows of up to 8,192 columns, or up to 32,768
+// where the rows alone fill the GPU. choice() names the kernel it would run, or nullptr where it
+// does not take p.
+const char* topk_binned_choice(const TopkParams& p);
 cudaError_t launch_topk_binned(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
 // The tensor-core kernels for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q,

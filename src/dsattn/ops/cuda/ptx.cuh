@@ -19,6 +19,11 @@ __device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, b
                "r"(valid ? 16 : 0));
 }
 
+// 4 bytes global -> shared, for rows that are not 16-byte aligned.
+__device__ __forceinline__ void cp_async4(std::uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 __device__ __forceinline__ void cp_async_wait_all() {

@@ -30,8 +30,10 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 2048;  // first two passes: 11 bits each; the last pass 10 bits
 constexpr int kMaxCluster = 8;
 // Keys a block keeps in shared memory: 48 KiB, so that two blocks share a multiprocessor with
-// their histograms and candidate lists (registers allow two blocks of 512 threads as well).
+// their histograms and candidate lists (registers allow two blocks of 512 threads as well); a
+// grid with no more blocks than multiprocessors gives each block 144 KiB instead.
 constexpr int kCacheKeys = 12 * 1024;
+constexpr int kCacheKeysAlone = 36 * 1024;
 // A slice shorter than this is not worth another block of the cluster.
 constexpr int kMinSlice = 4096;
 
@@ -136,6 +138,29 @@ struct Segment {
   }
 };
 
+// Calls f(s, valid, key) over the warp's segment in position order, 32 positions at a time (lane
+// l gets s0 + l; `valid` is false past the segment's end), until f returns false (f's answer must
+// be the same on every lane). Keys are read kBatch groups ahead: past the cache they come from
+// L2, and one load at a time would leave the walk waiting on each.
+template <class F>
+__device__ void walk(const Slice& slice, const Segment& seg, F&& f) {
+  constexpr int kBatch = 8;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  for (int s0 = seg.begin; s0 < seg.end; s0 += 32 * kBatch) {
+    std::uint32_t keys[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int s = s0 + u * 32 + lane;
+      keys[u] = s < seg.end ? slice[s] : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int s = s0 + u * 32 + lane;
+      if (s - lane >= seg.end || !f(s, s < seg.end, keys[u])) return;
+    }
+  }
+}
+
 // Per warp: how many keys of its segment lie above the threshold and how many equal it.
 struct WarpCounts {
   int above[kWarps], equal[kWarps];
@@ -154,12 +179,12 @@ __device__ void count_by_walk(const Slice& slice, const Threshold& t, WarpCounts
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const Segment seg(slice.len);
   int above = 0, equal = 0;
-  for (int s = seg.begin + lane; s - lane < seg.end; s += 32) {
-    const bool valid = s < seg.end;
-    const std::uint32_t key = valid ? slice[s] & t.mask : 0u;
+  walk(slice, seg, [&](int, bool valid, std::uint32_t key) {
+    key &= t.mask;
     above += __popc(__ballot_sync(0xffffffffu, valid && key > t.prefix));
     equal += __popc(__ballot_sync(0xffffffffu, valid && key == t.prefix));
-  }
+    return true;
+  });
   if (lane == 0) counts->above[warp] = above, counts->equal[warp] = equal;
 }
 
@@ -203,17 +228,19 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
   int written = counts->above[warp] + min(equal_before, t.remaining);
   int equal_seen = equal_before;
   const int quota_end = written + above + max(0, min(equal, t.remaining - equal_before));
-  for (int s = seg.begin + lane; s - lane < seg.end && written < quota_end; s += 32) {
-    const bool valid = s < seg.end;
-    const std::uint32_t key = valid ? slice[s] & t.mask : 0u;
-    const unsigned eq = __ballot_sync(0xffffffffu, valid && key == t.prefix);
-    const bool take =
-        valid &&
-        (key > t.prefix || (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
-    const unsigned taken = __ballot_sync(0xffffffffu, take);
-    if (take) out[written + __popc(taken & below_lane)] = first + s;
-    written += __popc(taken);
-    equal_seen += __popc(eq);
+  if (written < quota_end) {
+    walk(slice, seg, [&](int s, bool valid, std::uint32_t key) {
+      key &= t.mask;
+      const unsigned eq = __ballot_sync(0xffffffffu, valid && key == t.prefix);
+      const bool take =
+          valid && (key > t.prefix ||
+                    (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
+      const unsigned taken = __ballot_sync(0xffffffffu, take);
+      if (take) out[written + __popc(taken & below_lane)] = first + s;
+      written += __popc(taken);
+      equal_seen += __popc(eq);
+      return written < quota_end;
+    });
   }
   cluster.sync();  // no block leaves while another may still read its totals
 }
@@ -237,9 +264,7 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
   const Segment seg(slice.len);
   const unsigned below_lane = (1u << lane) - 1u;
   int above = 0, listed = 0;
-  for (int s = seg.begin + lane; s - lane < seg.end; s += 32) {
-    const bool valid = s < seg.end;
-    const std::uint32_t key = valid ? slice[s] : 0u;
+  walk(slice, seg, [&](int s, bool valid, std::uint32_t key) {
     const std::uint32_t b = key >> shift;
     above += __popc(__ballot_sync(0xffffffffu, valid && b > bucket));
     const bool in = valid && b == bucket;
@@ -247,7 +272,8 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
     const int slot = listed + __popc(in_mask & below_lane);
     if (in && slot < kCandidatesPerWarp) cand->key[warp][slot] = key, cand->pos[warp][slot] = s;
     listed += __popc(in_mask);
-  }
+    return true;
+  });
   if (lane == 0) {
     counts->above[warp] = above;
     counts->equal[warp] = listed;
@@ -367,7 +393,8 @@ cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream) {
     blocks = next;
   }
   const std::int64_t slice = ((p.cols + blocks - 1) / blocks + 3) & ~std::int64_t{3};
-  const int cache_keys = static_cast<int>(std::min<std::int64_t>(slice, kCacheKeys));
+  const int cache_limit = p.rows * blocks <= sms ? kCacheKeysAlone : kCacheKeys;
+  const int cache_keys = static_cast<int>(std::min<std::int64_t>(slice, cache_limit));
   const std::size_t smem = sizeof(std::uint32_t) * static_cast<std::size_t>(cache_keys);
   // The static histograms and lists leave less than 48 KiB for the cache without the opt-in;
   // the largest carveout lets two blocks share a multiprocessor.
