@@ -29,11 +29,10 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 2048;  // first two passes: 11 bits each; the last pass 10 bits
 constexpr int kMaxCluster = 8;
-// Keys a block keeps in shared memory: 48 KiB, so that two blocks share a multiprocessor with
-// their histograms and candidate lists (registers allow two blocks of 512 threads as well); a
-// grid with no more blocks than multiprocessors gives each block 144 KiB instead.
-constexpr int kCacheKeys = 12 * 1024;
-constexpr int kCacheKeysAlone = 36 * 1024;
+// Keys a block keeps in shared memory: 64 KiB, so that two blocks share a multiprocessor with
+// their histograms and candidate lists (registers allow two blocks of 512 threads as well). A
+// slice of a 128K row cut eight ways fits whole.
+constexpr int kCacheKeys = 16 * 1024;
 // A slice shorter than this is not worth another block of the cluster.
 constexpr int kMinSlice = 4096;
 
@@ -115,13 +114,28 @@ __device__ Choice choose_cluster_bucket(const cg::cluster_group& cluster, int* h
                                         int remaining, Choice* shared_choice) {
   cluster.sync();  // every block's histogram of this pass is complete
   const int blocks = static_cast<int>(cluster.num_blocks());
-  const auto count = [&](int bin) {
-    int c = histogram[bin];
-    for (int b = 1; b < blocks; ++b) {
-      const int rank = (static_cast<int>(cluster.block_rank()) + b) % blocks;
-      c += cluster.map_shared_rank(histogram, rank)[bin];
+  // choose_bucket gives each thread `per_thread` consecutive buckets from `low` (4 of 2,048 or 2
+  // of 1,024). Their sums over the cluster take one 16- or 8-byte load from each block's
+  // histogram, all independent, so the round trips to the other blocks overlap.
+  const int per_thread = bins / kThreads;
+  const int low = bins - (static_cast<int>(threadIdx.x) + 1) * per_thread;
+  int4 sum{0, 0, 0, 0};
+#pragma unroll
+  for (int b = 0; b < kMaxCluster; ++b) {
+    if (b < blocks) {
+      const int* h = cluster.map_shared_rank(histogram, b) + low;
+      if (per_thread == 4) {
+        const int4 v = *reinterpret_cast<const int4*>(h);
+        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+      } else {
+        const int2 v = *reinterpret_cast<const int2*>(h);
+        sum.x += v.x, sum.y += v.y;
+      }
     }
-    return c;
+  }
+  const auto count = [&](int bin) {
+    const int i = bin - low;
+    return i == 0 ? sum.x : i == 1 ? sum.y : i == 2 ? sum.z : sum.w;
   };
   return choose_bucket<kThreads, kBins>(count, bins, remaining, shared_choice);
 }
@@ -247,7 +261,7 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
 
 // The fast path's candidates: per warp, in position order, the keys of its segment that fell in
 // the first pass's bucket (with their positions in the slice). Usually a few percent of the keys.
-constexpr int kCandidatesPerWarp = 256;
+constexpr int kCandidatesPerWarp = 224;  // within the shared memory two blocks allow
 struct Candidates {
   std::uint32_t key[kWarps][kCandidatesPerWarp];
   int pos[kWarps][kCandidatesPerWarp];
@@ -283,7 +297,9 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
 }
 
 __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_keys) {
-  __shared__ int histograms[2][kBins];  // alternate passes: a block may still read the last one
+  // Alternate passes: a block may still read the last one. Aligned for choose_cluster_bucket's
+  // vector loads.
+  __shared__ alignas(16) int histograms[2][kBins];
   __shared__ Choice choice;
   __shared__ int block_totals[2];
   __shared__ WarpCounts counts;
@@ -393,8 +409,7 @@ cudaError_t launch_topk(const TopkParams& p, cudaStream_t stream) {
     blocks = next;
   }
   const std::int64_t slice = ((p.cols + blocks - 1) / blocks + 3) & ~std::int64_t{3};
-  const int cache_limit = p.rows * blocks <= sms ? kCacheKeysAlone : kCacheKeys;
-  const int cache_keys = static_cast<int>(std::min<std::int64_t>(slice, cache_limit));
+  const int cache_keys = static_cast<int>(std::min<std::int64_t>(slice, kCacheKeys));
   const std::size_t smem = sizeof(std::uint32_t) * static_cast<std::size_t>(cache_keys);
   // The static histograms and lists leave less than 48 KiB for the cache without the opt-in;
   // the largest carveout lets two blocks share a multiprocessor.

@@ -38,7 +38,7 @@ struct Choice {
 template <int kThreads, int kMaxBins, class Count>
 __device__ __forceinline__ Choice choose_bucket(Count&& count, int bins, int remaining,
                                                 Choice* choice) {
-  using Scan = cub::BlockScan<int, kThreads>;
+  using Scan = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
   __shared__ typename Scan::TempStorage scan_storage;
   constexpr int kMaxPerThread = kMaxBins / kThreads;
   const int per_thread = bins / kThreads;
