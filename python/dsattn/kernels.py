@@ -142,6 +142,16 @@ def indexer_scores(
     return scores
 
 
+def _selection_out(scores: Any, k: int, out: Any) -> Any:
+    """The [rows, k] int32 output of a top-k: `out` when given, else a new one beside scores."""
+    if out is not None:
+        return out
+    (rows, _) = shape_of(scores, "scores", "[rows, n]")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected an int >= 1, got {k!r}")
+    return empty_like(scores, (rows, k), "i32")
+
+
 def topk(
     scores: Any, lengths: Any, k: int, out: Any = None, stream: int | None = None
 ) -> Any:
@@ -153,11 +163,7 @@ def topk(
     scores: [rows, n] float32 (rows may be strided); lengths: [rows] int32 in [0, n];
     out: [rows, k] int32 (its width is k when given).
     """
-    if out is None:
-        (rows, _) = shape_of(scores, "scores", "[rows, n]")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: expected an int >= 1, got {k!r}")
-        out = empty_like(scores, (rows, k), "i32")
+    out = _selection_out(scores, k, out)
     _core.topk(scores, lengths, out, stream)
     return out
 
@@ -172,16 +178,19 @@ def topk_slots(
     out: Any = None,
     stream: int | None = None,
 ) -> Any:
-    """`topk`, then `map_positions_to_slots` on its result, on one stream: per row, the cache
-    slots of its selected keys (-1 for the unused ones), what `sparse_mla` reads as `indices`.
-    Positions index the row's request's block table: position p of row r lives in slot
-    block_tables[row_request[r], p // page_size] * page_size + p % page_size.
+    """`topk` and `map_positions_to_slots` in one kernel: per row, the cache slots of its
+    selected keys (-1 for the unused ones), what `sparse_mla` reads as `indices`. Positions index
+    the row's request's block table: position p of row r lives in slot
+    block_tables[row_request[r], p // page_size] * page_size + p % page_size. Every position
+    below lengths[r] must lie inside the table (checked on the CPU; on CUDA a position past the
+    table's width gives -1).
 
     scores: [rows, n] float32; lengths: [rows] int32 in [0, n]; row_request: [rows] int32;
     block_tables: [requests, max_pages] int32; out: [rows, k] int32 (its width is k when given).
     """
-    out = topk(scores, lengths, k, out, stream)
-    return map_positions_to_slots(out, row_request, block_tables, page_size, stream)
+    out = _selection_out(scores, k, out)
+    _core.topk_slots(scores, lengths, row_request, block_tables, page_size, out, stream)
+    return out
 
 
 def write_latent(

@@ -97,6 +97,27 @@ void topk(nb::handle scores_obj, nb::handle lengths_obj, nb::handle out_obj, nb:
   ops::topk(scores.view, lengths.view, out.view);
 }
 
+void topk_slots(nb::handle scores_obj, nb::handle lengths_obj, nb::handle row_request_obj,
+                nb::handle block_tables_obj, std::int64_t page_size, nb::handle out_obj,
+                nb::handle stream) {
+  const TensorArg scores = tensor_arg(scores_obj, "scores", {DType::f32}, 2, "[rows, n]");
+  const TensorArg lengths = tensor_arg(lengths_obj, "lengths", {DType::i32}, 1, "[rows]");
+  const TensorArg row_request =
+      tensor_arg(row_request_obj, "row_request", {DType::i32}, 1, "[rows]");
+  const TensorArg block_tables =
+      tensor_arg(block_tables_obj, "block_tables", {DType::i32}, 2, "[requests, max_pages]");
+  const TensorArg out = tensor_arg(out_obj, "out", {DType::i32}, 2, "[rows, k]", true);
+  check_same_device({{"lengths", &lengths},
+                     {"row_request", &row_request},
+                     {"block_tables", &block_tables},
+                     {"out", &out}},
+                    scores.device(), "scores' device");
+  CallScope scope(scores.device(), resolve_stream(stream, scores_obj, scores.device()));
+  nb::gil_scoped_release release;
+  ops::topk_slots(scores.view, lengths.view, row_request.view, block_tables.view, page_size,
+                  out.view);
+}
+
 // On the CPU, slots are checked before anything is written: each in the cache or -1 (that row is
 // not written), none twice (a repeated slot would keep one of its rows silently). On CUDA they are
 // trusted, as all metadata.
@@ -209,6 +230,9 @@ void bind_kernels(nb::module_& m) {
         nb::arg("context_lens"), nb::arg("skip_rows_up_to"), nb::arg("scores"),
         nb::arg("stream") = nb::none());
   m.def("topk", &topk, nb::arg("scores"), nb::arg("lengths"), nb::arg("out"),
+        nb::arg("stream") = nb::none());
+  m.def("topk_slots", &topk_slots, nb::arg("scores"), nb::arg("lengths"), nb::arg("row_request"),
+        nb::arg("block_tables"), nb::arg("page_size"), nb::arg("out"),
         nb::arg("stream") = nb::none());
 }
 

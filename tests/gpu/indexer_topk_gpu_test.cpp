@@ -10,6 +10,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -329,41 +330,47 @@ void fill_row(float* s, std::int64_t n, Fill fill, std::uint64_t seed) {
   }
 }
 
-TEST_P(TopkGpu, SamePositionsAsCpu) {
-  const TopkCase c = GetParam();
-  const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
-  // Scores are rows of a wider tensor; out is a column window of a wider, poisoned one.
-  const std::int64_t width = c.n + c.pad;
-  Tensor scores_backing = Tensor::empty({rows, width}, DType::f32);
-  const TensorView scores = scores_backing.view().slice(1, c.pad, c.pad + c.n);
+// A case's scores, as rows of a wider tensor, and its lengths.
+struct TopkInputs {
+  Tensor scores_backing;
+  TensorView scores;
   std::vector<std::int32_t> lengths;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    fill_row(scores.row<float>(r), c.n, c.rows[r].fill, static_cast<std::uint64_t>(r + 71));
-    std::fill_n(scores_backing.ptr<float>() + r * width, c.pad, 1e30f);  // outside: never read
-    lengths.push_back(static_cast<std::int32_t>(c.rows[r].length));
-  }
-  Tensor len = i32_tensor(lengths);
-  Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
-  const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
-  const Mirror scores_dev(scores_backing), len_dev(len), out_dev(out_backing);
-  ops::topk(scores, len, out);
-  ops::topk(scores_dev.on_gpu(scores), len_dev.on_gpu(), out_dev.on_gpu(out));
-  const Tensor fetched = out_dev.fetch();
-  // Rows of up to 8,192 scores take the register-resident kernel, and so do rows of up to 32,768
-  // when there are enough of them to fill the GPU one block a row; the others the sliced kernel.
-  int device = 0, sms = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
-  const char* expected = c.n <= 8192                   ? "topk_binned"
-                         : c.n <= 32768 && rows >= sms ? "topk_binned_wide"
-                                                       : "topk_sliced";
-  EXPECT_EQ(ops::cuda::last_kernel("topk"), expected);
+};
 
-  // Row by row, for a readable message: the first differing slot and the two selections there.
+TopkInputs topk_inputs(const TopkCase& c) {
+  const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
+  const std::int64_t width = c.n + c.pad;
+  TopkInputs in;
+  in.scores_backing = Tensor::empty({rows, width}, DType::f32);
+  in.scores = in.scores_backing.view().slice(1, c.pad, c.pad + c.n);
   for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int32_t* cpu = out_backing.ptr<std::int32_t>() + r * (c.k + 4);
-    const std::int32_t* gpu_row = fetched.ptr<std::int32_t>() + r * (c.k + 4);
-    for (std::int64_t j = 0; j < c.k + 4; ++j) {
+    fill_row(in.scores.row<float>(r), c.n, c.rows[r].fill, static_cast<std::uint64_t>(r + 71));
+    std::fill_n(in.scores_backing.ptr<float>() + r * width, c.pad, 1e30f);  // outside: never read
+    in.lengths.push_back(static_cast<std::int32_t>(c.rows[r].length));
+  }
+  return in;
+}
+
+// The kernel a case's rows take: up to 8,192 scores the register-resident kernel, and up to
+// 32,768 when there are enough rows to fill the GPU one block a row; the others the sliced one.
+std::string expected_topk_kernel(const TopkCase& c) {
+  int device = 0, sms = 0;
+  EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
+  EXPECT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
+  return c.n <= 8192                   ? "topk_binned"
+         : c.n <= 32768 && rows >= sms ? "topk_binned_wide"
+                                       : "topk_sliced";
+}
+
+// Row by row, for a readable message: the first differing slot and the two selections there.
+// Both outputs are [rows, k + 4] with the op's window at columns [1, 1 + k).
+void expect_same_selection(const Tensor& cpu_backing, const Tensor& gpu_backing,
+                           const std::vector<std::int32_t>& lengths, std::int64_t k) {
+  for (std::size_t r = 0; r < lengths.size(); ++r) {
+    const std::int32_t* cpu = cpu_backing.ptr<std::int32_t>() + r * (k + 4);
+    const std::int32_t* gpu_row = gpu_backing.ptr<std::int32_t>() + r * (k + 4);
+    for (std::int64_t j = 0; j < k + 4; ++j) {
       if (cpu[j] != gpu_row[j]) {
         ADD_FAILURE() << "row " << r << " (length " << lengths[r] << "): slot " << j - 1
                       << " holds " << gpu_row[j] << " on the GPU but " << cpu[j]
@@ -372,7 +379,53 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
       }
     }
   }
-  EXPECT_TRUE(same_bytes(out_backing, fetched, "top-k positions"));
+  EXPECT_TRUE(same_bytes(cpu_backing, gpu_backing, "top-k selection"));
+}
+
+TEST_P(TopkGpu, SamePositionsAsCpu) {
+  const TopkCase c = GetParam();
+  const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
+  const TopkInputs in = topk_inputs(c);
+  Tensor len = i32_tensor(in.lengths);
+  // out is a column window of a wider, poisoned tensor.
+  Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
+  const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
+  const Mirror scores_dev(in.scores_backing), len_dev(len), out_dev(out_backing);
+  ops::topk(in.scores, len, out);
+  ops::topk(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), out_dev.on_gpu(out));
+  const Tensor fetched = out_dev.fetch();
+  EXPECT_EQ(ops::cuda::last_kernel("topk"), expected_topk_kernel(c));
+  expect_same_selection(out_backing, fetched, in.lengths, c.k);
+}
+
+// The fused top-k-to-slots: the same kernels write each selected position's cache slot, through
+// the block table of the row's request (three requests, rows in turn, pages of 16 in shuffled
+// order); rows that select every position map them as well.
+TEST_P(TopkGpu, SameSlotsAsCpu) {
+  const TopkCase c = GetParam();
+  const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
+  const std::int64_t page_size = 16, requests = 3;
+  const std::int64_t max_pages = (c.n + page_size - 1) / page_size;
+  const TopkInputs in = topk_inputs(c);
+  Tensor len = i32_tensor(in.lengths);
+  std::vector<std::int32_t> request_of(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) request_of[r] = static_cast<std::int32_t>(r % requests);
+  Tensor row_request = i32_tensor(request_of);
+  std::vector<std::int32_t> pages(static_cast<std::size_t>(requests * max_pages));
+  std::iota(pages.begin(), pages.end(), 0);
+  std::shuffle(pages.begin(), pages.end(), std::mt19937(static_cast<unsigned>(c.n)));
+  Tensor tables = Tensor::empty({requests, max_pages}, DType::i32);
+  std::copy(pages.begin(), pages.end(), tables.ptr<std::int32_t>());
+  Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
+  const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
+  const Mirror scores_dev(in.scores_backing), len_dev(len), request_dev(row_request),
+      tables_dev(tables), out_dev(out_backing);
+  ops::topk_slots(in.scores, len, row_request, tables, page_size, out);
+  ops::topk_slots(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), request_dev.on_gpu(),
+                  tables_dev.on_gpu(), page_size, out_dev.on_gpu(out));
+  const Tensor fetched = out_dev.fetch();
+  EXPECT_EQ(ops::cuda::last_kernel("topk_slots"), expected_topk_kernel(c));
+  expect_same_selection(out_backing, fetched, in.lengths, c.k);
 }
 
 const TopkCase kTopkCases[] = {

@@ -53,27 +53,6 @@ TEST(PositionsToSlotsTest, RejectsPositionsOutsideTheTableWithoutWriting) {
                       {watch(slots3)}));
 }
 
-// A block table per request, each a shuffled set of distinct physical pages, as columns
-// [1, 1 + max_pages) of a wider i32 tensor (so its rows are strided).
-struct BlockTables {
-  Tensor backing;
-  TensorView view;
-};
-
-BlockTables random_block_tables(std::int64_t requests, std::int64_t max_pages, std::mt19937& rng) {
-  std::vector<std::int32_t> pool(static_cast<std::size_t>(requests * max_pages + 7));
-  std::iota(pool.begin(), pool.end(), 0);
-  std::shuffle(pool.begin(), pool.end(), rng);
-  BlockTables t;
-  t.backing = Tensor::empty({requests, max_pages + 3}, DType::i32);
-  poison(t.backing);
-  t.view = t.backing.view().slice(1, 1, 1 + max_pages);
-  for (std::int64_t r = 0; r < requests; ++r) {
-    std::copy_n(pool.begin() + r * max_pages, max_pages, t.view.row<std::int32_t>(r));
-  }
-  return t;
-}
-
 TEST(MapPositionsToSlotsTest, FollowsEachRowsBlockTable) {
   for (std::int64_t page_size : {std::int64_t{4}, kPageSize}) {
     SCOPED_TRACE(fmt::format("page size {}", page_size));

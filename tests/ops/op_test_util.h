@@ -17,6 +17,8 @@
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <numeric>
+#include <random>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -343,6 +345,28 @@ inline ::testing::AssertionResult only_view_written(const Tensor& backing,
 inline std::vector<std::uint8_t> snapshot(const Tensor& t) {
   const auto* p = static_cast<const std::uint8_t*>(t.view().data());
   return {p, p + t.nbytes()};
+}
+
+// A block table per request, each a shuffled set of distinct physical pages, as columns
+// [1, 1 + max_pages) of a wider i32 tensor (so its rows are strided).
+struct BlockTables {
+  Tensor backing;
+  TensorView view;
+};
+
+inline BlockTables random_block_tables(std::int64_t requests, std::int64_t max_pages,
+                                       std::mt19937& rng) {
+  std::vector<std::int32_t> pool(static_cast<std::size_t>(requests * max_pages + 7));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  BlockTables t;
+  t.backing = Tensor::empty({requests, max_pages + 3}, DType::i32);
+  poison(t.backing);
+  t.view = t.backing.view().slice(1, 1, 1 + max_pages);
+  for (std::int64_t r = 0; r < requests; ++r) {
+    std::copy_n(pool.begin() + r * max_pages, max_pages, t.view.row<std::int32_t>(r));
+  }
+  return t;
 }
 
 }  // namespace dsattn::test

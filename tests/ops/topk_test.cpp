@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/topk.h"
 #include "op_test_util.h"
 
@@ -256,6 +257,58 @@ TEST(TopkTest, RejectsBadArguments) {
                       {watch(out_rows)}));
   EXPECT_TRUE(rejects([&] { ops::topk(scores, on_cuda(lengths), out); }, "lengths is on cuda:0",
                       {watch(out)}));
+}
+
+// topk_slots is topk and then map_positions_to_slots: rows of several requests in mixed order,
+// lengths on both sides of k (the short rows select every position without scores), a table
+// exactly as long as the longest row needs.
+TEST(TopkSlotsTest, IsTopkThenTheSlotMap) {
+  for (std::int64_t page_size : {std::int64_t{4}, std::int64_t{16}}) {
+    SCOPED_TRACE(fmt::format("page size {}", page_size));
+    const std::int64_t requests = 3, rows = 7, n = 61, k = 9;
+    const std::int64_t max_pages = (n + page_size - 1) / page_size;
+    std::mt19937 rng(static_cast<unsigned>(500 + page_size));
+    const BlockTables tables = random_block_tables(requests, max_pages, rng);
+    Tensor scores = random_tensor({rows, n}, DType::f32, 93, static_cast<std::uint64_t>(page_size));
+    Tensor lengths = i32_tensor({61, 3, 40, 9, 0, 10, 61});
+    Tensor row_request = i32_tensor({2, 0, 1, 1, 0, 2, 0});
+    Tensor want = Tensor::empty({rows, k}, DType::i32);
+    ops::topk(scores, lengths, want);
+    ops::map_positions_to_slots(want, row_request, tables.view, page_size);
+    Tensor got = Tensor::empty({rows, k}, DType::i32);
+    poison(got);
+    ops::topk_slots(scores, lengths, row_request, tables.view, page_size, got);
+    EXPECT_EQ(read_i32(got), read_i32(want));
+    EXPECT_EQ(got.ptr<std::int32_t>()[4 * k], -1) << "a row of length 0 selects nothing";
+  }
+}
+
+TEST(TopkSlotsTest, RejectsBadArgumentsWithoutWriting) {
+  const std::int64_t rows = 3, n = 20, k = 4, page_size = 4;
+  std::mt19937 rng(510);
+  const BlockTables tables = random_block_tables(2, 5, rng);        // 20 positions a request
+  const BlockTables short_tables = random_block_tables(2, 4, rng);  // 16
+  Tensor scores = random_tensor({rows, n}, DType::f32, 94, 1);
+  Tensor lengths = i32_tensor({20, 17, 5});
+  Tensor row_request = i32_tensor({1, 0, 1});
+  Tensor request_past = i32_tensor({1, 2, 0});
+  Tensor request_short = i32_tensor({1, 0});
+  Tensor out = Tensor::empty({rows, k}, DType::i32);
+  poison(out);
+  EXPECT_TRUE(rejects(
+      [&] { ops::topk_slots(scores, lengths, row_request, short_tables.view, page_size, out); },
+      "lengths[0] = 20 reaches past the block table's 16 positions", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::topk_slots(scores, lengths, request_past, tables.view, page_size, out); },
+              "row_request", {watch(out)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::topk_slots(scores, lengths, request_short, tables.view, page_size, out); },
+              "row_request must have shape", {watch(out)}));
+  EXPECT_TRUE(rejects([&] { ops::topk_slots(scores, lengths, row_request, tables.view, 0, out); },
+                      "page_size must be in [1, 2^31), got 0", {watch(out)}));
+  EXPECT_TRUE(rejects(
+      [&] { ops::topk_slots(scores, lengths, row_request, on_cuda(tables.view), page_size, out); },
+      "block_tables is on cuda:0", {watch(out)}));
 }
 
 }  // namespace

@@ -1,10 +1,15 @@
 #include "dsattn/ops/topk.h"
 
+#include <limits>
+
 #include "dsattn/ops/op_checks.h"
 
 namespace dsattn::ops {
 
-void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+namespace {
+
+// topk's checks; returns the device every argument is on.
+Device check_topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
   check_dtype(scores, "scores", DType::f32);
   check_shape(scores, "scores", {kAny, kAny});
   check_inner_contiguous(scores, "scores");
@@ -25,8 +30,40 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
                    len[r]);
     }
   }
-  if (rows == 0) return;
+  return d;
+}
+
+}  // namespace
+
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  const Device d = check_topk(scores, lengths, out);
+  if (scores.size(0) == 0) return;
   DSATTN_DISPATCH(d, topk, scores, lengths, out);
+}
+
+void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
+                const TensorView& block_tables, std::int64_t page_size, const TensorView& out) {
+  const Device d = check_topk(scores, lengths, out);
+  const std::int64_t rows = scores.size(0);
+  check_dtype(block_tables, "block_tables", DType::i32);
+  check_shape(block_tables, "block_tables", {kAny, kAny});
+  check_inner_contiguous(block_tables, "block_tables");
+  check_index(row_request, "row_request", rows, block_tables.size(0));
+  DSATTN_CHECK(page_size > 0 && page_size <= std::numeric_limits<std::int32_t>::max(),
+               "page_size must be in [1, 2^31), got {}", page_size);
+  common_device(
+      {{"scores", &scores}, {"row_request", &row_request}, {"block_tables", &block_tables}});
+  if (d.is_cpu()) {  // every position a row may select must lie inside its request's table
+    const std::int64_t capacity = block_tables.size(1) * page_size;
+    const std::int32_t* len = lengths.ptr<std::int32_t>();
+    for (std::int64_t r = 0; r < rows; ++r) {
+      DSATTN_CHECK(len[r] <= capacity,
+                   "lengths[{}] = {} reaches past the block table's {} positions ({} pages of {})",
+                   r, len[r], capacity, block_tables.size(1), page_size);
+    }
+  }
+  if (rows == 0) return;
+  DSATTN_DISPATCH(d, topk_slots, scores, lengths, row_request, block_tables, page_size, out);
 }
 
 }  // namespace dsattn::ops

@@ -202,12 +202,13 @@ __device__ void count_by_walk(const Slice& slice, const Threshold& t, WarpCounts
   if (lane == 0) counts->above[warp] = above, counts->equal[warp] = equal;
 }
 
-// Writes the slice's selected positions (offset by `first`, the slice's position in the row)
+// Writes the slice's selected positions (offset by `first`, the slice's position in the row; as
+// `value` maps them)
 // from each warp's counts: the counts of the blocks before this one in the cluster and of the
 // warps before each warp give its first output slot and how many equal keys precede it.
 __device__ void write_selected(const cg::cluster_group& cluster, const Slice& slice,
-                               const Threshold& t, int first, WarpCounts* counts, std::int32_t* out,
-                               int* block_totals) {
+                               const Threshold& t, int first, const SelectedValue& value,
+                               WarpCounts* counts, std::int32_t* out, int* block_totals) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const Segment seg(slice.len);
   const unsigned below_lane = (1u << lane) - 1u;
@@ -250,7 +251,7 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
           valid && (key > t.prefix ||
                     (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
       const unsigned taken = __ballot_sync(0xffffffffu, take);
-      if (take) out[written + __popc(taken & below_lane)] = first + s;
+      if (take) out[written + __popc(taken & below_lane)] = value(first + s);
       written += __popc(taken);
       equal_seen += __popc(eq);
       return written < quota_end;
@@ -314,8 +315,9 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
   const int n = p.lengths[r], k = p.k;
   std::int32_t* o = p.out + r * p.stride_out;
   if (n <= k) {  // every position is selected; the scores are not read
+    const SelectedValue value(p, r);
     for (int i = rank * kThreads + threadIdx.x; i < k; i += blocks * kThreads)
-      o[i] = i < n ? i : -1;
+      o[i] = i < n ? value(i) : -1;
     return;  // uniform over the cluster: no block touches another's shared memory
   }
   const int slice_len = ((n + blocks - 1) / blocks + 3) & ~3;
@@ -392,7 +394,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
     }
     if (lane == 0) counts.above[warp] += above, counts.equal[warp] = equal;
   }
-  write_selected(cluster, slice, t, first, &counts, o, block_totals);
+  write_selected(cluster, slice, t, first, SelectedValue(p, r), &counts, o, block_totals);
 }
 
 }  // namespace

@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     if (t == 0) sm.listed = 0;
     if (n <= k) {  // every position is selected; the scores are not read (nor copied in)
       prefetch_row<S>(p, r + gridDim.x, buffer);
-      for (int i = t; i < k; i += kThreads) o[i] = i < n ? i : -1;
+      const SelectedValue value(p, r);
+      for (int i = t; i < k; i += kThreads) o[i] = i < n ? value(i) : -1;
       continue;
     }
     const auto chunk = [&](int v) {
@@ -317,7 +318,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     std::uint32_t picked = taken;
     for (std::uint32_t e = equal; quota > 0; --quota, e &= e - 1) picked |= e & (~e + 1u);
     int slot = taken_before + min(equal_before, th.remaining);
-    for (; picked != 0; picked &= picked - 1) o[slot++] = base + __ffs(picked) - 1;
+    const SelectedValue value(p, r);
+    for (; picked != 0; picked &= picked - 1) o[slot++] = value(base + __ffs(picked) - 1);
   }
 }
 
