@@ -398,9 +398,9 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
   expect_same_selection(out_backing, fetched, in.lengths, c.k);
 }
 
-// The fused top-k-to-slots: the same kernels write each selected position's cache slot, through
-// the block table of the row's request (three requests, rows in turn, pages of 16 in shuffled
-// order); rows that select every position map them as well.
+// topk_slots: each selected position's cache slot, through the block table of the row's request
+// (three requests, rows in turn, pages of 16 in shuffled order); rows that select every position
+// map them as well.
 TEST_P(TopkGpu, SameSlotsAsCpu) {
   const TopkCase c = GetParam();
   const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());

@@ -305,15 +305,11 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
   run_topk(topk_params(scores, lengths, out), "topk");
 }
 
+// The selection, then the map, on one stream (two kernels).
 void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
                 const TensorView& block_tables, std::int64_t page_size, const TensorView& out) {
-  TopkParams p = topk_params(scores, lengths, out);
-  p.row_request = static_cast<const std::int32_t*>(row_request.data());
-  p.block_tables = static_cast<const std::int32_t*>(block_tables.data());
-  p.stride_tables = block_tables.stride(0);
-  p.table_width = block_tables.size(1);
-  p.page_size = static_cast<int>(page_size);
-  run_topk(p, "topk_slots");
+  run_topk(topk_params(scores, lengths, out), "topk_slots");
+  map_positions_to_slots(out, row_request, block_tables, page_size);
 }
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,

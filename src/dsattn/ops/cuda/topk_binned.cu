@@ -1,31 +1,31 @@
 // Top-k selection for rows of up to 32,768 scores: a persistent grid, one block a row at a time,
-// and a first radix pass that counts value bins instead of the top bits of the float.
+// the row in registers, and a first radix pass that counts value bins instead of the top bits of
+// the float.
 //
-// Two shapes of block: 512 threads with 16 scores each (rows of up to 8,192; two blocks a
-// multiprocessor) and 1,024 threads with 32 (up to 32,768; one block). Each block walks rows
+// Two shapes of block: 512 threads keeping 16 scores each (rows of up to 8,192; two blocks a
+// multiprocessor) and 1,024 threads keeping 32 (up to 32,768; one block). Each block walks rows
 // blockIdx.x, blockIdx.x + gridDim.x, ... and copies its next row into shared memory with
 // cp.async while it selects from the current one, so the read of the scores, the floor of this
-// op, goes on during the passes below instead of between them.
+// op, goes on during the passes below instead of after them.
 //
 // 1. Bins. The top 11 bits of a float put most scores of a typical row into a few dozen buckets
 //    (sign, exponent and two mantissa bits), and the shared-memory atomics of the histogram then
 //    collide. Instead, the block finds the row's finite minimum and maximum and cuts that range
 //    into 2,048 equal bins: bin(x) = floor((x/2 - lo/2) · scale), clamped, is a non-decreasing
 //    function of x under IEEE rounding (each step is), so a higher bin holds only higher scores;
-//    NaN and -inf fall in bin 0 and +inf in the last bin, as their order requires. Each thread
-//    keeps its scores' bins, two to a register, and the buffer is free for the next row.
+//    NaN and -inf fall in bin 0 and +inf in the last bin, as their order requires.
 // 2. The bin B holding the k-th largest score, from the histogram.
-// 3. Bin B's scores (usually a handful) are read again from the row (L2 holds it) and listed as
-//    order-preserving 32-bit keys. Up to 32 of them, one warp ranks the list against itself and
-//    finds the exact threshold key; a longer list takes up to three radix passes. A list that
-//    overflows is not kept: its passes read bin B's scores from the row again.
+// 3. Bin B's scores (usually a handful) are listed as order-preserving 32-bit keys. Up to 32 of
+//    them, one warp ranks the list against itself and finds the exact threshold key; a longer
+//    list takes up to three radix passes. A list that overflows is not kept: its passes walk the
+//    registers instead.
 // 4. Each thread flags its selected scores in two masks (certainly taken; equal to the
 //    threshold), and a block scan gives each thread its first output slot, so the positions come
 //    out in ascending order.
 //
-// Per score this costs the read, a few instructions and one shared-memory atomic, which rarely
-// collides unless most of a row shares a value (ties, an outlier, a narrow range). Longer rows,
-// and rows too few to fill the GPU one block each, go to the sliced kernel (topk.cu), whose
+// Per score this costs the read, about 25 instructions and one shared-memory atomic, which
+// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Longer
+// rows, and rows too few to fill the GPU one block each, go to the sliced kernel (topk.cu), whose
 // clusters share a row between blocks.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -102,9 +102,6 @@ __device__ void prefetch_row(const TopkParams& p, std::int64_t r, float* buffer)
     if (n > p.k) {
       const float* src = p.scores + r * p.stride_scores;
       const bool aligned = reinterpret_cast<std::uintptr_t>(src) % 16 == 0;
-      // Not unrolled: the copies are asynchronous anyway, and an unrolled loop's addresses would
-      // take registers that the callers' live state needs.
-#pragma unroll 1
       for (int c = static_cast<int>(threadIdx.x); c * 4 < n; c += S::kThreads) {
         const std::uint32_t dst = ptx::smem_addr(buffer + chunk_slot(c) * 4);
         if (aligned && c * 4 + 4 <= n) {
@@ -123,7 +120,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
   constexpr int kThreads = S::kThreads, kPerThread = S::kPerThread;
   __shared__ Shared sm;
   using Reduce = cub::BlockReduce<float2, kThreads>;
-  using Scan = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+  using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Reduce::TempStorage reduce_storage;
   __shared__ typename Scan::TempStorage scan_storage;
   extern __shared__ float4 dynamic_smem[];
@@ -136,52 +133,56 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     const int n = row_length<S>(p, r);
     std::int32_t* o = p.out + r * p.stride_out;
 
-    // The thread's scores are chunks kChunks·t … of the buffer; positions at or past the row's
-    // length are not counted (`valid`).
+    // The thread's scores; positions at or past the row's length read as NaN and are not
+    // counted (`valid`).
     ptx::cp_async_wait_all();
     __syncthreads();  // row r has landed; every thread is done with the previous row
-    const int base = t * kPerThread;  // the row position of the thread's first score
+    const int base = t * kPerThread;  // the row position of x[0]
     const std::uint32_t valid = base + kPerThread <= n ? ~0u
                                 : base >= n            ? 0u
                                                        : (1u << (n - base)) - 1u;
-    for (int i = t; i < kBins; i += kThreads) sm.histogram[0][i] = 0;
-    if (t == 0) sm.listed = 0;
-    if (n <= k) {  // every position is selected; the scores are not read (nor copied in)
-      prefetch_row<S>(p, r + gridDim.x, buffer);
-      const SelectedValue value(p, r);
-      for (int i = t; i < k; i += kThreads) o[i] = i < n ? value(i) : -1;
-      continue;
-    }
-    const auto chunk = [&](int v) {
-      return reinterpret_cast<const float4*>(buffer)[chunk_slot(t * S::kChunks + v)];
-    };
-
-    // Step 1: the row's finite range (fminf and fmaxf skip NaN; infinities are dropped in a
-    // second look, taken only by rows that hold one). The scores are read from the buffer, not
-    // kept: 32 of them in registers would spill in the wide shape.
-    const auto block_range = [&](auto&& keep) {
-      float2 m{INFINITY, -INFINITY};
-      const auto add = [&](int j, float y) {
-        y = ((valid >> j) & 1u) && keep(y) ? y : __int_as_float(0x7fffffff);
-        m.x = fminf(m.x, y);
-        m.y = fmaxf(m.y, y);
-      };
+    float x[kPerThread];
+    if (n > k) {
 #pragma unroll
       for (int v = 0; v < S::kChunks; ++v) {
-        const float4 q = chunk(v);
-        add(4 * v, q.x), add(4 * v + 1, q.y), add(4 * v + 2, q.z), add(4 * v + 3, q.w);
+        const float4 q = reinterpret_cast<const float4*>(buffer)[chunk_slot(t * S::kChunks + v)];
+        const float nan = __int_as_float(0x7fffffff);
+        x[4 * v] = (valid >> (4 * v)) & 1u ? q.x : nan;
+        x[4 * v + 1] = (valid >> (4 * v + 1)) & 1u ? q.y : nan;
+        x[4 * v + 2] = (valid >> (4 * v + 2)) & 1u ? q.z : nan;
+        x[4 * v + 3] = (valid >> (4 * v + 3)) & 1u ? q.w : nan;
       }
-      m = Reduce(reduce_storage).Reduce(m, [](float2 a, float2 b) {
+    }
+    for (int i = t; i < kBins; i += kThreads) sm.histogram[0][i] = 0;
+    if (t == 0) sm.listed = 0;
+    __syncthreads();  // the buffer is free for the next row
+    prefetch_row<S>(p, r + gridDim.x, buffer);
+    if (n <= k) {  // every position is selected; the scores are not read
+      for (int i = t; i < k; i += kThreads) o[i] = i < n ? i : -1;
+      continue;
+    }
+
+    // Step 1: the row's finite range (fminf and fmaxf skip NaN; infinities are dropped in a
+    // second look, taken only by rows that hold one).
+    const auto block_range = [&](auto&& keep) {
+      float2 v{INFINITY, -INFINITY};
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const float y = keep(x[j]) ? x[j] : __int_as_float(0x7fffffff);
+        v.x = fminf(v.x, y);
+        v.y = fmaxf(v.y, y);
+      }
+      v = Reduce(reduce_storage).Reduce(v, [](float2 a, float2 b) {
         return make_float2(fminf(a.x, b.x), fmaxf(a.y, b.y));
       });
-      if (t == 0) sm.range = m;
+      if (t == 0) sm.range = v;
       __syncthreads();
       return sm.range;
     };
     float2 range = block_range([](float) { return true; });
     if (isinf(range.x) || isinf(range.y)) {
       __syncthreads();  // every thread has read sm.range
-      range = block_range([](float y) { return fabsf(y) < INFINITY; });
+      range = block_range([](float v) { return fabsf(v) < INFINITY; });
     }
     Bins bin{0.0f, 0.0f};
     if (range.x <= range.y) {  // some finite score
@@ -190,30 +191,14 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
       bin.scale = span_half > 0.0f ? kBins / span_half : 0.0f;
     }
 
-    // The thread keeps its scores' bins, two to a register. The few scores whose exact value is
-    // needed later, those in bin B, are read again from the row (L2 holds it).
-    std::uint32_t packed[kPerThread / 2];
-#pragma unroll
-    for (int v = 0; v < S::kChunks; ++v) {
-      const float4 q = chunk(v);
-      packed[2 * v] = static_cast<std::uint32_t>(bin(q.x)) | static_cast<std::uint32_t>(bin(q.y))
-                                                                 << 16;
-      packed[2 * v + 1] =
-          static_cast<std::uint32_t>(bin(q.z)) | static_cast<std::uint32_t>(bin(q.w)) << 16;
-    }
-    const auto bin_of = [&](int j) {
-      return static_cast<int>((packed[j / 2] >> (16 * (j % 2))) & 0xffffu);
-    };
-    const float* row = p.scores + r * p.stride_scores + base;
-    const auto exact_key = [&](int j) { return order_key(__ldg(row + j)); };
-
     // Step 2: the histogram, then the bin of the k-th largest score.
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      if ((valid >> j) & 1u) atomicAdd(&sm.histogram[0][bin_of(j)], 1);
+      if ((valid >> j) & 1u) atomicAdd(&sm.histogram[0][bin(x[j])], 1);
     }
-    __syncthreads();  // the histogram is complete, and every thread is done with the buffer
-    prefetch_row<S>(p, r + gridDim.x, buffer);
+    // The bins are recomputed below rather than kept: 32 more live registers would spill.
+    asm volatile("" : "+f"(bin.lo_half), "+f"(bin.scale));
+    __syncthreads();  // the histogram is complete
     // The bucket of histogram h holding the `remaining`-th key (one instantiation for every
     // pass).
     const auto choose = [&](const int* h, int bins, int remaining) {
@@ -228,7 +213,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     std::uint32_t above_bin = 0, in_bin = 0;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int b = bin_of(j);
+      const int b = bin(x[j]);
       above_bin |= static_cast<std::uint32_t>(b > chosen) << j;
       in_bin |= static_cast<std::uint32_t>(b == chosen) << j;
     }
@@ -241,7 +226,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
       for (int j = 0; j < kPerThread; ++j) {
         if ((in_bin >> j) & 1u) {
           const int slot = atomicAdd(&sm.listed, 1);
-          if (slot < kListCapacity) sm.list_key[slot] = exact_key(j);
+          if (slot < kListCapacity) sm.list_key[slot] = order_key(x[j]);
         }
       }
     }
@@ -284,7 +269,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
       if (walk) {
 #pragma unroll
         for (int j = 0; j < kPerThread; ++j) {
-          if ((in_bin >> j) & 1u) count(exact_key(j));
+          if ((in_bin >> j) & 1u) count(order_key(x[j]));
         }
       } else {
         for (int i = t; i < listed; i += kThreads) count(sm.list_key[i]);
@@ -302,7 +287,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       if ((in_bin >> j) & 1u) {
-        const std::uint32_t key = exact_key(j) & th.mask;
+        const std::uint32_t key = order_key(x[j]) & th.mask;
         taken |= static_cast<std::uint32_t>(key > th.prefix) << j;
         equal |= static_cast<std::uint32_t>(key == th.prefix) << j;
       }
@@ -318,8 +303,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     std::uint32_t picked = taken;
     for (std::uint32_t e = equal; quota > 0; --quota, e &= e - 1) picked |= e & (~e + 1u);
     int slot = taken_before + min(equal_before, th.remaining);
-    const SelectedValue value(p, r);
-    for (; picked != 0; picked &= picked - 1) o[slot++] = value(base + __ffs(picked) - 1);
+    for (; picked != 0; picked &= picked - 1) o[slot++] = base + __ffs(picked) - 1;
   }
 }
 

@@ -6,30 +6,7 @@
 
 #include <cstdint>
 
-#include "dsattn/ops/cuda/params.h"
-
 namespace dsattn::ops::cuda {
-
-// What a top-k kernel writes for a selected position of row r: the position itself, or its
-// cache slot when the params carry block tables (topk_slots).
-struct SelectedValue {
-  const std::int32_t* table;  // the row's request's block-table row, or nullptr
-  std::int64_t width;
-  int page_size;
-
-  __device__ SelectedValue(const TopkParams& p, std::int64_t r)
-      : table(p.block_tables == nullptr
-                  ? nullptr
-                  : p.block_tables + std::int64_t{p.row_request[r]} * p.stride_tables),
-        width(p.table_width),
-        page_size(p.page_size) {}
-
-  __device__ std::int32_t operator()(int pos) const {
-    if (table == nullptr) return pos;
-    const int page = pos / page_size;
-    return page < width ? table[page] * page_size + pos % page_size : -1;
-  }
-};
 
 // An unsigned key that orders like the scores: larger score, larger key; NaN lowest; +0 and -0
 // equal (the CPU compares them equal, so the lower position wins between them).
@@ -61,7 +38,7 @@ struct Choice {
 template <int kThreads, int kMaxBins, class Count>
 __device__ __forceinline__ Choice choose_bucket(Count&& count, int bins, int remaining,
                                                 Choice* choice) {
-  using Scan = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+  using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   constexpr int kMaxPerThread = kMaxBins / kThreads;
   const int per_thread = bins / kThreads;
