@@ -30,10 +30,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 2048;  // first two passes: 11 bits each; the last pass 10 bits
 constexpr int kMaxCluster = 8;
 // Keys a block keeps in shared memory: 48 KiB, so that two blocks share a multiprocessor with
-// their histograms and candidate lists (registers allow two blocks of 512 threads as well). A
-// larger cache for a grid of no more blocks than multiprocessors was slower: a cluster's blocks
-// must share a GPC, so one block a multiprocessor left room for 15 clusters of 8 at once, and
-// 16 rows of 128K took two waves.
+// their histograms and candidate lists (registers allow two blocks of 512 threads as well).
 constexpr int kCacheKeys = 12 * 1024;
 // A slice shorter than this is not worth another block of the cluster.
 constexpr int kMinSlice = 4096;
@@ -139,29 +136,6 @@ struct Segment {
   }
 };
 
-// Calls f(s, valid, key) over the warp's segment in position order, 32 positions at a time (lane
-// l gets s0 + l; `valid` is false past the segment's end), until f returns false (f's answer must
-// be the same on every lane). Keys are read kBatch groups ahead: past the cache they come from
-// L2, and one load at a time would leave the walk waiting on each.
-template <class F>
-__device__ void walk(const Slice& slice, const Segment& seg, F&& f) {
-  constexpr int kBatch = 8;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  for (int s0 = seg.begin; s0 < seg.end; s0 += 32 * kBatch) {
-    std::uint32_t keys[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int s = s0 + u * 32 + lane;
-      keys[u] = s < seg.end ? slice[s] : 0u;
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int s = s0 + u * 32 + lane;
-      if (s - lane >= seg.end || !f(s, s < seg.end, keys[u])) return;
-    }
-  }
-}
-
 // Per warp: how many keys of its segment lie above the threshold and how many equal it.
 struct WarpCounts {
   int above[kWarps], equal[kWarps];
@@ -180,12 +154,12 @@ __device__ void count_by_walk(const Slice& slice, const Threshold& t, WarpCounts
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const Segment seg(slice.len);
   int above = 0, equal = 0;
-  walk(slice, seg, [&](int, bool valid, std::uint32_t key) {
-    key &= t.mask;
+  for (int s = seg.begin + lane; s - lane < seg.end; s += 32) {
+    const bool valid = s < seg.end;
+    const std::uint32_t key = valid ? slice[s] & t.mask : 0u;
     above += __popc(__ballot_sync(0xffffffffu, valid && key > t.prefix));
     equal += __popc(__ballot_sync(0xffffffffu, valid && key == t.prefix));
-    return true;
-  });
+  }
   if (lane == 0) counts->above[warp] = above, counts->equal[warp] = equal;
 }
 
@@ -229,19 +203,17 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
   int written = counts->above[warp] + min(equal_before, t.remaining);
   int equal_seen = equal_before;
   const int quota_end = written + above + max(0, min(equal, t.remaining - equal_before));
-  if (written < quota_end) {
-    walk(slice, seg, [&](int s, bool valid, std::uint32_t key) {
-      key &= t.mask;
-      const unsigned eq = __ballot_sync(0xffffffffu, valid && key == t.prefix);
-      const bool take =
-          valid && (key > t.prefix ||
-                    (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
-      const unsigned taken = __ballot_sync(0xffffffffu, take);
-      if (take) out[written + __popc(taken & below_lane)] = first + s;
-      written += __popc(taken);
-      equal_seen += __popc(eq);
-      return written < quota_end;
-    });
+  for (int s = seg.begin + lane; s - lane < seg.end && written < quota_end; s += 32) {
+    const bool valid = s < seg.end;
+    const std::uint32_t key = valid ? slice[s] & t.mask : 0u;
+    const unsigned eq = __ballot_sync(0xffffffffu, valid && key == t.prefix);
+    const bool take =
+        valid &&
+        (key > t.prefix || (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
+    const unsigned taken = __ballot_sync(0xffffffffu, take);
+    if (take) out[written + __popc(taken & below_lane)] = first + s;
+    written += __popc(taken);
+    equal_seen += __popc(eq);
   }
   cluster.sync();  // no block leaves while another may still read its totals
 }
@@ -265,7 +237,9 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
   const Segment seg(slice.len);
   const unsigned below_lane = (1u << lane) - 1u;
   int above = 0, listed = 0;
-  walk(slice, seg, [&](int s, bool valid, std::uint32_t key) {
+  for (int s = seg.begin + lane; s - lane < seg.end; s += 32) {
+    const bool valid = s < seg.end;
+    const std::uint32_t key = valid ? slice[s] : 0u;
     const std::uint32_t b = key >> shift;
     above += __popc(__ballot_sync(0xffffffffu, valid && b > bucket));
     const bool in = valid && b == bucket;
@@ -273,8 +247,7 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
     const int slot = listed + __popc(in_mask & below_lane);
     if (in && slot < kCandidatesPerWarp) cand->key[warp][slot] = key, cand->pos[warp][slot] = s;
     listed += __popc(in_mask);
-    return true;
-  });
+  }
   if (lane == 0) {
     counts->above[warp] = above;
     counts->equal[warp] = listed;
