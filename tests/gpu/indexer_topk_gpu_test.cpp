@@ -399,8 +399,8 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
 }
 
 // topk_slots: each selected position's cache slot, through the block table of the row's request
-// (three requests, rows in turn, pages of 16 in shuffled order); rows that select every position
-// map them as well.
+// (three requests, rows in turn, pages of 16 in shuffled order, the table a column window of a
+// wider tensor); rows that select every position map them as well.
 TEST_P(TopkGpu, SameSlotsAsCpu) {
   const TopkCase c = GetParam();
   const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
@@ -414,15 +414,18 @@ TEST_P(TopkGpu, SameSlotsAsCpu) {
   std::vector<std::int32_t> pages(static_cast<std::size_t>(requests * max_pages));
   std::iota(pages.begin(), pages.end(), 0);
   std::shuffle(pages.begin(), pages.end(), std::mt19937(static_cast<unsigned>(c.n)));
-  Tensor tables = Tensor::empty({requests, max_pages}, DType::i32);
-  std::copy(pages.begin(), pages.end(), tables.ptr<std::int32_t>());
+  Tensor tables_backing = poisoned({requests, max_pages + 2}, DType::i32);
+  const TensorView tables = tables_backing.view().slice(1, 1, 1 + max_pages);
+  for (std::int64_t q = 0; q < requests; ++q) {
+    std::copy_n(pages.begin() + q * max_pages, max_pages, tables.row<std::int32_t>(q));
+  }
   Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
   const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
   const Mirror scores_dev(in.scores_backing), len_dev(len), request_dev(row_request),
-      tables_dev(tables), out_dev(out_backing);
+      tables_dev(tables_backing), out_dev(out_backing);
   ops::topk_slots(in.scores, len, row_request, tables, page_size, out);
   ops::topk_slots(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), request_dev.on_gpu(),
-                  tables_dev.on_gpu(), page_size, out_dev.on_gpu(out));
+                  tables_dev.on_gpu(tables), page_size, out_dev.on_gpu(out));
   const Tensor fetched = out_dev.fetch();
   EXPECT_EQ(ops::cuda::last_kernel("topk_slots"), expected_topk_kernel(c));
   expect_same_selection(out_backing, fetched, in.lengths, c.k);
@@ -522,8 +525,9 @@ const TopkCase kTopkCases[] = {
     {"K2048_N40000_ManyRows", 40000, 2048,
      cycled(280, {{40000, Fill::continuous}, {29999, Fill::ties}})},
     // Rows of up to 32,768, enough to fill the GPU: the wide register-resident kernel, several
-    // rows a block (each copied in while the block selects from the one before), aligned rows
-    // (16-byte copies) and misaligned ones (4-byte copies).
+    // rows a block (each copied in while the block selects from the one before); aligned rows
+    // (16-byte copies, 4-byte ones for a partial last chunk) here, misaligned ones (4-byte
+    // copies) in the case after next.
     {"K2048_N32768_ManyRows_Aligned", 32768, 2048,
      cycled(300, {{32768, Fill::continuous},
                   {32767, Fill::ties},

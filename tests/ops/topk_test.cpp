@@ -6,9 +6,9 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <span>
 #include <vector>
 
-#include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/topk.h"
 #include "op_test_util.h"
 
@@ -259,9 +259,10 @@ TEST(TopkTest, RejectsBadArguments) {
                       {watch(out)}));
 }
 
-// topk_slots is topk and then map_positions_to_slots: rows of several requests in mixed order,
-// lengths on both sides of k (the short rows select every position without scores), a table
-// exactly as long as the longest row needs.
+// topk_slots gives the slot of each position topk selects, looked up here in the row's request's
+// (strided) block table: rows of several requests in mixed order, lengths on both sides of k
+// (the short rows select every position without scores), a table exactly as long as the longest
+// row needs.
 TEST(TopkSlotsTest, IsTopkThenTheSlotMap) {
   for (std::int64_t page_size : {std::int64_t{4}, std::int64_t{16}}) {
     SCOPED_TRACE(fmt::format("page size {}", page_size));
@@ -274,7 +275,12 @@ TEST(TopkSlotsTest, IsTopkThenTheSlotMap) {
     Tensor row_request = i32_tensor({2, 0, 1, 1, 0, 2, 0});
     Tensor want = Tensor::empty({rows, k}, DType::i32);
     ops::topk(scores, lengths, want);
-    ops::map_positions_to_slots(want, row_request, tables.view, page_size);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int32_t* table = tables.view.row<std::int32_t>(row_request.ptr<std::int32_t>()[r]);
+      for (std::int32_t& p : std::span(want.ptr<std::int32_t>() + r * k, k)) {
+        if (p >= 0) p = static_cast<std::int32_t>(table[p / page_size] * page_size + p % page_size);
+      }
+    }
     Tensor got = Tensor::empty({rows, k}, DType::i32);
     poison(got);
     ops::topk_slots(scores, lengths, row_request, tables.view, page_size, got);

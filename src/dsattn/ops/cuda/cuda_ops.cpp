@@ -293,8 +293,8 @@ void run_topk(const TopkParams& p, const char* op) {
     check_launch(launch_topk_binned(p, stream()), op);
     return;
   }
-  // Longer rows, and rows too few to fill the GPU one block each: the sliced kernel shares each
-  // row between the blocks of a cluster.
+  // Rows past 32,768 scores, and rows past 8,192 too few to fill the GPU one block each: the
+  // sliced kernel shares each row between the blocks of a cluster.
   record_kernel(op, "topk_sliced");
   check_launch(launch_topk(p, stream()), op);
 }

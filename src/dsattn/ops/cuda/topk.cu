@@ -1,6 +1,6 @@
 // Top-k selection: radix select on order-preserving 32-bit keys, one thread-block cluster per row.
-// The op's kernel for rows longer than topk_binned.cu takes (8,192 scores), and that kernel's GPU
-// reference.
+// The op's kernel for the rows topk_binned.cu does not take (past 32,768 scores, or past 8,192
+// when too few to fill the GPU one block a row), and that kernel's GPU reference.
 //
 // A row is cut into as many contiguous slices as its cluster has blocks (one slice per block, so
 // few long rows still fill the GPU). Each block reads its slice once with 16-byte loads, keeps

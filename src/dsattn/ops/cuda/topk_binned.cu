@@ -24,9 +24,9 @@
 //    out in ascending order.
 //
 // Per score this costs the read, about 25 instructions and one shared-memory atomic, which
-// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Longer
-// rows, and rows too few to fill the GPU one block each, go to the sliced kernel (topk.cu), whose
-// clusters share a row between blocks.
+// rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Rows
+// past 32,768 scores, and rows past 8,192 too few to fill the GPU one block each, go to the
+// sliced kernel (topk.cu), whose clusters share a row between blocks.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -39,7 +39,8 @@ namespace dsattn::ops::cuda {
 namespace {
 
 // A block shape: threads, scores each thread keeps, and blocks a multiprocessor holds (which
-// bounds the registers a thread gets: 64 in both shapes).
+// bounds the registers a thread gets: 64 in both shapes; the wide shape spills some of its state
+// to local memory around the block scans).
 template <int Threads, int PerThread, int MinBlocks>
 struct Shape {
   static constexpr int kThreads = Threads, kPerThread = PerThread, kMinBlocks = MinBlocks;
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     for (int j = 0; j < kPerThread; ++j) {
       if ((valid >> j) & 1u) atomicAdd(&sm.histogram[0][bin(x[j])], 1);
     }
-    // The bins are recomputed below rather than kept: 32 more live registers would spill.
+    // The bins are recomputed below rather than kept: 32 more live registers would spill more.
     asm volatile("" : "+f"(bin.lo_half), "+f"(bin.scale));
     __syncthreads();  // the histogram is complete
     // The bucket of histogram h holding the `remaining`-th key (one instantiation for every
