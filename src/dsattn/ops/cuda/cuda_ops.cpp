@@ -274,42 +274,24 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
 }
 
-namespace {
-
-TopkParams topk_params(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
-  return TopkParams{static_cast<const float*>(scores.data()),
-                    static_cast<const std::int32_t*>(lengths.data()),
-                    static_cast<std::int32_t*>(out.data()),
-                    scores.size(0),
-                    scores.size(1),
-                    scores.stride(0),
-                    out.stride(0),
-                    static_cast<int>(out.size(1))};
-}
-
-void run_topk(const TopkParams& p, const char* op) {
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  const TopkParams p{static_cast<const float*>(scores.data()),
+                     static_cast<const std::int32_t*>(lengths.data()),
+                     static_cast<std::int32_t*>(out.data()),
+                     scores.size(0),
+                     scores.size(1),
+                     scores.stride(0),
+                     out.stride(0),
+                     static_cast<int>(out.size(1))};
   if (const char* binned = topk_binned_choice(p)) {
-    record_kernel(op, binned);
-    check_launch(launch_topk_binned(p, stream()), op);
+    record_kernel("topk", binned);
+    check_launch(launch_topk_binned(p, stream()), "topk");
     return;
   }
   // Rows past 32,768 scores, and rows past 8,192 too few to fill the GPU one block each: the
   // sliced kernel shares each row between the blocks of a cluster.
-  record_kernel(op, "topk_sliced");
-  check_launch(launch_topk(p, stream()), op);
-}
-
-}  // namespace
-
-void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
-  run_topk(topk_params(scores, lengths, out), "topk");
-}
-
-// The selection, then the map, on one stream (two kernels).
-void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
-                const TensorView& block_tables, std::int64_t page_size, const TensorView& out) {
-  run_topk(topk_params(scores, lengths, out), "topk_slots");
-  map_positions_to_slots(out, row_request, block_tables, page_size);
+  record_kernel("topk", "topk_sliced");
+  check_launch(launch_topk(p, stream()), "topk");
 }
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
