@@ -254,6 +254,61 @@ TEST(ScatterGatherTest, ScatterSkipsRowsIndexedMinusOne) {
   }
 }
 
+// Index-key rows written page-major land where a page-major copy of the same rows written as
+// rows has them (values of page p's slots in slot order, then their scales), for pages of 16 and
+// 64, d_I 128 and 256; -1 writes nothing; every other byte keeps its value.
+TEST(WriteIndexKeysTest, PageMajorPutsEachPagesValuesThenItsScales) {
+  for (const auto& [d, page_size] : {std::pair<std::int64_t, std::int64_t>{128, 16},
+                                     std::pair<std::int64_t, std::int64_t>{256, 64}}) {
+    SCOPED_TRACE(fmt::format("d_I {}, page size {}", d, page_size));
+    const std::int64_t bytes = index_key_bytes(d), slots = 3 * page_size;
+    Tensor rows = random_bytes({5, bytes}, 621);
+    Tensor as_rows = random_bytes({slots, bytes}, 622);
+    Tensor paged = page_major_copy(as_rows, page_size);
+    // First and last slot of a page, one in the middle of another, a skipped row.
+    Tensor slot_ids = i32_tensor({0, static_cast<std::int32_t>(page_size - 1), -1,
+                                  static_cast<std::int32_t>(2 * page_size + 5),
+                                  static_cast<std::int32_t>(page_size)});
+    ops::write_index_keys(rows, slot_ids, as_rows, page_size, IndexKeyLayout::rows);
+    ops::write_index_keys(rows, slot_ids, paged, page_size, IndexKeyLayout::page_major);
+    EXPECT_EQ(snapshot(paged), snapshot(page_major_copy(as_rows, page_size)));
+    EXPECT_EQ(std::memcmp(as_rows.view().row<std::uint8_t>(page_size - 1),
+                          rows.view().row<std::uint8_t>(1), bytes),
+              0);
+  }
+}
+
+TEST(WriteIndexKeysTest, PageMajorRejectsBadArgumentsWithoutWriting) {
+  const std::int64_t bytes = index_key_bytes(128), page_size = 16;
+  Tensor rows = random_bytes({2, bytes}, 631);
+  Tensor cache = random_bytes({2 * page_size, bytes}, 632);
+  Tensor ragged = random_bytes({2 * page_size + 3, bytes}, 633);
+  Tensor wide = random_bytes({2 * page_size, bytes + 4}, 634);
+  const TensorView strided = wide.view().slice(1, 0, bytes);
+  Tensor odd_rows = random_bytes({2, 130}, 635);
+  Tensor odd_cache = random_bytes({2 * page_size, 130}, 636);
+  Tensor slots = i32_tensor({3, 17});
+  const auto write = [&](const TensorView& r, const TensorView& s, const TensorView& c) {
+    ops::write_index_keys(r, s, c, page_size, IndexKeyLayout::page_major);
+  };
+  EXPECT_TRUE(rejects([&] { write(rows, slots, ragged); },
+                      "cache in the page-major layout must hold whole pages of 16 slots, got 35",
+                      {watch(ragged)}));
+  EXPECT_TRUE(rejects([&] { write(rows, slots, strided); },
+                      "cache in the page-major layout must be contiguous, got a row stride of 136",
+                      {watch(wide)}));
+  EXPECT_TRUE(rejects([&] { write(odd_rows, slots, odd_cache); },
+                      "rows must be index-key rows of d + 4 * d / 128 bytes", {watch(odd_cache)}));
+  EXPECT_TRUE(rejects(
+      [&] {
+        write(rows, i32_tensor({3, 32}), cache);
+      },
+      "slots[1] = 32 is outside [0, 32) (or -1)", {watch(cache)}));
+  EXPECT_TRUE(
+      rejects([&] { ops::write_index_keys(rows, slots, cache, 0, IndexKeyLayout::page_major); },
+              "page_size must be positive, got 0", {watch(cache)}));
+}
+
 // Views of build_decode_tables' outputs laid out one after another in `buffer` (i32): `batch`
 // requests of `tokens` rows, `pages` table entries each, then the fault word.
 ops::DecodeTables decode_tables_in(const Tensor& buffer, std::int64_t batch, std::int64_t tokens,

@@ -199,6 +199,16 @@ TEST_P(IndexerScoresTest, MatchesFloat64WeightedReluSum) {
   if (c.skip_rows_up_to > 0) {
     EXPECT_GT(skipped_rows, 0);
   }
+
+  // The same keys page-major give the same scores bit for bit (the same arithmetic on the same
+  // values), and write the same cells.
+  const Tensor paged = page_major_copy(key_cache, ps);
+  Tensor again_backing = Tensor::empty({total_q, cols + 5}, DType::f32);
+  std::memcpy(again_backing.view().data(), before.data(), before.size());
+  const TensorView again = again_backing.view().slice(1, 2, 2 + cols);
+  ops::indexer_scores(q, q_scale, weights, paged, block_tables, ps, cu_q, context_lens,
+                      c.skip_rows_up_to, again, IndexKeyLayout::page_major);
+  EXPECT_EQ(snapshot(again_backing), snapshot(scores_backing));
 }
 
 const IndexerCase kIndexerCases[] = {
@@ -303,6 +313,20 @@ TEST(IndexerScoresTest, RejectsBadArguments) {
   EXPECT_TRUE(rejects(
       [&] { call(q, q_scale, weights, key_cache, block_tables, 0, cu_q, context_lens, 0, scores); },
       "page_size must be positive", {watch(scores)}));
+  // A page-major key cache is read page by page: whole pages, contiguous.
+  Tensor cache_wide = Tensor::empty({slots, index_key_bytes(d) + 4}, DType::u8);
+  const TensorView cache_strided = cache_wide.view().slice(1, 0, index_key_bytes(d));
+  const auto page_major = [&](const TensorView& cache, std::int64_t page_size) {
+    ops::indexer_scores(q, q_scale, weights, cache, block_tables, page_size, cu_q, context_lens, 0,
+                        scores, IndexKeyLayout::page_major);
+  };
+  EXPECT_TRUE(rejects([&] { page_major(cache_strided, ps); },
+                      "key_cache in the page-major layout must be contiguous, got a row stride of "
+                      "136 bytes for rows of 132",
+                      {watch(scores)}));
+  EXPECT_TRUE(rejects([&] { page_major(key_cache, 3); },
+                      "key_cache in the page-major layout must hold whole pages of 3 slots, got 16",
+                      {watch(scores)}));
 
   // Query offsets.
   Tensor cu_q_start = i32_tensor({1, 2, 3});

@@ -118,6 +118,14 @@ inline Tensor random_tensor(std::initializer_list<std::int64_t> shape, DType dty
   return t;
 }
 
+// A u8 tensor of the given shape filled with random bytes.
+inline Tensor random_bytes(std::initializer_list<std::int64_t> shape, unsigned seed) {
+  Tensor t = Tensor::empty(shape, DType::u8);
+  std::mt19937 rng(seed);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t.ptr<std::uint8_t>()[i] = rng() & 0xff;
+  return t;
+}
+
 // A 1-D i32 tensor holding `values`.
 inline Tensor i32_tensor(const std::vector<std::int32_t>& values) {
   Tensor t = Tensor::empty({static_cast<std::int64_t>(values.size())}, DType::i32);
@@ -367,6 +375,27 @@ inline BlockTables random_block_tables(std::int64_t requests, std::int64_t max_p
     std::copy_n(pool.begin() + r * max_pages, max_pages, t.view.row<std::int32_t>(r));
   }
   return t;
+}
+
+// An index-key cache in the row layout ([slots, d + 4 · d / 128] u8, contiguous: each row its d
+// values, then its scales) rewritten page-major: each page of `page_size` slots holds its slots'
+// values one after the other, then their scales (cache/cache_format.h). Written out by hand here,
+// so that the ops' own addressing is checked against it.
+inline Tensor page_major_copy(const Tensor& rows, std::int64_t page_size) {
+  const std::int64_t slots = rows.size(0), bytes = rows.size(1), d = bytes * 32 / 33;
+  Tensor out = Tensor::empty({slots, bytes}, DType::u8);
+  const std::uint8_t* src = rows.ptr<std::uint8_t>();
+  std::uint8_t* dst = out.ptr<std::uint8_t>();
+  for (std::int64_t page = 0; page < slots / page_size; ++page) {
+    std::uint8_t* values = dst + page * page_size * bytes;
+    std::uint8_t* scales = values + page_size * d;
+    for (std::int64_t i = 0; i < page_size; ++i) {
+      const std::uint8_t* row = src + (page * page_size + i) * bytes;
+      std::memcpy(values + i * d, row, d);
+      std::memcpy(scales + i * (bytes - d), row + d, bytes - d);
+    }
+  }
+  return out;
 }
 
 }  // namespace dsattn::test

@@ -22,6 +22,31 @@ inline constexpr std::int64_t index_key_bytes(std::int64_t index_head_dim) {
   return index_head_dim + 4 * (index_head_dim / 128);
 }
 
+// How a page of the indexer-key cache orders its bytes (index_key_bytes(d_I) per token either
+// way, so both fill the same [num_slots, index_key_bytes] u8 tensor):
+//   rows:       token after token, each its d_I e4m3 values then its d_I / 128 f32 scales;
+//   page_major: per page, the page_size tokens' values (d_I bytes each), then their scales (the
+//               layout vLLM's indexer cache uses). Pages are then whole blocks of page_size ·
+//               index_key_bytes bytes, so the tensor must be contiguous.
+enum class IndexKeyLayout { rows, page_major };
+
+// Byte offsets, from the start of the cache, of a slot's values and of its first scale.
+struct IndexKeyOffsets {
+  std::int64_t values, scales;
+};
+inline constexpr IndexKeyOffsets index_key_offsets(IndexKeyLayout layout, std::int64_t slot,
+                                                   std::int64_t page_size,
+                                                   std::int64_t index_head_dim,
+                                                   std::int64_t row_stride) {
+  if (layout == IndexKeyLayout::rows) {
+    return {slot * row_stride, slot * row_stride + index_head_dim};
+  }
+  const std::int64_t page = slot / page_size, offset = slot % page_size;
+  const std::int64_t base = page * page_size * index_key_bytes(index_head_dim);
+  return {base + offset * index_head_dim,
+          base + page_size * index_head_dim + offset * 4 * (index_head_dim / 128)};
+}
+
 // Width in bytes of one FP8 latent row: kv_lora_rank e4m3 values, one f32 scale per 128 of
 // them, then rope_dim bf16 values (656 bytes for DeepSeek-V3.2).
 inline constexpr std::int64_t latent_fp8_bytes(std::int64_t kv_lora_rank, std::int64_t rope_dim) {

@@ -12,9 +12,20 @@ std::string_view latent_format_name(LatentFormat f) {
   return f == LatentFormat::bf16 ? "bf16" : "fp8";
 }
 
+IndexKeyLayout parse_index_key_layout(std::string_view text) {
+  if (text == "rows") return IndexKeyLayout::rows;
+  if (text == "page-major") return IndexKeyLayout::page_major;
+  fail("index key layout must be rows or page-major, got '{}'", text);
+}
+
+std::string_view index_key_layout_name(IndexKeyLayout layout) {
+  return layout == IndexKeyLayout::rows ? "rows" : "page-major";
+}
+
 PagedKvCache::PagedKvCache(const AttentionConfig& config, const CacheOptions& options)
     : device_(options.device),
       latent_format_(options.latent_format),
+      index_key_layout_(options.index_key_layout),
       page_size_(options.page_size),
       allocator_(options.num_pages) {
   config.validate();
@@ -61,8 +72,13 @@ LayerCacheView PagedKvCache::layer(std::int64_t index) const {
   if (index < 0 || index >= num_layers()) {
     fail("cache layer must be in [0, {}), got {}", num_layers(), index);
   }
-  return {latent_[index].view(), latent_format_, index_keys_[index].view(), page_size_,
-          num_pages(),           &allocator_};
+  return {latent_[index].view(),
+          latent_format_,
+          index_keys_[index].view(),
+          index_key_layout_,
+          page_size_,
+          num_pages(),
+          &allocator_};
 }
 
 }  // namespace dsattn

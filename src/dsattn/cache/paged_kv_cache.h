@@ -19,12 +19,16 @@ struct CacheOptions {
   std::int64_t page_size = kPageSize;  // tokens per page: a multiple of 16, at most 256
   std::int64_t num_layers = 1;
   LatentFormat latent_format = LatentFormat::bf16;
+  IndexKeyLayout index_key_layout = IndexKeyLayout::rows;
   Device device = Device::cpu();
 };
 
 // Parses "bf16" or "fp8".
 LatentFormat parse_latent_format(std::string_view text);
 std::string_view latent_format_name(LatentFormat f);
+// Parses "rows" or "page-major".
+IndexKeyLayout parse_index_key_layout(std::string_view text);
+std::string_view index_key_layout_name(IndexKeyLayout layout);
 
 // One layer's storage, addressed by slot = page · page_size + offset.
 struct LayerCacheView {
@@ -32,7 +36,8 @@ struct LayerCacheView {
   // fp8:  [num_slots, latent_fp8_bytes] u8 (ops/latent_fp8.h)
   TensorView latent;
   LatentFormat latent_format = LatentFormat::bf16;
-  TensorView index_keys;  // [num_slots, index_key_bytes(d_I)] u8
+  TensorView index_keys;  // [num_slots, index_key_bytes(d_I)] u8, bytes as index_key_layout says
+  IndexKeyLayout index_key_layout = IndexKeyLayout::rows;
   std::int64_t page_size = kPageSize;
   std::int64_t num_pages = 0;
   // The cache's allocator, when the view comes from a PagedKvCache: a forward then refuses
@@ -50,6 +55,7 @@ class PagedKvCache {
   std::int64_t num_layers() const { return static_cast<std::int64_t>(latent_.size()); }
   Device device() const { return device_; }
   LatentFormat latent_format() const { return latent_format_; }
+  IndexKeyLayout index_key_layout() const { return index_key_layout_; }
   // Bytes per token across all layers (both caches).
   std::int64_t bytes_per_token() const;
 
@@ -63,6 +69,7 @@ class PagedKvCache {
  private:
   Device device_;
   LatentFormat latent_format_;
+  IndexKeyLayout index_key_layout_;
   std::int64_t page_size_;
   PageAllocator allocator_;
   std::vector<Tensor> latent_;

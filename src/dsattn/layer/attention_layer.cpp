@@ -56,6 +56,13 @@ void check_layer_cache(const LayerCacheView& cache, const AttentionConfig& c) {
   check_dtype(cache.index_keys, "cache.index_keys", DType::u8);
   check_shape(cache.index_keys, "cache.index_keys",
               {cache.num_pages * cache.page_size, index_key_bytes(c.index_head_dim)});
+  if (cache.index_key_layout == IndexKeyLayout::page_major &&
+      cache.index_keys.stride(0) != cache.index_keys.size(1)) {
+    fail(
+        "cache.index_keys in the page-major layout must be contiguous, got a row stride of {} "
+        "bytes for rows of {}",
+        cache.index_keys.stride(0), cache.index_keys.size(1));
+  }
 }
 
 AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy)
@@ -79,7 +86,10 @@ void AttentionLayer::write_cache(const TokenProjections& proj, const TensorView&
     ops::scatter_rows(rows, new_slots, cache.latent);
   }
   // A layer sharing another's top-k has no indexer keys: its cache rows stay unwritten.
-  if (proj.index_keys.defined()) ops::scatter_rows(proj.index_keys, new_slots, cache.index_keys);
+  if (proj.index_keys.defined()) {
+    ops::write_index_keys(proj.index_keys, new_slots, cache.index_keys, cache.page_size,
+                          cache.index_key_layout);
+  }
 }
 
 void AttentionLayer::forward_sparse_on_device(const SparseMeta& meta, const TensorView& new_slots,

@@ -73,7 +73,8 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
   if (meta.windows.empty()) {
     Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
     ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
-                        cache.page_size, meta.cu_q, meta.context_lens, K, scores);
+                        cache.page_size, meta.cu_q, meta.context_lens, K, scores,
+                        cache.index_key_layout);
     ops::topk(scores, meta.visible, selected);
   } else {
     // One scores buffer, reused by every window (each within the budget).
@@ -93,7 +94,7 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
       ops::indexer_scores(window_rows(iq.q), window_rows(iq.q_scale), window_rows(iq.weights),
                           cache.index_keys,
                           meta.block_tables.slice(0, w.request_begin, w.request_end),
-                          cache.page_size, w.cu_q, w.context_lens, K, s);
+                          cache.page_size, w.cu_q, w.context_lens, K, s, cache.index_key_layout);
       ops::topk(s, meta.visible.slice(0, w.row_begin, w.row_end),
                 selected.view().slice(0, w.row_begin, w.row_end));
     }

@@ -132,6 +132,34 @@ void scatter_rows(const TensorView& rows, const TensorView& index, const TensorV
   DSATTN_DISPATCH(d, scatter_rows, rows, index, dst);
 }
 
+void write_index_keys(const TensorView& rows, const TensorView& slots, const TensorView& cache,
+                      std::int64_t page_size, IndexKeyLayout layout) {
+  if (layout == IndexKeyLayout::rows) {
+    scatter_rows(rows, slots, cache);
+    return;
+  }
+  check_dtype(rows, "rows", DType::u8);
+  check_dtype(cache, "cache", DType::u8);
+  check_row_copy(rows, "rows", cache, "cache");
+  const std::int64_t d = rows.size(1) * 32 / 33;  // index_key_bytes(d) = d + 4 · d / 128
+  DSATTN_CHECK(d % 128 == 0 && index_key_bytes(d) == rows.size(1),
+               "rows must be index-key rows of d + 4 * d / 128 bytes (d a multiple of 128), got "
+               "{} bytes",
+               rows.size(1));
+  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
+  DSATTN_CHECK(cache.stride(0) == cache.size(1),
+               "cache in the page-major layout must be contiguous, got a row stride of {} bytes "
+               "for rows of {}",
+               cache.stride(0), cache.size(1));
+  DSATTN_CHECK(cache.size(0) % page_size == 0,
+               "cache in the page-major layout must hold whole pages of {} slots, got {} slots",
+               page_size, cache.size(0));
+  check_index(slots, "slots", rows.size(0), cache.size(0), /*allow_skip=*/true);
+  const Device dev = common_device({{"rows", &rows}, {"slots", &slots}, {"cache", &cache}});
+  if (rows.size(0) == 0) return;
+  DSATTN_DISPATCH(dev, write_index_keys_page_major, rows, slots, cache, page_size);
+}
+
 void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out) {
   check_row_copy(out, "out", src, "src");
   check_index(index, "index", out.size(0), src.size(0));

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <span>
 
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/core/tensor.h"
 #include "dsattn/ops/decode_request_tables.h"
 
@@ -47,6 +48,15 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
 // dst[index[t], :] = rows[t, :] for index[t] >= 0 (-1: row t is not written)
 //   rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
+// Writes quantised indexer-key rows (quantize_index_key_rows' output: d_I e4m3 values, then
+// their d_I / 128 f32 scales) into the index-key cache at their slots, in the cache's layout
+// (cache/cache_format.h); -1: row t is not written. With IndexKeyLayout::rows this is
+// scatter_rows.
+//   rows: [n, index_key_bytes(d_I)] u8; slots: [n] i32; cache: [num_slots, same] u8 (contiguous
+//   whole pages of page_size slots for page_major)
+void write_index_keys(const TensorView& rows, const TensorView& slots, const TensorView& cache,
+                      std::int64_t page_size, IndexKeyLayout layout);
+
 // out[t, :] = src[index[t], :]       src: [num_rows, w]; index: [n] i32 (each valid); out: [n, w]
 void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out);
 

@@ -8,7 +8,8 @@ namespace dsattn::ops {
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
                     const TensorView& key_cache, const TensorView& block_tables,
                     std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
-                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+                    std::int64_t skip_rows_up_to, const TensorView& scores,
+                    IndexKeyLayout key_layout) {
   if (q.dtype() != DType::fp8_e4m3 && q.dtype() != DType::u8) {
     fail("q must have dtype fp8_e4m3 or u8, got {}", dtype_name(q.dtype()));
   }
@@ -27,6 +28,17 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   check_shape(key_cache, "key_cache", {kAny, index_key_bytes(d)});
   check_inner_contiguous(key_cache, "key_cache");
   DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
+  if (key_layout == IndexKeyLayout::page_major) {
+    // Whole pages, page after page: page p is the bytes of rows p · page_size ... on.
+    DSATTN_CHECK(key_cache.stride(0) == key_cache.size(1),
+                 "key_cache in the page-major layout must be contiguous, got a row stride of {} "
+                 "bytes for rows of {}",
+                 key_cache.stride(0), key_cache.size(1));
+    DSATTN_CHECK(key_cache.size(0) % page_size == 0,
+                 "key_cache in the page-major layout must hold whole pages of {} slots, got {} "
+                 "slots",
+                 page_size, key_cache.size(0));
+  }
   check_dtype(scores, "scores", DType::f32);
   check_shape(scores, "scores", {n_q, kAny});
   check_inner_contiguous(scores, "scores");
@@ -46,7 +58,7 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
                                     {"scores", &scores}});
   if (n_q == 0 || batch == 0) return;
   DSATTN_DISPATCH(dev, indexer_scores, q, q_scale, weights, key_cache, block_tables, page_size,
-                  cu_q, context_lens, skip_rows_up_to, scores);
+                  cu_q, context_lens, skip_rows_up_to, scores, key_layout);
 }
 
 }  // namespace dsattn::ops

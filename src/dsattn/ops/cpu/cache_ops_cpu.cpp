@@ -18,6 +18,20 @@ void scatter_rows(const TensorView& rows, const TensorView& slots, const TensorV
   }
 }
 
+void write_index_keys_page_major(const TensorView& rows, const TensorView& slots,
+                                 const TensorView& cache, std::int64_t page_size) {
+  const std::int64_t bytes = rows.size(1), d = bytes * 32 / 33;
+  const std::int32_t* s = slots.ptr<std::int32_t>();
+  for (std::int64_t i = 0; i < rows.size(0); ++i) {
+    if (s[i] < 0) continue;
+    const IndexKeyOffsets at =
+        index_key_offsets(IndexKeyLayout::page_major, s[i], page_size, d, cache.stride(0));
+    const std::uint8_t* src = rows.row<std::uint8_t>(i);
+    std::memcpy(cache.ptr<std::uint8_t>() + at.values, src, d);
+    std::memcpy(cache.ptr<std::uint8_t>() + at.scales, src + d, bytes - d);
+  }
+}
+
 void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
                          std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
                          std::int64_t max_context, const DecodeTables& out) {

@@ -11,13 +11,14 @@ namespace dsattn::ops::cpu {
 
 namespace {
 
-// Dequantises one cached key: d e4m3 values followed by d/128 f32 scales.
-void dequantize_key(const std::uint8_t* bytes, std::int64_t d, float* out) {
+// Dequantises one cached key: d e4m3 values and d/128 f32 scales.
+void dequantize_key(const std::uint8_t* values, const std::uint8_t* scales, std::int64_t d,
+                    float* out) {
   for (std::int64_t b = 0; b < d / kQuantBlock; ++b) {
     float scale;
-    std::memcpy(&scale, bytes + d + 4 * b, 4);
+    std::memcpy(&scale, scales + 4 * b, 4);
     for (std::int64_t j = b * kQuantBlock; j < (b + 1) * kQuantBlock; ++j) {
-      out[j] = fp8_e4m3::from_bits(bytes[j]).to_float() * scale;
+      out[j] = fp8_e4m3::from_bits(values[j]).to_float() * scale;
     }
   }
 }
@@ -28,9 +29,10 @@ namespace {
 
 // One request: n_q query rows against n_k keys, its queries being its newest positions.
 void request_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
-                    const TensorView& key_cache, const std::int32_t* table, std::int64_t page_size,
-                    std::int64_t row0, std::int64_t n_q, std::int64_t n_k,
-                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+                    const TensorView& key_cache, IndexKeyLayout key_layout,
+                    const std::int32_t* table, std::int64_t page_size, std::int64_t row0,
+                    std::int64_t n_q, std::int64_t n_k, std::int64_t skip_rows_up_to,
+                    const TensorView& scores) {
   const std::int64_t heads = q.size(1), d = q.size(2);
   // Rows that see at most skip_rows_up_to keys are left alone; they are the first rows.
   std::int64_t first = 0;
@@ -67,7 +69,10 @@ void request_scores(const TensorView& q, const TensorView& q_scale, const Tensor
       for (std::int64_t s = 0; s < block; ++s) {
         const std::int64_t pos = k0 + s;
         const std::int64_t slot = table[pos / page_size] * page_size + pos % page_size;
-        dequantize_key(key_cache.row<std::uint8_t>(slot), d, keys.data() + s * d);
+        const IndexKeyOffsets at =
+            index_key_offsets(key_layout, slot, page_size, d, key_cache.stride(0));
+        const std::uint8_t* cache = key_cache.ptr<std::uint8_t>();
+        dequantize_key(cache + at.values, cache + at.scales, d, keys.data() + s * d);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows * heads, block, d, 1.0f,
                   q_f32.data(), d, keys.data(), d, 0.0f, logits.data(), block);
@@ -102,12 +107,13 @@ void request_scores(const TensorView& q, const TensorView& q_scale, const Tensor
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
                     const TensorView& key_cache, const TensorView& block_tables,
                     std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
-                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+                    std::int64_t skip_rows_up_to, const TensorView& scores,
+                    IndexKeyLayout key_layout) {
   const std::int32_t* cq = cu_q.ptr<std::int32_t>();
   const std::int32_t* len = context_lens.ptr<std::int32_t>();
   for (std::int64_t b = 0; b + 1 < cu_q.size(0); ++b) {
-    request_scores(q, q_scale, weights, key_cache, block_tables.row<std::int32_t>(b), page_size,
-                   cq[b], cq[b + 1] - cq[b], len[b], skip_rows_up_to, scores);
+    request_scores(q, q_scale, weights, key_cache, key_layout, block_tables.row<std::int32_t>(b),
+                   page_size, cq[b], cq[b + 1] - cq[b], len[b], skip_rows_up_to, scores);
   }
 }
 

@@ -18,6 +18,22 @@ __global__ void move_rows_kernel(MoveRowsParams p) {
   for (std::int64_t j = threadIdx.x; j < words; j += blockDim.x) dst[j] = src[j];
 }
 
+// A warp per row, a byte per lane and step (a row is 132 bytes; the write is not worth wider
+// copies): values to the slot's place among its page's values, scales among the page's scales.
+__global__ void index_keys_page_major_kernel(IndexKeysPageMajorParams p) {
+  const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x / 32) + threadIdx.x / 32;
+  if (i >= p.n || p.slots[i] < 0) return;
+  const std::int64_t slot = p.slots[i], bytes = p.d + 4 * (p.d / 128);
+  const std::int64_t page = slot / p.page_size, offset = slot % p.page_size;
+  std::uint8_t* page_bytes = p.cache + page * p.page_size * bytes;
+  const std::uint8_t* src = p.rows + i * p.stride_rows;
+  for (std::int64_t j = threadIdx.x % 32; j < bytes; j += 32) {
+    const std::int64_t to =
+        j < p.d ? offset * p.d + j : p.page_size * p.d + offset * (bytes - p.d) + (j - p.d);
+    page_bytes[to] = src[j];
+  }
+}
+
 __global__ void map_positions_kernel(MapPositionsParams p) {
   const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (i >= p.rows * p.k) return;
@@ -78,6 +94,13 @@ cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream) {
   } else {
     move_rows_kernel<std::uint8_t><<<grid, 128, 0, stream>>>(p);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_index_keys_page_major(const IndexKeysPageMajorParams& p, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = 8;  // a warp each
+  index_keys_page_major_kernel<<<blocks_for(p.n, kRowsPerBlock), 32 * kRowsPerBlock, 0, stream>>>(
+      p);
   return cudaGetLastError();
 }
 

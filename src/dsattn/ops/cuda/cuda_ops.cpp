@@ -165,6 +165,18 @@ void gather_rows(const TensorView& src, const TensorView& index, const TensorVie
   move_rows(src, out, index, true);
 }
 
+void write_index_keys_page_major(const TensorView& rows, const TensorView& slots,
+                                 const TensorView& cache, std::int64_t page_size) {
+  const IndexKeysPageMajorParams p{static_cast<const std::uint8_t*>(rows.data()),
+                                   static_cast<const std::int32_t*>(slots.data()),
+                                   static_cast<std::uint8_t*>(cache.data()),
+                                   rows.size(0),
+                                   rows.stride(0),
+                                   rows.size(1) * 32 / 33,
+                                   page_size};
+  check_launch(launch_index_keys_page_major(p, stream()), "write_index_keys");
+}
+
 void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
                             const TensorView& block_tables, std::int64_t page_size) {
   const MapPositionsParams p{static_cast<std::int32_t*>(indices.data()),
@@ -233,7 +245,8 @@ void dequantize_latent_fp8(const TensorView& rows, std::int64_t kv_lora_rank,
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
                     const TensorView& key_cache, const TensorView& block_tables,
                     std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
-                    std::int64_t skip_rows_up_to, const TensorView& scores) {
+                    std::int64_t skip_rows_up_to, const TensorView& scores,
+                    IndexKeyLayout key_layout) {
   if (q.size(2) != 128) {
     fail<Unsupported>("indexer_scores on CUDA needs an index head dim of 128, got {}", q.size(2));
   }
@@ -260,6 +273,7 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   p.skip_rows_up_to = skip_rows_up_to;
   p.batch = static_cast<int>(cu_q.size(0) - 1);
   p.heads = static_cast<int>(q.size(1));
+  p.page_major = key_layout == IndexKeyLayout::page_major ? 1 : 0;
   if (indexer_fp8_sm90_supports(p)) {
     record_kernel("indexer_scores", "indexer_fp8_sm90");
     check_launch(launch_indexer_fp8_sm90(p, stream()), "indexer_scores");
@@ -267,9 +281,10 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   }
   record_fallback("indexer_scores", "indexer_generic", "indexer_fp8_sm90", [&] {
     return fmt::format(
-        "it takes {} index heads of 128 with 16-byte aligned query rows; got {} heads, query "
-        "strides {} and {}",
-        kIndexerSm90Heads, p.heads, p.stride_q_row, p.stride_q_head);
+        "it takes {} index heads of 128 with 16-byte aligned query rows (and keys, page-major); "
+        "got {} heads, query strides {} and {}, keys at {}",
+        kIndexerSm90Heads, p.heads, p.stride_q_row, p.stride_q_head,
+        static_cast<const void*>(p.keys));
   });
   check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
 }

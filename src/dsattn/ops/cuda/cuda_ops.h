@@ -31,6 +31,9 @@ void quantize_fp8_block128(const TensorView& x, const TensorView& q, const Tenso
 void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
                          std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
                          std::int64_t max_context, const DecodeTables& out);
+// write_index_keys with IndexKeyLayout::page_major, its arguments checked.
+void write_index_keys_page_major(const TensorView& rows, const TensorView& slots,
+                                 const TensorView& cache, std::int64_t page_size);
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
 void gather_rows(const TensorView& src, const TensorView& index, const TensorView& out);
 void map_positions_to_slots(const TensorView& indices, const TensorView& row_request,
@@ -42,7 +45,8 @@ void dequantize_latent_fp8(const TensorView& rows, std::int64_t kv_lora_rank,
 void indexer_scores(const TensorView& q, const TensorView& q_scale, const TensorView& weights,
                     const TensorView& key_cache, const TensorView& block_tables,
                     std::int64_t page_size, const TensorView& cu_q, const TensorView& context_lens,
-                    std::int64_t skip_rows_up_to, const TensorView& scores);
+                    std::int64_t skip_rows_up_to, const TensorView& scores,
+                    IndexKeyLayout key_layout);
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out);
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,

@@ -50,7 +50,14 @@ __global__ void indexer_scores_kernel(IndexerParams p) {
   const std::int32_t* table = p.block_tables + b * p.stride_tables;
   const std::int64_t slot = table[s / p.page_size] * p.page_size + s % p.page_size;
   const std::uint8_t* key = p.keys + slot * p.stride_key;
-  const float key_scale = *reinterpret_cast<const float*>(key + kHeadDim);
+  const float* scale = reinterpret_cast<const float*>(key + kHeadDim);
+  if (p.page_major) {  // the page's values, then its scales (page_size · 132 bytes a page)
+    const std::int64_t page = slot / p.page_size, offset = slot % p.page_size;
+    const std::uint8_t* base = p.keys + page * p.page_size * (kHeadDim + 4);
+    key = base + offset * kHeadDim;
+    scale = reinterpret_cast<const float*>(base + p.page_size * kHeadDim) + offset;
+  }
+  const float key_scale = *scale;
   float kf[kHeadDim];
   for (int e = 0; e < kHeadDim; ++e) kf[e] = from_e4m3(key[e]) * key_scale;
   float acc = 0.0f;

@@ -112,6 +112,14 @@ __device__ __forceinline__ void copy4(std::uint32_t dst, const std::uint8_t* src
                "r"(valid ? 4 : 0));
 }
 
+// 16 bytes, issued only when `valid` (no zero-fill); L2 only, as the keys are read once.
+__device__ __forceinline__ void copy16_if(std::uint32_t dst, const std::uint8_t* src, bool valid) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p cp.async.cg.shared.global [%0], [%1], "
+      "16;\n}\n" ::"r"(dst),
+      "l"(src), "r"(static_cast<int>(valid)));
+}
+
 // A copy that is issued only when `valid` (no zero-fill).
 __device__ __forceinline__ void copy4_if(std::uint32_t dst, const std::uint8_t* src, bool valid) {
   asm volatile(
@@ -143,6 +151,26 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
     const std::int64_t first_slot =
         tile_begin < end ? std::int64_t(s.split_pages[page - first_page]) * page_size + offset : 0;
     const int valid_rows = min(kKeysPerTile, end - tile_begin);
+    if (p.page_major) {
+      // The tile's values are 8 KB in one piece (16-byte copies), its scales 256 bytes after the
+      // page's values.
+      const std::uint8_t* page_bytes = p.keys + (first_slot - offset) * kRowBytes;
+      const std::uint8_t* values = page_bytes + offset * kDim;
+      constexpr int kChunksPerRow = kDim / 16;
+      static_assert(kKeysPerTile * kChunksPerRow % kThreads == 0);
+#pragma unroll
+      for (int i = 0; i < kKeysPerTile * kChunksPerRow / kThreads; ++i) {
+        const int c = i * kThreads + static_cast<int>(threadIdx.x);
+        const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
+        copy16_if(tile_base + wgmma::swizzled_offset(row, chunk * 16),
+                  values + row * kDim + chunk * 16, row < valid_rows);
+      }
+      if (scale_thread) {
+        copy4_if(scale_dst, page_bytes + page_size * kDim + (offset + threadIdx.x) * 4,
+                 static_cast<int>(threadIdx.x) < valid_rows);
+      }
+      return;
+    }
     const std::uint8_t* tile = p.keys + first_slot * p.stride_key;
     if (p.stride_key == kRowBytes) {
       // The cache's own rows: the eight rows of this lane differ by constant offsets. Rows past
@@ -172,20 +200,30 @@ __device__ void load_key_tile(const IndexerParams& p, const std::int32_t* table,
     }
     return;
   }
-  const auto key_row = [&](int row) -> const std::uint8_t* {
+  // A key's values and its scale (null past the end).
+  struct Key {
+    const std::uint8_t *values, *scale;
+  };
+  const auto key_at = [&](int row) -> Key {
     const int pos = tile_begin + row;
-    if (pos >= end) return nullptr;
-    return p.keys +
-           (std::int64_t(table[pos / page_size]) * page_size + pos % page_size) * p.stride_key;
+    if (pos >= end) return {nullptr, nullptr};
+    const std::int64_t page = table[pos / page_size];
+    const int offset = pos % page_size;
+    if (p.page_major) {
+      const std::uint8_t* page_bytes = p.keys + page * page_size * kRowBytes;
+      return {page_bytes + offset * kDim, page_bytes + page_size * kDim + offset * 4};
+    }
+    const std::uint8_t* row_bytes = p.keys + (page * page_size + offset) * p.stride_key;
+    return {row_bytes, row_bytes + kDim};
   };
 #pragma unroll
   for (int i = 0; i < kKeysPerTile / kWarps; ++i) {
-    const std::uint8_t* src = key_row(i * kWarps + warp);
-    copy4(dst(i), src ? src + lane * 4 : p.keys, src != nullptr);
+    const Key key = key_at(i * kWarps + warp);
+    copy4(dst(i), key.values ? key.values + lane * 4 : p.keys, key.values != nullptr);
   }
   if (scale_thread) {
-    const std::uint8_t* src = key_row(static_cast<int>(threadIdx.x));
-    copy4(scale_dst, src ? src + kDim : p.keys, src != nullptr);
+    const Key key = key_at(static_cast<int>(threadIdx.x));
+    copy4(scale_dst, key.scale ? key.scale : p.keys, key.scale != nullptr);
   }
 }
 
@@ -450,7 +488,7 @@ bool indexer_fp8_sm90_supports(const IndexerParams& p) {
   };
   return p.heads == kHeads && p.stride_q_head % 16 == 0 && p.stride_q_row % 16 == 0 &&
          aligned(p.q, 16) && p.stride_key % 4 == 0 && p.stride_key < (1 << 20) &&
-         aligned(p.keys, 4) && p.max_k <= (std::int64_t(1) << 30) &&
+         aligned(p.keys, p.page_major ? 16 : 4) && p.max_k <= (std::int64_t(1) << 30) &&
          p.total_q <= (std::int64_t(1) << 30) && p.page_size > 0 &&
          p.page_size <= (std::int64_t(1) << 30);
 }

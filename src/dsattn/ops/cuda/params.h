@@ -69,6 +69,13 @@ struct MoveRowsParams {
   bool gather;
 };
 
+struct IndexKeysPageMajorParams {
+  const std::uint8_t* rows;   // [n, d + 4 · d / 128]
+  const std::int32_t* slots;  // [n]; -1: not written
+  std::uint8_t* cache;        // contiguous pages of page_size · (d + 4 · d / 128) bytes
+  std::int64_t n, stride_rows, d, page_size;
+};
+
 struct MapPositionsParams {
   std::int32_t* indices;             // [rows, k], positions in, slots out; -1 stays
   const std::int32_t* row_request;   // [rows]
@@ -98,7 +105,7 @@ struct IndexerParams {
   const std::uint8_t* q;             // [total_q, heads, 128] e4m3
   const float* q_scale;              // [total_q, heads, 1]
   const float* weights;              // [total_q, heads]
-  const std::uint8_t* keys;          // [slots, 132] u8
+  const std::uint8_t* keys;          // [slots, 132] u8, rows or (page_major) page by page
   const std::int32_t* block_tables;  // [batch, max_pages]
   const std::int32_t* cu_q;          // [batch + 1]
   const std::int32_t* context_lens;  // [batch]
@@ -106,6 +113,9 @@ struct IndexerParams {
   std::int64_t total_q, max_k, stride_q_row, stride_q_head, stride_qs_row, stride_qs_head, stride_w,
       stride_key, stride_scores, stride_tables, page_size, skip_rows_up_to;
   int batch, heads;
+  // The keys' layout (cache/cache_format.h): 0 rows of stride_key bytes; 1 page-major, a page
+  // being page_size · 128 value bytes then page_size f32 scales (stride_key is then 132).
+  int page_major;
   // Set at launch for the FP8 tensor-core kernel: its split of each context, and log2(page_size)
   // when that is a power of two (else -1).
   int keys_per_split, page_shift;
@@ -162,6 +172,7 @@ cudaError_t launch_hadamard128(const HadamardParams& p, cudaStream_t stream);
 cudaError_t launch_quantize_fp8_block128(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream);
 cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream);
+cudaError_t launch_index_keys_page_major(const IndexKeysPageMajorParams& p, cudaStream_t stream);
 cudaError_t launch_decode_tables(const DecodeTablesParams& p, cudaStream_t stream);
 cudaError_t launch_latent_fp8(const LatentFp8Params& p, cudaStream_t stream);
 cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
