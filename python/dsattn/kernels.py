@@ -178,12 +178,12 @@ def topk_slots(
     out: Any = None,
     stream: int | None = None,
 ) -> Any:
-    """`topk`, then `map_positions_to_slots` on its result, in one call on one stream: per row,
-    the cache slots of its selected keys (-1 for the unused ones), what `sparse_mla` reads as
-    `indices`. Positions index the row's request's block table: position p of row r lives in
-    slot block_tables[row_request[r], p // page_size] * page_size + p % page_size. Every position
-    below lengths[r] must lie inside the table (checked on the CPU; on CUDA the lengths and
-    tables are trusted, as all metadata).
+    """`topk` and `map_positions_to_slots` in one kernel: per row, the cache slots of its
+    selected keys (-1 for the unused ones), what `sparse_mla` reads as `indices`. Positions index
+    the row's request's block table: position p of row r lives in slot
+    block_tables[row_request[r], p // page_size] * page_size + p % page_size. Every position
+    below lengths[r] must lie inside the table (checked on the CPU; on CUDA a position past the
+    table's width gives -1).
 
     scores: [rows, n] float32; lengths: [rows] int32 in [0, n]; row_request: [rows] int32;
     block_tables: [requests, max_pages] int32; out: [rows, k] int32 (its width is k when given).

@@ -427,7 +427,7 @@ TEST_P(TopkGpu, SameSlotsAsCpu) {
   ops::topk_slots(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), request_dev.on_gpu(),
                   tables_dev.on_gpu(tables), page_size, out_dev.on_gpu(out));
   const Tensor fetched = out_dev.fetch();
-  EXPECT_EQ(ops::cuda::last_kernel("topk"), expected_topk_kernel(c));
+  EXPECT_EQ(ops::cuda::last_kernel("topk_slots"), expected_topk_kernel(c));
   expect_same_selection(out_backing, fetched, in.lengths, c.k);
 }
 

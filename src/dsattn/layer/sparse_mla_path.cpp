@@ -57,9 +57,10 @@ Tensor packed_rows(const SparseMeta& meta, const TensorView& t) {
 
 // The indexer and top-k: queries for every row at once, scores against each request's paged
 // keys (in windows when the scores would exceed their budget), and the top-k positions of each
-// row ([n, K] i32). Rows that see at most K keys select all of them without scores.
+// row ([n, K] i32), or their cache slots with `slots`. Rows that see at most K keys select all
+// of them without scores.
 Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
-                   const TokenProjections& proj, const LayerCacheView& cache) {
+                   const TokenProjections& proj, const LayerCacheView& cache, bool slots) {
   const std::int64_t K = ctx.config.index_topk, n = meta.n;
   const Device dev = hidden.device();
   const bool all_rows = meta.rows.empty();
@@ -75,7 +76,12 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
     ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
                         cache.page_size, meta.cu_q, meta.context_lens, K, scores,
                         cache.index_key_layout);
-    ops::topk(scores, meta.visible, selected);
+    if (slots) {
+      ops::topk_slots(scores, meta.visible, meta.row_request, meta.block_tables, cache.page_size,
+                      selected);
+    } else {
+      ops::topk(scores, meta.visible, selected);
+    }
   } else {
     // One scores buffer, reused by every window (each within the budget).
     std::int64_t rows = 0, cols = 1;
@@ -95,8 +101,14 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
                           cache.index_keys,
                           meta.block_tables.slice(0, w.request_begin, w.request_end),
                           cache.page_size, w.cu_q, w.context_lens, K, s, cache.index_key_layout);
-      ops::topk(s, meta.visible.slice(0, w.row_begin, w.row_end),
-                selected.view().slice(0, w.row_begin, w.row_end));
+      const TensorView visible = meta.visible.slice(0, w.row_begin, w.row_end);
+      const TensorView out = selected.view().slice(0, w.row_begin, w.row_end);
+      if (slots) {
+        ops::topk_slots(s, visible, meta.row_request.slice(0, w.row_begin, w.row_end),
+                        meta.block_tables, cache.page_size, out);
+      } else {
+        ops::topk(s, visible, out);
+      }
     }
   }
   return selected;
@@ -161,12 +173,13 @@ void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const Tenso
 
   Tensor selected;
   if (ctx.weights.has_indexer()) {
-    selected = select_topk(ctx, meta, hidden, proj, cache);
+    // The cache slots straight from the selection, unless the caller wants the positions too.
+    selected = select_topk(ctx, meta, hidden, proj, cache, selected_out == nullptr);
     if (selected_out) {
       *selected_out = Tensor::empty({n, K}, DType::i32, dev);
       copy(selected, *selected_out);
+      ops::map_positions_to_slots(selected, meta.row_request, meta.block_tables, cache.page_size);
     }
-    ops::map_positions_to_slots(selected, meta.row_request, meta.block_tables, cache.page_size);
     if (shared) {
       shared->slots = selected;  // read only from here on: the next layers may alias it
       shared->positions = selected_out ? *selected_out : Tensor();

@@ -63,9 +63,7 @@ void topk_slots(const TensorView& scores, const TensorView& lengths, const Tenso
     }
   }
   if (rows == 0) return;
-  // Both backends: the selection, then the map.
-  DSATTN_DISPATCH(d, topk, scores, lengths, out);
-  DSATTN_DISPATCH(d, map_positions_to_slots, out, row_request, block_tables, page_size);
+  DSATTN_DISPATCH(d, topk_slots, scores, lengths, row_request, block_tables, page_size, out);
 }
 
 }  // namespace dsattn::ops

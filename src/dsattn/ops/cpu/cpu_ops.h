@@ -48,6 +48,8 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
                     std::int64_t skip_rows_up_to, const TensorView& scores,
                     IndexKeyLayout key_layout);
 void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out);
+void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
+                const TensorView& block_tables, std::int64_t page_size, const TensorView& out);
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
                        float scale, const TensorView& out, const TensorView& lse);

@@ -34,4 +34,11 @@ void topk(const TensorView& scores, const TensorView& lengths, const TensorView&
   }
 }
 
+// The CPU has no pass over the scores to save: the selection, then the map.
+void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
+                const TensorView& block_tables, std::int64_t page_size, const TensorView& out) {
+  topk(scores, lengths, out);
+  map_positions_to_slots(out, row_request, block_tables, page_size);
+}
+
 }  // namespace dsattn::ops::cpu

@@ -289,24 +289,46 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   check_launch(launch_indexer_scores(p, stream()), "indexer_scores");
 }
 
-void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
-  const TopkParams p{static_cast<const float*>(scores.data()),
-                     static_cast<const std::int32_t*>(lengths.data()),
-                     static_cast<std::int32_t*>(out.data()),
-                     scores.size(0),
-                     scores.size(1),
-                     scores.stride(0),
-                     out.stride(0),
-                     static_cast<int>(out.size(1))};
+namespace {
+
+TopkParams topk_params(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  return TopkParams{static_cast<const float*>(scores.data()),
+                    static_cast<const std::int32_t*>(lengths.data()),
+                    static_cast<std::int32_t*>(out.data()),
+                    scores.size(0),
+                    scores.size(1),
+                    scores.stride(0),
+                    out.stride(0),
+                    static_cast<int>(out.size(1))};
+}
+
+void run_topk(const TopkParams& p, const char* op) {
   if (const char* binned = topk_binned_choice(p)) {
-    record_kernel("topk", binned);
-    check_launch(launch_topk_binned(p, stream()), "topk");
+    record_kernel(op, binned);
+    check_launch(launch_topk_binned(p, stream()), op);
     return;
   }
-  // Rows past 32,768 scores, and rows past 8,192 too few to fill the GPU one block each: the
-  // sliced kernel shares each row between the blocks of a cluster.
-  record_kernel("topk", "topk_sliced");
-  check_launch(launch_topk(p, stream()), "topk");
+  // Longer rows, and rows too few to fill the GPU one block each: the sliced kernel shares each
+  // row between the blocks of a cluster.
+  record_kernel(op, "topk_sliced");
+  check_launch(launch_topk(p, stream()), op);
+}
+
+}  // namespace
+
+void topk(const TensorView& scores, const TensorView& lengths, const TensorView& out) {
+  run_topk(topk_params(scores, lengths, out), "topk");
+}
+
+void topk_slots(const TensorView& scores, const TensorView& lengths, const TensorView& row_request,
+                const TensorView& block_tables, std::int64_t page_size, const TensorView& out) {
+  TopkParams p = topk_params(scores, lengths, out);
+  p.row_request = static_cast<const std::int32_t*>(row_request.data());
+  p.block_tables = static_cast<const std::int32_t*>(block_tables.data());
+  p.stride_tables = block_tables.stride(0);
+  p.table_width = block_tables.size(1);
+  p.page_size = static_cast<int>(page_size);
+  run_topk(p, "topk_slots");
 }
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,

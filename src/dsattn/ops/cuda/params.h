@@ -127,6 +127,13 @@ struct TopkParams {
   std::int32_t* out;            // [rows, k]
   std::int64_t rows, cols, stride_scores, stride_out;
   int k;
+  // When block_tables is set, out gets cache slots instead of positions: position p of row r is
+  // block_tables[row_request[r] * stride_tables + p / page_size] * page_size + p % page_size
+  // (-1 for a page past table_width).
+  const std::int32_t* row_request = nullptr;
+  const std::int32_t* block_tables = nullptr;
+  std::int64_t stride_tables = 0, table_width = 0;
+  int page_size = 1;
 };
 
 struct MhaParams {

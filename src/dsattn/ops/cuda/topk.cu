@@ -29,9 +29,10 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 2048;  // first two passes: 11 bits each; the last pass 10 bits
 constexpr int kMaxCluster = 8;
-// Keys a block keeps in shared memory: 48 KiB, so that two blocks share a multiprocessor with
-// their histograms and candidate lists (registers allow two blocks of 512 threads as well).
-constexpr int kCacheKeys = 12 * 1024;
+// Keys a block keeps in shared memory: 64 KiB, so that two blocks still share a multiprocessor
+// with their histograms and candidate lists (registers allow two blocks of 512 threads as well)
+// and clusters of 8 stay resident in one wave. A slice of a 128K row cut eight ways fits whole.
+constexpr int kCacheKeys = 16 * 1024;
 // A slice shorter than this is not worth another block of the cluster.
 constexpr int kMinSlice = 4096;
 
@@ -113,15 +114,31 @@ __device__ Choice choose_cluster_bucket(const cg::cluster_group& cluster, int* h
                                         int remaining, Choice* shared_choice) {
   cluster.sync();  // every block's histogram of this pass is complete
   const int blocks = static_cast<int>(cluster.num_blocks());
-  const auto count = [&](int bin) {
-    int c = histogram[bin];
-    for (int b = 1; b < blocks; ++b) {
-      const int rank = (static_cast<int>(cluster.block_rank()) + b) % blocks;
-      c += cluster.map_shared_rank(histogram, rank)[bin];
+  // choose_bucket gives each thread `per_thread` consecutive buckets from `low` (4 of 2,048 or 2
+  // of 1,024). Their sums over the cluster take one 16- or 8-byte load from each block's
+  // histogram, all independent, so the round trips to the other blocks overlap.
+  const int per_thread = bins / kThreads;
+  const int low = bins - (static_cast<int>(threadIdx.x) + 1) * per_thread;
+  int4 sum{0, 0, 0, 0};
+#pragma unroll
+  for (int b = 0; b < kMaxCluster; ++b) {
+    if (b < blocks) {
+      const int* h = cluster.map_shared_rank(histogram, b) + low;
+      if (per_thread == 4) {
+        const int4 v = *reinterpret_cast<const int4*>(h);
+        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+      } else {
+        const int2 v = *reinterpret_cast<const int2*>(h);
+        sum.x += v.x, sum.y += v.y;
+      }
     }
-    return c;
+  }
+  const auto count = [&](int bin) {
+    const int i = bin - low;
+    return i == 0 ? sum.x : i == 1 ? sum.y : i == 2 ? sum.z : sum.w;
   };
-  return choose_bucket<kThreads, kBins>(count, bins, remaining, shared_choice);
+  return choose_bucket<kThreads, kBins, cub::BLOCK_SCAN_WARP_SCANS>(count, bins, remaining,
+                                                                    shared_choice);
 }
 
 // Each warp of a block owns a contiguous segment of the slice, a multiple of 32 keys long, so
@@ -163,12 +180,13 @@ __device__ void count_by_walk(const Slice& slice, const Threshold& t, WarpCounts
   if (lane == 0) counts->above[warp] = above, counts->equal[warp] = equal;
 }
 
-// Writes the slice's selected positions (offset by `first`, the slice's position in the row)
-// from each warp's counts: the counts of the blocks before this one in the cluster and of the
-// warps before each warp give its first output slot and how many equal keys precede it.
+// Writes the slice's selected positions (offset by `first`, the slice's position in the row), or
+// what `value` maps them to, from each warp's counts: the counts of the blocks before this one in
+// the cluster and of the warps before each warp give its first output slot and how many equal keys
+// precede it.
 __device__ void write_selected(const cg::cluster_group& cluster, const Slice& slice,
-                               const Threshold& t, int first, WarpCounts* counts, std::int32_t* out,
-                               int* block_totals) {
+                               const Threshold& t, int first, const SelectedValue& value,
+                               WarpCounts* counts, std::int32_t* out, int* block_totals) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const Segment seg(slice.len);
   const unsigned below_lane = (1u << lane) - 1u;
@@ -211,7 +229,7 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
         valid &&
         (key > t.prefix || (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
     const unsigned taken = __ballot_sync(0xffffffffu, take);
-    if (take) out[written + __popc(taken & below_lane)] = first + s;
+    if (take) out[written + __popc(taken & below_lane)] = value(first + s);
     written += __popc(taken);
     equal_seen += __popc(eq);
   }
@@ -220,7 +238,7 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
 
 // The fast path's candidates: per warp, in position order, the keys of its segment that fell in
 // the first pass's bucket (with their positions in the slice). Usually a few percent of the keys.
-constexpr int kCandidatesPerWarp = 256;
+constexpr int kCandidatesPerWarp = 224;  // within the shared memory two blocks allow
 struct Candidates {
   std::uint32_t key[kWarps][kCandidatesPerWarp];
   int pos[kWarps][kCandidatesPerWarp];
@@ -257,7 +275,9 @@ __device__ void collect_candidates(const Slice& slice, std::uint32_t bucket, War
 }
 
 __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_keys) {
-  __shared__ int histograms[2][kBins];  // alternate passes: a block may still read the last one
+  // Alternate passes: a block may still read the last one. Aligned for choose_cluster_bucket's
+  // vector loads.
+  __shared__ alignas(16) int histograms[2][kBins];
   __shared__ Choice choice;
   __shared__ int block_totals[2];
   __shared__ WarpCounts counts;
@@ -272,8 +292,9 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
   const int n = p.lengths[r], k = p.k;
   std::int32_t* o = p.out + r * p.stride_out;
   if (n <= k) {  // every position is selected; the scores are not read
+    const SelectedValue value(p, r);
     for (int i = rank * kThreads + threadIdx.x; i < k; i += blocks * kThreads)
-      o[i] = i < n ? i : -1;
+      o[i] = i < n ? value(i) : -1;
     return;  // uniform over the cluster: no block touches another's shared memory
   }
   const int slice_len = ((n + blocks - 1) / blocks + 3) & ~3;
@@ -350,7 +371,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopkParams p, int cache_
     }
     if (lane == 0) counts.above[warp] += above, counts.equal[warp] = equal;
   }
-  write_selected(cluster, slice, t, first, &counts, o, block_totals);
+  write_selected(cluster, slice, t, first, SelectedValue(p, r), &counts, o, block_totals);
 }
 
 }  // namespace

@@ -21,7 +21,8 @@
 //    registers instead.
 // 4. Each thread flags its selected scores in two masks (certainly taken; equal to the
 //    threshold), and a block scan gives each thread its first output slot, so the positions come
-//    out in ascending order.
+//    out in ascending order. For topk_slots each position is written as its cache slot, through
+//    its request's block table (SelectedValue), so the map costs no pass of its own.
 //
 // Per score this costs the read, about 25 instructions and one shared-memory atomic, which
 // rarely collides unless most of a row shares a value (ties, an outlier, a narrow range). Rows
@@ -116,7 +117,19 @@ __device__ void prefetch_row(const TopkParams& p, std::int64_t r, float* buffer)
   ptx::cp_async_commit();
 }
 
-template <class S>
+// What the kernel writes for a selected position: the position (topk), or with kSlots its cache
+// slot (topk_slots). Two builds of the kernel, so that the positions one holds no block-table
+// state in registers (the 512-thread shape has 64 a thread).
+template <bool kSlots>
+__device__ __forceinline__ std::int32_t output_value(const SelectedValue& slots, int pos) {
+  if constexpr (kSlots) {
+    return slots(pos);
+  } else {
+    return pos;
+  }
+}
+
+template <class S, bool kSlots>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel(TopkParams p) {
   constexpr int kThreads = S::kThreads, kPerThread = S::kPerThread;
   __shared__ Shared sm;
@@ -159,7 +172,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     __syncthreads();  // the buffer is free for the next row
     prefetch_row<S>(p, r + gridDim.x, buffer);
     if (n <= k) {  // every position is selected; the scores are not read
-      for (int i = t; i < k; i += kThreads) o[i] = i < n ? i : -1;
+      const SelectedValue slots(p, r);
+      for (int i = t; i < k; i += kThreads) o[i] = i < n ? output_value<kSlots>(slots, i) : -1;
       continue;
     }
 
@@ -203,8 +217,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     // The bucket of histogram h holding the `remaining`-th key (one instantiation for every
     // pass).
     const auto choose = [&](const int* h, int bins, int remaining) {
-      return choose_bucket<kThreads, kBins>([h](int b) { return h[b]; }, bins, remaining,
-                                            &sm.choice);
+      return choose_bucket<kThreads, kBins, cub::BLOCK_SCAN_RAKING>([h](int b) { return h[b]; },
+                                                                    bins, remaining, &sm.choice);
     };
     const Choice c0 = choose(sm.histogram[0], kBins, k);
     const int chosen = c0.bucket;
@@ -304,13 +318,16 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     std::uint32_t picked = taken;
     for (std::uint32_t e = equal; quota > 0; --quota, e &= e - 1) picked |= e & (~e + 1u);
     int slot = taken_before + min(equal_before, th.remaining);
-    for (; picked != 0; picked &= picked - 1) o[slot++] = base + __ffs(picked) - 1;
+    const SelectedValue slots(p, r);
+    for (; picked != 0; picked &= picked - 1) {
+      o[slot++] = output_value<kSlots>(slots, base + __ffs(picked) - 1);
+    }
   }
 }
 
-template <class S>
+template <class S, bool kSlots>
 cudaError_t launch_shape(const TopkParams& p, cudaStream_t stream) {
-  const auto kernel = topk_binned_kernel<S>;
+  const auto kernel = topk_binned_kernel<S, kSlots>;
   constexpr int smem = S::kMaxCols * static_cast<int>(sizeof(float));
   if (const cudaError_t e =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -343,8 +360,11 @@ cudaError_t launch_topk_binned(const TopkParams& p, cudaStream_t stream) {
   const char* choice = topk_binned_choice(p);
   if (choice == nullptr) return cudaErrorInvalidValue;
   if (p.rows == 0) return cudaSuccess;
-  return p.cols <= Narrow::kMaxCols ? launch_shape<Narrow>(p, stream)
-                                    : launch_shape<Wide>(p, stream);
+  const bool narrow = p.cols <= Narrow::kMaxCols;
+  if (p.block_tables != nullptr) {
+    return narrow ? launch_shape<Narrow, true>(p, stream) : launch_shape<Wide, true>(p, stream);
+  }
+  return narrow ? launch_shape<Narrow, false>(p, stream) : launch_shape<Wide, false>(p, stream);
 }
 
 }  // namespace dsattn::ops::cuda

@@ -6,7 +6,30 @@
 
 #include <cstdint>
 
+#include "dsattn/ops/cuda/params.h"
+
 namespace dsattn::ops::cuda {
+
+// What a top-k kernel writes for a selected position of row r: the position itself, or its
+// cache slot when the params carry block tables (topk_slots).
+struct SelectedValue {
+  const std::int32_t* table;  // the row's request's block-table row, or nullptr
+  std::int64_t width;
+  int page_size;
+
+  __device__ SelectedValue(const TopkParams& p, std::int64_t r)
+      : table(p.block_tables == nullptr
+                  ? nullptr
+                  : p.block_tables + std::int64_t{p.row_request[r]} * p.stride_tables),
+        width(p.table_width),
+        page_size(p.page_size) {}
+
+  __device__ std::int32_t operator()(int pos) const {
+    if (table == nullptr) return pos;
+    const int page = pos / page_size;
+    return page < width ? table[page] * page_size + pos % page_size : -1;
+  }
+};
 
 // An unsigned key that orders like the scores: larger score, larger key; NaN lowest; +0 and -0
 // equal (the CPU compares them equal, so the lower position wins between them).
@@ -34,11 +57,12 @@ struct Choice {
 // Finds, from the highest of `bins` buckets down, the bucket holding the `remaining`-th key, for a
 // block of kThreads threads that each walk bins / kThreads consecutive buckets (at most
 // kMaxBins / kThreads); count(b) is bucket b's count (a kernel sums its histograms there). The
-// choice goes through *choice, which every thread reads after the block's barrier.
-template <int kThreads, int kMaxBins, class Count>
+// choice goes through *choice, which every thread reads after the block's barrier. kScan is the
+// block scan's algorithm (each kernel keeps the one it was measured fastest with).
+template <int kThreads, int kMaxBins, cub::BlockScanAlgorithm kScan, class Count>
 __device__ __forceinline__ Choice choose_bucket(Count&& count, int bins, int remaining,
                                                 Choice* choice) {
-  using Scan = cub::BlockScan<int, kThreads>;
+  using Scan = cub::BlockScan<int, kThreads, kScan>;
   __shared__ typename Scan::TempStorage scan_storage;
   constexpr int kMaxPerThread = kMaxBins / kThreads;
   const int per_thread = bins / kThreads;
