@@ -109,6 +109,7 @@ def indexer_scores(
     context_lens: Any,
     skip_rows_up_to: int = 0,
     scores: Any = None,
+    key_layout: str = "rows",
     stream: int | None = None,
 ) -> Any:
     """The lightning indexer's scores of packed requests against their paged keys.
@@ -124,8 +125,10 @@ def indexer_scores(
     q: [total_q, index_heads, index_head_dim] float8_e4m3fn (or uint8 bits);
     q_scale: [total_q, index_heads, index_head_dim / 128] float32;
     weights: [total_q, index_heads] float32;
-    key_cache: [num_slots, index_head_dim + 4 * index_head_dim / 128] uint8 (e4m3 values, then
-    one float32 scale per 128: 132 bytes for DeepSeek-V3.2);
+    key_cache: [num_slots, index_head_dim + 4 * index_head_dim / 128] uint8 (132 bytes a token
+    for DeepSeek-V3.2) in `key_layout`: "rows", each slot's e4m3 values then its float32 scales
+    (one per 128), or "page-major", each page's values (slot by slot) then their scales, the
+    layout vLLM's indexer cache uses (the tensor contiguous, whole pages);
     block_tables: [batch, max_pages] int32; cu_q: [batch + 1] int32; context_lens: [batch] int32;
     scores: [total_q, max_k] float32 with max_k >= every context length (rows may be strided).
     An allocated `scores` is [total_q, max(context_lens)], filled with -inf first.
@@ -137,7 +140,7 @@ def indexer_scores(
         scores = empty_like(q, (total_q, max(max_k, 0)), "f32", fill=float("-inf"))
     _core.indexer_scores(
         q, q_scale, weights, key_cache, block_tables, page_size, cu_q, context_lens,
-        skip_rows_up_to, scores, stream,
+        skip_rows_up_to, scores, key_layout, stream,
     )
     return scores
 
@@ -210,15 +213,24 @@ def write_latent(
     return cache
 
 
-def write_index_keys(keys: Any, slots: Any, cache: Any, stream: int | None = None) -> Any:
+def write_index_keys(
+    keys: Any,
+    slots: Any,
+    cache: Any,
+    page_size: int = 64,
+    key_layout: str = "rows",
+    stream: int | None = None,
+) -> Any:
     """Writes tokens' indexer keys (already quantised: index_head_dim e4m3 values, then one
-    float32 scale per 128) into the index-key cache at their slots; returns `cache`.
+    float32 scale per 128, as `quantize_index_keys` makes them) into the index-key cache at their
+    slots, in the cache's `key_layout` ("rows" or "page-major", see `indexer_scores`; page_size
+    matters only to the page-major layout); returns `cache`.
 
     keys: [n, key bytes] uint8; slots: [n] int32, distinct (-1: that row is not written);
-    cache: [num_slots, key bytes] uint8
-    (132 bytes for DeepSeek-V3.2).
+    cache: [num_slots, key bytes] uint8 (132 bytes for DeepSeek-V3.2; contiguous whole pages for
+    "page-major").
     """
-    _core.write_rows(keys, slots, cache, stream)
+    _core.write_index_keys(keys, slots, cache, page_size, key_layout, stream)
     return cache
 
 

@@ -45,7 +45,9 @@ class AttentionLayer:
     layout FlashMLA and vLLM use; width kv_lora_rank + rope for other configs), and
     `index_key_cache`, [num_pages, page_size, 132] uint8, contiguous, on the layer's device. The
     format, page count and page size then come from them (kv_cache, num_pages and page_size must
-    be left out or agree). The caller allocates pages and builds the block tables: requests may
+    be left out or agree). index_key_layout: how each page of the index-key cache (own or given)
+    orders its bytes: "rows" (each token's 128 e4m3 values, then its float32 scale) or
+    "page-major" (the page's values token by token, then their scales: vLLM's layout). The caller allocates pages and builds the block tables: requests may
     share pages read-only (a prefix cache); a forward writes only each request's new positions
     and refuses a batch where two requests would write the same slot. allocate, free and
     free_pages are for the layer's own cache. The layer keeps the tensors alive.
@@ -70,6 +72,7 @@ class AttentionLayer:
         profile: str | None = None,
         latent_cache: Any = None,
         index_key_cache: Any = None,
+        index_key_layout: str = "rows",
     ) -> None:
         self._layer = _core.AttentionLayer(
             config,
@@ -82,6 +85,7 @@ class AttentionLayer:
             profile,
             latent_cache,
             index_key_cache,
+            index_key_layout,
         )
         if latent_cache is not None:
             given = {"kv_cache": kv_cache, "num_pages": num_pages, "page_size": page_size}
@@ -126,6 +130,11 @@ class AttentionLayer:
     def kv_cache(self) -> str:
         """The latent cache format: "bf16" or "fp8"."""
         return self._layer.kv_cache
+
+    @property
+    def index_key_layout(self) -> str:
+        """How the index-key cache orders a page's bytes: "rows" or "page-major"."""
+        return self._layer.index_key_layout
 
     @property
     def page_size(self) -> int:

@@ -67,17 +67,18 @@ def indexer_scores(
     context_lens: Tensor,
     max_k: int,
     skip_rows_up_to: int = 0,
+    key_layout: str = "rows",
 ) -> Tensor:
     """kernels.indexer_scores into a fresh [total_q, max_k] f32 tensor filled with -inf
     (max_k >= every context length: an argument, so that the shape is known when tracing)."""
     scores = torch.full((q.shape[0], max_k), float("-inf"), dtype=torch.float32, device=q.device)
     return kernels.indexer_scores(q, q_scale, weights, key_cache, block_tables, page_size, cu_q,
-                                  context_lens, skip_rows_up_to, scores)
+                                  context_lens, skip_rows_up_to, scores, key_layout)
 
 
 @indexer_scores.register_fake
 def _(q, q_scale, weights, key_cache, block_tables, page_size, cu_q, context_lens, max_k,
-      skip_rows_up_to=0):
+      skip_rows_up_to=0, key_layout="rows"):
     return q.new_empty((q.shape[0], max_k), dtype=torch.float32)
 
 
@@ -130,13 +131,16 @@ def _(latent, slots, cache, kv_lora_rank):
 
 
 @torch.library.custom_op("dsattn::write_index_keys", mutates_args=("cache",))
-def write_index_keys(keys: Tensor, slots: Tensor, cache: Tensor) -> None:
-    """kernels.write_index_keys: quantised index-key rows into `cache` at `slots`."""
-    kernels.write_index_keys(keys, slots, cache)
+def write_index_keys(
+    keys: Tensor, slots: Tensor, cache: Tensor, page_size: int = 64, key_layout: str = "rows"
+) -> None:
+    """kernels.write_index_keys: quantised index-key rows into `cache` at `slots`, in the cache's
+    layout ("rows" or "page-major")."""
+    kernels.write_index_keys(keys, slots, cache, page_size, key_layout)
 
 
 @write_index_keys.register_fake
-def _(keys, slots, cache):
+def _(keys, slots, cache, page_size=64, key_layout="rows"):
     return None
 
 

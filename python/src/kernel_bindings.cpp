@@ -1,9 +1,13 @@
 // The layer's kernels on their own, for engines that bring their own layer: thin over the ops,
 // whose checks (shapes, strides, offsets) name the same arguments. Outputs are the caller's.
+#include <nanobind/stl/string.h>
+
+#include <string>
 #include <vector>
 
 #include "bindings.h"
 #include "call_scope.h"
+#include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/indexer.h"
@@ -57,7 +61,8 @@ void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, flo
 void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights_obj,
                     nb::handle key_cache_obj, nb::handle block_tables_obj, std::int64_t page_size,
                     nb::handle cu_q_obj, nb::handle context_lens_obj, std::int64_t skip_rows_up_to,
-                    nb::handle scores_obj, nb::handle stream) {
+                    nb::handle scores_obj, const std::string& key_layout, nb::handle stream) {
+  const IndexKeyLayout layout = parse_index_key_layout(key_layout);
   const TensorArg q =
       tensor_arg(q_obj, "q", {DType::fp8_e4m3}, 3, "[total_q, index_heads, index_head_dim]");
   const TensorArg q_scale = tensor_arg(q_scale_obj, "q_scale", {DType::f32}, 3,
@@ -84,7 +89,8 @@ void indexer_scores(nb::handle q_obj, nb::handle q_scale_obj, nb::handle weights
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
   ops::indexer_scores(q.view, q_scale.view, weights.view, key_cache.view, block_tables.view,
-                      page_size, cu_q.view, context_lens.view, skip_rows_up_to, scores.view);
+                      page_size, cu_q.view, context_lens.view, skip_rows_up_to, scores.view,
+                      layout);
 }
 
 void topk(nb::handle scores_obj, nb::handle lengths_obj, nb::handle out_obj, nb::handle stream) {
@@ -160,8 +166,9 @@ void write_latent(nb::handle latent_obj, nb::handle slots_obj, nb::handle cache_
   ops::scatter_rows(rows, slots.view, cache.view);
 }
 
-void write_rows(nb::handle rows_obj, nb::handle slots_obj, nb::handle cache_obj,
-                nb::handle stream) {
+void write_index_keys(nb::handle rows_obj, nb::handle slots_obj, nb::handle cache_obj,
+                      std::int64_t page_size, const std::string& key_layout, nb::handle stream) {
+  const IndexKeyLayout layout = parse_index_key_layout(key_layout);
   const TensorArg rows = tensor_arg(rows_obj, "rows", {DType::u8}, 2, "[n, row bytes]");
   const TensorArg slots = tensor_arg(slots_obj, "slots", {DType::i32}, 1, "[n]");
   const TensorArg cache =
@@ -170,7 +177,7 @@ void write_rows(nb::handle rows_obj, nb::handle slots_obj, nb::handle cache_obj,
   check_slots(slots, cache.view.size(0));
   CallScope scope(rows.device(), resolve_stream(stream, rows_obj, rows.device()));
   nb::gil_scoped_release release;
-  ops::scatter_rows(rows.view, slots.view, cache.view);
+  ops::write_index_keys(rows.view, slots.view, cache.view, page_size, layout);
 }
 
 void quantize_index_keys(nb::handle keys_obj, nb::handle out_obj, bool rotate, nb::handle stream) {
@@ -212,8 +219,8 @@ void map_positions_to_slots(nb::handle indices_obj, nb::handle row_request_obj,
 void bind_kernels(nb::module_& m) {
   m.def("write_latent", &write_latent, nb::arg("latent"), nb::arg("slots"), nb::arg("cache"),
         nb::arg("kv_lora_rank"), nb::arg("stream") = nb::none());
-  m.def("write_rows", &write_rows, nb::arg("rows"), nb::arg("slots"), nb::arg("cache"),
-        nb::arg("stream") = nb::none());
+  m.def("write_index_keys", &write_index_keys, nb::arg("rows"), nb::arg("slots"), nb::arg("cache"),
+        nb::arg("page_size"), nb::arg("key_layout"), nb::arg("stream") = nb::none());
   m.def("quantize_index_keys", &quantize_index_keys, nb::arg("keys"), nb::arg("out"),
         nb::arg("rotate"), nb::arg("stream") = nb::none());
   m.def("map_positions_to_slots", &map_positions_to_slots, nb::arg("indices"),
@@ -228,7 +235,7 @@ void bind_kernels(nb::module_& m) {
   m.def("indexer_scores", &indexer_scores, nb::arg("q"), nb::arg("q_scale"), nb::arg("weights"),
         nb::arg("key_cache"), nb::arg("block_tables"), nb::arg("page_size"), nb::arg("cu_q"),
         nb::arg("context_lens"), nb::arg("skip_rows_up_to"), nb::arg("scores"),
-        nb::arg("stream") = nb::none());
+        nb::arg("key_layout"), nb::arg("stream") = nb::none());
   m.def("topk", &topk, nb::arg("scores"), nb::arg("lengths"), nb::arg("out"),
         nb::arg("stream") = nb::none());
   m.def("topk_slots", &topk_slots, nb::arg("scores"), nb::arg("lengths"), nb::arg("row_request"),

@@ -23,9 +23,10 @@ namespace dsattn::python {
 
 namespace {
 
-CacheOptions cache_options(const std::string& kv_cache, std::int64_t num_pages,
-                           std::int64_t page_size, Device device) {
+CacheOptions cache_options(const std::string& kv_cache, IndexKeyLayout index_key_layout,
+                           std::int64_t num_pages, std::int64_t page_size, Device device) {
   CacheOptions o;
+  o.index_key_layout = index_key_layout;
   o.num_pages = num_pages;
   o.page_size = page_size;
   o.num_layers = 1;
@@ -90,7 +91,7 @@ struct CallerCache {
 };
 
 CallerCache caller_cache(const AttentionConfig& config, nb::handle latent, nb::handle index_keys,
-                         Device device) {
+                         IndexKeyLayout index_key_layout, Device device) {
   CallerCache c;
   c.latent = tensor_arg(latent, "latent_cache", {DType::bf16, DType::u8}, 3,
                         "[num_pages, page_size, width]", /*writable=*/true);
@@ -119,6 +120,7 @@ CallerCache caller_cache(const AttentionConfig& config, nb::handle latent, nb::h
   c.view.latent = l.reshape({pages * page_size, width});
   c.view.latent_format = fp8 ? LatentFormat::fp8 : LatentFormat::bf16;
   c.view.index_keys = k.reshape({pages * page_size, k.size(2)});
+  c.view.index_key_layout = index_key_layout;
   c.view.page_size = page_size;
   c.view.num_pages = pages;
   return c;
@@ -129,7 +131,7 @@ class Layer {
   Layer(const AttentionConfig& config, const LayerWeights& weights, const std::string& kv_cache,
         const std::string& policy, std::int64_t num_pages, std::optional<std::string> device,
         std::int64_t page_size, std::optional<std::string> profile, nb::handle latent_cache,
-        nb::handle index_key_cache)
+        nb::handle index_key_cache, const std::string& index_key_layout)
       : device_(device ? parse_device(*device) : weights.device()),
         profile_(load_profile(profile)),
         layer_(config, weights.device() == device_ ? weights : weights.to(device_),
@@ -144,9 +146,11 @@ class Layer {
            latent_cache.is_none() ? "index_key_cache" : "latent_cache");
     }
     if (latent_cache.is_none()) {
-      own_.emplace(config, cache_options(kv_cache, num_pages, page_size, device_));
+      own_.emplace(config, cache_options(kv_cache, parse_index_key_layout(index_key_layout),
+                                         num_pages, page_size, device_));
     } else {
-      caller_.emplace(caller_cache(config, latent_cache, index_key_cache, device_));
+      caller_.emplace(caller_cache(config, latent_cache, index_key_cache,
+                                   parse_index_key_layout(index_key_layout), device_));
     }
   }
 
@@ -165,6 +169,10 @@ class Layer {
   std::string kv_cache() const {
     return std::string(
         latent_format_name(own_ ? own_->latent_format() : caller_->view.latent_format));
+  }
+  std::string index_key_layout() const {
+    return std::string(
+        index_key_layout_name(own_ ? own_->index_key_layout() : caller_->view.index_key_layout));
   }
   std::int64_t page_size() const { return own_ ? own_->page_size() : caller_->view.page_size; }
   std::int64_t num_pages() const { return own_ ? own_->num_pages() : caller_->view.num_pages; }
@@ -420,18 +428,19 @@ void bind_layer(nb::module_& m) {
                     "including out.")
       .def(nb::init<const AttentionConfig&, const LayerWeights&, const std::string&,
                     const std::string&, std::int64_t, std::optional<std::string>, std::int64_t,
-                    std::optional<std::string>, nb::handle, nb::handle>(),
+                    std::optional<std::string>, nb::handle, nb::handle, const std::string&>(),
            nb::arg("config"), nb::arg("weights"), nb::arg("kv_cache") = "bf16",
            nb::arg("policy") = "auto", nb::arg("num_pages") = 1024, nb::arg("device") = nb::none(),
            nb::arg("page_size") = kPageSize, nb::arg("profile") = nb::none(),
            nb::arg("latent_cache").none() = nb::none(),
-           nb::arg("index_key_cache").none() = nb::none())
+           nb::arg("index_key_cache").none() = nb::none(), nb::arg("index_key_layout") = "rows")
       .def_prop_ro("config", &Layer::config)
       .def_prop_ro("weights", &Layer::weights)
       .def_prop_ro("device", &Layer::device)
       .def_prop_rw("policy", &Layer::policy, &Layer::set_policy)
       .def_prop_ro("cost_profile", &Layer::cost_profile)
       .def_prop_ro("kv_cache", &Layer::kv_cache)
+      .def_prop_ro("index_key_layout", &Layer::index_key_layout)
       .def_prop_ro("page_size", &Layer::page_size)
       .def_prop_ro("num_pages", &Layer::num_pages)
       .def_prop_ro("free_pages", &Layer::free_pages)

@@ -46,6 +46,7 @@ using ::dsattn::test::decode_e4m3;
 using ::dsattn::test::element_offsets;
 using ::dsattn::test::i32_tensor;
 using ::dsattn::test::index_string;
+using ::dsattn::test::page_major_copy;
 using ::dsattn::test::read_doubles;
 using ::dsattn::test::read_i32;
 using ::dsattn::test::strided_view;

@@ -108,6 +108,20 @@ TEST_P(IndexerGpu, MatchesFloat64AndLeavesUnwrittenColumns) {
             H == ops::cuda::kIndexerSm90Heads ? "indexer_fp8_sm90" : "indexer_generic");
   const Tensor fetched = scores_dev.fetch();
 
+  // The same keys page-major (each page's values, then its scales) go through the same kernel's
+  // arithmetic in the same order: the same bytes, skipped and unwritten entries included.
+  const Tensor paged = page_major_copy(key_cache, ps);
+  Tensor paged_scores = poisoned({total_q, cols + 5}, DType::f32);
+  const Mirror paged_dev(paged), paged_scores_dev(paged_scores);
+  ops::indexer_scores(q_dev.on_gpu(), qs_dev.on_gpu(), w_dev.on_gpu(weights), paged_dev.on_gpu(),
+                      tables_dev.on_gpu(), ps, cu_q_dev.on_gpu(), lens_dev.on_gpu(),
+                      c.skip_rows_up_to,
+                      paged_scores_dev.on_gpu(paged_scores.view().slice(1, 2, 2 + cols)),
+                      IndexKeyLayout::page_major);
+  EXPECT_EQ(ops::cuda::last_kernel("indexer_scores"),
+            H == ops::cuda::kIndexerSm90Heads ? "indexer_fp8_sm90" : "indexer_generic");
+  EXPECT_TRUE(same_bytes(paged_scores_dev.fetch(), fetched, "page-major against row scores"));
+
   const auto key_value = [&](std::int64_t slot, std::int64_t e) {
     const std::uint8_t* row = key_cache.ptr<std::uint8_t>() + slot * row_bytes;
     float s;

@@ -91,6 +91,34 @@ TEST_F(LayerGpu, TensorCoreIndexerDecodeAndPrefill) {
   }
 }
 
+// A page-major index-key cache gives the row layout's output bit for bit on the GPU (64 index
+// heads: the tensor-core indexer's 16-byte copies of each tile's values), decode and verify rows
+// and a chunked prefill past index_topk, and passes the float64 check.
+TEST_F(LayerGpu, PageMajorIndexKeysGiveTheRowLayoutsOutput) {
+  for (ForwardMode mode : {ForwardMode::prefill, ForwardMode::decode}) {
+    reference::CheckCase c;
+    c.config = small(32);
+    c.config.index_n_heads = 64;
+    c.latent_format = LatentFormat::fp8;
+    c.device = Device::cuda(0);
+    c.mode = mode;
+    c.requests = mode == ForwardMode::prefill
+                     ? std::vector<reference::CheckRequest>{{0, 130}, {100, 30}, {0, 20}}
+                     : std::vector<reference::CheckRequest>{{10, 1}, {300, 1}, {200, 3}};
+    c.prefix_chunk = 70;
+    c.seed = 22;
+    const reference::CaseReport rows = reference::check_case(c);
+    c.index_key_layout = IndexKeyLayout::page_major;
+    const reference::CaseReport paged = reference::check_case(c);
+    EXPECT_TRUE(paged.pass) << c.to_string() << "\n" << paged.to_string();
+    ASSERT_EQ(paged.checks.size(), rows.checks.size());
+    for (std::size_t i = 0; i < rows.checks.size(); ++i) {
+      EXPECT_EQ(paged.checks[i].output, rows.checks[i].output)
+          << c.to_string() << ", policy " << rows.checks[i].policy;
+    }
+  }
+}
+
 // GLM-5's shapes per head (q/k 192 + 64, v 256, 32 index heads with interleaved RoPE, no YaRN),
 // with its 64 heads and with a tensor-parallel rank's 32 (zero-padded heads in the sparse
 // kernel), against the float64 reference.

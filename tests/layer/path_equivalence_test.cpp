@@ -74,6 +74,35 @@ TEST(RowSplit, MatchesReference) {
   }
 }
 
+// A page-major index-key cache (each page's values, then its scales) gives the row layout's
+// output bit for bit on every policy, decode and a chunked prefill past index_topk, both latent
+// formats: the same keys, read from other addresses.
+TEST(IndexKeyLayouts, PageMajorGivesTheRowLayoutsOutput) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    for (ForwardMode mode : {ForwardMode::prefill, ForwardMode::decode}) {
+      reference::CheckCase c;
+      c.config =
+          f == LatentFormat::bf16 ? testing::small_config(32) : testing::glm5_shaped_config(4, 32);
+      c.latent_format = f;
+      c.mode = mode;
+      c.requests = mode == ForwardMode::prefill
+                       ? std::vector<reference::CheckRequest>{{0, 70}, {50, 30}, {0, 20}}
+                       : std::vector<reference::CheckRequest>{{10, 1}, {90, 1}, {70, 3}};
+      c.prefix_chunk = 25;
+      c.seed = 21;
+      const reference::CaseReport rows = reference::check_case(c);
+      c.index_key_layout = IndexKeyLayout::page_major;
+      const reference::CaseReport paged = reference::check_case(c);
+      EXPECT_TRUE(paged.pass) << c.to_string() << "\n" << paged.to_string();
+      ASSERT_EQ(paged.checks.size(), rows.checks.size());
+      for (std::size_t i = 0; i < rows.checks.size(); ++i) {
+        EXPECT_EQ(paged.checks[i].output, rows.checks[i].output)
+            << c.to_string() << ", policy " << rows.checks[i].policy;
+      }
+    }
+  }
+}
+
 // GLM-5's shapes: every policy against the float64 reference, with sparse rows (contexts past
 // index_topk) and dense ones, a chunked prefix, both cache formats.
 TEST(Glm5Shapes, EveryPolicyMatchesReference) {

@@ -58,6 +58,39 @@ def test_same_outputs_as_the_layers_own_cache(rng, kv_cache, page_size):
     assert not np.any(flat_latent[~written]) and not np.any(flat_keys[~written])
 
 
+def to_page_major(keys):
+    """[pages, page_size, 132] index-key rows, rewritten page-major: each page's 128-byte values
+    slot by slot, then its 4-byte scales (vLLM's layout), in a tensor of the same shape."""
+    pages, page_size, _ = keys.shape
+    values = keys[:, :, :128].reshape(pages, page_size * 128)
+    scales = keys[:, :, 128:].reshape(pages, page_size * 4)
+    return np.concatenate([values, scales], axis=1).reshape(keys.shape)
+
+
+@pytest.mark.parametrize("page_size", [16, 64])
+def test_page_major_index_keys_give_the_same_outputs(rng, page_size):
+    config = small_config(32)
+    weights = dsattn.LayerWeights.synthetic(config, seed=33)
+    hidden = random_bf16(rng, (71, config.hidden_size))
+    caches, outs = {}, {}
+    for layout in ("rows", "page-major"):
+        latent, keys = caller_caches(config, "bf16", 8, page_size)
+        layer = dsattn.AttentionLayer(config, weights, latent_cache=latent, index_key_cache=keys,
+                                      index_key_layout=layout)
+        assert layer.index_key_layout == layout
+        table = list(range(7, 7 - -(-71 // page_size), -1))  # pages in reverse order
+        outs[layout] = (layer.prefill(hidden[:60], [0], [60], [table]).out,
+                        layer.decode(hidden[60:61], [60], [table]).out)
+        caches[layout] = keys
+    for a, b in zip(outs["rows"], outs["page-major"]):
+        np.testing.assert_array_equal(a, b)  # past index_topk: the indexer read every key
+    np.testing.assert_array_equal(caches["page-major"], to_page_major(caches["rows"]))
+    own = dsattn.AttentionLayer(config, weights, num_pages=8, index_key_layout="page-major")
+    assert own.index_key_layout == "page-major"
+    with pytest.raises(ValueError, match="index key layout must be rows or page-major, got 'x'"):
+        dsattn.AttentionLayer(config, weights, num_pages=8, index_key_layout="x")
+
+
 def test_requests_share_prefix_pages_read_only(rng):
     config = small_config(32)
     weights = dsattn.LayerWeights.synthetic(config, seed=32)

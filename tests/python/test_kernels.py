@@ -204,6 +204,14 @@ def test_indexer_scores_match_formula(rng):
     rows = np.isfinite(ref[1:3])
     assert_within_tolerance(skipped[1:3][rows], ref[1:3][rows], plain[1:3][rows],
                             "indexer_scores with skipped rows")
+    # The same keys page-major (each page's values, then its scales): the same scores.
+    pages = key_cache.reshape(-1, PAGE, key_cache.shape[1])
+    paged = np.concatenate([pages[:, :, :d].reshape(len(pages), -1),
+                            pages[:, :, d:].reshape(len(pages), -1)], axis=1).reshape(slots, -1)
+    again = np.full((cu_q[-1], max_k), np.nan, dtype=np.float32)
+    dsattn.indexer_scores(q, q_scale, weights, paged, tables, PAGE, cu_q, context_lens,
+                          scores=again, key_layout="page-major")
+    np.testing.assert_array_equal(again, scores)
     allocated = dsattn.indexer_scores(q, q_scale, weights, key_cache, tables, PAGE, cu_q,
                                       context_lens)
     assert allocated.shape == (cu_q[-1], 70)
@@ -274,6 +282,19 @@ def test_write_index_keys_and_map_positions_to_slots(rng):
     dsattn.write_index_keys(keys, slots, store)
     np.testing.assert_array_equal(store[slots], keys)
     assert not store[np.setdiff1d(np.arange(64), slots)].any()
+    # Page-major, pages of 16: slot s's values at 128 * (s % 16) of its page, its scale after
+    # the page's 16 values.
+    paged = np.zeros((64, 132), np.uint8)
+    dsattn.write_index_keys(keys, slots, paged, page_size=16, key_layout="page-major")
+    pages = paged.reshape(4, 16 * 132)
+    for key, s in zip(keys, slots):
+        page, offset = divmod(int(s), 16)
+        np.testing.assert_array_equal(pages[page, 128 * offset:128 * (offset + 1)], key[:128])
+        np.testing.assert_array_equal(pages[page, 2048 + 4 * offset:2048 + 4 * (offset + 1)],
+                                      key[128:])
+    assert np.count_nonzero(paged) == np.count_nonzero(keys)
+    with pytest.raises(ValueError, match="whole pages of 48 slots, got 64"):
+        dsattn.write_index_keys(keys, slots, paged, page_size=48, key_layout="page-major")
 
     page = 16
     tables = np.array([[3, 0, 2], [1, 4, 5]], np.int32)

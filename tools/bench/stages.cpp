@@ -7,6 +7,7 @@
 
 #include "bench/timer.h"
 #include "dsattn/cache/cache_format.h"
+#include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_stack.h"
@@ -200,10 +201,10 @@ struct IndexerInputs {
     scores = Tensor::empty({T, context}, DType::f32, device);
   }
 
-  Timing time(Device device) {
+  Timing time(Device device, IndexKeyLayout layout = IndexKeyLayout::rows) {
     return time_median(device, [&] {
       ops::indexer_scores(q, q_scale, weights, keys, tables, kPageSize, cu_q, context_lens, 0,
-                          scores);
+                          scores, layout);
     });
   }
 };
@@ -225,17 +226,22 @@ json bench_indexer_decode(Device device, const Ceilings& c) {
   json rows = json::array();
   for (std::int64_t batch : {8, 128}) {
     for (std::int64_t ctx : {8192, 65536}) {
-      // One query row per request (a decode step) against `ctx` cached keys.
-      const Timing t = IndexerInputs(device, batch, 1, ctx, 21).time(device);
-      const double key_bytes = double(batch) * ctx * (kIndexDim + 4);
-      const double tbps = key_bytes / (t.median_ms * 1e9);
-      rows.push_back({{"batch", batch},
-                      {"context", ctx},
-                      {"us", t.median_ms * 1e3},
-                      {"key_tbps", tbps},
-                      {"pct_copy_ceiling", pct(tbps, c.copy_tbps)}});
-      say(fmt::format("indexer decode b={} ctx={}: {:.1f} us, keys read at {:.2f} TB/s", batch, ctx,
-                      t.median_ms * 1e3, tbps));
+      // One query row per request (a decode step) against `ctx` cached keys, in each layout of
+      // the index-key cache (the same bytes).
+      IndexerInputs inputs(device, batch, 1, ctx, 21);
+      for (IndexKeyLayout layout : {IndexKeyLayout::rows, IndexKeyLayout::page_major}) {
+        const Timing t = inputs.time(device, layout);
+        const double key_bytes = double(batch) * ctx * (kIndexDim + 4);
+        const double tbps = key_bytes / (t.median_ms * 1e9);
+        rows.push_back({{"batch", batch},
+                        {"context", ctx},
+                        {"index_key_layout", index_key_layout_name(layout)},
+                        {"us", t.median_ms * 1e3},
+                        {"key_tbps", tbps},
+                        {"pct_copy_ceiling", pct(tbps, c.copy_tbps)}});
+        say(fmt::format("indexer decode b={} ctx={} ({} keys): {:.1f} us, keys read at {:.2f} TB/s",
+                        batch, ctx, index_key_layout_name(layout), t.median_ms * 1e3, tbps));
+      }
     }
   }
   return rows;

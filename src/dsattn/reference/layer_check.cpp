@@ -18,10 +18,13 @@ std::string CheckCase::to_string() const {
     reqs += fmt::format("{}+{}", r.prefix_len, r.extend_len);
   }
   const AttentionConfig& k = config;
-  return fmt::format("D={} H={} q_lora={} kv_lora={} qk={}+{} v={} index={}x{} topk={} | {} [{}]",
-                     k.hidden_size, k.num_heads, k.q_lora_rank, k.kv_lora_rank, k.qk_nope_head_dim,
-                     k.qk_rope_head_dim, k.v_head_dim, k.index_n_heads, k.index_head_dim,
-                     k.index_topk, mode == ForwardMode::prefill ? "prefill" : "decode", reqs);
+  return fmt::format(
+      "D={} H={} q_lora={} kv_lora={} qk={}+{} v={} index={}x{} topk={} | {} cache, {} index "
+      "keys | {} [{}]",
+      k.hidden_size, k.num_heads, k.q_lora_rank, k.kv_lora_rank, k.qk_nope_head_dim,
+      k.qk_rope_head_dim, k.v_head_dim, k.index_n_heads, k.index_head_dim, k.index_topk,
+      latent_format_name(latent_format), index_key_layout_name(index_key_layout),
+      mode == ForwardMode::prefill ? "prefill" : "decode", reqs);
 }
 
 std::string CaseReport::to_string() const {
@@ -54,6 +57,7 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
   CacheOptions options;
   options.num_pages = static_cast<std::int64_t>(c.requests.size()) * pages_for(max_ctx);
   options.latent_format = c.latent_format;
+  options.index_key_layout = c.index_key_layout;
   options.device = c.device;
   PagedKvCache cache(cfg, options);
   for (std::size_t i = 0; i < seqs.size(); ++i) {

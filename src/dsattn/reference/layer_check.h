@@ -25,6 +25,7 @@ struct CheckCase {
   std::uint64_t seed = 0;
   std::int64_t prefix_chunk = 1 << 30;
   LatentFormat latent_format = LatentFormat::bf16;
+  IndexKeyLayout index_key_layout = IndexKeyLayout::rows;
   Device device = Device::cpu();  // where the layer runs (the reference always runs on the CPU)
 
   std::string to_string() const;
