@@ -1,6 +1,8 @@
 // Shared pieces of the layer tests: a small DeepSeek-V3.2-shaped configuration, seeded inputs,
-// and a single-request runner over a private cache.
+// a single-request runner over a private cache, and the page-major index-key check.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
+#include "dsattn/reference/layer_check.h"
 
 namespace dsattn::testing {
 
@@ -98,5 +101,20 @@ inline std::vector<std::uint8_t> cached_rows(const LayerCacheView& cache, const 
 
 // Two bf16 tensors agree to bf16 rounding: a few units in the last place of the largest value.
 inline constexpr double kBf16Agreement = 1.0 / 64;
+
+// Case `c` on a page-major index-key cache: it passes the float64 check, and every policy's
+// output equals the row layout's bit for bit (the same keys, read from other addresses).
+inline void expect_page_major_matches_rows(reference::CheckCase c) {
+  c.index_key_layout = IndexKeyLayout::rows;
+  const reference::CaseReport rows = reference::check_case(c);
+  c.index_key_layout = IndexKeyLayout::page_major;
+  const reference::CaseReport paged = reference::check_case(c);
+  EXPECT_TRUE(paged.pass) << c.to_string() << "\n" << paged.to_string();
+  ASSERT_EQ(paged.checks.size(), rows.checks.size());
+  for (std::size_t i = 0; i < rows.checks.size(); ++i) {
+    EXPECT_EQ(paged.checks[i].output, rows.checks[i].output)
+        << c.to_string() << ", policy " << rows.checks[i].policy;
+  }
+}
 
 }  // namespace dsattn::testing

@@ -90,15 +90,7 @@ TEST(IndexKeyLayouts, PageMajorGivesTheRowLayoutsOutput) {
                        : std::vector<reference::CheckRequest>{{10, 1}, {90, 1}, {70, 3}};
       c.prefix_chunk = 25;
       c.seed = 21;
-      const reference::CaseReport rows = reference::check_case(c);
-      c.index_key_layout = IndexKeyLayout::page_major;
-      const reference::CaseReport paged = reference::check_case(c);
-      EXPECT_TRUE(paged.pass) << c.to_string() << "\n" << paged.to_string();
-      ASSERT_EQ(paged.checks.size(), rows.checks.size());
-      for (std::size_t i = 0; i < rows.checks.size(); ++i) {
-        EXPECT_EQ(paged.checks[i].output, rows.checks[i].output)
-            << c.to_string() << ", policy " << rows.checks[i].policy;
-      }
+      testing::expect_page_major_matches_rows(c);
     }
   }
 }
