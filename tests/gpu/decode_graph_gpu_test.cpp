@@ -4,7 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "decode_test_config.h"
+#include "decode_test_util.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/decode_graph.h"
@@ -21,36 +21,8 @@ class DecodeGraphGpu : public ::testing::Test {
   }
 };
 
-// Prefills `prompts` into a fresh cache and returns it with the block tables.
-struct Prefilled {
-  std::unique_ptr<PagedKvCache> cache;
-  std::vector<BlockTable> tables;
-};
-
-Prefilled prefill(const AttentionStack& stack, const AttentionConfig& c,
-                  const std::vector<std::int64_t>& prompts, std::int64_t max_context,
-                  LatentFormat format) {
-  Prefilled p;
-  CacheOptions opts;
-  opts.device = Device::cuda(0);
-  opts.num_layers = stack.num_layers();
-  opts.latent_format = format;
-  opts.num_pages = static_cast<std::int64_t>(prompts.size()) * pages_for(max_context);
-  p.cache = std::make_unique<PagedKvCache>(c, opts);
-  p.tables.resize(prompts.size());
-  Batch batch;
-  std::int64_t rows = 0;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    p.cache->reserve(p.tables[i], max_context);
-    batch.requests.push_back({0, prompts[i], p.tables[i]});
-    rows += prompts[i];
-  }
-  Tensor x = Tensor::empty({rows, c.hidden_size}, DType::bf16);
-  fill_uniform(x, 3, 1, 1.0f);
-  const Tensor xd = x.to(Device::cuda(0));
-  stack.forward(batch, xd, *p.cache);
-  return p;
-}
+using gpu_test::prefill_prompts;
+using gpu_test::Prefilled;
 
 // With `index_share`, layers 1 and 2 of three take layer 0's top-k (IndexShare) inside the graph.
 void run_steps(LatentFormat format, bool index_share = false) {
@@ -61,8 +33,8 @@ void run_steps(LatentFormat format, bool index_share = false) {
   // Contexts 9..., 31 -> 32 (crosses index_topk during the steps), 40 and 90 (long).
   const std::vector<std::int64_t> prompts = {8, 30, 40, 90};
   const std::int64_t steps = 4, max_context = 96;
-  Prefilled a = prefill(stack, c, prompts, max_context, format);
-  Prefilled b = prefill(stack, c, prompts, max_context, format);
+  Prefilled a = prefill_prompts(stack, prompts, max_context, format);
+  Prefilled b = prefill_prompts(stack, prompts, max_context, format);
   DecodeGraph graph(stack, *a.cache, static_cast<std::int64_t>(prompts.size()), 1, max_context);
   for (std::int64_t s = 0; s < steps; ++s) {
     std::vector<RequestInput> reqs_a, reqs_b;
@@ -108,7 +80,7 @@ TEST_F(DecodeGraphGpu, ReplaysMatchTheForwardWithIndexShare) {
 TEST_F(DecodeGraphGpu, RefusesABatchThatDoesNotFit) {
   const AttentionConfig c = gpu_test::decode_test_config(32);
   const AttentionStack stack = AttentionStack::synthetic(c, 1, 17, {}, Device::cuda(0));
-  Prefilled a = prefill(stack, c, {8, 9}, 64, LatentFormat::bf16);
+  Prefilled a = prefill_prompts(stack, {8, 9}, 64, LatentFormat::bf16);
   DecodeGraph graph(stack, *a.cache, 2, 1, 64);
   const std::vector<RequestInput> one = {{8, 1, a.tables[0]}};
   try {

@@ -8,7 +8,7 @@
 
 #include <random>
 
-#include "decode_test_config.h"
+#include "decode_test_util.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_stack.h"
@@ -20,6 +20,8 @@ namespace dsattn {
 namespace {
 
 using gpu_test::gpu;
+using gpu_test::prefill_prompts;
+using gpu_test::Prefilled;
 using ::testing::HasSubstr;
 namespace test = gpu_test;
 
@@ -79,39 +81,6 @@ TEST_F(DecodeStepGpu, TablesMatchTheCpuFaultsIncluded) {
             ops::kDecodeFaultContext | ops::kDecodeFaultPage);
 }
 
-// A cache with `prompts` prefilled through layer 0 of `stack`, and the block tables.
-struct Prefilled {
-  std::unique_ptr<PagedKvCache> cache;
-  std::vector<BlockTable> tables;
-};
-
-Prefilled prefill(const AttentionStack& stack, const std::vector<std::int64_t>& prompts,
-                  std::int64_t max_context, LatentFormat format) {
-  const AttentionConfig& c = stack.layer(0).config();
-  Prefilled p;
-  CacheOptions opts;
-  opts.device = gpu();
-  opts.num_layers = 1;
-  opts.latent_format = format;
-  opts.page_size = 16;
-  opts.num_pages = static_cast<std::int64_t>(prompts.size()) * pages_for(max_context, 16);
-  p.cache = std::make_unique<PagedKvCache>(c, opts);
-  p.tables.resize(prompts.size());
-  Batch batch;
-  std::int64_t rows = 0;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    p.cache->reserve(p.tables[i], max_context);
-    batch.requests.push_back({0, prompts[i], p.tables[i]});
-    rows += prompts[i];
-  }
-  Tensor x = Tensor::empty({rows, c.hidden_size}, DType::bf16);
-  fill_uniform(x, 3, 1, 1.0f);
-  const Tensor xd = x.to(gpu());
-  Tensor out = Tensor::empty({rows, c.hidden_size}, DType::bf16, gpu());
-  stack.layer(0).forward(batch, xd, p.cache->layer(0), out);
-  return p;
-}
-
 void captured_steps_match_the_forward(LatentFormat format, std::int64_t tokens) {
   const AttentionConfig c = gpu_test::decode_test_config(32);
   const AttentionStack stack = AttentionStack::synthetic(c, 1, 23, Policy::parse("mla"), gpu());
@@ -120,8 +89,8 @@ void captured_steps_match_the_forward(LatentFormat format, std::int64_t tokens) 
   const std::vector<std::int64_t> prompts = {6, 29, 40, 90};
   const std::int64_t batch = static_cast<std::int64_t>(prompts.size()), steps = 4,
                      max_context = 112, rows = batch * tokens;
-  Prefilled a = prefill(stack, prompts, max_context, format);
-  Prefilled b = prefill(stack, prompts, max_context, format);
+  Prefilled a = prefill_prompts(stack, prompts, max_context, format, 16);
+  Prefilled b = prefill_prompts(stack, prompts, max_context, format, 16);
   DecodeStep step(layer, a.cache->layer(0), batch, tokens, max_context);
 
   // The caller's device tensors, written before each replay.
