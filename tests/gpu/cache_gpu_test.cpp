@@ -95,6 +95,33 @@ const RowsCase kRowsCases[] = {
 INSTANTIATE_TEST_SUITE_P(Formats, RowsGpu, ::testing::ValuesIn(kRowsCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// Index-key rows written page-major (each page's values, then its scales) land on the GPU where
+// the CPU puts them, for pages of 16 and 64 and d_I 128 and 256, slots in shuffled order with
+// skipped rows; every other byte keeps its poison.
+using IndexKeysGpu = GpuTest;
+
+TEST_F(IndexKeysGpu, WritePageMajorMatchesCpu) {
+  for (const auto& [d, page_size] : {std::pair<std::int64_t, std::int64_t>{128, 16},
+                                     std::pair<std::int64_t, std::int64_t>{256, 64}}) {
+    SCOPED_TRACE(fmt::format("d_I {}, page size {}", d, page_size));
+    const std::int64_t bytes = index_key_bytes(d), slots = 9 * page_size, n = 5 * page_size + 3;
+    Tensor rows = Tensor::empty({n, bytes}, DType::u8);
+    fill_random_bytes(rows, 54);
+    std::vector<std::int32_t> order(static_cast<std::size_t>(slots));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937(55));
+    order.resize(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < order.size(); i += 7) order[i] = -1;
+    Tensor index = i32_tensor(order);
+    Tensor cache = poisoned({slots, bytes}, DType::u8);
+    const Mirror rows_dev(rows), index_dev(index), cache_dev(cache);
+    ops::write_index_keys(rows, index, cache, page_size, IndexKeyLayout::page_major);
+    ops::write_index_keys(rows_dev.on_gpu(), index_dev.on_gpu(), cache_dev.on_gpu(), page_size,
+                          IndexKeyLayout::page_major);
+    EXPECT_TRUE(same_bytes(cache, cache_dev.fetch(), "page-major cache after the write"));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // map_positions_to_slots
 
