@@ -109,8 +109,9 @@ def indexer_scores(
     context_lens: Any,
     skip_rows_up_to: int = 0,
     scores: Any = None,
-    key_layout: str = "rows",
     stream: int | None = None,
+    *,
+    key_layout: str = "rows",
 ) -> Any:
     """The lightning indexer's scores of packed requests against their paged keys.
 
@@ -217,20 +218,24 @@ def write_index_keys(
     keys: Any,
     slots: Any,
     cache: Any,
-    page_size: int = 64,
-    key_layout: str = "rows",
     stream: int | None = None,
+    *,
+    key_layout: str = "rows",
+    page_size: int | None = None,
 ) -> Any:
     """Writes tokens' indexer keys (already quantised: index_head_dim e4m3 values, then one
     float32 scale per 128, as `quantize_index_keys` makes them) into the index-key cache at their
-    slots, in the cache's `key_layout` ("rows" or "page-major", see `indexer_scores`; page_size
-    matters only to the page-major layout); returns `cache`.
+    slots, in the cache's `key_layout` ("rows" or "page-major", see `indexer_scores`; the
+    page-major layout needs the cache's `page_size`); returns `cache`.
 
     keys: [n, key bytes] uint8; slots: [n] int32, distinct (-1: that row is not written);
     cache: [num_slots, key bytes] uint8 (132 bytes for DeepSeek-V3.2; contiguous whole pages for
     "page-major").
     """
-    _core.write_index_keys(keys, slots, cache, page_size, key_layout, stream)
+    if key_layout == "page-major" and page_size is None:
+        raise ValueError("page_size: the page-major layout needs the cache's page size, got None")
+    _core.write_index_keys(keys, slots, cache, 1 if page_size is None else page_size, key_layout,
+                           stream)
     return cache
 
 

@@ -47,17 +47,18 @@ class AttentionLayer:
     format, page count and page size then come from them (kv_cache, num_pages and page_size must
     be left out or agree). index_key_layout: how each page of the index-key cache (own or given)
     orders its bytes: "rows" (each token's 128 e4m3 values, then its float32 scale) or
-    "page-major" (the page's values token by token, then their scales: vLLM's layout). The caller allocates pages and builds the block tables: requests may
-    share pages read-only (a prefix cache); a forward writes only each request's new positions
-    and refuses a batch where two requests would write the same slot. allocate, free and
-    free_pages are for the layer's own cache. The layer keeps the tensors alive.
+    "page-major" (the page's values token by token, then their scales: vLLM's layout). The
+    caller allocates pages and builds the block tables: requests may share pages read-only (a
+    prefix cache); a forward writes only each request's new positions and refuses a batch where
+    two requests would write the same slot. allocate, free and free_pages are for the layer's
+    own cache. The layer keeps the tensors alive.
 
     Hidden states are packed by request: the rows of request i follow those of request i - 1.
     Every forward takes an optional `out` (written in place and returned; it may be `hidden`
     itself) and, for CUDA tensors, an optional `stream` (an int cudaStream_t; default: the
     current PyTorch or CuPy stream of `hidden`, else the default stream). A refused call raises
-    before anything is written. One forward at a time runs per layer; the GIL is released
-    while it computes.
+    before anything is written. One forward at a time runs per layer; the GIL is released while
+    it computes.
     """
 
     def __init__(

@@ -73,7 +73,7 @@ def indexer_scores(
     (max_k >= every context length: an argument, so that the shape is known when tracing)."""
     scores = torch.full((q.shape[0], max_k), float("-inf"), dtype=torch.float32, device=q.device)
     return kernels.indexer_scores(q, q_scale, weights, key_cache, block_tables, page_size, cu_q,
-                                  context_lens, skip_rows_up_to, scores, key_layout)
+                                  context_lens, skip_rows_up_to, scores, key_layout=key_layout)
 
 
 @indexer_scores.register_fake
@@ -132,15 +132,16 @@ def _(latent, slots, cache, kv_lora_rank):
 
 @torch.library.custom_op("dsattn::write_index_keys", mutates_args=("cache",))
 def write_index_keys(
-    keys: Tensor, slots: Tensor, cache: Tensor, page_size: int = 64, key_layout: str = "rows"
+    keys: Tensor, slots: Tensor, cache: Tensor, key_layout: str = "rows", page_size: int = 0
 ) -> None:
     """kernels.write_index_keys: quantised index-key rows into `cache` at `slots`, in the cache's
-    layout ("rows" or "page-major")."""
-    kernels.write_index_keys(keys, slots, cache, page_size, key_layout)
+    layout ("rows", or "page-major" with the cache's page_size)."""
+    kernels.write_index_keys(keys, slots, cache, key_layout=key_layout,
+                             page_size=page_size if page_size > 0 else None)
 
 
 @write_index_keys.register_fake
-def _(keys, slots, cache, page_size=64, key_layout="rows"):
+def _(keys, slots, cache, key_layout="rows", page_size=0):
     return None
 
 

@@ -70,5 +70,44 @@ TEST(PageSize, ImpossibleSizesAreRefused) {
   }
 }
 
+// The cache's index-key layout reaches every layer's view; a page-major view whose rows are not
+// contiguous (so its pages are not whole blocks) is refused before anything is written.
+TEST(IndexKeyLayout, ReachesTheViewsAndNeedsContiguousPages) {
+  const AttentionConfig config = testing::small_config(64);
+  CacheOptions opts;
+  opts.num_pages = 4;
+  opts.num_layers = 2;
+  opts.index_key_layout = parse_index_key_layout("page-major");
+  PagedKvCache cache(config, opts);
+  EXPECT_EQ(cache.index_key_layout(), IndexKeyLayout::page_major);
+  EXPECT_EQ(cache.layer(1).index_key_layout, IndexKeyLayout::page_major);
+  EXPECT_EQ(index_key_layout_name(cache.layer(0).index_key_layout), "page-major");
+  EXPECT_THAT(thrown_message<InvalidArgument>([] { (void)parse_index_key_layout("page_major"); }),
+              HasSubstr("index_key_layout must be \"rows\" or \"page-major\", got 'page_major'"));
+
+  const AttentionLayer layer(config, LayerWeights::synthetic(config, 3));
+  BlockTable table;
+  cache.reserve(table, 10);
+  LayerCacheView view = cache.layer(0);
+  const std::int64_t slots = view.index_keys.size(0), bytes = view.index_keys.size(1);
+  Tensor wide = Tensor::empty({slots, bytes + 4}, DType::u8);
+  std::memset(wide.view().data(), 0x5a, wide.nbytes());
+  view.index_keys = wide.view().slice(1, 0, bytes);
+  std::vector<std::uint8_t> latent(static_cast<std::size_t>(view.latent.numel()) *
+                                   dtype_size(view.latent.dtype()));
+  std::memcpy(latent.data(), view.latent.data(), latent.size());
+  Batch batch;
+  batch.requests.push_back({0, 10, table});
+  const Tensor x = testing::random_hidden(10, config.hidden_size, 5);
+  Tensor y = Tensor::empty({10, config.hidden_size}, DType::bf16);
+  EXPECT_THAT(thrown_message<InvalidArgument>([&] { layer.forward(batch, x, view, y); }),
+              HasSubstr("cache.index_keys in the page-major layout must be contiguous, got a row "
+                        "stride of 136 bytes for rows of 132"));
+  EXPECT_EQ(std::memcmp(latent.data(), view.latent.data(), latent.size()), 0);
+  for (std::size_t i = 0; i < wide.nbytes(); ++i) {
+    ASSERT_EQ(static_cast<const std::uint8_t*>(wide.view().data())[i], 0x5a) << "byte " << i;
+  }
+}
+
 }  // namespace
 }  // namespace dsattn

@@ -87,7 +87,7 @@ def test_page_major_index_keys_give_the_same_outputs(rng, page_size):
     np.testing.assert_array_equal(caches["page-major"], to_page_major(caches["rows"]))
     own = dsattn.AttentionLayer(config, weights, num_pages=8, index_key_layout="page-major")
     assert own.index_key_layout == "page-major"
-    with pytest.raises(ValueError, match="index key layout must be rows or page-major, got 'x'"):
+    with pytest.raises(ValueError, match="index_key_layout must be \"rows\" or \"page-major\", got 'x'"):
         dsattn.AttentionLayer(config, weights, num_pages=8, index_key_layout="x")
 
 

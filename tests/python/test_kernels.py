@@ -286,6 +286,8 @@ def test_write_index_keys_and_map_positions_to_slots(rng):
     # the page's 16 values.
     paged = np.zeros((64, 132), np.uint8)
     dsattn.write_index_keys(keys, slots, paged, page_size=16, key_layout="page-major")
+    with pytest.raises(ValueError, match="page_size: the page-major layout needs"):
+        dsattn.write_index_keys(keys, slots, paged, key_layout="page-major")
     pages = paged.reshape(4, 16 * 132)
     for key, s in zip(keys, slots):
         page, offset = divmod(int(s), 16)

@@ -15,7 +15,7 @@ std::string_view latent_format_name(LatentFormat f) {
 IndexKeyLayout parse_index_key_layout(std::string_view text) {
   if (text == "rows") return IndexKeyLayout::rows;
   if (text == "page-major") return IndexKeyLayout::page_major;
-  fail("index key layout must be rows or page-major, got '{}'", text);
+  fail("index_key_layout must be \"rows\" or \"page-major\", got '{}'", text);
 }
 
 std::string_view index_key_layout_name(IndexKeyLayout layout) {

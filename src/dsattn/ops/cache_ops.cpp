@@ -142,7 +142,7 @@ void write_index_keys(const TensorView& rows, const TensorView& slots, const Ten
   check_dtype(cache, "cache", DType::u8);
   check_row_copy(rows, "rows", cache, "cache");
   const std::int64_t d = rows.size(1) * 32 / 33;  // index_key_bytes(d) = d + 4 · d / 128
-  DSATTN_CHECK(d % 128 == 0 && index_key_bytes(d) == rows.size(1),
+  DSATTN_CHECK(d > 0 && d % 128 == 0 && index_key_bytes(d) == rows.size(1),
                "rows must be index-key rows of d + 4 * d / 128 bytes (d a multiple of 128), got "
                "{} bytes",
                rows.size(1));

@@ -5,17 +5,18 @@
 // query's heads runs along a thread's own accumulator columns and one quad of lanes: no
 // cross-warp reduction. Per CTA: the rows of one request that its warpgroups own (two each; one
 // in a decode step) against one split of the request's keys; each warpgroup scores every 64-key
-// tile of the split with four m64n128k32 (m64n64k32) MMAs. All threads copy tiles with 4-byte
-// cp.async (cache rows are 132 bytes: only 4-byte aligned) into a ring of 128-byte-swizzled stages,
-// two tiles a step. The warpgroups synchronise through mbarriers only (a pair has landed; all have
-// finished with a pair), never a CTA barrier, and each starts one tile behind the one before it, so
-// that one's epilogue (ReLU, head weights, quad sum, key scale, causal mask, store) runs while the
-// others' MMAs keep the tensor cores busy. Prefill: four warpgroups, each with one tile's
-// accumulators (128 registers a thread), issuing a tile and scoring it; decode and short verify
-// steps: one warpgroup, which issues both tiles' MMAs and scores the first while the second's run.
-// A decode step (one row per request) gives that warpgroup one query, N = 64: half the MMA work and
-// half the epilogue of a pair of queries, and registers and shared memory for three CTAs a
-// multiprocessor.
+// tile of the split with four m64n128k32 (m64n64k32) MMAs. All threads copy tiles with cp.async
+// into a ring of 128-byte-swizzled stages, two tiles a step: 4-byte copies from the row layout
+// (rows of 132 bytes are only 4-byte aligned), 16-byte copies of a page-major tile's values
+// (one 8 KB block in its page). The warpgroups synchronise through mbarriers only (a pair has
+// landed; all have finished with a pair), never a CTA barrier, and each starts one tile behind the
+// one before it, so that one's epilogue (ReLU, head weights, quad sum, key scale, causal mask,
+// store) runs while the others' MMAs keep the tensor cores busy. Prefill: four warpgroups, each
+// with one tile's accumulators (128 registers a thread), issuing a tile and scoring it; decode and
+// short verify steps: one warpgroup, which issues both tiles' MMAs and scores the first while the
+// second's run. A decode step (one row per request) gives that warpgroup one query, N = 64: half
+// the MMA work and half the epilogue of a pair of queries, and registers and shared memory for
+// three CTAs a multiprocessor.
 //
 // The per-token key scale and the per-(query, head) query scale come out of the ReLU because
 // both are non-negative, as the quantiser makes them: Σ_h w_h ReLU(q_s k_s dot) = k_s Σ_h (w_h q_s)
@@ -490,7 +491,8 @@ bool indexer_fp8_sm90_supports(const IndexerParams& p) {
          aligned(p.q, 16) && p.stride_key % 4 == 0 && p.stride_key < (1 << 20) &&
          aligned(p.keys, p.page_major ? 16 : 4) && p.max_k <= (std::int64_t(1) << 30) &&
          p.total_q <= (std::int64_t(1) << 30) && p.page_size > 0 &&
-         p.page_size <= (std::int64_t(1) << 30);
+         p.page_size <= (std::int64_t(1) << 30) &&
+         (!p.page_major || p.page_size <= (std::int64_t(1) << 20));  // int offsets in a page
 }
 
 namespace {
