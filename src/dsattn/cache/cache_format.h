@@ -30,6 +30,12 @@ inline constexpr std::int64_t index_key_bytes(std::int64_t index_head_dim) {
 //               index_key_bytes bytes, so the tensor must be contiguous.
 enum class IndexKeyLayout { rows, page_major };
 
+// The index head dim whose cached keys are `key_bytes` wide (the inverse of index_key_bytes
+// where one exists: a multiple of 128; check index_key_bytes of the result).
+inline constexpr std::int64_t index_head_dim_of(std::int64_t key_bytes) {
+  return key_bytes * 32 / 33;
+}
+
 // Byte offsets, from the start of the cache, of a slot's values and of its first scale.
 struct IndexKeyOffsets {
   std::int64_t values, scales;

@@ -56,13 +56,8 @@ void check_layer_cache(const LayerCacheView& cache, const AttentionConfig& c) {
   check_dtype(cache.index_keys, "cache.index_keys", DType::u8);
   check_shape(cache.index_keys, "cache.index_keys",
               {cache.num_pages * cache.page_size, index_key_bytes(c.index_head_dim)});
-  if (cache.index_key_layout == IndexKeyLayout::page_major &&
-      cache.index_keys.stride(0) != cache.index_keys.size(1)) {
-    fail(
-        "cache.index_keys in the page-major layout must be contiguous, got a row stride of {} "
-        "bytes for rows of {}",
-        cache.index_keys.stride(0), cache.index_keys.size(1));
-  }
+  ops::check_index_key_cache(cache.index_keys, "cache.index_keys", cache.page_size,
+                             cache.index_key_layout);
 }
 
 AttentionLayer::AttentionLayer(const AttentionConfig& config, LayerWeights weights, Policy policy)

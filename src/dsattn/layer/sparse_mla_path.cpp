@@ -71,17 +71,23 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
   const TensorView q_latent = all_rows ? proj.q_latent.view() : q_latent_packed.view();
   const IndexQueries iq = compute_index_queries(ctx, x, q_latent, meta.positions);
   Tensor selected = Tensor::empty({n, K}, DType::i32, dev);
+  // Top-k of `rows` rows (from `first`) into their rows of `selected`: positions or cache slots.
+  const auto select = [&](const TensorView& scores, std::int64_t first, std::int64_t rows) {
+    const TensorView visible = meta.visible.slice(0, first, first + rows);
+    const TensorView out = selected.view().slice(0, first, first + rows);
+    if (slots) {
+      ops::topk_slots(scores, visible, meta.row_request.slice(0, first, first + rows),
+                      meta.block_tables, cache.page_size, out);
+    } else {
+      ops::topk(scores, visible, out);
+    }
+  };
   if (meta.windows.empty()) {
     Tensor scores = Tensor::empty({n, meta.max_k}, DType::f32, dev);
     ops::indexer_scores(iq.q, iq.q_scale, iq.weights, cache.index_keys, meta.block_tables,
                         cache.page_size, meta.cu_q, meta.context_lens, K, scores,
                         cache.index_key_layout);
-    if (slots) {
-      ops::topk_slots(scores, meta.visible, meta.row_request, meta.block_tables, cache.page_size,
-                      selected);
-    } else {
-      ops::topk(scores, meta.visible, selected);
-    }
+    select(scores, 0, n);
   } else {
     // One scores buffer, reused by every window (each within the budget).
     std::int64_t rows = 0, cols = 1;
@@ -101,14 +107,7 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
                           cache.index_keys,
                           meta.block_tables.slice(0, w.request_begin, w.request_end),
                           cache.page_size, w.cu_q, w.context_lens, K, s, cache.index_key_layout);
-      const TensorView visible = meta.visible.slice(0, w.row_begin, w.row_end);
-      const TensorView out = selected.view().slice(0, w.row_begin, w.row_end);
-      if (slots) {
-        ops::topk_slots(s, visible, meta.row_request.slice(0, w.row_begin, w.row_end),
-                        meta.block_tables, cache.page_size, out);
-      } else {
-        ops::topk(s, visible, out);
-      }
+      select(s, w.row_begin, w.row_end - w.row_begin);
     }
   }
   return selected;

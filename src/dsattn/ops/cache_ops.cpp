@@ -132,6 +132,19 @@ void scatter_rows(const TensorView& rows, const TensorView& index, const TensorV
   DSATTN_DISPATCH(d, scatter_rows, rows, index, dst);
 }
 
+void check_index_key_cache(const TensorView& cache, const char* name, std::int64_t page_size,
+                           IndexKeyLayout layout) {
+  if (layout == IndexKeyLayout::rows) return;
+  // Page p is the bytes of rows p · page_size ... on, read as one block.
+  DSATTN_CHECK(cache.stride(0) == cache.size(1),
+               "{} in the page-major layout must be contiguous, got a row stride of {} bytes for "
+               "rows of {}",
+               name, cache.stride(0), cache.size(1));
+  DSATTN_CHECK(page_size > 0 && cache.size(0) % page_size == 0,
+               "{} in the page-major layout must hold whole pages of {} slots, got {} slots", name,
+               page_size, cache.size(0));
+}
+
 void write_index_keys(const TensorView& rows, const TensorView& slots, const TensorView& cache,
                       std::int64_t page_size, IndexKeyLayout layout) {
   if (layout == IndexKeyLayout::rows) {
@@ -141,19 +154,13 @@ void write_index_keys(const TensorView& rows, const TensorView& slots, const Ten
   check_dtype(rows, "rows", DType::u8);
   check_dtype(cache, "cache", DType::u8);
   check_row_copy(rows, "rows", cache, "cache");
-  const std::int64_t d = rows.size(1) * 32 / 33;  // index_key_bytes(d) = d + 4 · d / 128
+  const std::int64_t d = index_head_dim_of(rows.size(1));
   DSATTN_CHECK(d > 0 && d % 128 == 0 && index_key_bytes(d) == rows.size(1),
                "rows must be index-key rows of d + 4 * d / 128 bytes (d a multiple of 128), got "
                "{} bytes",
                rows.size(1));
   DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
-  DSATTN_CHECK(cache.stride(0) == cache.size(1),
-               "cache in the page-major layout must be contiguous, got a row stride of {} bytes "
-               "for rows of {}",
-               cache.stride(0), cache.size(1));
-  DSATTN_CHECK(cache.size(0) % page_size == 0,
-               "cache in the page-major layout must hold whole pages of {} slots, got {} slots",
-               page_size, cache.size(0));
+  check_index_key_cache(cache, "cache", page_size, layout);
   check_index(slots, "slots", rows.size(0), cache.size(0), /*allow_skip=*/true);
   const Device dev = common_device({{"rows", &rows}, {"slots", &slots}, {"cache", &cache}});
   if (rows.size(0) == 0) return;

@@ -48,6 +48,11 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
 // dst[index[t], :] = rows[t, :] for index[t] >= 0 (-1: row t is not written)
 //   rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);
+// Refuses (naming the cache `name`) an index-key cache that `layout` cannot be read from:
+// page_major needs contiguous rows holding whole pages of page_size slots.
+void check_index_key_cache(const TensorView& cache, const char* name, std::int64_t page_size,
+                           IndexKeyLayout layout);
+
 // Writes quantised indexer-key rows (quantize_index_key_rows' output: d_I e4m3 values, then
 // their d_I / 128 f32 scales) into the index-key cache at their slots, in the cache's layout
 // (cache/cache_format.h); -1: row t is not written. With IndexKeyLayout::rows this is

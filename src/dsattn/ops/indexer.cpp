@@ -1,5 +1,6 @@
 #include "dsattn/ops/indexer.h"
 
+#include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/op_checks.h"
 #include "dsattn/ops/quantize.h"
 
@@ -28,17 +29,7 @@ void indexer_scores(const TensorView& q, const TensorView& q_scale, const Tensor
   check_shape(key_cache, "key_cache", {kAny, index_key_bytes(d)});
   check_inner_contiguous(key_cache, "key_cache");
   DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
-  if (key_layout == IndexKeyLayout::page_major) {
-    // Whole pages, page after page: page p is the bytes of rows p · page_size ... on.
-    DSATTN_CHECK(key_cache.stride(0) == key_cache.size(1),
-                 "key_cache in the page-major layout must be contiguous, got a row stride of {} "
-                 "bytes for rows of {}",
-                 key_cache.stride(0), key_cache.size(1));
-    DSATTN_CHECK(key_cache.size(0) % page_size == 0,
-                 "key_cache in the page-major layout must hold whole pages of {} slots, got {} "
-                 "slots",
-                 page_size, key_cache.size(0));
-  }
+  check_index_key_cache(key_cache, "key_cache", page_size, key_layout);
   check_dtype(scores, "scores", DType::f32);
   check_shape(scores, "scores", {n_q, kAny});
   check_inner_contiguous(scores, "scores");

@@ -20,7 +20,7 @@ void scatter_rows(const TensorView& rows, const TensorView& slots, const TensorV
 
 void write_index_keys_page_major(const TensorView& rows, const TensorView& slots,
                                  const TensorView& cache, std::int64_t page_size) {
-  const std::int64_t bytes = rows.size(1), d = bytes * 32 / 33;
+  const std::int64_t bytes = rows.size(1), d = index_head_dim_of(bytes);
   const std::int32_t* s = slots.ptr<std::int32_t>();
   for (std::int64_t i = 0; i < rows.size(0); ++i) {
     if (s[i] < 0) continue;

@@ -172,7 +172,7 @@ void write_index_keys_page_major(const TensorView& rows, const TensorView& slots
                                    static_cast<std::uint8_t*>(cache.data()),
                                    rows.size(0),
                                    rows.stride(0),
-                                   rows.size(1) * 32 / 33,
+                                   index_head_dim_of(rows.size(1)),
                                    page_size};
   check_launch(launch_index_keys_page_major(p, stream()), "write_index_keys");
 }
