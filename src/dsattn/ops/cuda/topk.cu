@@ -180,10 +180,10 @@ __device__ void count_by_walk(const Slice& slice, const Threshold& t, WarpCounts
   if (lane == 0) counts->above[warp] = above, counts->equal[warp] = equal;
 }
 
-// Writes the slice's selected positions (offset by `first`, the slice's position in the row), or
-// what `value` maps them to, from each warp's counts: the counts of the blocks before this one in
-// the cluster and of the warps before each warp give its first output slot and how many equal keys
-// precede it.
+// Writes the slice's selected positions (offset by `first`, the slice's position in the row) from
+// each warp's counts: the counts of the blocks before this one in the cluster and of the warps
+// before each warp give its first output slot and how many equal keys precede it. For topk_slots
+// each warp then turns its run of positions into what `value` maps them to.
 __device__ void write_selected(const cg::cluster_group& cluster, const Slice& slice,
                                const Threshold& t, int first, const SelectedValue& value,
                                WarpCounts* counts, std::int32_t* out, int* block_totals) {
@@ -221,6 +221,7 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
   int written = counts->above[warp] + min(equal_before, t.remaining);
   int equal_seen = equal_before;
   const int quota_end = written + above + max(0, min(equal, t.remaining - equal_before));
+  const int run_begin = written;  // the warp writes out[run_begin, quota_end)
   for (int s = seg.begin + lane; s - lane < seg.end && written < quota_end; s += 32) {
     const bool valid = s < seg.end;
     const std::uint32_t key = valid ? slice[s] & t.mask : 0u;
@@ -229,9 +230,15 @@ __device__ void write_selected(const cg::cluster_group& cluster, const Slice& sl
         valid &&
         (key > t.prefix || (key == t.prefix && equal_seen + __popc(eq & below_lane) < t.remaining));
     const unsigned taken = __ballot_sync(0xffffffffu, take);
-    if (take) out[written + __popc(taken & below_lane)] = value(first + s);
+    if (take) out[written + __popc(taken & below_lane)] = first + s;
     written += __popc(taken);
     equal_seen += __popc(eq);
+  }
+  if (value.table != nullptr) {
+    // topk_slots: the warp's run of positions to cache slots, in place, all lanes at once (a
+    // block-table lookup per store inside the walk waited on each one in turn).
+    __syncwarp();  // the run's positions, written by every lane, are visible to every lane
+    for (int i = run_begin + lane; i < quota_end; i += 32) out[i] = value(out[i]);
   }
   cluster.sync();  // no block leaves while another may still read its totals
 }

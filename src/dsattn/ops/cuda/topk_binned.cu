@@ -117,17 +117,41 @@ __device__ void prefetch_row(const TopkParams& p, std::int64_t r, float* buffer)
   ptx::cp_async_commit();
 }
 
-// What the kernel writes for a selected position: the position (topk), or with kSlots its cache
-// slot (topk_slots). Two builds of the kernel, so that the positions one holds no block-table
-// state in registers (the 512-thread shape has 64 a thread).
-template <bool kSlots>
-__device__ __forceinline__ std::int32_t output_value(const SelectedValue& slots, int pos) {
-  if constexpr (kSlots) {
-    return slots(pos);
-  } else {
-    return pos;
+// What a thread writes for a selected position of its run base ... base + kPerThread - 1: the
+// position (topk), or with kSlots its cache slot (topk_slots). Two builds of the kernel, so that
+// the positions one holds no block-table state in registers (the 512-thread shape has 64 a
+// thread).
+template <bool kSlots, int kPerThread>
+struct ThreadOutput {
+  __device__ ThreadOutput(const TopkParams&, std::int64_t, int) {}
+  __device__ std::int32_t operator()(int pos) const { return pos; }
+};
+
+// Pages of at least kPerThread tokens hold the run in at most two pages, whose block-table
+// entries the thread loads once (a load per selected position, each waited for before the next
+// store, made the slots cost a quarter more than the positions); smaller pages look each
+// position up.
+template <int kPerThread>
+struct ThreadOutput<true, kPerThread> {
+  SelectedValue lookup;
+  bool two_pages;
+  int start;                   // the first position of the run's first page
+  std::int32_t first, second;  // the two pages' first slots; -1 past the table
+  __device__ ThreadOutput(const TopkParams& p, std::int64_t r, int base)
+      : lookup(p, r), two_pages(p.page_size >= kPerThread), start(0), first(-1), second(-1) {
+    if (!two_pages) return;
+    const int page = base / p.page_size;
+    start = page * p.page_size;
+    if (page < lookup.width) first = lookup.table[page] * p.page_size;
+    if (page + 1 < lookup.width) second = lookup.table[page + 1] * p.page_size;
   }
-}
+  __device__ std::int32_t operator()(int pos) const {
+    if (!two_pages) return lookup(pos);
+    const int offset = pos - start;  // in [0, 2 · page_size)
+    if (offset < lookup.page_size) return first < 0 ? -1 : first + offset;
+    return second < 0 ? -1 : second + offset - lookup.page_size;
+  }
+};
 
 template <class S, bool kSlots>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel(TopkParams p) {
@@ -173,7 +197,13 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     prefetch_row<S>(p, r + gridDim.x, buffer);
     if (n <= k) {  // every position is selected; the scores are not read
       const SelectedValue slots(p, r);
-      for (int i = t; i < k; i += kThreads) o[i] = i < n ? output_value<kSlots>(slots, i) : -1;
+      for (int i = t; i < k; i += kThreads) {
+        if constexpr (kSlots) {
+          o[i] = i < n ? slots(i) : -1;
+        } else {
+          o[i] = i < n ? i : -1;
+        }
+      }
       continue;
     }
 
@@ -318,10 +348,8 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) topk_binned_kernel
     std::uint32_t picked = taken;
     for (std::uint32_t e = equal; quota > 0; --quota, e &= e - 1) picked |= e & (~e + 1u);
     int slot = taken_before + min(equal_before, th.remaining);
-    const SelectedValue slots(p, r);
-    for (; picked != 0; picked &= picked - 1) {
-      o[slot++] = output_value<kSlots>(slots, base + __ffs(picked) - 1);
-    }
+    const ThreadOutput<kSlots, kPerThread> output(p, r, base);
+    for (; picked != 0; picked &= picked - 1) o[slot++] = output(base + __ffs(picked) - 1);
   }
 }
 
