@@ -23,6 +23,7 @@ PATHS = [  # (measured key, predicted key, label, colour)
     ("mha_ms", "dense_mha_ms", "dense MHA", "tab:blue"),
     ("mla_ms", "sparse_mla_ms", "sparse MLA", "tab:orange"),
     (None, "row_split_ms", "row split", "tab:green"),
+    ("masked_ms", "masked_mha_ms", "masked MHA", "tab:red"),
 ]
 
 

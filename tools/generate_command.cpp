@@ -238,7 +238,7 @@ Command add_generate_command(CLI::App& app) {
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "New tokens per prompt")->capture_default_str();
-  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla")
+  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla | masked")
       ->capture_default_str();
   cmd->add_option("--kv-cache", o->kv_cache, "Latent cache format: bf16 | fp8")
       ->capture_default_str();

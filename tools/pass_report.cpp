@@ -10,10 +10,14 @@ std::vector<PassResult> serve_passes(const AttentionConfig& config, AttentionSta
   std::vector<PassResult> passes;
   passes.push_back(run_pass(config, stack, spec, policy, device, progress));
   const bool mha_exact = spec.prefix_len + spec.prompt_len + spec.decode_steps <= config.index_topk;
-  for (const char* forced : {"mha", "mla"}) {
+  // Each other exact path forced: dense MHA where it is exact, masked MHA where it is not.
+  for (const char* forced : {"mha", "mla", "masked"}) {
     const Policy p = Policy::parse(forced);
     if (p.kind == Policy::Kind::mha && !mha_exact) continue;
-    const Path path = p.kind == Policy::Kind::mha ? Path::dense_mha : Path::sparse_mla;
+    if (p.kind == Policy::Kind::masked && mha_exact) continue;
+    const Path path = p.kind == Policy::Kind::mha      ? Path::dense_mha
+                      : p.kind == Policy::Kind::masked ? Path::masked_mha
+                                                       : Path::sparse_mla;
     bool differs = spec.decode_steps > 0 && passes[0].decode_paths.front() != path;
     for (Path x : passes[0].prefill_paths) differs = differs || x != path;
     if (differs) passes.push_back(run_pass(config, stack, spec, p, device, progress));
@@ -35,6 +39,7 @@ nlohmann::json pass_json(const PassResult& p, std::optional<double> diff) {
                    {{"projections", p.prefill_stages.projections},
                     {"dense_mha", p.prefill_stages.dense_mha},
                     {"sparse_mla", p.prefill_stages.sparse_mla},
+                    {"masked_mha", p.prefill_stages.masked_mha},
                     {"o_proj", p.prefill_stages.o_proj}}}};
   std::vector<std::string> paths;
   for (Path x : p.prefill_paths) paths.emplace_back(path_name(x));

@@ -145,8 +145,9 @@ int run(const RunOptions& o, const CLI::App& cmd) {
   const StageTimes& st = passes[0].prefill_stages;
   std::printf(
       "\nprefill stages under %s: projections %.3f s, dense_mha %.3f s, sparse_mla %.3f s, "
-      "o_proj %.3f s\n",
-      passes[0].policy.c_str(), st.projections, st.dense_mha, st.sparse_mla, st.o_proj);
+      "masked_mha %.3f s, o_proj %.3f s\n",
+      passes[0].policy.c_str(), st.projections, st.dense_mha, st.sparse_mla, st.masked_mha,
+      st.o_proj);
   double worst = 0;
   for (std::size_t i = 1; i < passes.size(); ++i) {
     worst = std::max(worst, max_relative_difference(passes[i], passes[0]));
@@ -208,7 +209,7 @@ Command add_run_command(CLI::App& app) {
   cmd->add_option("--max-batch-tokens", o->spec.max_batch_tokens,
                   "Prefill tokens per forward; longer prompts are prefilled in chunks")
       ->capture_default_str();
-  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla")
+  cmd->add_option("--policy", o->policy, "auto | per-request | threshold[=N] | mha | mla | masked")
       ->capture_default_str();
   cmd->add_option("--profile", o->profile_path,
                   "Cost profile for policy auto (dsattn calibrate's JSON; default: the "

@@ -29,6 +29,7 @@ def mha_prefill(
     *,
     lse: Any = None,
     return_lse: bool = False,
+    key_mask: Any = None,
 ) -> Any:
     """Dense causal attention over packed variable-length requests (the MHA form).
 
@@ -45,6 +46,11 @@ def mha_prefill(
     log-sum-exp, ln sum_j exp(scale * q . k_j) over its visible keys, as FlashAttention's
     softmax_lse, for merging attention over disjoint key sets. return_lse=True returns
     (out, lse), allocating lse when it is not given.
+
+    key_mask: [total_q, words] int32 bit words, masked MHA: row t also sees key j of its request
+    (counted from the request's first key) only if bit j % 32 of key_mask[t, j // 32] is set;
+    keys past 32 * words are hidden. A row that sees no key gets zeros (lse -inf), and a hidden
+    key's values never reach it. `selection_mask` builds the words from top-k positions.
     """
     total_q, heads, _ = shape_of(q, "q", "[total_q, heads, d_qk]")
     if out is None:
@@ -52,7 +58,7 @@ def mha_prefill(
         out = empty_like(q, (total_q, heads, d_v), "bf16")
     if lse is None and return_lse:
         lse = empty_like(q, (total_q, heads), "f32")
-    _core.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, out, lse, stream)
+    _core.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, out, lse, key_mask, stream)
     return (out, lse) if return_lse else out
 
 
@@ -255,6 +261,25 @@ def quantize_index_keys(
         (n, d) = shape_of(keys, "keys", "[n, d]")
         out = empty_like(keys, (n, d + 4 * (d // 128)), "u8")
     _core.quantize_index_keys(keys, out, bool(rotate), stream)
+    return out
+
+
+def selection_mask(
+    selected: Any, words: int | None = None, out: Any = None, stream: int | None = None
+) -> Any:
+    """The key mask of masked MHA (mha_prefill's key_mask) from top-k positions: bit p % 32 of
+    word p // 32 of row r is set for every p = selected[r, j] >= 0; -1 is skipped.
+
+    selected: [n, k] int32 key positions (as `topk` returns them); words: the mask's words a row
+    (at least ceil(longest context / 32); default: the width of `out`, which is then required);
+    out: [n, words] int32, overwritten. The CPU refuses a position outside [-1, 32 * words).
+    """
+    n = shape_of(selected, "selected", "[n, k]")[0]
+    if out is None:
+        if words is None:
+            raise ValueError("selection_mask needs words or out")
+        out = empty_like(selected, (n, words), "i32")
+    _core.selection_mask(selected, out, stream)
     return out
 
 

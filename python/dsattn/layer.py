@@ -35,8 +35,9 @@ class AttentionLayer:
     512 e4m3 + 4 f32 scales + 64 bf16). policy: "auto" (each request on its cheaper exact path by
     the cost profile: `profile`, a `dsattn calibrate` JSON file, else the device's built-in one),
     "per-request" (dense MHA where exact, else sparse MLA), "threshold" or "threshold=N" (the
-    whole batch takes dense MHA iff every context <= N), "mha" (forced; refused where not exact)
-    or "mla" (forced). num_pages: cache pages of
+    whole batch takes dense MHA iff every context <= N), "mha" (forced; refused where not exact),
+    "mla" (forced) or "masked" (forced masked MHA: sparse MLA's selection as a key mask over dense
+    MHA). num_pages: cache pages of
     `page_size` tokens (a multiple of 16 up to 256; default 64). device: "cpu", "cuda" or
     "cuda:N"; default: the weights' device.
 
@@ -114,7 +115,8 @@ class AttentionLayer:
 
     @property
     def policy(self) -> str:
-        """The path policy; assign a new one ("auto", "per-request", "threshold=N", "mha", "mla")."""
+        """The path policy; assign a new one ("auto", "per-request", "threshold=N", "mha", "mla",
+        "masked")."""
         return self._layer.policy
 
     @policy.setter

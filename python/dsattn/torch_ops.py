@@ -23,14 +23,22 @@ from . import kernels
 
 @torch.library.custom_op("dsattn::mha_prefill", mutates_args=())
 def mha_prefill(
-    q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_q: Tensor,
+    cu_k: Tensor,
+    max_q: int,
+    scale: float,
+    key_mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """kernels.mha_prefill; returns (out [total_q, heads, d_v] bf16, lse [total_q, heads] f32)."""
-    return kernels.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, return_lse=True)
+    return kernels.mha_prefill(q, k, v, cu_q, cu_k, max_q, scale, return_lse=True,
+                               key_mask=key_mask)
 
 
 @mha_prefill.register_fake
-def _(q, k, v, cu_q, cu_k, max_q, scale):
+def _(q, k, v, cu_q, cu_k, max_q, scale, key_mask=None):
     n, heads = q.shape[0], q.shape[1]
     return q.new_empty((n, heads, v.shape[2])), q.new_empty((n, heads), dtype=torch.float32)
 
@@ -143,6 +151,17 @@ def write_index_keys(
 @write_index_keys.register_fake
 def _(keys, slots, cache, key_layout="rows", page_size=0):
     return None
+
+
+@torch.library.custom_op("dsattn::selection_mask", mutates_args=())
+def selection_mask(selected: Tensor, words: int) -> Tensor:
+    """kernels.selection_mask; returns the key mask [n, words] int32."""
+    return kernels.selection_mask(selected, words)
+
+
+@selection_mask.register_fake
+def _(selected, words):
+    return selected.new_empty((selected.shape[0], words), dtype=torch.int32)
 
 
 @torch.library.custom_op("dsattn::map_positions_to_slots", mutates_args=("indices",))

@@ -22,7 +22,7 @@ namespace {
 
 void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle cu_q_obj,
                  nb::handle cu_k_obj, std::int64_t max_q, float scale, nb::handle out_obj,
-                 nb::handle lse_obj, nb::handle stream) {
+                 nb::handle lse_obj, nb::handle key_mask_obj, nb::handle stream) {
   const TensorArg q = tensor_arg(q_obj, "q", {DType::bf16}, 3, "[total_q, heads, d_qk]");
   const TensorArg k = tensor_arg(k_obj, "k", {DType::bf16}, 3, "[total_k, heads, d_qk]");
   const TensorArg v = tensor_arg(v_obj, "v", {DType::bf16}, 3, "[total_k, heads, d_v]");
@@ -33,10 +33,22 @@ void mha_prefill(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handl
                     q.device(), "q's device");
   const TensorArg lse = optional_tensor_arg(lse_obj, "lse", {DType::f32}, 2, "[total_q, heads]",
                                             true, q.device(), "q's device");
+  const TensorArg key_mask =
+      optional_tensor_arg(key_mask_obj, "key_mask", {DType::i32}, 2, "[total_q, words]", false,
+                          q.device(), "q's device");
   CallScope scope(q.device(), resolve_stream(stream, q_obj, q.device()));
   nb::gil_scoped_release release;
   ops::mha_varlen_causal(q.view, k.view, v.view, cu_q.view, cu_k.view, max_q, scale, out.view,
-                         lse.view);
+                         lse.view, key_mask.view);
+}
+
+void selection_mask(nb::handle selected_obj, nb::handle mask_obj, nb::handle stream) {
+  const TensorArg selected = tensor_arg(selected_obj, "selected", {DType::i32}, 2, "[n, k]");
+  const TensorArg mask = tensor_arg(mask_obj, "mask", {DType::i32}, 2, "[n, words]", true);
+  check_same_device({{"mask", &mask}}, selected.device(), "selected's device");
+  CallScope scope(selected.device(), resolve_stream(stream, selected_obj, selected.device()));
+  nb::gil_scoped_release release;
+  ops::selection_mask(selected.view, mask.view);
 }
 
 void sparse_mla(nb::handle q_obj, nb::handle kv_obj, nb::handle indices_obj, float scale,
@@ -228,7 +240,10 @@ void bind_kernels(nb::module_& m) {
         nb::arg("stream") = nb::none());
   m.def("mha_prefill", &mha_prefill, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_q"),
         nb::arg("cu_k"), nb::arg("max_q"), nb::arg("scale"), nb::arg("out"),
-        nb::arg("lse") = nb::none(), nb::arg("stream") = nb::none());
+        nb::arg("lse") = nb::none(), nb::arg("key_mask") = nb::none(),
+        nb::arg("stream") = nb::none());
+  m.def("selection_mask", &selection_mask, nb::arg("selected"), nb::arg("mask"),
+        nb::arg("stream") = nb::none());
   m.def("sparse_mla", &sparse_mla, nb::arg("q"), nb::arg("kv_cache"), nb::arg("indices"),
         nb::arg("scale"), nb::arg("out"), nb::arg("lse") = nb::none(),
         nb::arg("topk_length") = nb::none(), nb::arg("stream") = nb::none());

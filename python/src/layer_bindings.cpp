@@ -401,6 +401,7 @@ std::vector<nb::dict> predict_costs(const AttentionConfig& config,
     d["dense_mha"] = seconds(c.dense_mha);
     d["sparse_mla"] = nb::float_(c.sparse_mla);
     d["row_split"] = seconds(c.row_split);
+    d["masked_mha"] = seconds(c.masked_mha);
     out.push_back(std::move(d));
   }
   return out;
@@ -410,19 +411,22 @@ void bind_layer(nb::module_& m) {
   m.def("plan", &plan, nb::arg("config"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
         nb::arg("policy") = "auto", nb::arg("mode") = "prefill", nb::arg("profile") = nb::none(),
         nb::arg("device") = "cpu",
-        "The path (\"dense_mha\", \"sparse_mla\" or \"row_split\") each request of a batch "
-        "takes under `policy`: what AttentionLayer would run, without running it. prefix_lens "
+        "The path (\"dense_mha\", \"sparse_mla\", \"row_split\" or \"masked_mha\") each request "
+        "of a batch takes under `policy`: what AttentionLayer would run, without running it. "
+        "prefix_lens "
         "and extend_lens: one int per request (extend >= 1); mode: \"prefill\" or \"decode\". "
         "auto plans with the cost profile at `profile` (dsattn calibrate's JSON), else "
         "`device`'s built-in one. Returns a list of str, one per request.");
-  m.def("predict_costs", &predict_costs, nb::arg("config"), nb::arg("prefix_lens"),
-        nb::arg("extend_lens"), nb::arg("profile") = nb::none(), nb::arg("device") = "cpu",
-        "The cost model auto plans with: for each prefill request (prefix_lens, extend_lens: one "
-        "int each), a dict of predicted seconds per exact path, {\"dense_mha\": float or None "
-        "(None: not exact), \"sparse_mla\": float, \"row_split\": float or None (None unless "
-        "the context passes index_topk inside the extend)}, without the fixed cost each path "
-        "group pays once per forward. Costs from the profile at `profile`, else `device`'s "
-        "built-in one (an error where there is none).");
+  m.def(
+      "predict_costs", &predict_costs, nb::arg("config"), nb::arg("prefix_lens"),
+      nb::arg("extend_lens"), nb::arg("profile") = nb::none(), nb::arg("device") = "cpu",
+      "The cost model auto plans with: for each prefill request (prefix_lens, extend_lens: one "
+      "int each), a dict of predicted seconds per exact path, {\"dense_mha\": float or None "
+      "(None: not exact), \"sparse_mla\": float, \"row_split\": float or None (None unless "
+      "the context passes index_topk inside the extend), \"masked_mha\": float or None (None "
+      "where dense MHA is exact or the profile has no masked costs)}, without the fixed cost "
+      "each path group pays once per forward. Costs from the profile at `profile`, else `device`'s "
+      "built-in one (an error where there is none).");
   nb::class_<Layer>(m, "AttentionLayer",
                     "The engine behind dsattn.AttentionLayer: forward() takes every tensor, "
                     "including out.")

@@ -159,13 +159,13 @@ TEST_F(LayerGpu, RowSplitMatchesReference) {
   }
 }
 
-// The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on both paths, outputs and
+// The full-size DeepSeek-V3.2 layer: GPU and CPU backends agree on every path, outputs and
 // log-sum-exps (ForwardOptions::lse).
 TEST_F(LayerGpu, FullSizeLayerMatchesCpuBackend) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();
   const LayerWeights weights = LayerWeights::synthetic(config, 5);
   const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{0, 96}, {64, 40}, {0, 7}};
-  for (const char* policy : {"mha", "mla"}) {
+  for (const char* policy : {"mha", "mla", "masked"}) {
     std::vector<Tensor> outputs, lses;
     for (Device dev : {Device::cpu(), Device::cuda(0)}) {
       AttentionLayer layer(config, dev.is_cpu() ? weights : weights.to(dev), Policy::parse(policy));
@@ -276,6 +276,71 @@ TEST_F(LayerGpu, FullSizeScoreWindowsAreBitIdentical) {
     largest = std::max(largest, double(std::fabs(v)));
   }
   EXPECT_GT(largest, 0.0);
+}
+
+// Masked MHA at full size past a lowered index_topk (the wgmma kernel under real selections):
+// the same selection as sparse MLA (one indexer and top-k), the same output within bf16
+// agreement, and the same log-sum-exps.
+TEST_F(LayerGpu, FullSizeMaskedMhaMatchesSparseMla) {
+  AttentionConfig config = AttentionConfig::deepseek_v32();
+  config.index_topk = 128;
+  const Device dev = Device::cuda(0);
+  AttentionLayer layer(config, LayerWeights::synthetic(config, 7).to(dev), Policy::parse("mla"));
+  CacheOptions opts;
+  opts.num_pages = 24;
+  opts.device = dev;
+  PagedKvCache cache(config, opts);
+  BlockTable a, b;
+  cache.reserve(a, 500);
+  cache.reserve(b, 600);
+  Batch prefix, batch;
+  prefix.requests.push_back({0, 400, b});
+  batch.requests.push_back({0, 500, a});
+  batch.requests.push_back({400, 200, b});
+  Tensor x0 = Tensor::empty({400, config.hidden_size}, DType::bf16);
+  Tensor x1 = Tensor::empty({700, config.hidden_size}, DType::bf16);
+  fill_uniform(x0, 3, 1, 1.0f);
+  fill_uniform(x1, 3, 2, 1.0f);
+  const Tensor in0 = x0.to(dev), in1 = x1.to(dev);
+  Tensor out0 = Tensor::empty({400, config.hidden_size}, DType::bf16, dev);
+  layer.forward(prefix, in0, cache.layer(0), out0);
+  std::vector<ForwardResult> results;
+  std::vector<Tensor> outputs, lses;
+  for (const char* policy : {"mla", "masked"}) {
+    layer.set_policy(Policy::parse(policy));
+    ForwardOptions fo;
+    fo.record_topk = true;
+    Tensor lse = Tensor::empty({700, config.num_heads}, DType::f32, dev);
+    fo.lse = lse.view();
+    Tensor out = Tensor::empty({700, config.hidden_size}, DType::bf16, dev);
+    results.push_back(layer.forward(batch, in1, cache.layer(0), out, fo));
+    outputs.push_back(out.to(Device::cpu()));
+    lses.push_back(lse.to(Device::cpu()));
+  }
+  EXPECT_EQ(results[1].paths, (std::vector<Path>{Path::masked_mha, Path::masked_mha}));
+  for (std::size_t r = 0; r < 2; ++r) {
+    const Tensor& sparse = results[0].topk_positions[r];
+    const Tensor& masked = results[1].topk_positions[r];
+    ASSERT_EQ(sparse.numel(), masked.numel());
+    EXPECT_EQ(std::memcmp(sparse.ptr<std::int32_t>(), masked.ptr<std::int32_t>(), sparse.nbytes()),
+              0)
+        << "request " << r << ": other keys selected";
+  }
+  double diff = 0, scale = 0, lse_diff = 0;
+  for (std::int64_t i = 0; i < outputs[0].numel(); ++i) {
+    const float a0 = outputs[0].ptr<bf16>()[i].to_float(),
+                a1 = outputs[1].ptr<bf16>()[i].to_float();
+    ASSERT_TRUE(std::isfinite(a1)) << "element " << i;
+    diff = std::max(diff, double(std::fabs(a0 - a1)));
+    scale = std::max(scale, double(std::fabs(a0)));
+  }
+  for (std::int64_t i = 0; i < lses[0].numel(); ++i) {
+    const float l0 = lses[0].ptr<float>()[i], l1 = lses[1].ptr<float>()[i];
+    ASSERT_TRUE(std::isfinite(l1)) << "lse element " << i;
+    lse_diff = std::max(lse_diff, double(std::fabs(l0 - l1)));
+  }
+  EXPECT_LE(diff / scale, 1.0 / 64) << "masked MHA vs sparse MLA relative difference";
+  EXPECT_LE(lse_diff, 0.05);
 }
 
 }  // namespace

@@ -70,6 +70,48 @@ TEST(CostModel, FitRecoversTheCostsOfExactTimes) {
   EXPECT_NEAR(fitted.mla_s_per_flop / truth.mla_s_per_flop, 1.0, 1e-6);
 }
 
+// Masked MHA's two costs from what remains after the decompression and scores the profile
+// already prices; a masked group in the JSON round trip; none without it.
+TEST(CostModel, MaskedFitRecoversItsCostsAndRoundTrips) {
+  const AttentionConfig c = AttentionConfig::deepseek_v32();
+  CostProfile truth;
+  truth.decompress_s_per_flop = 1.5e-15;
+  truth.score_s_per_pair = 2e-11;
+  truth.masked_fixed_s = 7e-4;
+  truth.masked_attention_s_per_flop = 2.2e-15;
+  std::vector<TimedGroup> masked;
+  for (auto [n, prefix, extend] :
+       std::vector<std::array<std::int64_t, 3>>{{4, 0, 4096}, {8, 6144, 512}, {64, 4096, 64}}) {
+    PathWork w;
+    for (std::int64_t r = 0; r < n; ++r) w += path_work({prefix, extend, {}}, c);
+    masked.push_back({w, truth.masked_fixed_s + truth.masked_seconds(w)});
+  }
+  CostProfile fitted;
+  fitted.decompress_s_per_flop = truth.decompress_s_per_flop;
+  fitted.score_s_per_pair = truth.score_s_per_pair;
+  EXPECT_FALSE(fitted.has_masked);
+  fit_masked_costs(masked, fitted);
+  EXPECT_TRUE(fitted.has_masked);
+  EXPECT_NEAR(fitted.masked_fixed_s, truth.masked_fixed_s, 1e-9);
+  EXPECT_NEAR(fitted.masked_attention_s_per_flop / truth.masked_attention_s_per_flop, 1.0, 1e-6);
+  EXPECT_THAT(
+      [&] {
+        fit_masked_costs({masked.data(), 1}, fitted);
+      },
+      ::testing::ThrowsMessage<InvalidArgument>(HasSubstr("at least 2 timed groups")));
+
+  fitted.device = "x";
+  fitted.source = "y";
+  const CostProfile q = CostProfile::parse(fitted.to_json());
+  EXPECT_TRUE(q.has_masked);
+  EXPECT_EQ(q.masked_fixed_s, fitted.masked_fixed_s);
+  EXPECT_EQ(q.masked_attention_s_per_flop, fitted.masked_attention_s_per_flop);
+  CostProfile without = fitted;
+  without.has_masked = false;
+  EXPECT_FALSE(CostProfile::parse(without.to_json()).has_masked);
+  EXPECT_EQ(without.to_json().find("masked"), std::string::npos);
+}
+
 // Times that a negative cost would fit best: every fitted cost stays >= 0.
 TEST(CostModel, FittedCostsAreNeverNegative) {
   std::vector<TimedGroup> groups;

@@ -59,8 +59,15 @@ std::vector<std::vector<std::int32_t>> allowed_keys(const Tensor& positions) {
   return keys;
 }
 
-TEST(IndexShare, SharedLayerAttendsToTheEarlierLayersSelection) {
+// On either path that selects keys: sparse MLA and masked MHA.
+class IndexSharePaths : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(IndexSharePaths, SharedLayerAttendsToTheEarlierLayersSelection) {
+  const Policy policy = Policy::parse(GetParam());
+  const Path path = policy.kind == Policy::Kind::masked ? Path::masked_mha : Path::sparse_mla;
   Pair p;
+  p.full.set_policy(policy);
+  p.shared.set_policy(policy);
   const Tensor x0 = testing::random_hidden(kTokens, p.config.hidden_size, 1);
   const Tensor x1 = testing::random_hidden(kTokens, p.config.hidden_size, 2);
   Tensor y0 = Tensor::empty({kTokens, p.config.hidden_size}, DType::bf16);
@@ -70,7 +77,8 @@ TEST(IndexShare, SharedLayerAttendsToTheEarlierLayersSelection) {
   SharedTopk shared;
   const ForwardResult r0 = p.full.forward(p.batch, x0, p.cache.layer(0), y0, fo, &shared);
   const ForwardResult r1 = p.shared.forward(p.batch, x1, p.cache.layer(1), y1, fo, &shared);
-  ASSERT_EQ(r1.paths, std::vector<Path>{Path::sparse_mla});
+  ASSERT_EQ(r0.paths, std::vector<Path>{path});
+  ASSERT_EQ(r1.paths, std::vector<Path>{path});
   const Tensor& selected = r0.topk_positions[0];
   ASSERT_EQ(r1.topk_positions[0].size(0), kTokens);
   EXPECT_TRUE(std::equal(selected.ptr<std::int32_t>(),
@@ -96,6 +104,8 @@ TEST(IndexShare, SharedLayerAttendsToTheEarlierLayersSelection) {
       reference::attention_layer(p.config, p.shared_weights, dense, Precision::float64);
   EXPECT_GT(reference::compare(dense_ref, ref).max_abs_error, 20 * engine.max_abs_error);
 }
+
+INSTANTIATE_TEST_SUITE_P(Paths, IndexSharePaths, ::testing::Values("mla", "masked"));
 
 TEST(IndexShare, SharedLayerWithoutAnEarlierTopkIsRefusedBeforeWriting) {
   Pair p;

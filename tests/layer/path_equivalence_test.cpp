@@ -74,6 +74,35 @@ TEST(RowSplit, MatchesReference) {
   }
 }
 
+// Masked MHA (the sparse path's selection as a key mask over dense MHA) against the float64
+// reference over each row's selected keys, and against sparse MLA, which attends to the same keys
+// in the absorbed form: prefill past index_topk with chunked prefixes, and decode, both cache
+// formats.
+TEST(MaskedMha, MatchesReferenceAndSparseMla) {
+  for (LatentFormat f : {LatentFormat::bf16, LatentFormat::fp8}) {
+    for (ForwardMode mode : {ForwardMode::prefill, ForwardMode::decode}) {
+      reference::CheckCase c;
+      c.config =
+          f == LatentFormat::bf16 ? testing::small_config(48) : testing::glm5_shaped_config(4, 48);
+      c.latent_format = f;
+      c.mode = mode;
+      c.requests = mode == ForwardMode::prefill
+                       ? std::vector<reference::CheckRequest>{{0, 100}, {30, 40}, {10, 20}, {60, 5}}
+                       : std::vector<reference::CheckRequest>{{10, 1}, {90, 1}, {70, 3}};
+      c.prefix_chunk = 25;
+      c.seed = 14;
+      SCOPED_TRACE(c.to_string());
+      const reference::CaseReport r =
+          reference::check_case(c, {Policy::parse("masked"), Policy::parse("mla")});
+      EXPECT_TRUE(r.pass) << r.to_string();
+      ASSERT_EQ(r.checks.size(), 2u);
+      for (Path p : r.checks[0].paths) EXPECT_EQ(p, Path::masked_mha);
+      EXPECT_LE(reference::relative_difference(r.checks[0].output, r.checks[1].output),
+                testing::kBf16Agreement);
+    }
+  }
+}
+
 // A page-major index-key cache (each page's values, then its scales) gives the row layout's
 // output bit for bit on every policy, decode and a chunked prefill past index_topk, both latent
 // formats: the same keys, read from other addresses.

@@ -21,6 +21,7 @@ const AttentionConfig kConfig = testing::small_config(100);
 constexpr Path kMha = Path::dense_mha;
 constexpr Path kMla = Path::sparse_mla;
 constexpr Path kSplit = Path::row_split;
+constexpr Path kMasked = Path::masked_mha;
 
 TEST(Planner, PerRequestTakesMhaExactlyWhereExact) {
   const Batch b = make_batch(ForwardMode::prefill, {{0, 100}, {0, 101}, {60, 40}, {60, 41}});
@@ -53,6 +54,7 @@ TEST(Planner, ThresholdAboveTopkIsRefused) {
 TEST(Planner, ForcedPolicies) {
   const Batch b = make_batch(ForwardMode::prefill, {{0, 10}, {0, 101}});
   EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("mla")), (std::vector<Path>{kMla, kMla}));
+  EXPECT_EQ(plan_batch(b, kConfig, Policy::parse("masked")), (std::vector<Path>{kMasked, kMasked}));
   try {
     plan_batch(b, kConfig, Policy::parse("mha"));
     FAIL();
@@ -75,6 +77,7 @@ TEST(Planner, PolicyParsing) {
   EXPECT_EQ(Policy::parse("threshold=2048").to_string(), "threshold=2048");
   EXPECT_EQ(Policy::parse("per-request").to_string(), "per-request");
   EXPECT_EQ(Policy::parse("auto").to_string(), "auto");
+  EXPECT_EQ(Policy::parse("masked").to_string(), "masked");
   EXPECT_EQ(Policy{}.kind, Policy::Kind::automatic);
   for (const char* bad :
        {"", "auto-ish", "threshold=", "threshold=0", "threshold=-3", "threshold=12x", "MHA"}) {
@@ -85,7 +88,7 @@ TEST(Planner, PolicyParsing) {
     FAIL();
   } catch (const InvalidArgument& e) {
     EXPECT_THAT(e.what(), HasSubstr("policy must be one of auto, per-request, threshold, "
-                                    "threshold=N, mha, mla; got 'sparse'"));
+                                    "threshold=N, mha, mla, masked; got 'sparse'"));
   }
 }
 
@@ -140,18 +143,46 @@ TEST(Planner, RowSplitCutsAtIndexTopk) {
   EXPECT_EQ(dense_rows({100, 20, {}}, kConfig), 0);  // none
   EXPECT_EQ(dense_rows({150, 20, {}}, kConfig), 0);
   const std::vector<std::int32_t> table = {3, 1, 4};
-  Batch b = make_batch(ForwardMode::prefill, {{10, 5}, {30, 250}, {120, 8}});
+  Batch b = make_batch(ForwardMode::prefill, {{10, 5}, {30, 250}, {120, 8}, {90, 40}});
   b.requests[1].block_table = table;
-  const RowSplitBatch w = split_rows(b, {kMha, kSplit, kMla}, kConfig);
-  ASSERT_EQ(w.batch.requests.size(), 4u);
+  const RowSplitBatch w = split_rows(b, {kMha, kSplit, kMla, kMasked}, kConfig);
+  ASSERT_EQ(w.batch.requests.size(), 5u);
   EXPECT_EQ(w.batch.requests[1].prefix_len, 30);
   EXPECT_EQ(w.batch.requests[1].extend_len, 70);
   EXPECT_EQ(w.batch.requests[2].prefix_len, 100);
   EXPECT_EQ(w.batch.requests[2].extend_len, 180);
   EXPECT_EQ(w.batch.requests[2].block_table.data(), table.data());
-  EXPECT_EQ(w.dense, (std::vector<bool>{true, true, false, false}));
-  EXPECT_EQ(w.origin, (std::vector<std::size_t>{0, 1, 1, 2}));
+  EXPECT_EQ(w.paths, (std::vector<Path>{kMha, kMha, kMla, kMla, kMasked}));
+  EXPECT_EQ(w.origin, (std::vector<std::size_t>{0, 1, 1, 2, 3}));
   EXPECT_EQ(w.batch.total_tokens(), b.total_tokens());
+}
+
+// Masked MHA enters auto's choice only where dense MHA is not exact, only for prefill and only
+// with a profile that measured it; there it is taken where it is predicted the cheapest.
+TEST(Planner, AutoTakesMaskedMhaWhereItIsCheapest) {
+  CostProfile profile;
+  profile.mla_s_per_flop = 1e-12;  // sparse MLA pays for its pairs, masked MHA for nothing
+  const Batch b = make_batch(ForwardMode::prefill, {{0, 100}, {0, 150}, {140, 10}});
+  const Policy automatic = Policy::parse("auto");
+  EXPECT_EQ(plan_batch(b, kConfig, automatic, &profile), (std::vector<Path>{kMha, kSplit, kMla}));
+  profile.has_masked = true;
+  EXPECT_EQ(plan_batch(b, kConfig, automatic, &profile),
+            (std::vector<Path>{kMha, kMasked, kMasked}));
+  const PathCosts c = predict_paths({0, 100, {}}, kConfig, profile);
+  EXPECT_FALSE(c.masked_mha.has_value());  // dense MHA is exact there
+  // Its attention over every causal pair priced above sparse MLA's: not taken.
+  profile.masked_attention_s_per_flop = 1e-9;
+  EXPECT_EQ(plan_batch(b, kConfig, automatic, &profile), (std::vector<Path>{kMha, kSplit, kMla}));
+  profile.masked_attention_s_per_flop = 0;
+  const Batch decode = make_batch(ForwardMode::decode, {{140, 1}});
+  EXPECT_EQ(plan_batch(decode, kConfig, automatic, &profile), (std::vector<Path>{kMla}));
+  // The predicted time: dense decompression, the sparse path's scores, masked attention.
+  profile.decompress_s_per_flop = 2e-12;
+  profile.score_s_per_pair = 3e-9;
+  profile.masked_attention_s_per_flop = 5e-13;
+  const PathWork w = path_work({140, 10, {}}, kConfig);
+  EXPECT_DOUBLE_EQ(*predict_paths({140, 10, {}}, kConfig, profile).masked_mha,
+                   2e-12 * w.decompress_flops + 3e-9 * w.score_pairs + 5e-13 * w.attention_flops);
 }
 
 }  // namespace

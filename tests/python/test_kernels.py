@@ -64,6 +64,47 @@ def test_mha_prefill_matches_formula(rng):
     np.testing.assert_array_equal(given, lse)
 
 
+def test_masked_mha_prefill_attends_to_the_selected_keys(rng):
+    """selection_mask from top-k positions, then mha_prefill under that key mask: each row's
+    softmax over its selected keys only, as sparse attention over the same keys."""
+    heads, d_qk, d_v = 2, 48, 32
+    n_q, n_k = [4, 9], [40, 9]
+    cu_q = np.concatenate([[0], np.cumsum(n_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(n_k)]).astype(np.int32)
+    q = random_bf16(rng, (cu_q[-1], heads, d_qk))
+    k = random_bf16(rng, (cu_k[-1], heads, d_qk))
+    v = random_bf16(rng, (cu_k[-1], heads, d_v))
+    scale = d_qk**-0.5
+    topk = 6
+    selected = np.full((cu_q[-1], topk), -1, np.int32)
+    for b in range(len(n_q)):
+        for i in range(n_q[b]):
+            visible = n_k[b] - n_q[b] + i + 1
+            pick = rng.choice(visible, size=min(topk, visible), replace=False)
+            selected[cu_q[b] + i, :len(pick)] = pick
+    mask = dsattn.selection_mask(selected, words=2)
+    assert mask.shape == (cu_q[-1], 2) and mask.dtype == np.int32
+    for row in range(cu_q[-1]):
+        bits = [p for p in range(64) if (int(mask[row, p // 32]) >> (p % 32)) & 1]
+        assert bits == sorted(p for p in selected[row] if p >= 0)
+    out, lse = dsattn.mha_prefill(q, k, v, cu_q, cu_k, max(n_q), scale, key_mask=mask,
+                                  return_lse=True)
+    ref = np.zeros((cu_q[-1], heads, d_v))
+    for b in range(len(n_q)):
+        for i in range(n_q[b]):
+            row = cu_q[b] + i
+            keys = np.sort(selected[row][selected[row] >= 0]) + cu_k[b]
+            for h in range(heads):
+                logits = scale * f64(k)[keys, h] @ f64(q)[row, h]
+                p = np.exp(logits - logits.max())
+                ref[row, h] = p @ f64(v)[keys, h] / p.sum()
+                expected_lse = logits.max() + np.log(p.sum())
+                assert abs(lse[row, h] - expected_lse) < 1e-4
+    np.testing.assert_allclose(f64(out), ref, rtol=0, atol=2e-2)
+    with pytest.raises(ValueError, match="selection_mask needs words or out"):
+        dsattn.selection_mask(selected)
+
+
 def quantize_rows(values, block=128):
     """FP8 rows: e4m3(values / scale) then one f32 scale per block, scale = max(amax, 1e-4) / 448;
     returns the bytes and what they dequantise to."""

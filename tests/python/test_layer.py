@@ -63,6 +63,18 @@ def test_mha_and_mla_agree_where_both_are_exact(config, weights, rng, prefix_len
     np.testing.assert_array_equal(results["per-request"].out, results["mha"].out)
 
 
+def test_masked_policy_agrees_with_mla_past_index_topk(config, weights, rng):
+    # Past index_topk masked MHA attends to sparse MLA's selection through the dense form.
+    hidden = random_bf16(rng, (30 + 45, config.hidden_size))
+    results = {}
+    for policy in ["masked", "mla"]:
+        layer = layer_for(config, weights, policy=policy)
+        results[policy] = prefill_batch(layer, hidden, [0, 0], [30, 45])
+    assert results["masked"].paths == ["masked_mha"] * 2
+    assert relative_difference(results["masked"].out, results["mla"].out) <= BF16_AGREEMENT
+    assert dsattn.plan(config, [0, 0], [30, 45], policy="masked") == ["masked_mha"] * 2
+
+
 def test_per_request_policy_splits_a_batch_across_index_topk(config, weights, rng):
     # Request 0 stays within index_topk (dense MHA), request 1 does not (sparse MLA); each row
     # agrees with the same request run alone. Not bit for bit: alone, the projections are GEMMs

@@ -90,6 +90,13 @@ def test_each_operator_passes_opcheck_and_equals_the_kernel(rng, device):
     mo, ml = torch.ops.dsattn.mha_prefill(mq, mk, mv, cu, cu_k, 5, 0.2)
     po, pl = dsattn.mha_prefill(mq, mk, mv, cu, cu_k, 5, 0.2, return_lse=True)
     assert torch.equal(bits(mo), bits(po)) and torch.equal(ml, pl)
+    picked = torch.tensor([[0, 2], [1, -1], [0, 3], [4, 0], [2, -1], [0, 1], [3, 2], [4, -1]],
+                          dtype=torch.int32, device=device)
+    key_mask = torch.ops.dsattn.selection_mask(picked, 1)
+    assert torch.equal(key_mask, dsattn.selection_mask(picked, 1))
+    masked_o, masked_l = torch.ops.dsattn.mha_prefill(mq, mk, mv, cu, cu_k, 5, 0.2, key_mask)
+    po, pl = dsattn.mha_prefill(mq, mk, mv, cu, cu_k, 5, 0.2, return_lse=True, key_mask=key_mask)
+    assert torch.equal(bits(masked_o), bits(po)) and torch.equal(masked_l, pl)
 
     latent = to_torch(torch, random_bf16(rng, (3, 96)), device)
     new_slots = torch.tensor([7, 0, 33], dtype=torch.int32, device=device)
@@ -113,6 +120,8 @@ def test_each_operator_passes_opcheck_and_equals_the_kernel(rng, device):
          (scores, x["lengths"], K, x["row_request"], x["tables"], PAGE)),
         (torch.ops.dsattn.sparse_mla.default, (x["q"], x["kv"], slots, 0.125, 64)),
         (torch.ops.dsattn.mha_prefill.default, (mq, mk, mv, cu, cu_k, 5, 0.2)),
+        (torch.ops.dsattn.mha_prefill.default, (mq, mk, mv, cu, cu_k, 5, 0.2, key_mask)),
+        (torch.ops.dsattn.selection_mask.default, (picked, 1)),
         (torch.ops.dsattn.quantize_index_keys.default,
          (to_torch(torch, random_bf16(rng, (3, DIM)), device), True)),
         (torch.ops.dsattn.write_latent.default, (latent, new_slots, cache.clone(), 64)),

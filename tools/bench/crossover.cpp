@@ -30,11 +30,13 @@ json predictions(const CostProfile& profile, const RequestInput& r, std::int64_t
   };
   return {{"sparse_mla_ms", ms(c.sparse_mla, profile.sparse_fixed_s)},
           {"dense_mha_ms", ms(c.dense_mha, profile.dense_fixed_s)},
-          {"row_split_ms", ms(c.row_split, profile.dense_fixed_s + profile.sparse_fixed_s)}};
+          {"row_split_ms", ms(c.row_split, profile.dense_fixed_s + profile.sparse_fixed_s)},
+          {"masked_mha_ms", ms(c.masked_mha, profile.masked_fixed_s)}};
 }
 
 // One point of a sweep: `n` requests of (prefix, extend), the prefixes written first (untimed);
-// the measured time under mha (where exact), mla and auto, auto's path, and the predictions.
+// the measured time under mha (where exact), masked (where mha is not: it serves contexts past
+// index_topk), mla and auto, auto's path, and the predictions.
 json point(AttentionStack& stack, const AttentionConfig& config, Device device, std::int64_t n,
            std::int64_t prefix, std::int64_t extend,
            const std::shared_ptr<const CostProfile>& profile, double budget_ms) {
@@ -56,9 +58,10 @@ json point(AttentionStack& stack, const AttentionConfig& config, Device device, 
   fill_uniform(xh, 31, 2, 1.0f);
   const Tensor x = device.is_cpu() ? xh : xh.to(device);
   json row = {{"requests", n}, {"prefix_len", prefix}, {"extend_len", extend}};
-  for (const char* policy : {"mha", "mla", "auto"}) {
-    if (std::string_view(policy) == "mha" && !dense_mha_is_exact(batch.requests[0], config)) {
-      row["mha_ms"] = nullptr;
+  const bool exact = dense_mha_is_exact(batch.requests[0], config);
+  for (const char* policy : {"mha", "masked", "mla", "auto"}) {
+    if (std::string_view(policy) == (exact ? "masked" : "mha")) {
+      row[fmt::format("{}_ms", policy)] = nullptr;
       continue;
     }
     Policy p = Policy::parse(policy);
@@ -75,11 +78,13 @@ json point(AttentionStack& stack, const AttentionConfig& config, Device device, 
   const auto ms = [&](const char* key) {
     return row[key].is_null() ? std::string("-") : fmt::format("{:.2f}", row[key].get<double>());
   };
-  std::fprintf(stderr,
-               "  ... crossover %lld x (%lld cached + %lld new): mha %s, mla %s, auto %s ms (%s)\n",
-               static_cast<long long>(n), static_cast<long long>(prefix),
-               static_cast<long long>(extend), ms("mha_ms").c_str(), ms("mla_ms").c_str(),
-               ms("auto_ms").c_str(), row["auto_path"].get<std::string>().c_str());
+  std::fprintf(
+      stderr,
+      "  ... crossover %lld x (%lld cached + %lld new): mha %s, masked %s, mla %s, auto %s "
+      "ms (%s)\n",
+      static_cast<long long>(n), static_cast<long long>(prefix), static_cast<long long>(extend),
+      ms("mha_ms").c_str(), ms("masked_ms").c_str(), ms("mla_ms").c_str(), ms("auto_ms").c_str(),
+      row["auto_path"].get<std::string>().c_str());
   return row;
 }
 

@@ -14,7 +14,7 @@ namespace dsattn::tools {
 
 struct CrossoverSweep {
   // Prompts of each length, as many per forward as fit `tokens`.
-  std::vector<std::int64_t> contexts = {256, 512, 1024, 1536, 2048, 3072, 4096, 8192};
+  std::vector<std::int64_t> contexts = {256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384};
   std::int64_t tokens = 16384;
   // prefix_requests requests of `extend` new tokens over cached prefixes of each length.
   std::vector<std::int64_t> prefixes = {0, 256, 512, 1024, 1536, 1984};
@@ -24,8 +24,9 @@ struct CrossoverSweep {
   std::shared_ptr<const CostProfile> profile;
 };
 
-// DeepSeek-V3.2's layer on `device` under mha (where exact), mla and auto at each point of
-// `sweep`, beside the predictions of the profile auto plans with there (none: no predictions).
+// DeepSeek-V3.2's layer on `device` under mha (where exact), masked (where mha is not), mla and
+// auto at each point of `sweep`, beside the predictions of the profile auto plans with there
+// (none: no predictions).
 nlohmann::json bench_crossover(Device device, const CrossoverSweep& sweep);
 
 }  // namespace dsattn::tools

@@ -105,7 +105,35 @@ json bench_mha_prefill(Device device, const Sweep& sweep, const Ceilings& c,
     const Timing t =
         time_median(device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, scale, o); });
     const double flops = double(batch) * s * (s + 1) * heads * (d_qk + d_v);
-    rows.push_back(sweep_row(label, s, batch, t.median_ms, flops, c));
+    json row = sweep_row(label, s, batch, t.median_ms, flops, c);
+    // Past index_topk: the same attention as masked MHA, each row limited to a top-k selection
+    // (here a random one of about index_topk of its keys; all of them for rows that see fewer).
+    // Its rate counts every causal pair, as dense MHA's does, so the two compare directly.
+    const std::int64_t topk = config.index_topk;
+    if (s > topk) {
+      const std::int64_t words = (s + 127) / 128 * 4;
+      std::vector<std::int32_t> mask(static_cast<std::size_t>(T * words), 0);
+      for (std::int64_t b = 0; b < batch; ++b) {
+        for (std::int64_t i = 0; i < s; ++i) {
+          auto* row = reinterpret_cast<std::uint32_t*>(mask.data() + (b * s + i) * words);
+          const std::uint64_t keep = (std::uint64_t(topk) << 32) / std::uint64_t(i + 1);
+          for (std::int64_t j = 0; j <= i; ++j) {
+            if (i < topk || (mix64(std::uint64_t(i) * 0x9e3779b97f4a7c15ull + j) >> 32) < keep) {
+              row[j / 32] |= 1u << (j % 32);
+            }
+          }
+        }
+      }
+      const Tensor key_mask = upload(mask, {T, words}, device);
+      const Timing m = time_median(
+          device, [&] { ops::mha_varlen_causal(q, k, v, cu, cu, s, scale, o, {}, key_mask); });
+      const double tflops = flops / (m.median_ms * 1e9);
+      say(fmt::format("{} masked to top-{} s={}: {:.1f} us, {:.1f} TFLOPS", label, topk, s,
+                      m.median_ms * 1e3, tflops));
+      row["masked_us"] = m.median_ms * 1e3;
+      row["masked_tflops"] = tflops;
+    }
+    rows.push_back(row);
   }
   return rows;
 }

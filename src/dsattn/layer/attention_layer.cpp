@@ -17,6 +17,7 @@ StageTimes& StageTimes::operator+=(const StageTimes& o) {
   projections += o.projections;
   dense_mha += o.dense_mha;
   sparse_mla += o.sparse_mla;
+  masked_mha += o.masked_mha;
   o_proj += o.o_proj;
   return *this;
 }
@@ -40,6 +41,27 @@ class StageClock {
   bool sync_;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
+
+// A layer without an indexer reads the top-k an earlier layer of the forward stored in `shared`:
+// it must be there, for the same requests on each selecting path.
+void check_shared_topk(const SharedTopk* shared, const std::vector<std::size_t>& sparse,
+                       const std::vector<std::size_t>& masked, std::int64_t page_size) {
+  if (sparse.empty() && masked.empty()) return;
+  const bool stored = shared && (shared->slots.defined() || shared->masked_positions.defined());
+  const char* problem =
+      !stored ? "no earlier layer of this forward computed one (run it after a layer with its own "
+                "indexer, passing the same SharedTopk)"
+      : shared->requests != sparse || shared->masked_requests != masked
+          ? "the earlier layer put other requests on the sparse and masked paths (give every "
+            "layer the same batch and policy)"
+      : !sparse.empty() && shared->page_size != page_size
+          ? "the earlier layer's cache has another page size"
+          : nullptr;
+  if (problem) {
+    fail("this layer has no indexer: it takes the top-k of an earlier layer (IndexShare), but {}",
+         problem);
+  }
+}
 
 }  // namespace
 
@@ -133,22 +155,12 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   // The requests the paths run: a row_split request becomes two, its dense rows and then its
   // sparse rows (adjacent, as their hidden rows are), over the same block table.
   const RowSplitBatch work = split_rows(batch, result.paths, c);
-  PathGroup dense, sparse;
+  PathGroup dense, sparse, masked;
   for (std::size_t i = 0; i < work.batch.requests.size(); ++i) {
-    (work.dense[i] ? dense : sparse).requests.push_back(i);
+    const Path p = work.paths[i];
+    (p == Path::dense_mha ? dense : p == Path::masked_mha ? masked : sparse).requests.push_back(i);
   }
-  if (!has_indexer() && !sparse.empty() &&
-      (!shared || !shared->slots.defined() || shared->requests != sparse.requests ||
-       shared->page_size != cache.page_size)) {
-    fail("this layer has no indexer: it takes the top-k of an earlier layer (IndexShare), but {}",
-         !shared || !shared->slots.defined()
-             ? "no earlier layer of this forward computed one (run it after a layer with its own "
-               "indexer, passing the same SharedTopk)"
-         : shared->requests != sparse.requests
-             ? "the earlier layer put other requests on the sparse path (give every layer the "
-               "same batch and policy)"
-             : "the earlier layer's cache has another page size");
-  }
+  if (!has_indexer()) check_shared_topk(shared, sparse.requests, masked.requests, cache.page_size);
   if (has_indexer() && shared) *shared = SharedTopk{};  // this layer's top-k replaces any older
   record_writes(batch.requests, cache);
 
@@ -170,41 +182,54 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
 
   dense.build(work.batch, cache.page_size);
   sparse.build(work.batch, cache.page_size);
+  masked.build(work.batch, cache.page_size);
+  const std::size_t n_work = work.batch.requests.size();
+  // The selected positions of a group's rows, per request of the planned batch.
+  const auto record = [&](const PathGroup& group, const Tensor& selected) {
+    if (!options.record_topk) return;
+    result.topk_positions.resize(batch.requests.size());
+    const Tensor host = selected.to(Device::cpu());
+    for (std::size_t g = 0; g < group.requests.size(); ++g) {
+      const std::size_t w = group.requests[g], i = work.origin[w];
+      const std::int64_t first = group.cu_q[g], count = group.cu_q[g + 1] - first;
+      // A row_split request's dense rows come first: top-k would select all their keys.
+      const std::int64_t head = batch.requests[i].extend_len - count;
+      Tensor mine = Tensor::empty({head + count, c.index_topk}, DType::i32);
+      std::int32_t* rows = mine.ptr<std::int32_t>();
+      for (std::int64_t t = 0; t < head; ++t) {
+        const std::int64_t context = batch.requests[i].prefix_len + t + 1;
+        for (std::int64_t j = 0; j < c.index_topk; ++j) {
+          rows[t * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
+        }
+      }
+      copy(host.view().slice(0, first, first + count), mine.view().slice(0, head, head + count));
+      result.topk_positions[i] = std::move(mine);
+    }
+  };
+
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);
   run_dense_mha(ctx_, dense, proj, cache, o, options.lse);
   result.times.dense_mha = clock.lap();
+  if (!masked.empty()) {
+    const SparseMeta meta = SparseMeta::build(work.batch, masked, masked.requests.size() == n_work,
+                                              dev, cache.page_size, options.max_score_bytes);
+    Tensor selected;
+    run_masked_mha(ctx_, masked, meta, hidden_in, proj, cache, o,
+                   options.record_topk ? &selected : nullptr, shared, options.lse);
+    if (shared && has_indexer()) shared->masked_requests = masked.requests;
+    record(masked, selected);
+  }
+  result.times.masked_mha = clock.lap();
   if (!sparse.empty()) {
-    const bool all_rows = sparse.requests.size() == work.batch.requests.size();
-    const SparseMeta meta = SparseMeta::build(work.batch, sparse, all_rows, dev, cache.page_size,
-                                              options.max_score_bytes);
+    const SparseMeta meta = SparseMeta::build(work.batch, sparse, sparse.requests.size() == n_work,
+                                              dev, cache.page_size, options.max_score_bytes);
     Tensor selected;
     run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
                    shared, options.lse);
-    if (shared && has_indexer()) {
-      shared->requests = sparse.requests;
-      shared->page_size = cache.page_size;
-    }
-    if (options.record_topk) {
-      result.topk_positions.resize(batch.requests.size());
-      const Tensor host = selected.to(Device::cpu());
-      for (std::size_t g = 0; g < sparse.requests.size(); ++g) {
-        const std::size_t w = sparse.requests[g], i = work.origin[w];
-        const std::int64_t first = sparse.cu_q[g], count = sparse.cu_q[g + 1] - first;
-        // A row_split request's dense rows come first: top-k would select all their keys.
-        const std::int64_t head = batch.requests[i].extend_len - count;
-        Tensor mine = Tensor::empty({head + count, c.index_topk}, DType::i32);
-        std::int32_t* rows = mine.ptr<std::int32_t>();
-        for (std::int64_t t = 0; t < head; ++t) {
-          const std::int64_t context = batch.requests[i].prefix_len + t + 1;
-          for (std::int64_t j = 0; j < c.index_topk; ++j) {
-            rows[t * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
-          }
-        }
-        copy(host.view().slice(0, first, first + count), mine.view().slice(0, head, head + count));
-        result.topk_positions[i] = std::move(mine);
-      }
-    }
+    if (shared && has_indexer()) shared->requests = sparse.requests;
+    record(sparse, selected);
   }
+  if (shared && has_indexer()) shared->page_size = cache.page_size;
   result.times.sparse_mla = clock.lap();
 
   ops::gemm(o.view().reshape({T, c.num_heads * c.v_head_dim}), ctx_.weights.o_proj, hidden_out,

@@ -18,9 +18,11 @@ struct StageTimes {
   double projections = 0;  // q, latent and indexer-key projections, cache writes
   double dense_mha = 0;    // the dense MHA path (gather, kv_b_proj, attention)
   double sparse_mla = 0;   // the sparse MLA path (indexer, top-k, absorb, attention, un-absorb)
+  double masked_mha =
+      0;  // the masked MHA path (indexer, top-k, mask, gather, kv_b_proj, attention)
   double o_proj = 0;
 
-  double total() const { return projections + dense_mha + sparse_mla + o_proj; }
+  double total() const { return projections + dense_mha + sparse_mla + masked_mha + o_proj; }
   StageTimes& operator+=(const StageTimes& o);
 };
 
@@ -29,7 +31,8 @@ struct ForwardResult {
   StageTimes times;
   // With ForwardOptions::record_topk: per request, the selected key positions of its rows
   // ([extend_len, index_topk] i32, -1 = unused; a row_split request's dense rows list every key
-  // they see, as top-k would); undefined for requests on the dense path.
+  // they see, as top-k would); undefined for requests on the dense path. Masked-MHA requests
+  // list the keys their mask allows.
   std::vector<Tensor> topk_positions;
 };
 
@@ -58,6 +61,9 @@ struct SharedTopk {
   std::int64_t page_size = 0;  // of the cache the slots address
   Tensor slots;                // [rows of those requests, index_topk] i32 cache slots, -1 = unused
   Tensor positions;  // the same as key positions, kept when ForwardOptions::record_topk is on
+  // The requests on the masked-MHA path, in order, and their rows' selected key positions.
+  std::vector<std::size_t> masked_requests;
+  Tensor masked_positions;  // [rows of those requests, index_topk] i32, -1 = unused
 };
 
 // Throws InvalidArgument unless `cache` holds rows of the layer's formats and widths for

@@ -43,7 +43,8 @@ std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, 
             shape(4, 0, 2 * k),
             shape(2, 0, 4 * k),
             shape(8, 3 * k, k / 4),
-            shape(64, 2 * k, k / 32)};
+            shape(64, 2 * k, k / 32),
+            shape(8, 0, k + k / 2)};
   }
   return {shape(4, 0, k / 64),          shape(2, 0, k / 16),     shape(1, 0, k / 8),
           shape(1, k - k / 64, k / 64), shape(1, k / 2, k / 16), shape(1, k + k / 4, k / 64),
@@ -64,7 +65,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
   LayerWeights weights = LayerWeights::synthetic(config, 1234);
   AttentionLayer layer(config, device.is_cpu() ? std::move(weights) : weights.to(device),
                        Policy::parse("mla"));
-  std::vector<TimedGroup> dense, sparse;
+  std::vector<TimedGroup> dense, sparse, masked;
   std::vector<TimedShared> shared;
   for (const CalibrationShape& s : shapes) {
     const std::int64_t context = s.prefix + s.extend;
@@ -113,30 +114,37 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     for (std::int64_t r = 0; r < s.requests; ++r) {
       work += path_work({s.prefix, s.extend, {}}, config);
     }
-    const auto time_path = [&](const char* policy, bool dense_path) {
+    // The path's own stage time under `policy`.
+    const auto time_path = [&](const char* policy, double StageTimes::*stage) {
       // A warm-up forward on a GPU: library plans, kernel attributes, the allocator's blocks.
       if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
       std::vector<double> seconds, shared_seconds;
       for (int i = 0; i < repeats; ++i) {
         const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
-        seconds.push_back(dense_path ? t.dense_mha : t.sparse_mla);
+        seconds.push_back(t.*stage);
         shared_seconds.push_back(t.projections + t.o_proj);
       }
       shared.push_back({static_cast<double>(s.requests * s.extend), median(shared_seconds)});
       return median(seconds);
     };
     const bool exact = context <= config.index_topk;
-    double dense_s = 0;
+    double dense_s = 0, masked_s = 0;
     if (exact) {
-      dense_s = time_path("mha", true);
+      dense_s = time_path("mha", &StageTimes::dense_mha);
       dense.push_back({work, dense_s});
+    } else {
+      // Masked MHA matters only where dense MHA is not exact.
+      masked_s = time_path("masked", &StageTimes::masked_mha);
+      masked.push_back({work, masked_s});
     }
-    const double sparse_s = time_path("mla", false);
+    const double sparse_s = time_path("mla", &StageTimes::sparse_mla);
     sparse.push_back({work, sparse_s});
     if (progress) {
-      progress(fmt::format(
-          "{} x ({} cached + {} new): dense {}, sparse {:.3f} ms", s.requests, s.prefix, s.extend,
-          exact ? fmt::format("{:.3f} ms", dense_s * 1e3) : "not exact", sparse_s * 1e3));
+      progress(fmt::format("{} x ({} cached + {} new): {}, sparse {:.3f} ms", s.requests, s.prefix,
+                           s.extend,
+                           exact ? fmt::format("dense {:.3f} ms", dense_s * 1e3)
+                                 : fmt::format("masked {:.3f} ms", masked_s * 1e3),
+                           sparse_s * 1e3));
     }
   }
   CostProfile profile;
@@ -146,6 +154,9 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
       fmt::format("dsattn calibrate, {}, {} cache", utc_date(), latent_format_name(cache_format));
   fit_dense_costs(dense, profile);
   fit_sparse_costs(sparse, profile);
+  // Past index_topk on fewer than two shapes (a custom set): no masked costs, and auto leaves the
+  // path out.
+  if (masked.size() >= 2) fit_masked_costs(masked, profile);
   fit_shared_costs(shared, profile);
   return profile;
 }

@@ -23,8 +23,10 @@ struct CalibrationShape {
 // the CPU backend, so that calibration takes under a minute on either.
 std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, Device device);
 
-// Times every shape on each exact path (the median of `repeats` forwards after a warm-up) and
-// fits both paths' costs. `progress` receives one line per shape.
+// Times every shape on each exact path (the median of `repeats` forwards after a warm-up: dense
+// MHA where it is exact, masked MHA where it is not, sparse MLA always) and fits each path's
+// costs (masked MHA's with at least two shapes past index_topk). `progress` receives one line
+// per shape.
 CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat cache_format,
                       const std::vector<CalibrationShape>& shapes, int repeats = 3,
                       const std::function<void(const std::string&)>& progress = {});

@@ -170,6 +170,11 @@ double CostProfile::sparse_seconds(const PathWork& w) const {
          mla_s_per_flop * w.mla_flops;
 }
 
+double CostProfile::masked_seconds(const PathWork& w) const {
+  return decompress_s_per_flop * w.decompress_flops + score_s_per_pair * w.score_pairs +
+         masked_attention_s_per_flop * w.attention_flops;
+}
+
 std::string CostProfile::to_json() const {
   json j;
   j["device"] = device;
@@ -183,6 +188,10 @@ std::string CostProfile::to_json() const {
                  {"score_s_per_pair", score_s_per_pair},
                  {"mla_s_per_flop", mla_s_per_flop}};
   j["shared"] = {{"fixed_s", shared_fixed_s}, {"s_per_token", shared_s_per_token}};
+  if (has_masked) {
+    j["masked"] = {{"fixed_s", masked_fixed_s},
+                   {"attention_s_per_flop", masked_attention_s_per_flop}};
+  }
   return j.dump(1) + "\n";
 }
 
@@ -216,6 +225,11 @@ CostProfile CostProfile::parse(std::string_view text) {
     p.shared_fixed_s = cost_field(j, "shared", "fixed_s");
     p.shared_s_per_token = cost_field(j, "shared", "s_per_token");
   }
+  if (j.contains("masked")) {
+    p.has_masked = true;
+    p.masked_fixed_s = cost_field(j, "masked", "fixed_s");
+    p.masked_attention_s_per_flop = cost_field(j, "masked", "attention_s_per_flop");
+  }
   return p;
 }
 
@@ -248,6 +262,25 @@ void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile) 
   profile.absorb_s_per_flop = x[1];
   profile.score_s_per_pair = x[2];
   profile.mla_s_per_flop = x[3];
+}
+
+void fit_masked_costs(std::span<const TimedGroup> groups, CostProfile& profile) {
+  std::vector<TimedGroup> rest(groups.begin(), groups.end());
+  for (TimedGroup& g : rest) {
+    DSATTN_CHECK(std::isfinite(g.seconds) && g.seconds >= 0,
+                 "a timed sample of the masked path took {} seconds; expected a finite time >= 0",
+                 g.seconds);
+    // What the decompression and scores do not explain; a negative rest (noise) counts as 0.
+    g.seconds = std::max(0.0, g.seconds - profile.decompress_s_per_flop * g.work.decompress_flops -
+                                  profile.score_s_per_pair * g.work.score_pairs);
+  }
+  const std::vector<double> x =
+      fit(std::span<const TimedGroup>(rest), 2, "masked path", "groups", [](const TimedGroup& g) {
+        return std::array<double, 4>{1.0, g.work.attention_flops, 0.0, 0.0};
+      });
+  profile.has_masked = true;
+  profile.masked_fixed_s = x[0];
+  profile.masked_attention_s_per_flop = x[1];
 }
 
 void fit_shared_costs(std::span<const TimedShared> forwards, CostProfile& profile) {

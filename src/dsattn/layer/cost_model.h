@@ -53,17 +53,26 @@ struct CostProfile {
   // needs them. 0 in profiles that do not record them (the "shared" group is optional).
   double shared_fixed_s = 0;
   double shared_s_per_token = 0;
+  // Masked MHA runs the dense path's decompression and the sparse path's indexer and top-k (their
+  // costs above), then attention over every causal pair under the key mask: its own fixed cost
+  // and cost per attention FLOP (attention_flops, the dense count). Profiles without a "masked"
+  // group (has_masked false) leave masked MHA out of auto's choice.
+  bool has_masked = false;
+  double masked_fixed_s = 0;
+  double masked_attention_s_per_flop = 0;
 
   // Predicted seconds of each path for work `w`, without the per-group fixed cost.
   double dense_seconds(const PathWork& w) const;
   double sparse_seconds(const PathWork& w) const;
+  double masked_seconds(const PathWork& w) const;
   // Predicted seconds of the shared stages of a forward of `tokens` new tokens.
   double shared_seconds(double tokens) const {
     return shared_fixed_s + shared_s_per_token * tokens;
   }
 
-  // JSON ({"device", "source", "dense": {...}, "sparse": {...}, "shared": {...}}; "shared" may be
-  // absent: zeros); parse() throws InvalidArgument
+  // JSON ({"device", "source", "dense": {...}, "sparse": {...}, "shared": {...}, "masked":
+  // {...}}; "shared" may be absent: zeros; "masked" may be absent: has_masked false); parse()
+  // throws InvalidArgument
   // naming the missing or invalid field (every cost must be finite and >= 0).
   std::string to_json() const;
   static CostProfile parse(std::string_view json);
@@ -90,6 +99,10 @@ struct TimedGroup {
 // costs to fit.
 void fit_dense_costs(std::span<const TimedGroup> groups, CostProfile& profile);
 void fit_sparse_costs(std::span<const TimedGroup> groups, CostProfile& profile);
+// Masked MHA's fixed cost and attention cost (sets has_masked), fitted to what remains of each
+// group's time after the decompression and score terms that `profile` already predicts (fit the
+// dense and sparse costs first). Throws InvalidArgument with fewer than two groups.
+void fit_masked_costs(std::span<const TimedGroup> groups, CostProfile& profile);
 
 // One timed forward's shared stages: its new tokens and the seconds they took.
 struct TimedShared {

@@ -8,7 +8,8 @@
 namespace dsattn {
 
 void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenProjections& proj,
-                   const LayerCacheView& cache, const TensorView& o, const TensorView& lse) {
+                   const LayerCacheView& cache, const TensorView& o, const TensorView& lse,
+                   const TensorView& key_mask) {
   if (group.empty()) return;
   const AttentionConfig& c = ctx.config;
   const std::int64_t H = c.num_heads, d_nope = c.qk_nope_head_dim, d_qk = c.qk_head_dim();
@@ -40,7 +41,7 @@ void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenP
   Tensor out = Tensor::empty({rows.size(0), H, d_v}, DType::bf16, dev);
   Tensor rows_lse = lse.empty() ? Tensor() : Tensor::empty({rows.size(0), H}, DType::f32, dev);
   ops::mha_varlen_causal(q, k, v, cu_q, cu_k, group.max_q, ctx.softmax_scale, out,
-                         lse.empty() ? TensorView() : rows_lse.view());
+                         lse.empty() ? TensorView() : rows_lse.view(), key_mask);
   ops::scatter_rows(out.view().reshape({rows.size(0), H * d_v}), rows,
                     o.reshape({o.size(0), H * d_v}));
   if (!lse.empty()) ops::scatter_rows(rows_lse, rows, lse);

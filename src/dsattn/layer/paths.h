@@ -32,11 +32,14 @@ struct PathGroup {
 
 // Dense causal MHA over each request's whole context: gather the latent of every position,
 // decompress it with kv_b_proj into per-head keys and values, and run varlen flash attention
-// with bottom-right alignment. Exact only where dense_mha_is_exact holds.
+// with bottom-right alignment. Exact only where dense_mha_is_exact holds, or under a key mask
+// (masked MHA).
 //   o: [T, H, d_v] bf16; rows of the group's requests are written (and of lse, [T, H] f32,
 //   when given: the rows' log-sum-exp)
+//   key_mask (optional): [group rows, W] i32, mha_varlen_causal's key mask of each row
 void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenProjections& proj,
-                   const LayerCacheView& cache, const TensorView& o, const TensorView& lse = {});
+                   const LayerCacheView& cache, const TensorView& o, const TensorView& lse = {},
+                   const TensorView& key_mask = {});
 
 // What the sparse path reads, on the layer's device: fixed shapes and no host work once built,
 // so that a decode step can be captured in a CUDA graph and replayed with new contents.
@@ -79,6 +82,23 @@ struct SparseMeta {
 void run_sparse_mla(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                     const TokenProjections& proj, const LayerCacheView& cache, const TensorView& o,
                     Tensor* selected_out, SharedTopk* shared = nullptr, const TensorView& lse = {});
+
+// Masked MHA: the rows' top-k (as sparse MLA selects it; from `shared` on a layer without an
+// indexer, which an earlier layer with one stored there), as a key mask over each request's
+// context, then dense MHA over the whole decompressed context under the mask. Exact always.
+// `meta` is built from `group`. `selected_out` (when given) receives the selected positions
+// ([n, K] i32, -1 = unused); `lse` as run_dense_mha's.
+void run_masked_mha(const LayerContext& ctx, const PathGroup& group, const SparseMeta& meta,
+                    const TensorView& hidden, const TokenProjections& proj,
+                    const LayerCacheView& cache, const TensorView& o, Tensor* selected_out,
+                    SharedTopk* shared = nullptr, const TensorView& lse = {});
+
+// The indexer and top-k: queries for every row at once, scores against each request's paged
+// keys (in windows when the scores would exceed their budget), and the top-k positions of each
+// row ([n, K] i32), or their cache slots with `slots`. Rows that see at most K keys select all
+// of them without scores.
+Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
+                   const TokenProjections& proj, const LayerCacheView& cache, bool slots);
 
 // The group's rows of a [T, ...] tensor, packed: [rows, ...].
 Tensor gather_group_rows(const TensorView& src, const TensorView& rows);

@@ -17,6 +17,8 @@ std::string_view path_name(Path p) {
       return "sparse_mla";
     case Path::row_split:
       return "row_split";
+    case Path::masked_mha:
+      return "masked_mha";
   }
   return "?";
 }
@@ -31,6 +33,8 @@ Policy Policy::parse(std::string_view text) {
     p.kind = Kind::mha;
   } else if (text == "mla") {
     p.kind = Kind::mla;
+  } else if (text == "masked") {
+    p.kind = Kind::masked;
   } else if (text == "threshold") {
     p.kind = Kind::threshold;
   } else if (text.starts_with("threshold=")) {
@@ -42,8 +46,10 @@ Policy Policy::parse(std::string_view text) {
       fail("policy threshold=N needs a positive integer N, got '{}'", text);
     }
   } else {
-    fail("policy must be one of auto, per-request, threshold, threshold=N, mha, mla; got '{}'",
-         text);
+    fail(
+        "policy must be one of auto, per-request, threshold, threshold=N, mha, mla, masked; got "
+        "'{}'",
+        text);
   }
   return p;
 }
@@ -60,6 +66,8 @@ std::string Policy::to_string() const {
       return "mha";
     case Kind::mla:
       return "mla";
+    case Kind::masked:
+      return "masked";
   }
   return "?";
 }
@@ -103,6 +111,9 @@ PathCosts predict_paths(const RequestInput& request, const AttentionConfig& conf
     c.row_split = profile.dense_seconds(path_work(first, config)) +
                   profile.sparse_seconds(path_work(rest, config));
   }
+  if (!dense_mha_is_exact(request, config) && profile.has_masked) {
+    c.masked_mha = profile.masked_seconds(path_work(request, config));
+  }
   return c;
 }
 
@@ -115,13 +126,13 @@ RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
     if (paths[i] == Path::row_split) {
       const auto [first, rest] = split_request(r, config);
       out.batch.requests.push_back(first);
-      out.dense.push_back(true);
+      out.paths.push_back(Path::dense_mha);
       out.origin.push_back(i);
       out.batch.requests.push_back(rest);
-      out.dense.push_back(false);
+      out.paths.push_back(Path::sparse_mla);
     } else {
       out.batch.requests.push_back(r);
-      out.dense.push_back(paths[i] == Path::dense_mha);
+      out.paths.push_back(paths[i]);
     }
     out.origin.push_back(i);
   }
@@ -135,6 +146,8 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
   switch (policy.kind) {
     case Policy::Kind::mla:
       return std::vector<Path>(n, Path::sparse_mla);
+    case Policy::Kind::masked:
+      return std::vector<Path>(n, Path::masked_mha);
     case Policy::Kind::mha:
       for (std::size_t i = 0; i < n; ++i) {
         const RequestInput& r = batch.requests[i];
@@ -168,11 +181,19 @@ std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,
           if (dense_mha_is_exact(r, config)) paths[i] = Path::dense_mha;
           continue;
         }
-        // The cheapest exact path; dense MHA on a tie. Row split: the rows up to index_topk on
-        // dense MHA and the others on sparse MLA.
+        // The cheapest exact path; dense MHA on a tie, then sparse MLA. Row split: the rows up to
+        // index_topk on dense MHA and the others on sparse MLA.
         const PathCosts c = predict_paths(r, config, *profile);
-        if (c.dense_mha && *c.dense_mha <= c.sparse_mla) paths[i] = Path::dense_mha;
-        if (c.row_split && *c.row_split < c.sparse_mla) paths[i] = Path::row_split;
+        double best = c.sparse_mla;
+        if (c.dense_mha && *c.dense_mha <= best) {
+          paths[i] = Path::dense_mha;
+          best = *c.dense_mha;
+        }
+        if (c.row_split && *c.row_split < best) {
+          paths[i] = Path::row_split;
+          best = *c.row_split;
+        }
+        if (c.masked_mha && *c.masked_mha < best) paths[i] = Path::masked_mha;
       }
       return paths;
     }

@@ -19,7 +19,10 @@ namespace dsattn {
 // row_split: a prefill request whose context passes index_topk inside its extend runs its first
 // dense_rows() rows (each sees at most index_topk keys, so top-k would select them all) on dense
 // MHA and the rest on sparse MLA, in the same forward; exact like both.
-enum class Path { dense_mha, sparse_mla, row_split };
+// masked_mha: the indexer and top-k of sparse MLA, then dense MHA over the request's whole
+// decompressed context with each row limited to its selected keys (a key mask): the same keys as
+// sparse MLA, at dense MHA's FLOPs per (row, key) pair but over every causal pair. Exact always.
+enum class Path { dense_mha, sparse_mla, row_split, masked_mha };
 std::string_view path_name(Path p);
 
 struct Policy {
@@ -29,6 +32,7 @@ struct Policy {
     threshold,    // SGLang's rule: the whole batch takes dense MHA iff every context <= threshold
     mha,          // dense MHA for every request; an error where it is not exact
     mla,          // sparse MLA for every request
+    masked,       // masked MHA for every request
   };
   Kind kind = Kind::automatic;
   std::int64_t threshold = 0;  // for Kind::threshold; 0 means index_topk
@@ -36,7 +40,7 @@ struct Policy {
   // device and shape (CostProfile::builtin), and without one the per-request rule.
   std::shared_ptr<const CostProfile> profile;
 
-  // Parses "auto", "per-request", "threshold", "threshold=N", "mha" or "mla".
+  // Parses "auto", "per-request", "threshold", "threshold=N", "mha", "mla" or "masked".
   static Policy parse(std::string_view text);
   std::string to_string() const;
 };
@@ -52,7 +56,8 @@ std::int64_t dense_rows(const RequestInput& request, const AttentionConfig& conf
 // in the packed input too); other requests stay as they are.
 struct RowSplitBatch {
   Batch batch;
-  std::vector<bool> dense;          // per request of `batch`: on the dense path
+  // Per request of `batch`: the path that runs it (dense_mha, sparse_mla or masked_mha).
+  std::vector<Path> paths;
   std::vector<std::size_t> origin;  // per request of `batch`: its request in the planned batch
 };
 RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
@@ -61,11 +66,13 @@ RowSplitBatch split_rows(const Batch& batch, const std::vector<Path>& paths,
 // The predicted seconds of one request on each exact path under `profile`, without the per-group
 // fixed costs (a forward pays each path group's once): dense MHA where it is exact, row split
 // where the context passes index_topk inside the extend (dense_rows strictly between 0 and the
-// extend), sparse MLA always. What auto compares.
+// extend), masked MHA where dense MHA is not exact and the profile has its costs, sparse MLA
+// always. What auto compares.
 struct PathCosts {
   std::optional<double> dense_mha;
   double sparse_mla = 0;
   std::optional<double> row_split;
+  std::optional<double> masked_mha;
 };
 PathCosts predict_paths(const RequestInput& request, const AttentionConfig& config,
                         const CostProfile& profile);
@@ -81,7 +88,8 @@ std::shared_ptr<const CostProfile> planning_profile(const Policy& policy, Device
 // 576 values per token beat MHA's decompressed keys. Under auto, a prefill request takes dense
 // MHA when it is exact and `profile` predicts it cheaper, and a request whose context passes
 // index_topk inside its extend takes row_split when `profile` predicts its dense rows plus its
-// sparse rows cheaper than sparse MLA for all (per-request's rule when `profile` is null). Throws
+// sparse rows cheaper than sparse MLA for all, and a request past index_topk takes masked MHA
+// when `profile` predicts it the cheapest (per-request's rule when `profile` is null). Throws
 // InvalidArgument for a forced `mha` on a request where it is not exact, and for threshold >
 // index_topk.
 std::vector<Path> plan_batch(const Batch& batch, const AttentionConfig& config,

@@ -55,10 +55,8 @@ Tensor packed_rows(const SparseMeta& meta, const TensorView& t) {
   return meta.rows.empty() ? Tensor() : gather_group_rows(t, meta.rows);
 }
 
-// The indexer and top-k: queries for every row at once, scores against each request's paged
-// keys (in windows when the scores would exceed their budget), and the top-k positions of each
-// row ([n, K] i32), or their cache slots with `slots`. Rows that see at most K keys select all
-// of them without scores.
+}  // namespace
+
 Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const TensorView& hidden,
                    const TokenProjections& proj, const LayerCacheView& cache, bool slots) {
   const std::int64_t K = ctx.config.index_topk, n = meta.n;
@@ -112,8 +110,6 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
   }
   return selected;
 }
-
-}  // namespace
 
 SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
                              Device device, std::int64_t page_size, std::int64_t max_score_bytes) {

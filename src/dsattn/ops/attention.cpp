@@ -7,7 +7,8 @@ namespace dsattn::ops {
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out, const TensorView& lse) {
+                       float scale, const TensorView& out, const TensorView& lse,
+                       const TensorView& key_mask) {
   for (auto [name, t] :
        {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}, std::pair{"out", &out}}) {
     check_dtype(*t, name, DType::bf16);
@@ -23,6 +24,11 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
     check_shape(lse, "lse", {q.size(0), heads});
     check_inner_contiguous(lse, "lse");
   }
+  if (!key_mask.empty()) {
+    check_dtype(key_mask, "key_mask", DType::i32);
+    check_shape(key_mask, "key_mask", {q.size(0), kAny});
+    check_inner_contiguous(key_mask, "key_mask");
+  }
   check_varlen_offsets(cu_q, cu_k, q.size(0), k.size(0), -1);
   DSATTN_CHECK(max_q >= 0, "max_q must be >= 0, got {}", max_q);
   if (cu_q.device().is_cpu()) {
@@ -32,19 +38,25 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
                    max_q, b, cq[b + 1] - cq[b]);
     }
   }
-  const Device d =
-      lse.empty()
-          ? common_device(
-                {{"q", &q}, {"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}})
-          : common_device({{"q", &q},
-                           {"k", &k},
-                           {"v", &v},
-                           {"cu_q", &cu_q},
-                           {"cu_k", &cu_k},
-                           {"out", &out},
-                           {"lse", &lse}});
+  std::vector<std::pair<const char*, const TensorView*>> tensors{
+      {"q", &q}, {"k", &k}, {"v", &v}, {"cu_q", &cu_q}, {"cu_k", &cu_k}, {"out", &out}};
+  if (!lse.empty()) tensors.emplace_back("lse", &lse);
+  if (!key_mask.empty()) tensors.emplace_back("key_mask", &key_mask);
+  const Device d = common_device(tensors);
   if (q.size(0) == 0) return;
-  DSATTN_DISPATCH(d, mha_varlen_causal, q, k, v, cu_q, cu_k, max_q, scale, out, lse);
+  DSATTN_DISPATCH(d, mha_varlen_causal, q, k, v, cu_q, cu_k, max_q, scale, out, lse, key_mask);
+}
+
+void selection_mask(const TensorView& selected, const TensorView& mask) {
+  check_dtype(selected, "selected", DType::i32);
+  check_shape(selected, "selected", {kAny, kAny});
+  check_inner_contiguous(selected, "selected");
+  check_dtype(mask, "mask", DType::i32);
+  check_shape(mask, "mask", {selected.size(0), kAny});
+  check_inner_contiguous(mask, "mask");
+  const Device d = common_device({{"selected", &selected}, {"mask", &mask}});
+  if (mask.numel() == 0) return;
+  DSATTN_DISPATCH(d, selection_mask, selected, mask);
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,

@@ -15,9 +15,21 @@ namespace dsattn::ops {
 //   lse (optional): [total_q, H] f32, heads contiguous: each (row, head)'s log-sum-exp
 //   ln Σ_j exp(scale · q·k_j) over its visible keys, FlashAttention's softmax_lse (with rows
 //   first), which merging partial attentions over disjoint key sets needs.
+//   key_mask (optional): [total_q, W] i32 bit words, masked MHA: query row t sees key j of its
+//   request (j counted from the request's first key) only if bit j % 32 of key_mask[t][j / 32]
+//   is set, besides the causal rule; keys past 32 W are hidden. A row that sees no key gets zeros
+//   (and an lse of -inf), and a hidden key's values never reach it, even when they are not
+//   finite. selection_mask builds the words from a top-k selection.
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out, const TensorView& lse = {});
+                       float scale, const TensorView& out, const TensorView& lse = {},
+                       const TensorView& key_mask = {});
+
+// The bit words of mha_varlen_causal's key_mask from each row's selected key positions:
+//   selected: [n, K] i32 positions, -1 = unused; mask: [n, W] i32, overwritten: bit p % 32 of
+//   word p / 32 set for every selected p. The CPU refuses a position outside [-1, 32 W); a GPU
+//   kernel cannot raise, so there it is skipped, as -1 is.
+void selection_mask(const TensorView& selected, const TensorView& mask);
 
 // Sparse attention of the absorbed (MLA) form: each query row attends to the cached latent rows
 // named by its index list, with keys [c_kv, k_pe] (d_qk wide) and values c_kv (the first d_v).

@@ -2,7 +2,7 @@
 
 namespace dsattn::ops {
 
-Device common_device(std::initializer_list<std::pair<const char*, const TensorView*>> args) {
+Device common_device(std::span<const std::pair<const char*, const TensorView*>> args) {
   const auto& [first_name, first] = *args.begin();
   for (const auto& [name, t] : args) {
     if (!(t->device() == first->device())) {

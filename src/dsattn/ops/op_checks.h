@@ -3,6 +3,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <span>
 #include <utility>
 
 #include "dsattn/core/checks.h"
@@ -14,7 +15,10 @@
 namespace dsattn::ops {
 
 // All tensors of one call live on one device; returns it.
-Device common_device(std::initializer_list<std::pair<const char*, const TensorView*>> args);
+Device common_device(std::span<const std::pair<const char*, const TensorView*>> args);
+inline Device common_device(std::initializer_list<std::pair<const char*, const TensorView*>> args) {
+  return common_device(std::span(args.begin(), args.size()));
+}
 
 [[noreturn]] void no_cuda_kernel(const char* op);
 

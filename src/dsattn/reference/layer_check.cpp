@@ -113,7 +113,7 @@ PolicyCheck run_policy(const CheckCase& c, const LayerWeights& weights, std::vec
     req.hidden = seqs[i].hidden;
     req.fp8_latent = c.latent_format == LatentFormat::fp8;
     req.extend_len = c.requests[i].extend_len;
-    if (fr.paths[i] != Path::dense_mha) {  // sparse MLA or row_split: each row's keys
+    if (fr.paths[i] != Path::dense_mha) {  // sparse MLA, masked MHA, row_split: each row's keys
       const Tensor& sel = fr.topk_positions[i];
       for (std::int64_t t = 0; t < req.extend_len; ++t) {
         std::vector<std::int32_t> keys;
@@ -161,6 +161,7 @@ CaseReport check_case(const CheckCase& c, std::vector<Policy> policies) {
   }
   if (policies.empty()) {
     policies.push_back(Policy::parse("mla"));
+    policies.push_back(Policy::parse("masked"));
     policies.push_back(Policy::parse("per-request"));
     if (mha_exact) policies.push_back(Policy::parse("mha"));
   }

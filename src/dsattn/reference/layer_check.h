@@ -54,7 +54,8 @@ struct CaseReport {
   std::string to_string() const;
 };
 
-// Checks `policies` (default: mla, per-request, and mha where it is exact for every request).
+// Checks `policies` (default: mla, masked, per-request, and mha where it is exact for every
+// request).
 CaseReport check_case(const CheckCase& c, std::vector<Policy> policies = {});
 
 // A small random configuration and batch (and cache format), from `seed`.

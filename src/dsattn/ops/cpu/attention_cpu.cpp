@@ -21,24 +21,40 @@ void widen_head(const TensorView& t, std::int64_t row0, std::int64_t rows, std::
   }
 }
 
-// In place: row i of s (n columns) becomes softmax over columns [0, visible[i]), zeros after; a
-// row with no visible column becomes all zeros. When lse is given, lse[i * lse_stride] receives
-// row i's log-sum-exp (-inf for a row with no visible column).
+// Whether key j is selected by a row's key_mask words (all keys are without words).
+bool selected_key(const std::int32_t* words, std::int64_t n_words, std::int64_t j) {
+  if (words == nullptr) return true;
+  return j / 32 < n_words && ((static_cast<std::uint32_t>(words[j / 32]) >> (j % 32)) & 1u) != 0;
+}
+
+// In place: row i of s (n columns) becomes softmax over columns [0, visible[i]) (those of them
+// whose bit is set in the row's words, when `mask` is given: row i's words at mask + i *
+// mask_stride, mask_words of them), zeros elsewhere; a row with no such column becomes all
+// zeros. When lse is given, lse[i * lse_stride] receives row i's log-sum-exp (-inf for a row
+// with no visible column).
 void masked_softmax_rows(float* s, std::int64_t rows, std::int64_t n, const std::int64_t* visible,
-                         float* lse = nullptr, std::int64_t lse_stride = 0) {
+                         float* lse = nullptr, std::int64_t lse_stride = 0,
+                         const std::int32_t* mask = nullptr, std::int64_t mask_stride = 0,
+                         std::int64_t mask_words = 0) {
   for (std::int64_t i = 0; i < rows; ++i) {
     float* row = s + i * n;
+    const std::int32_t* words = mask == nullptr ? nullptr : mask + i * mask_stride;
     const std::int64_t v = std::clamp<std::int64_t>(visible[i], 0, n);
     float max_v = -std::numeric_limits<float>::infinity();
-    for (std::int64_t j = 0; j < v; ++j) max_v = std::max(max_v, row[j]);
+    bool any = false;
+    for (std::int64_t j = 0; j < v; ++j) {
+      if (!selected_key(words, mask_words, j)) continue;
+      max_v = any ? std::max(max_v, row[j]) : row[j];
+      any = true;
+    }
     float sum = 0.0f;
     for (std::int64_t j = 0; j < v; ++j) {
-      row[j] = std::exp(row[j] - max_v);
+      row[j] = selected_key(words, mask_words, j) ? std::exp(row[j] - max_v) : 0.0f;
       sum += row[j];
     }
-    const float inv = v > 0 ? 1.0f / sum : 0.0f;
+    const float inv = any ? 1.0f / sum : 0.0f;
     if (lse != nullptr) {
-      lse[i * lse_stride] = v > 0 ? max_v + std::log(sum) : -std::numeric_limits<float>::infinity();
+      lse[i * lse_stride] = any ? max_v + std::log(sum) : -std::numeric_limits<float>::infinity();
     }
     for (std::int64_t j = 0; j < v; ++j) row[j] *= inv;
     for (std::int64_t j = v; j < n; ++j) row[j] = 0.0f;
@@ -71,6 +87,26 @@ void causal_probs_times_values(const float* p, const float* v, std::int64_t rows
   }
 }
 
+// o = P · V for rows that see only their selected keys (masked MHA). Hidden probabilities are
+// 0, which one GEMM over all keys may add when every value is finite; otherwise (0 · NaN is NaN)
+// each row sums its own selected keys.
+void selected_probs_times_values(const float* p, const float* v, std::int64_t rows, std::int64_t n,
+                                 std::int64_t d_v, float* o) {
+  if (std::all_of(v, v + n * d_v, [](float x) { return std::isfinite(x); })) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d_v, n, 1.0f, p, n, v, d_v, 0.0f,
+                o, d_v);
+    return;
+  }
+  std::fill_n(o, rows * d_v, 0.0f);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      if (p[i * n + j] != 0.0f) {
+        cblas_saxpy(static_cast<int>(d_v), p[i * n + j], v + j * d_v, 1, o + i * d_v, 1);
+      }
+    }
+  }
+}
+
 // Dequantises one FP8 latent row (latent_fp8.h) to f32: r e4m3 values with r/128 scales, then
 // the bf16 rope part.
 void widen_latent_fp8(const std::uint8_t* row, std::int64_t r, std::int64_t width, float* out) {
@@ -94,7 +130,8 @@ void widen_latent_fp8(const std::uint8_t* row, std::int64_t r, std::int64_t widt
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t /*max_q*/,
-                       float scale, const TensorView& out, const TensorView& lse) {
+                       float scale, const TensorView& out, const TensorView& lse,
+                       const TensorView& key_mask) {
   const std::int64_t batch = cu_q.size(0) - 1, heads = q.size(1);
   const std::int64_t d_qk = q.size(2), d_v = v.size(2);
   const std::int32_t* cq = cu_q.ptr<std::int32_t>();
@@ -113,14 +150,42 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
       widen_head(v, k0, nk, h, vh.data());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d_qk, scale, qh.data(), d_qk,
                   kh.data(), d_qk, 0.0f, s.data(), nk);
+      const bool masked = !key_mask.empty();
       masked_softmax_rows(s.data(), nq, nk, visible.data(),
                           lse.empty() ? nullptr : lse.ptr<float>() + q0 * lse.stride(0) + h,
-                          lse.empty() ? 0 : lse.stride(0));
-      causal_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(), o.data());
+                          lse.empty() ? 0 : lse.stride(0),
+                          masked ? key_mask.ptr<std::int32_t>() + q0 * key_mask.stride(0) : nullptr,
+                          masked ? key_mask.stride(0) : 0, masked ? key_mask.size(1) : 0);
+      if (masked) {
+        selected_probs_times_values(s.data(), vh.data(), nq, nk, d_v, o.data());
+      } else {
+        causal_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(), o.data());
+      }
       for (std::int64_t i = 0; i < nq; ++i) {
         bf16* dst = out.ptr<bf16>() + (q0 + i) * out.stride(0) + h * out.stride(1);
         for (std::int64_t j = 0; j < d_v; ++j) dst[j] = bf16::from_float(o[i * d_v + j]);
       }
+    }
+  }
+}
+
+void selection_mask(const TensorView& selected, const TensorView& mask) {
+  const std::int64_t n = selected.size(0), k = selected.size(1), words = mask.size(1);
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int32_t* idx = selected.row<std::int32_t>(t);
+    for (std::int64_t i = 0; i < k; ++i) {
+      DSATTN_CHECK(idx[i] >= -1 && idx[i] < 32 * words,
+                   "selected[{}][{}] is {}: a position must be -1 or in [0, {}) for a mask of {} "
+                   "words",
+                   t, i, idx[i], 32 * words, words);
+    }
+  }
+  for (std::int64_t t = 0; t < n; ++t) {
+    const std::int32_t* idx = selected.row<std::int32_t>(t);
+    auto* row = reinterpret_cast<std::uint32_t*>(mask.row<std::int32_t>(t));
+    std::fill_n(row, words, 0u);
+    for (std::int64_t i = 0; i < k; ++i) {
+      if (idx[i] >= 0) row[idx[i] / 32] |= 1u << (idx[i] % 32);
     }
   }
 }

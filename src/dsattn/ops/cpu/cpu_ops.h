@@ -52,7 +52,9 @@ void topk_slots(const TensorView& scores, const TensorView& lengths, const Tenso
                 const TensorView& block_tables, std::int64_t page_size, const TensorView& out);
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out, const TensorView& lse);
+                       float scale, const TensorView& out, const TensorView& lse,
+                       const TensorView& key_mask);
+void selection_mask(const TensorView& selected, const TensorView& mask);
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,
                 float scale, const TensorView& out, const TensorView& lse,
                 const TensorView& topk_length);

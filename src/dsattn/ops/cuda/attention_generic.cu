@@ -45,7 +45,13 @@ __global__ void mha_generic_kernel(MhaParams p) {
   }
   Online st;
   for (int i = 0; i < kMaxPerLane; ++i) st.o[i] = 0.0f;
+  const std::uint32_t* words = p.key_mask == nullptr ? nullptr : p.key_mask + row * p.s_mask;
+  bool any = false;
   for (std::int64_t j = 0; j < visible; ++j) {
+    if (words != nullptr && (j / 32 >= p.mask_words || ((words[j / 32] >> (j % 32)) & 1u) == 0)) {
+      continue;
+    }
+    any = true;
     const std::int64_t key = p.cu_k[b] + j;
     float dot = 0.0f;
     for (int i = 0; i < kMaxPerLane; ++i) {
@@ -58,10 +64,10 @@ __global__ void mha_generic_kernel(MhaParams p) {
   auto* out = static_cast<__nv_bfloat16*>(p.out) + row * p.so0 + h * p.so1;
   for (int i = 0; i < kMaxPerLane; ++i) {
     const int e = lane + 32 * i;
-    if (e < p.d_v) out[e] = __float2bfloat16_rn(visible > 0 ? st.o[i] / st.sum : 0.0f);
+    if (e < p.d_v) out[e] = __float2bfloat16_rn(any ? st.o[i] / st.sum : 0.0f);
   }
   if (p.lse != nullptr && lane == 0) {
-    p.lse[row * p.s_lse + h] = visible > 0 ? st.max + logf(st.sum) : -INFINITY;
+    p.lse[row * p.s_lse + h] = any ? st.max + logf(st.sum) : -INFINITY;
   }
 }
 

@@ -333,7 +333,8 @@ void topk_slots(const TensorView& scores, const TensorView& lengths, const Tenso
 
 void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorView& v,
                        const TensorView& cu_q, const TensorView& cu_k, std::int64_t max_q,
-                       float scale, const TensorView& out, const TensorView& lse) {
+                       float scale, const TensorView& out, const TensorView& lse,
+                       const TensorView& key_mask) {
   MhaParams p{};
   p.q = q.data();
   p.k = k.data();
@@ -353,6 +354,9 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
   p.so1 = out.stride(1);
   p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data());
   p.s_lse = lse.empty() ? 0 : lse.stride(0);
+  p.key_mask = key_mask.empty() ? nullptr : static_cast<const std::uint32_t*>(key_mask.data());
+  p.s_mask = key_mask.empty() ? 0 : key_mask.stride(0);
+  p.mask_words = key_mask.empty() ? 0 : key_mask.size(1);
   p.batch = static_cast<int>(cu_q.size(0) - 1);
   p.heads = static_cast<int>(q.size(1));
   p.d_qk = static_cast<int>(q.size(2));
@@ -370,6 +374,21 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
         kMhaSm90Dqk, kMhaSm90Dv, p.d_qk, p.d_v, p.sq0, p.sk0, p.sv0, p.scale);
   });
   check_launch(launch_mha_generic(p, stream()), "mha_varlen_causal");
+}
+
+void selection_mask(const TensorView& selected, const TensorView& mask) {
+  SelectionMaskParams p{};
+  p.selected = static_cast<const std::int32_t*>(selected.data());
+  p.mask = static_cast<std::uint32_t*>(mask.data());
+  p.n = selected.size(0);
+  p.k = selected.size(1);
+  p.words = mask.size(1);
+  p.stride_selected = selected.stride(0);
+  p.stride_mask = mask.stride(0);
+  DSATTN_CHECK(p.words <= 12288,
+               "mask has {} words a row; the GPU builds rows of up to 12288 (393216 keys)",
+               p.words);
+  check_launch(launch_selection_mask(p, stream()), "selection_mask");
 }
 
 void sparse_mla(const TensorView& q, const TensorView& kv_cache, const TensorView& indices,

@@ -25,9 +25,10 @@ bool mha_sm90_supports(const MhaParams& p) {
                             p.sv1 % 8 == 0;
   // The running maximum is taken over raw scores, which orders the scaled ones only for scale > 0.
   const bool scale_ok = p.scale > 0.0f && std::isfinite(p.scale);
-  // It writes no log-sum-exp.
-  return p.lse == nullptr && p.d_qk == mha_sm90::kDqk && p.d_v == mha_sm90::kDv && rows_aligned &&
-         scale_ok && p.heads <= 65535 && p.batch <= 65535 && p.max_q <= (std::int64_t{1} << 30);
+  // It writes no log-sum-exp and takes no key mask.
+  return p.lse == nullptr && p.key_mask == nullptr && p.d_qk == mha_sm90::kDqk &&
+         p.d_v == mha_sm90::kDv && rows_aligned && scale_ok && p.heads <= 65535 &&
+         p.batch <= 65535 && p.max_q <= (std::int64_t{1} << 30);
 }
 
 cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream) {

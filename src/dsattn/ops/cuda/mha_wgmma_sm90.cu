@@ -15,6 +15,10 @@
 //   softmax of tile i runs while P·V(i - 1) is still on the tensor cores, and O is rescaled once
 //   it has landed. The two consumers run the same schedule on different rows, so one's softmax
 //   also overlaps the other's products.
+// - Masked MHA (a key mask given): the same schedule; each thread loads its two rows' bit words
+//   for a tile while the tile's S = Q·Kᵀ runs and hides the unselected keys before the softmax,
+//   and every value tile is checked for non-finite values (a hidden key's NaN must not reach a
+//   row through 0 · NaN), as the causal diagonal's tiles are.
 //
 // Registers: the producer drops to 40 per thread so that the consumers can hold 232 (192/128:
 // S 64, O 64, P 32; 256/256: S 32, O 128, P 16; and the row statistics). Shared memory:
@@ -86,7 +90,8 @@ __device__ __forceinline__ void announce(std::uint32_t bar) {
   mbarrier_arrive(bar);
 }
 
-template <class Sh>
+// kMasked: masked MHA, each row also limited to the keys its bit words (p.key_mask) select.
+template <class Sh, bool kMasked>
 __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams p) {
   constexpr int kDqk = Sh::kDqk, kDv = Sh::kDv, kBlockN = Sh::kBlockN;
   constexpr int kQkSubs = Sh::kQkSubs, kVSubs = Sh::kVSubs, kQSub = Sh::kQSub;
@@ -202,6 +207,42 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     wgmma::commit_group();
   };
 
+  // Masked MHA: the bit words of this thread's two rows for tile n, loaded once the tile's
+  // S = Q·Kᵀ is issued so that the loads overlap the products. Column 8j + 2tq + e of the tile is
+  // bit 8 (j % 4) + 2tq + e of word j / 4. Rows past the block's own and words past the mask's
+  // read as 0 (hidden).
+  constexpr int kWords = kBlockN / 32;
+  std::uint32_t mask_words[2][kWords];
+  const auto load_mask_words = [&](int n) {
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = row_lo + 8 * hf;
+        const std::uint32_t* row = p.key_mask + (q_start + row0 + r) * p.s_mask;
+#pragma unroll
+        for (int w = 0; w < kWords; ++w) {
+          const std::int64_t word = std::int64_t(n) * kWords + w;
+          mask_words[hf][w] = r < rows_here && word < p.mask_words ? __ldg(row + word) : 0u;
+        }
+      }
+    }
+  };
+  const auto apply_key_mask = [&] {
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+        for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (((mask_words[hf][j / 4] >> (8 * (j % 4) + 2 * tq + e)) & 1u) == 0) {
+              s[4 * j + 2 * hf + e] = -INFINITY;
+            }
+          }
+        }
+      }
+    }
+  };
   const auto apply_mask = [&](int n) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -283,7 +324,16 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
           const float value = __uint_as_float(((w >> (16 * e)) & 0xffffu) << 16);
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
-            if (key <= limit(n) + row_lo + 8 * hf) o[4 * j + 2 * hf + e] += value;
+            if (key > limit(n) + row_lo + 8 * hf) continue;
+            if constexpr (kMasked) {
+              // Rare (a non-finite value): the row's bit straight from memory.
+              const int r = row_lo + 8 * hf;
+              const std::int64_t column = std::int64_t(n) * kBlockN + key;
+              if (r >= rows_here || column / 32 >= p.mask_words) continue;
+              const std::uint32_t word = p.key_mask[(q_start + row0 + r) * p.s_mask + column / 32];
+              if (((word >> (column % 32)) & 1u) == 0) continue;
+            }
+            o[4 * j + 2 * hf + e] += value;
           }
         }
       }
@@ -305,15 +355,18 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   const auto value_tile_ready = [&](int i) {
     const int stage = i % kStages, n = n_blocks - 1 - i;
     mbarrier_wait(smem_addr(&sm.v_full[stage]), (i / kStages) & 1);
-    if (needs_mask(n)) guard_values(stage, n);
+    // Under a key mask any tile may hide keys from some rows.
+    if (kMasked || needs_mask(n)) guard_values(stage, n);
   };
 
   mbarrier_wait(smem_addr(&sm.q_full), 0);
   mbarrier_wait(smem_addr(&sm.k_full[0]), 0);
   issue_qk(0);
+  load_mask_words(n_blocks - 1);
   wgmma::wait_group<0>();
   wgmma::fence_operands(s);
   if (needs_mask(n_blocks - 1)) apply_mask(n_blocks - 1);
+  apply_key_mask();
   {
     float unused[2];
     softmax(unused);
@@ -323,11 +376,13 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
     const int stage = i % kStages, prev = (i - 1) % kStages, n = n_blocks - 1 - i;
     mbarrier_wait(smem_addr(&sm.k_full[stage]), (i / kStages) & 1);
     issue_qk(stage);
+    load_mask_words(n);
     value_tile_ready(i - 1);
     issue_pv(prev);
     wgmma::wait_group<1>();  // S(i) has landed; P·V(i - 1) may still run
     wgmma::fence_operands(s);
     if (needs_mask(n)) apply_mask(n);
+    apply_key_mask();
     float correction[2];
     softmax(correction);
     wgmma::wait_group<0>();
@@ -350,8 +405,8 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const float sum = quad_sum(row_sum[hf]);
-    const float inv = 1.0f / sum;
-    const int r = row_lo - 64 * c + 8 * hf;  // row within the consumer's 64
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // 0: a masked row that sees no key
+    const int r = row_lo - 64 * c + 8 * hf;            // row within the consumer's 64
     // sum = Σ exp(scale · (x - max)) over the row's keys, so ln Σ exp(scale · x) is this:
     if (p.lse != nullptr && tq == 0 && row_lo + 8 * hf < rows_here) {
       p.lse[(q_start + row0 + row_lo + 8 * hf) * p.s_lse + h] =
@@ -393,15 +448,20 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
 
 bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
 
-template <class Sh>
+template <class Sh, bool kMasked>
 cudaError_t launch(const MhaParams& p, cudaStream_t stream) {
   static const cudaError_t attr = cudaFuncSetAttribute(
-      mha_wgmma_kernel<Sh>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::kSmemBytes);
+      mha_wgmma_kernel<Sh, kMasked>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::kSmemBytes);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>((p.max_q + kBlockM - 1) / kBlockM),
                   static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  mha_wgmma_kernel<Sh><<<grid, kThreads, Sh::kSmemBytes, stream>>>(p);
+  mha_wgmma_kernel<Sh, kMasked><<<grid, kThreads, Sh::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class Sh>
+cudaError_t launch(const MhaParams& p, cudaStream_t stream) {
+  return p.key_mask != nullptr ? launch<Sh, true>(p, stream) : launch<Sh, false>(p, stream);
 }
 
 }  // namespace

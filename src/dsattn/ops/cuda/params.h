@@ -144,9 +144,18 @@ struct MhaParams {
   float* lse;     // [total_q, heads] f32 (row stride s_lse, heads contiguous), or nullptr
   const std::int32_t* cu_q;
   const std::int32_t* cu_k;
-  std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1, s_lse;
+  // Masked MHA, or nullptr: [total_q, mask_words] bit words (row stride s_mask); a row sees key j
+  // of its request only if bit j % 32 of its word j / 32 is set (none past 32 mask_words).
+  const std::uint32_t* key_mask;
+  std::int64_t total_q, max_q, sq0, sq1, sk0, sk1, sv0, sv1, so0, so1, s_lse, s_mask, mask_words;
   int batch, heads, d_qk, d_v;
   float scale;
+};
+
+struct SelectionMaskParams {
+  const std::int32_t* selected;  // [n, k] positions, -1 = unused
+  std::uint32_t* mask;           // [n, words]
+  std::int64_t n, k, words, stride_selected, stride_mask;
 };
 
 struct SparseMlaParams {
@@ -197,14 +206,17 @@ const char* topk_binned_choice(const TopkParams& p);
 cudaError_t launch_topk_binned(const TopkParams& p, cudaStream_t stream);
 cudaError_t launch_mha_generic(const MhaParams& p, cudaStream_t stream);
 // The tensor-core kernels for DeepSeek-V3.2's MHA shapes (d_qk 192, d_v 128, 16-byte aligned q,
-// k and v rows, scale > 0); supports() says whether one takes p. The wgmma kernel is the op's;
-// the mma.sync one (mha_sm90) is its GPU reference.
+// k and v rows, scale > 0); supports() says whether one takes p. The wgmma kernel is the op's
+// (GLM-5's 256/256 too, and the key mask); the mma.sync one (mha_sm90, no mask) is its GPU
+// reference.
 inline constexpr int kMhaSm90Dqk = 192, kMhaSm90Dv = 128;
 bool mha_wgmma_sm90_supports(const MhaParams& p);
 cudaError_t launch_mha_wgmma_sm90(const MhaParams& p, cudaStream_t stream);
 bool mha_sm90_supports(const MhaParams& p);
 cudaError_t launch_mha_sm90(const MhaParams& p, cudaStream_t stream);
 cudaError_t launch_sparse_mla_generic(const SparseMlaParams& p, cudaStream_t stream);
+// Rows of up to 12,288 words (393,216 keys).
+cudaError_t launch_selection_mask(const SelectionMaskParams& p, cudaStream_t stream);
 // The tensor-core kernel for DeepSeek-V3.2's absorbed shapes (d_qk 576, d_v 512, heads a
 // multiple of kSparseMlaSm90HeadGroup, top-k <= 2048, 16-byte aligned rows); supports() says
 // whether it takes p.
