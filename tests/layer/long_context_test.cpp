@@ -1,5 +1,6 @@
 // Requests whose context exceeds index_topk: dense MHA is refused where it is not exact, the
-// per-request planner sends them to sparse MLA, and mixed batches keep the caller's order.
+// per-request planner sends them to sparse MLA (masked MHA when forced), and mixed batches keep
+// the caller's order.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -22,7 +23,8 @@ TEST(LongContext, SparseMlaMatchesReferenceOnSelectedKeys) {
   const reference::CaseReport r = reference::check_case(c);
   EXPECT_TRUE(r.pass) << r.to_string();
   for (const reference::PolicyCheck& check : r.checks) {
-    for (Path p : check.paths) EXPECT_EQ(p, Path::sparse_mla) << check.policy;
+    const Path want = check.policy == "masked" ? Path::masked_mha : Path::sparse_mla;
+    for (Path p : check.paths) EXPECT_EQ(p, want) << check.policy;
   }
 }
 
