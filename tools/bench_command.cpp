@@ -22,9 +22,9 @@ namespace dsattn::tools {
 namespace {
 
 // Every stage, in the order they run; the default runs them all.
-const std::vector<std::string> kStages = {"mha",        "projections", "sparse_mla", "indexer",
-                                          "topk",       "decode",      "layer",      "layer_prefix",
-                                          "layer_long", "crossover",   "glm5"};
+const std::vector<std::string> kStages = {
+    "mha",   "projections",  "sparse_mla",  "indexer",    "topk",      "decode",
+    "layer", "layer_prefix", "layer_mixed", "layer_long", "crossover", "glm5"};
 
 struct BenchOptions {
   std::string device = "auto";
@@ -129,6 +129,12 @@ int run(const BenchOptions& o) {
     j["layer_prefix"] =
         o.quick ? bench_layer_prefix(dev, 2, 192, 64) : bench_layer_prefix(dev, 64, 1984, 64);
   }
+  // Short prompts, chunks over long prefixes and long prompts in one forward: what auto is for.
+  if (wants("layer_mixed")) {
+    j["layer_mixed"] = o.quick
+                           ? bench_layer_mixed(dev, {{2, 0, 64}, {2, 192, 16}, {1, 0, 400}})
+                           : bench_layer_mixed(dev, {{16, 0, 512}, {32, 1984, 64}, {1, 0, 8192}});
+  }
   // Long contexts, where the sparse path and so selection dominate.
   if (wants("layer_long") && !o.quick) {
     j["layer_long"] = bench_layer(dev, 8, {8192});
@@ -180,7 +186,9 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--commit", o->commit,
                   "Commit to record (default: the one the binary was built from)");
   cmd->add_option("--anchors", o->anchors, "PyTorch anchor figures (JSON) to record alongside");
-  cmd->add_option("--stages", o->stages, "Stages to run")->capture_default_str();
+  cmd->add_option("--stages", o->stages, "Stages to run (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_flag("--quick", o->quick, "Small sizes (for a smoke run, or the CPU)");
   cmd->add_option("--seqs", o->seqs, "Sequence lengths of the stage sweeps (default 256 ... 8192)")
       ->delimiter(',');

@@ -220,6 +220,11 @@ TEST(CostModel, BuiltinProfileForTheCpu) {
   const PathWork fresh = path_work({0, 256, {}}, c), chunk = path_work({2016, 32, {}}, c);
   EXPECT_LT(cpu->dense_seconds(fresh), cpu->sparse_seconds(fresh));
   EXPECT_GT(cpu->dense_seconds(chunk), cpu->sparse_seconds(chunk));
+  // Masked MHA was measured too: on the CPU its decompression of the whole context costs more
+  // than sparse MLA's attention for a few rows over a long prefix.
+  ASSERT_TRUE(cpu->has_masked);
+  const PathWork past = path_work({4096, 32, {}}, c);
+  EXPECT_GT(cpu->masked_seconds(past), cpu->sparse_seconds(past));
 }
 
 // Every config gets valid shapes on both sides of its index_topk, on either backend; DeepSeek-V3.2

@@ -1,5 +1,7 @@
 #include "bench/stages.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -466,6 +468,65 @@ json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefi
     say(fmt::format("layer {} x ({} cached + {} new) {}: {:.2f} ms ({})", requests, prefix, extend,
                     policy, t.median_ms, path_name(fr.paths.front())));
   }
+  return row;
+}
+
+json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups) {
+  const AttentionConfig config = AttentionConfig::deepseek_v32();
+  AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
+  std::int64_t requests = 0, pages = 0;
+  for (const MixedGroup& g : groups) {
+    requests += g.requests;
+    pages += g.requests * pages_for(g.prefix + g.extend);
+  }
+  CacheOptions opts;
+  opts.device = device;
+  opts.num_pages = pages;
+  PagedKvCache cache(config, opts);
+  std::vector<BlockTable> tables(static_cast<std::size_t>(requests));
+  ForwardOptions fo;
+  fo.time_stages = false;
+  Batch batch;
+  json described = json::array();
+  std::size_t r = 0;
+  for (const MixedGroup& g : groups) {
+    described.push_back(
+        {{"requests", g.requests}, {"prefix_len", g.prefix}, {"extend_len", g.extend}});
+    for (std::int64_t i = 0; i < g.requests; ++i, ++r) {
+      cache.reserve(tables[r], g.prefix + g.extend);
+      if (g.prefix > 0) {  // the cached prefix, written alone (untimed)
+        stack.set_policy(Policy::parse("mla"));
+        Batch b;
+        b.requests.push_back({0, g.prefix, tables[r]});
+        const Tensor xp = random_tensor({g.prefix, config.hidden_size}, DType::bf16, device, 24);
+        stack.forward(b, xp, cache, fo);
+      }
+      batch.requests.push_back({g.prefix, g.extend, tables[r]});
+    }
+  }
+  const Tensor x =
+      random_tensor({batch.total_tokens(), config.hidden_size}, DType::bf16, device, 25);
+  json row = {{"groups", described}, {"tokens", batch.total_tokens()}};
+  double best_forced = 0;
+  for (const char* policy : {"mla", "masked", "per-request", "threshold", "auto"}) {
+    stack.set_policy(Policy::parse(policy));
+    const Timing t = time_median(
+        device, [&] { stack.forward(batch, x, cache, fo); }, 3000);
+    const ForwardResult fr = stack.forward(batch, x, cache, fo);
+    // The path of each group's first request.
+    std::vector<std::string> paths;
+    for (std::size_t g = 0, first = 0; g < groups.size(); first += groups[g].requests, ++g) {
+      paths.emplace_back(path_name(fr.paths[first]));
+    }
+    row[std::string(policy)] = {{"prefill_ms", t.median_ms}, {"paths", paths}};
+    const Policy p = Policy::parse(policy);
+    if (p.kind == Policy::Kind::mla || p.kind == Policy::Kind::masked) {
+      best_forced = best_forced == 0 ? t.median_ms : std::min(best_forced, t.median_ms);
+    }
+    say(fmt::format("layer mixed batch {}: {:.2f} ms ({})", policy, t.median_ms,
+                    fmt::join(paths, ", ")));
+  }
+  row["auto_speedup_over_best_forced"] = best_forced / row["auto"]["prefill_ms"].get<double>();
   return row;
 }
 

@@ -59,6 +59,14 @@ nlohmann::json bench_layer(Device device, std::int64_t requests,
 // (the prefix written first, untimed), under mla, per-request and auto.
 nlohmann::json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefix,
                                   std::int64_t extend);
+// A mixed batch in one forward: short fresh prompts, chunks over long cached prefixes and long
+// fresh prompts (`groups`: requests x (prefix + extend) each, prefixes written first, untimed),
+// under each single policy that is exact for all of them (mla, masked) and per-request, threshold
+// and auto; reports auto against the best of the forced ones.
+struct MixedGroup {
+  std::int64_t requests, prefix, extend;
+};
+nlohmann::json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups);
 // One long prompt per context length, prefilled in chunks of `chunk` tokens over its cached
 // prefix (per-request policy: every chunk past index_topk takes the sparse path); reports the
 // time and the peak device memory the prefill allocates beyond the cache and weights.
