@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "dsattn/ops/attention.h"
@@ -31,21 +30,6 @@ void PrintTo(const MaskedCase& c, std::ostream* os) { *os << c.name; }
 
 class MaskedMhaGpu : public GpuParamTest<MaskedCase> {};
 
-// Random words, about `density` of the bits set; rows 0 and 200 select nothing.
-Tensor random_mask(std::int64_t rows, std::int64_t words, double density, unsigned seed) {
-  Tensor mask = Tensor::empty({rows, words}, DType::i32);
-  std::mt19937 rng(seed);
-  std::bernoulli_distribution bit(density);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t w = 0; w < words; ++w) {
-      std::uint32_t word = 0;
-      for (int b = 0; b < 32; ++b) word |= (r % 200 != 0 && bit(rng)) ? 1u << b : 0u;
-      std::memcpy(mask.ptr<std::int32_t>() + r * words + w, &word, 4);
-    }
-  }
-  return mask;
-}
-
 TEST_P(MaskedMhaGpu, MatchesFloat64OverTheSelectedKeys) {
   const MaskedCase c = GetParam();
   const std::int64_t H = c.heads;
@@ -61,7 +45,7 @@ TEST_P(MaskedMhaGpu, MatchesFloat64OverTheSelectedKeys) {
   const Tensor q = random_tensor({total_q, H, c.d_qk}, DType::bf16, 70, 1, 2.0);
   const Tensor k = random_tensor({total_k, H, c.d_qk}, DType::bf16, 70, 2, 2.0);
   const Tensor v = random_tensor({total_k, H, c.d_v}, DType::bf16, 70, 3);
-  const Tensor mask = random_mask(total_q, c.words, c.density, 71);
+  const Tensor mask = test::random_key_mask(total_q, c.words, c.density, 71, 200);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.d_qk));
 
   Tensor cpu_out = poisoned({total_q, H, c.d_v}, DType::bf16);
@@ -159,7 +143,7 @@ TEST(MaskedMhaGpuNonFinite, AHiddenValueNeverReachesARow) {
   const Tensor q = random_tensor({n, H, 192}, DType::bf16, 72, 1, 2.0);
   const Tensor k = random_tensor({n, H, 192}, DType::bf16, 72, 2, 2.0);
   Tensor v = random_tensor({n, H, 128}, DType::bf16, 72, 3);
-  const Tensor mask = random_mask(n, words, 0.5, 73);
+  const Tensor mask = test::random_key_mask(n, words, 0.5, 73);
   const Mirror q_dev(q), k_dev(k), cu_dev(cu_t), mask_dev(mask);
   const auto run = [&] {
     const Mirror v_dev(v), out_dev(poisoned({n, H, 128}, DType::bf16));

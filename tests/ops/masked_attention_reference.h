@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <vector>
+
+#include "dsattn/core/tensor.h"
 
 namespace dsattn::test {
 
@@ -18,6 +21,24 @@ struct MaskedAttentionInputs {
   std::int64_t heads = 0, d_qk = 0, d_v = 0, words = 0;
   double scale = 1;
 };
+
+// Random bit words [rows, words], about `density` of the bits set; rows r with r % empty_every
+// == 0 select nothing (empty_every 0: none).
+inline Tensor random_key_mask(std::int64_t rows, std::int64_t words, double density, unsigned seed,
+                              std::int64_t empty_every = 0) {
+  Tensor mask = Tensor::empty({rows, words}, DType::i32);
+  std::mt19937 rng(seed);
+  std::bernoulli_distribution bit(density);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const bool empty = empty_every > 0 && r % empty_every == 0;
+    for (std::int64_t w = 0; w < words; ++w) {
+      std::uint32_t word = 0;
+      for (int b = 0; b < 32; ++b) word |= (!empty && bit(rng)) ? 1u << b : 0u;
+      std::memcpy(mask.ptr<std::int32_t>() + r * words + w, &word, 4);
+    }
+  }
+  return mask;
+}
 
 // Whether row `row` selects key j of its request.
 inline bool row_selects(const MaskedAttentionInputs& in, std::int64_t row, std::int64_t j) {

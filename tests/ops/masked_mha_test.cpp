@@ -15,22 +15,6 @@
 namespace dsattn::test {
 namespace {
 
-// Random bit words, about `density` of the bits set; row `empty_row` selects nothing.
-Tensor random_mask(std::int64_t rows, std::int64_t words, double density, unsigned seed,
-                   std::int64_t empty_row) {
-  Tensor mask = Tensor::empty({rows, words}, DType::i32);
-  std::mt19937 rng(seed);
-  std::bernoulli_distribution bit(density);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t w = 0; w < words; ++w) {
-      std::uint32_t word = 0;
-      for (int b = 0; b < 32; ++b) word |= (r != empty_row && bit(rng)) ? 1u << b : 0u;
-      std::memcpy(mask.ptr<std::int32_t>() + r * words + w, &word, 4);
-    }
-  }
-  return mask;
-}
-
 MaskedAttentionInputs inputs_of(const Tensor& q, const Tensor& k, const TensorView& v,
                                 const std::vector<std::int32_t>& cq,
                                 const std::vector<std::int32_t>& ck, const Tensor& mask,
@@ -52,7 +36,7 @@ MaskedAttentionInputs inputs_of(const Tensor& q, const Tensor& k, const TensorVi
 }
 
 // Requests with and without a prefix; a mask of 3 words (96 keys) against a request of 120 keys
-// (its keys past 96 are hidden); a row that selects nothing (zeros, lse -inf).
+// (its keys past 96 are hidden); rows 0 and 40 select nothing (zeros, lse -inf).
 TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
   const std::int64_t H = 3, dq = 40, dv = 24, words = 3;
   const std::vector<std::int32_t> cq{0, 5, 6, 39, 47}, ck{0, 40, 110, 143, 263};
@@ -61,7 +45,7 @@ TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
   Tensor k = random_tensor({total_k, H, dq}, DType::bf16, 300, 2, 2.0);
   Tensor v_backing = random_tensor({total_k, H, 8 + dv}, DType::bf16, 300, 3);
   const TensorView v = v_backing.view().slice(2, 8, 8 + dv);
-  const Tensor mask = random_mask(total_q, words, 0.4, 301, /*empty_row=*/3);
+  const Tensor mask = random_key_mask(total_q, words, 0.4, 301, /*empty_every=*/40);
   const float scale = 0.2f;
   Tensor out = Tensor::empty({total_q, H, dv}, DType::bf16);
   Tensor lse = Tensor::empty({total_q, H}, DType::f32);
@@ -76,8 +60,12 @@ TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
   const std::vector<std::int64_t> shape{total_q, H, dv}, lse_shape{total_q, H};
   EXPECT_TRUE(within_tolerance(read_doubles(out), ref, plain, 1e-5, shape));
   EXPECT_TRUE(within_tolerance(read_doubles(lse), ref_lse, plain_lse, 1e-5, lse_shape));
-  for (std::int64_t e = 0; e < H * dv; ++e)
-    EXPECT_EQ(out.ptr<bf16>()[3 * H * dv + e].to_float(), 0);
+  for (std::int64_t row : {0, 40}) {
+    for (std::int64_t e = 0; e < H * dv; ++e) {
+      EXPECT_EQ(out.ptr<bf16>()[row * H * dv + e].to_float(), 0) << "row " << row;
+    }
+    EXPECT_EQ(lse.ptr<float>()[row * H], -std::numeric_limits<float>::infinity());
+  }
   // The mask changes the result: without it every causal key counts.
   Tensor unmasked = Tensor::empty({total_q, H, dv}, DType::bf16);
   ops::mha_varlen_causal(q, k, v, i32_tensor(cq), i32_tensor(ck), 33, scale, unmasked);
@@ -92,7 +80,7 @@ TEST(MaskedMha, AHiddenNonFiniteValueNeverReachesARow) {
   Tensor q = random_tensor({n, H, dq}, DType::bf16, 310, 1);
   Tensor k = random_tensor({n, H, dq}, DType::bf16, 310, 2);
   Tensor v = random_tensor({n, H, dv}, DType::bf16, 310, 3);
-  const Tensor mask = random_mask(n, 3, 0.5, 311, -1);
+  const Tensor mask = random_key_mask(n, 3, 0.5, 311);
   Tensor clean = Tensor::empty({n, H, dv}, DType::bf16),
          dirty = Tensor::empty({n, H, dv}, DType::bf16);
   ops::mha_varlen_causal(q, k, v, i32_tensor(cu), i32_tensor(cu), n, 0.25f, clean, {}, mask);
