@@ -296,16 +296,18 @@ __global__ void __launch_bounds__(kThreads, 1) mha_wgmma_kernel(const MhaParams 
   // key. Such a tile (a scan of the tile by both consumers) is handled exactly: each thread adds,
   // for its rows and columns, every non-finite value its rows see (so that a visible NaN or Inf
   // reaches the output as it would in the sum), then the non-finite values are zeroed in shared
-  // memory before P·V. Tiles without one (every tile in practice) pay only the scan.
+  // memory before P·V. Tiles without one (every tile in practice) pay only the scan, which the
+  // two consumers share.
   const auto guard_values = [&](int stage, int n) {
     const auto non_finite = [](std::uint32_t w, int half) {  // bf16 exponent all ones
       return ((w >> (16 * half)) & 0x7f80u) == 0x7f80u;
     };
     unsigned char* tile = sm.v[stage][0];
-    constexpr int kChunks = kVSubs * kKvSub / 16;  // 16-byte chunks; both consumers scan all
+    // 16-byte chunks; each consumer scans half and the barrier below or-s their findings.
+    constexpr int kChunks = kVSubs * kKvSub / 16;
     bool found = false;
 #pragma unroll 4
-    for (int i = t; i < kChunks; i += 128) {
+    for (int i = t + 128 * c; i < kChunks; i += 256) {
       const uint4 w = reinterpret_cast<const uint4*>(tile)[i];
       const std::uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
