@@ -413,36 +413,40 @@ TEST_P(TopkGpu, SamePositionsAsCpu) {
 }
 
 // topk_slots: each selected position's cache slot, through the block table of the row's request
-// (three requests, rows in turn, pages of 16 in shuffled order, the table a column window of a
-// wider tensor); rows that select every position map them as well.
+// (three requests, rows in turn, pages in shuffled order, the table a column window of a wider
+// tensor); rows that select every position map them as well. Pages of 16 (a warp's run of
+// positions spans several), 64 (the default) and 256 (the largest).
 TEST_P(TopkGpu, SameSlotsAsCpu) {
   const TopkCase c = GetParam();
   const std::int64_t rows = static_cast<std::int64_t>(c.rows.size());
-  const std::int64_t page_size = 16, requests = 3;
-  const std::int64_t max_pages = (c.n + page_size - 1) / page_size;
+  const std::int64_t requests = 3;
   const TopkInputs in = topk_inputs(c);
   Tensor len = i32_tensor(in.lengths);
   std::vector<std::int32_t> request_of(static_cast<std::size_t>(rows));
   for (std::int64_t r = 0; r < rows; ++r) request_of[r] = static_cast<std::int32_t>(r % requests);
   Tensor row_request = i32_tensor(request_of);
-  std::vector<std::int32_t> pages(static_cast<std::size_t>(requests * max_pages));
-  std::iota(pages.begin(), pages.end(), 0);
-  std::shuffle(pages.begin(), pages.end(), std::mt19937(static_cast<unsigned>(c.n)));
-  Tensor tables_backing = poisoned({requests, max_pages + 2}, DType::i32);
-  const TensorView tables = tables_backing.view().slice(1, 1, 1 + max_pages);
-  for (std::int64_t q = 0; q < requests; ++q) {
-    std::copy_n(pages.begin() + q * max_pages, max_pages, tables.row<std::int32_t>(q));
+  for (const std::int64_t page_size : {16, 64, 256}) {
+    SCOPED_TRACE(fmt::format("pages of {}", page_size));
+    const std::int64_t max_pages = (c.n + page_size - 1) / page_size;
+    std::vector<std::int32_t> pages(static_cast<std::size_t>(requests * max_pages));
+    std::iota(pages.begin(), pages.end(), 0);
+    std::shuffle(pages.begin(), pages.end(), std::mt19937(static_cast<unsigned>(c.n)));
+    Tensor tables_backing = poisoned({requests, max_pages + 2}, DType::i32);
+    const TensorView tables = tables_backing.view().slice(1, 1, 1 + max_pages);
+    for (std::int64_t q = 0; q < requests; ++q) {
+      std::copy_n(pages.begin() + q * max_pages, max_pages, tables.row<std::int32_t>(q));
+    }
+    Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
+    const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
+    const Mirror scores_dev(in.scores_backing), len_dev(len), request_dev(row_request),
+        tables_dev(tables_backing), out_dev(out_backing);
+    ops::topk_slots(in.scores, len, row_request, tables, page_size, out);
+    ops::topk_slots(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), request_dev.on_gpu(),
+                    tables_dev.on_gpu(tables), page_size, out_dev.on_gpu(out));
+    const Tensor fetched = out_dev.fetch();
+    EXPECT_EQ(ops::cuda::last_kernel("topk_slots"), expected_topk_kernel(c));
+    expect_same_selection(out_backing, fetched, in.lengths, c.k);
   }
-  Tensor out_backing = poisoned({rows, c.k + 4}, DType::i32);
-  const TensorView out = out_backing.view().slice(1, 1, 1 + c.k);
-  const Mirror scores_dev(in.scores_backing), len_dev(len), request_dev(row_request),
-      tables_dev(tables_backing), out_dev(out_backing);
-  ops::topk_slots(in.scores, len, row_request, tables, page_size, out);
-  ops::topk_slots(scores_dev.on_gpu(in.scores), len_dev.on_gpu(), request_dev.on_gpu(),
-                  tables_dev.on_gpu(tables), page_size, out_dev.on_gpu(out));
-  const Tensor fetched = out_dev.fetch();
-  EXPECT_EQ(ops::cuda::last_kernel("topk_slots"), expected_topk_kernel(c));
-  expect_same_selection(out_backing, fetched, in.lengths, c.k);
 }
 
 const TopkCase kTopkCases[] = {
