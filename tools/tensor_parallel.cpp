@@ -2,6 +2,7 @@
 
 #include "pass_report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -90,12 +91,14 @@ std::string outputs_checksum(const std::vector<PassResult>& passes) {
 }
 
 std::string path_counts(const std::vector<Path>& paths) {
-  std::int64_t dense = 0, split = 0;
-  for (Path p : paths) dense += p == Path::dense_mha, split += p == Path::row_split;
-  const std::int64_t sparse = static_cast<std::int64_t>(paths.size()) - dense - split;
-  return split == 0
-             ? fmt::format("{} dense_mha, {} sparse_mla", dense, sparse)
-             : fmt::format("{} dense_mha, {} sparse_mla, {} row_split", dense, sparse, split);
+  std::string out;
+  for (Path kind : {Path::dense_mha, Path::sparse_mla, Path::row_split, Path::masked_mha}) {
+    const auto n = std::count(paths.begin(), paths.end(), kind);
+    // dense_mha and sparse_mla always; the others where taken.
+    if (n == 0 && kind != Path::dense_mha && kind != Path::sparse_mla) continue;
+    out += fmt::format("{}{} {}", out.empty() ? "" : ", ", n, path_name(kind));
+  }
+  return out;
 }
 
 int run_rank(const TensorParallelOptions& o, const TensorParallelRun& run) {

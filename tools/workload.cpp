@@ -218,9 +218,10 @@ PassResult run_pass(const AttentionConfig& config, AttentionStack& stack, const 
   result.prefill_tokens = spec.requests * spec.prompt_len;
 
   // Decode: on a GPU, the sparse path's steps replay one CUDA graph (planned and captured before
-  // the timed steps begin); otherwise each step is a regular forward.
-  const bool graph_decode =
-      device.is_cuda() && spec.decode_steps > 0 && policy.kind != Policy::Kind::mha;
+  // the timed steps begin); otherwise (and under a forced dense or masked policy, whose decode is
+  // not the sparse path) each step is a regular forward.
+  const bool graph_decode = device.is_cuda() && spec.decode_steps > 0 &&
+                            policy.kind != Policy::Kind::mha && policy.kind != Policy::Kind::masked;
   std::unique_ptr<DecodeGraph> graph;
   if (graph_decode) {
     graph = std::make_unique<DecodeGraph>(stack, cache, spec.requests, 1, context);

@@ -107,6 +107,74 @@ TEST_P(IndexSharePaths, SharedLayerAttendsToTheEarlierLayersSelection) {
 
 INSTANTIATE_TEST_SUITE_P(Paths, IndexSharePaths, ::testing::Values("mla", "masked"));
 
+// One forward with a masked-MHA group and a sparse-MLA group (auto with a profile where masked
+// MHA pays only for decompression, so a fresh long prompt takes it and a few rows over a long
+// prefix stay sparse): the shared layer reads each group's selection from the earlier layer.
+TEST(IndexShare, MaskedAndSparseGroupsInOneForward) {
+  const AttentionConfig config = testing::small_config(32);
+  auto profile = std::make_shared<CostProfile>();
+  profile->has_masked = true;
+  profile->decompress_s_per_flop = 0.5e-12;
+  profile->mla_s_per_flop = 1e-12;
+  Policy automatic = Policy::parse("auto");
+  automatic.profile = profile;
+  const LayerWeights full_weights = LayerWeights::synthetic(config, 31);
+  LayerWeights shared_weights = LayerWeights::synthetic(config, 32);
+  shared_weights.drop_indexer();
+  AttentionLayer full(config, full_weights, automatic), shared_layer(config, shared_weights, automatic);
+  CacheOptions opts;
+  opts.num_layers = 2;
+  opts.num_pages = 8;
+  PagedKvCache cache(config, opts);
+  BlockTable a, b;
+  cache.reserve(a, 80);
+  cache.reserve(b, 204);
+  Batch prefix;
+  prefix.requests.push_back({0, 200, b});
+  const Tensor xp = testing::random_hidden(200, config.hidden_size, 6);
+  Tensor yp = Tensor::empty({200, config.hidden_size}, DType::bf16);
+  SharedTopk shared;
+  full.forward(prefix, xp, cache.layer(0), yp, {}, &shared);
+  shared_layer.forward(prefix, xp, cache.layer(1), yp, {}, &shared);
+
+  Batch batch;
+  batch.requests.push_back({0, 80, a});
+  batch.requests.push_back({200, 4, b});
+  const Tensor x0 = testing::random_hidden(84, config.hidden_size, 7);
+  const Tensor x1 = testing::random_hidden(84, config.hidden_size, 8);
+  Tensor y0 = Tensor::empty({84, config.hidden_size}, DType::bf16);
+  Tensor y1 = Tensor::empty({84, config.hidden_size}, DType::bf16);
+  ForwardOptions fo;
+  fo.record_topk = true;
+  const ForwardResult r0 = full.forward(batch, x0, cache.layer(0), y0, fo, &shared);
+  const ForwardResult r1 = shared_layer.forward(batch, x1, cache.layer(1), y1, fo, &shared);
+  const std::vector<Path> want = {Path::masked_mha, Path::sparse_mla};
+  ASSERT_EQ(r0.paths, want);
+  ASSERT_EQ(r1.paths, want);
+  for (std::size_t i = 0; i < 2; ++i) {
+    const Tensor& mine = r1.topk_positions[i];
+    const Tensor& theirs = r0.topk_positions[i];
+    ASSERT_EQ(mine.numel(), theirs.numel());
+    EXPECT_TRUE(std::equal(theirs.ptr<std::int32_t>(), theirs.ptr<std::int32_t>() + theirs.numel(),
+                           mine.ptr<std::int32_t>()))
+        << "request " << i;
+  }
+  // The fresh prompt's rows (the masked group) against the reference over the first layer's
+  // key sets.
+  reference::Request req;
+  const Tensor fresh_rows = Tensor::empty({80, config.hidden_size}, DType::bf16);
+  copy(x1.view().slice(0, 0, 80), fresh_rows);
+  req.hidden = fresh_rows;
+  req.extend_len = 80;
+  req.allowed_keys = allowed_keys(r0.topk_positions[0]);
+  using reference::Precision;
+  const auto ref = reference::attention_layer(config, shared_weights, req, Precision::float64);
+  const auto plain = reference::attention_layer(config, shared_weights, req, Precision::plain_bf16);
+  const auto engine = reference::compare(reference::to_doubles(y1.view().slice(0, 0, 80)), ref);
+  EXPECT_TRUE(reference::within_tolerance(engine, reference::compare(plain, ref)))
+      << engine.to_string();
+}
+
 TEST(IndexShare, SharedLayerWithoutAnEarlierTopkIsRefusedBeforeWriting) {
   Pair p;
   const Tensor x = testing::random_hidden(kTokens, p.config.hidden_size, 3);

@@ -64,7 +64,9 @@ TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
     for (std::int64_t e = 0; e < H * dv; ++e) {
       EXPECT_EQ(out.ptr<bf16>()[row * H * dv + e].to_float(), 0) << "row " << row;
     }
-    EXPECT_EQ(lse.ptr<float>()[row * H], -std::numeric_limits<float>::infinity());
+    for (std::int64_t h = 0; h < H; ++h) {
+      EXPECT_EQ(lse.ptr<float>()[row * H + h], -std::numeric_limits<float>::infinity());
+    }
   }
   // The mask changes the result: without it every causal key counts.
   Tensor unmasked = Tensor::empty({total_q, H, dv}, DType::bf16);
@@ -81,9 +83,20 @@ TEST(MaskedMha, AHiddenNonFiniteValueNeverReachesARow) {
   Tensor k = random_tensor({n, H, dq}, DType::bf16, 310, 2);
   Tensor v = random_tensor({n, H, dv}, DType::bf16, 310, 3);
   const Tensor mask = random_key_mask(n, 3, 0.5, 311);
+  // The last key, seen causally by the last row only, is hidden from it too and holds a NaN in
+  // both runs: both then sum row by row (not one GEMM), so that unaffected rows compare bit for
+  // bit, and the clean run shows that a NaN no row selects reaches none.
+  const std::int64_t last = n - 1;
+  mask.ptr<std::int32_t>()[last * 3 + last / 32] &= ~static_cast<std::int32_t>(1u << (last % 32));
+  for (std::int64_t h = 0; h < H; ++h) {
+    v.ptr<bf16>()[(last * H + h) * dv] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+  }
   Tensor clean = Tensor::empty({n, H, dv}, DType::bf16),
          dirty = Tensor::empty({n, H, dv}, DType::bf16);
   ops::mha_varlen_causal(q, k, v, i32_tensor(cu), i32_tensor(cu), n, 0.25f, clean, {}, mask);
+  for (std::int64_t e = 0; e < n * H * dv; ++e) {
+    ASSERT_TRUE(std::isfinite(clean.ptr<bf16>()[e].to_float())) << "element " << e;
+  }
   for (std::int64_t h = 0; h < H; ++h) {
     v.ptr<bf16>()[(bad * H + h) * dv + 5] =
         bf16::from_float(std::numeric_limits<float>::infinity());

@@ -46,9 +46,10 @@ std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, 
             shape(64, 2 * k, k / 32),
             shape(8, 0, k + k / 2)};
   }
+  // Past K: two short chunks and one long one (masked MHA's attention weighs in there).
   return {shape(4, 0, k / 64),          shape(2, 0, k / 16),     shape(1, 0, k / 8),
           shape(1, k - k / 64, k / 64), shape(1, k / 2, k / 16), shape(1, k + k / 4, k / 64),
-          shape(1, 2 * k, k / 64)};
+          shape(1, 2 * k, k / 64),      shape(1, k, k / 4)};
 }
 
 CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat cache_format,

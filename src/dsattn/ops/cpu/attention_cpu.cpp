@@ -87,11 +87,14 @@ void causal_probs_times_values(const float* p, const float* v, std::int64_t rows
   }
 }
 
-// o = P · V for rows that see only their selected keys (masked MHA). Hidden probabilities are
-// 0, which one GEMM over all keys may add when every value is finite; otherwise (0 · NaN is NaN)
-// each row sums its own selected keys.
-void selected_probs_times_values(const float* p, const float* v, std::int64_t rows, std::int64_t n,
-                                 std::int64_t d_v, float* o) {
+// o = P · V for rows that see only their selected keys (masked MHA; the words as for
+// masked_softmax_rows). Hidden probabilities are 0, which one GEMM over all keys may add when
+// every value is finite; otherwise (0 · NaN is NaN) each row sums its own visible, selected keys,
+// a zero probability included, as dense attention does.
+void selected_probs_times_values(const float* p, const float* v, std::int64_t rows,
+                                 std::int64_t n, std::int64_t d_v, const std::int64_t* visible,
+                                 const std::int32_t* mask, std::int64_t mask_stride,
+                                 std::int64_t mask_words, float* o) {
   if (std::all_of(v, v + n * d_v, [](float x) { return std::isfinite(x); })) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d_v, n, 1.0f, p, n, v, d_v, 0.0f,
                 o, d_v);
@@ -99,8 +102,10 @@ void selected_probs_times_values(const float* p, const float* v, std::int64_t ro
   }
   std::fill_n(o, rows * d_v, 0.0f);
   for (std::int64_t i = 0; i < rows; ++i) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      if (p[i * n + j] != 0.0f) {
+    const std::int32_t* words = mask + i * mask_stride;
+    const std::int64_t end = std::clamp<std::int64_t>(visible[i], 0, n);
+    for (std::int64_t j = 0; j < end; ++j) {
+      if (selected_key(words, mask_words, j)) {
         cblas_saxpy(static_cast<int>(d_v), p[i * n + j], v + j * d_v, 1, o + i * d_v, 1);
       }
     }
@@ -157,7 +162,9 @@ void mha_varlen_causal(const TensorView& q, const TensorView& k, const TensorVie
                           masked ? key_mask.ptr<std::int32_t>() + q0 * key_mask.stride(0) : nullptr,
                           masked ? key_mask.stride(0) : 0, masked ? key_mask.size(1) : 0);
       if (masked) {
-        selected_probs_times_values(s.data(), vh.data(), nq, nk, d_v, o.data());
+        selected_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(),
+                                    key_mask.ptr<std::int32_t>() + q0 * key_mask.stride(0),
+                                    key_mask.stride(0), key_mask.size(1), o.data());
       } else {
         causal_probs_times_values(s.data(), vh.data(), nq, nk, d_v, visible.data(), o.data());
       }
