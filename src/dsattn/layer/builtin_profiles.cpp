@@ -18,26 +18,26 @@ constexpr Builtin kBuiltins[] = {
     // bench/results/cost-profile-cpu-2026-12-07.json: the 2-core build and CI machine.
     {"cpu", R"({
  "dense": {
-  "attention_s_per_flop": 1.3025084378540521e-11,
-  "decompress_s_per_flop": 9.480535949770291e-12,
-  "fixed_s": 0.09649500270789105
+  "attention_s_per_flop": 1.4792978080387782e-11,
+  "decompress_s_per_flop": 1.349421585550429e-11,
+  "fixed_s": 0.06819240839130503
  },
  "device": "cpu",
  "masked": {
-  "attention_s_per_flop": 6.319146123463394e-12,
-  "fixed_s": 0.3270375881480329
+  "attention_s_per_flop": 0.0,
+  "fixed_s": 0.04271550004555283
  },
  "shape": "H128 qk192 v128 r512 rope64 topk2048",
  "shared": {
-  "fixed_s": 0.549600785557039,
-  "s_per_token": 0.002535480823611953
+  "fixed_s": 0.6569344568759148,
+  "s_per_token": 0.0022663205272475885
  },
  "source": "dsattn calibrate, 2026-12-07, bf16 cache",
  "sparse": {
-  "absorb_s_per_flop": 1.7972910873071963e-11,
-  "fixed_s": 0.08585929875726589,
-  "mla_s_per_flop": 3.488716934653689e-12,
-  "score_s_per_pair": 1.0516503641453654e-06
+  "absorb_s_per_flop": 2.7339948348939577e-11,
+  "fixed_s": 0.06519134836362608,
+  "mla_s_per_flop": 1.1686024952516245e-12,
+  "score_s_per_pair": 2.1570684094955737e-06
  }
 })"},
     // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-07.json (H100 SXM).
