@@ -471,7 +471,8 @@ json bench_layer_prefix(Device device, std::int64_t requests, std::int64_t prefi
   return row;
 }
 
-json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups) {
+json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups,
+                       std::shared_ptr<const CostProfile> profile) {
   const AttentionConfig config = AttentionConfig::deepseek_v32();
   AttentionStack stack = AttentionStack::synthetic(config, 1, 3, {}, device);
   std::int64_t requests = 0, pages = 0;
@@ -509,7 +510,9 @@ json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups) {
   json row = {{"groups", described}, {"tokens", batch.total_tokens()}};
   double best_forced = 0;
   for (const char* policy : {"mla", "masked", "per-request", "threshold", "auto"}) {
-    stack.set_policy(Policy::parse(policy));
+    Policy p = Policy::parse(policy);
+    if (p.kind == Policy::Kind::automatic) p.profile = profile;
+    stack.set_policy(p);
     const Timing t = time_median(
         device, [&] { stack.forward(batch, x, cache, fo); }, 3000);
     const ForwardResult fr = stack.forward(batch, x, cache, fo);
@@ -519,7 +522,6 @@ json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups) {
       paths.emplace_back(path_name(fr.paths[first]));
     }
     row[std::string(policy)] = {{"prefill_ms", t.median_ms}, {"paths", paths}};
-    const Policy p = Policy::parse(policy);
     if (p.kind == Policy::Kind::mla || p.kind == Policy::Kind::masked) {
       best_forced = best_forced == 0 ? t.median_ms : std::min(best_forced, t.median_ms);
     }

@@ -2,11 +2,13 @@
 // returns JSON rows with time, rate and percent of the ceilings measured in the same run.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/tensor.h"
+#include "dsattn/layer/cost_model.h"
 #include "dsattn/model/config.h"
 
 namespace dsattn::tools {
@@ -62,11 +64,13 @@ nlohmann::json bench_layer_prefix(Device device, std::int64_t requests, std::int
 // A mixed batch in one forward: short fresh prompts, chunks over long cached prefixes and long
 // fresh prompts (`groups`: requests x (prefix + extend) each, prefixes written first, untimed),
 // under each single policy that is exact for all of them (mla, masked) and per-request, threshold
-// and auto; reports auto against the best of the forced ones.
+// and auto (planning with `profile`, else the device's built-in one); reports auto against the
+// best of the forced ones.
 struct MixedGroup {
   std::int64_t requests, prefix, extend;
 };
-nlohmann::json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups);
+nlohmann::json bench_layer_mixed(Device device, const std::vector<MixedGroup>& groups,
+                                 std::shared_ptr<const CostProfile> profile = nullptr);
 // One long prompt per context length, prefilled in chunks of `chunk` tokens over its cached
 // prefix (per-request policy: every chunk past index_topk takes the sparse path); reports the
 // time and the peak device memory the prefill allocates beyond the cache and weights.

@@ -61,6 +61,31 @@ constexpr Builtin kBuiltins[] = {
   "score_s_per_pair": 3.534269895076499e-11
  }
 })"},
+    // bench/results/cost-profile-nvidia-h200-2026-12-07.json (H200; with masked MHA's costs).
+    {"H200", R"({
+ "dense": {
+  "attention_s_per_flop": 1.4154701553942513e-15,
+  "decompress_s_per_flop": 6.76177127239967e-15,
+  "fixed_s": 0.0016975770416104684
+ },
+ "device": "NVIDIA H200",
+ "masked": {
+  "attention_s_per_flop": 2.306301972215019e-15,
+  "fixed_s": 0.0027935771000467033
+ },
+ "shape": "H128 qk192 v128 r512 rope64 topk2048",
+ "shared": {
+  "fixed_s": 3.476524336283096e-05,
+  "s_per_token": 5.010386498375277e-07
+ },
+ "source": "dsattn calibrate, 2026-12-07, bf16 cache",
+ "sparse": {
+  "absorb_s_per_flop": 1.205453523988707e-14,
+  "fixed_s": 0.0,
+  "mla_s_per_flop": 1.5524126098678063e-15,
+  "score_s_per_pair": 4.0211739342503643e-11
+ }
+})"},
     // bench/results/cost-profile-nvidia-h100-80gb-hbm3-glm5-2026-12-06.json: GLM-5's shapes.
     {"H100", R"({
  "dense": {
