@@ -131,9 +131,9 @@ int run(const BenchOptions& o) {
   }
   // Short prompts, chunks over long prefixes and long prompts in one forward: what auto is for.
   if (wants("layer_mixed")) {
-    j["layer_mixed"] = o.quick
-                           ? bench_layer_mixed(dev, {{2, 0, 64}, {2, 192, 16}, {1, 0, 400}})
-                           : bench_layer_mixed(dev, {{16, 0, 512}, {32, 1984, 64}, {1, 0, 8192}});
+    j["layer_mixed"] =
+        o.quick ? bench_layer_mixed(dev, {{2, 0, 64}, {2, 192, 16}, {1, 0, 400}}, profile)
+                : bench_layer_mixed(dev, {{16, 0, 512}, {32, 1984, 64}, {1, 0, 8192}}, profile);
   }
   // Long contexts, where the sparse path and so selection dominate.
   if (wants("layer_long") && !o.quick) {
@@ -193,8 +193,9 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--seqs", o->seqs, "Sequence lengths of the stage sweeps (default 256 ... 8192)")
       ->delimiter(',');
   cmd->add_option("--profile", o->profile,
-                  "Cost profile (dsattn calibrate's JSON) that auto plans with and the crossover "
-                  "predicts from, instead of the device's built-in one");
+                  "Cost profile (dsattn calibrate's JSON) that auto plans with in the crossover "
+                  "and the mixed batch, and the crossover predicts from, instead of the device's "
+                  "built-in one");
   add_tensor_parallel_options(
       cmd, o->tp, "Layer prefill and decode with the heads split over 1, 2, 4 ... N GPUs");
   return [o] { return run(*o); };
