@@ -85,19 +85,7 @@ TEST_P(MaskedMhaGpu, MatchesFloat64OverTheSelectedKeys) {
   ASSERT_EQ(ops::cuda::launch_mha_generic(p, nullptr), cudaSuccess);
   dsattn::cuda::synchronize();
 
-  MaskedAttentionInputs in;
-  in.q = read_doubles(q);
-  in.k = read_doubles(k);
-  in.v = read_doubles(v);
-  in.cu_q = cq;
-  in.cu_k = ck;
-  in.heads = H;
-  in.d_qk = c.d_qk;
-  in.d_v = c.d_v;
-  in.words = c.words;
-  in.mask.resize(static_cast<std::size_t>(mask.numel()));
-  std::memcpy(in.mask.data(), mask.ptr<std::int32_t>(), in.mask.size() * 4);
-  in.scale = scale;
+  const MaskedAttentionInputs in = test::masked_attention_inputs(q, k, v, cq, ck, mask, scale);
   std::vector<double> ref, ref_lse;
   test::masked_attention<double>(in, ref, ref_lse, false);
   const std::vector<double> cpu = read_doubles(cpu_out);

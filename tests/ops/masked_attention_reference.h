@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dsattn/core/tensor.h"
+#include "ops/op_test_util.h"
 
 namespace dsattn::test {
 
@@ -38,6 +39,28 @@ inline Tensor random_key_mask(std::int64_t rows, std::int64_t words, double dens
     }
   }
   return mask;
+}
+
+// The inputs of mha_varlen_causal with a key mask, read out as doubles.
+inline MaskedAttentionInputs masked_attention_inputs(const TensorView& q, const TensorView& k,
+                                                     const TensorView& v,
+                                                     const std::vector<std::int32_t>& cu_q,
+                                                     const std::vector<std::int32_t>& cu_k,
+                                                     const Tensor& mask, double scale) {
+  MaskedAttentionInputs in;
+  in.q = read_doubles(q);
+  in.k = read_doubles(k);
+  in.v = read_doubles(v);
+  in.cu_q = cu_q;
+  in.cu_k = cu_k;
+  in.heads = q.size(1);
+  in.d_qk = q.size(2);
+  in.d_v = v.size(2);
+  in.words = mask.size(1);
+  in.mask.resize(static_cast<std::size_t>(mask.numel()));
+  std::memcpy(in.mask.data(), mask.ptr<std::int32_t>(), in.mask.size() * 4);
+  in.scale = scale;
+  return in;
 }
 
 // Whether row `row` selects key j of its request.

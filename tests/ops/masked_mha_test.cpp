@@ -15,26 +15,6 @@
 namespace dsattn::test {
 namespace {
 
-MaskedAttentionInputs inputs_of(const Tensor& q, const Tensor& k, const TensorView& v,
-                                const std::vector<std::int32_t>& cq,
-                                const std::vector<std::int32_t>& ck, const Tensor& mask,
-                                double scale) {
-  MaskedAttentionInputs in;
-  in.q = read_doubles(q);
-  in.k = read_doubles(k);
-  in.v = read_doubles(v);
-  in.cu_q = cq;
-  in.cu_k = ck;
-  in.heads = q.size(1);
-  in.d_qk = q.size(2);
-  in.d_v = v.size(2);
-  in.words = mask.size(1);
-  in.mask.resize(static_cast<std::size_t>(mask.numel()));
-  std::memcpy(in.mask.data(), mask.ptr<std::int32_t>(), in.mask.size() * 4);
-  in.scale = scale;
-  return in;
-}
-
 // Requests with and without a prefix; a mask of 3 words (96 keys) against a request of 120 keys
 // (its keys past 96 are hidden); rows 0 and 40 select nothing (zeros, lse -inf).
 TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
@@ -53,7 +33,7 @@ TEST(MaskedMha, MatchesFloat64AttentionOverTheSelectedKeys) {
   poison(lse);
   ops::mha_varlen_causal(q, k, v, i32_tensor(cq), i32_tensor(ck), 33, scale, out, lse, mask);
 
-  const MaskedAttentionInputs in = inputs_of(q, k, v, cq, ck, mask, scale);
+  const MaskedAttentionInputs in = masked_attention_inputs(q, k, v, cq, ck, mask, scale);
   std::vector<double> ref, ref_lse, plain, plain_lse;
   masked_attention<double>(in, ref, ref_lse, false);
   masked_attention<float>(in, plain, plain_lse, true);

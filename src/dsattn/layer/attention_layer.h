@@ -18,8 +18,7 @@ struct StageTimes {
   double projections = 0;  // q, latent and indexer-key projections, cache writes
   double dense_mha = 0;    // the dense MHA path (gather, kv_b_proj, attention)
   double sparse_mla = 0;   // the sparse MLA path (indexer, top-k, absorb, attention, un-absorb)
-  double masked_mha =
-      0;  // the masked MHA path (indexer, top-k, mask, gather, kv_b_proj, attention)
+  double masked_mha = 0;   // the masked MHA path (indexer, top-k, mask, kv_b_proj, attention)
   double o_proj = 0;
 
   double total() const { return projections + dense_mha + sparse_mla + masked_mha + o_proj; }
