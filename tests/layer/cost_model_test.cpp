@@ -110,6 +110,16 @@ TEST(CostModel, MaskedFitRecoversItsCostsAndRoundTrips) {
   without.has_masked = false;
   EXPECT_FALSE(CostProfile::parse(without.to_json()).has_masked);
   EXPECT_EQ(without.to_json().find("masked"), std::string::npos);
+  std::string negative = without.to_json();
+  negative.insert(negative.rfind('}'), R"(, "masked": {"fixed_s": 0, "attention_s_per_flop": -2})");
+  EXPECT_THAT([&] { CostProfile::parse(negative); },
+              ::testing::ThrowsMessage<InvalidArgument>(
+                  HasSubstr("'masked.attention_s_per_flop' must be finite and >= 0, got -2")));
+  std::string partial = without.to_json();
+  partial.insert(partial.rfind('}'), R"(, "masked": {"fixed_s": 0})");
+  EXPECT_THAT([&] { CostProfile::parse(partial); },
+              ::testing::ThrowsMessage<InvalidArgument>(
+                  HasSubstr("'masked.attention_s_per_flop' must be a number")));
 }
 
 // Times that a negative cost would fit best: every fitted cost stays >= 0.
