@@ -264,5 +264,28 @@ TEST(Calibration, ShapesCoverBothSidesOfTopk) {
   EXPECT_TRUE(chunked);
 }
 
+// A whole calibration on the CPU backend, of both cache formats: each shape's prefix is written
+// to the cache, every path is timed on every shape, and each cost of the profile is fitted
+// (finite and >= 0; on shapes this small the times are too short for their values to mean more).
+TEST(Calibration, RunsOnTheCpuAndFitsEveryPath) {
+  AttentionConfig c = testing::small_config(24);
+  c.kv_lora_rank = 128;  // the FP8 cache's quantisation blocks
+  for (const LatentFormat format : {LatentFormat::bf16, LatentFormat::fp8}) {
+    SCOPED_TRACE(latent_format_name(format));
+    std::vector<std::string> lines;
+    const CostProfile p = calibrate(c, Device::cpu(), format, calibration_shapes(c, Device::cpu()),
+                                    1, [&](const std::string& line) { lines.push_back(line); });
+    EXPECT_EQ(lines.size(), calibration_shapes(c, Device::cpu()).size());
+    EXPECT_TRUE(p.has_masked);
+    EXPECT_EQ(p.device, "cpu");
+    for (const double cost : {p.dense_fixed_s, p.decompress_s_per_flop, p.attention_s_per_flop,
+                              p.sparse_fixed_s, p.absorb_s_per_flop, p.score_s_per_pair,
+                              p.mla_s_per_flop, p.masked_fixed_s, p.masked_attention_s_per_flop}) {
+      EXPECT_TRUE(std::isfinite(cost) && cost >= 0) << cost;
+    }
+    EXPECT_NO_THROW(CostProfile::parse(p.to_json()));
+  }
+}
+
 }  // namespace
 }  // namespace dsattn

@@ -1,25 +1,63 @@
 #include "dsattn/layer/calibration.h"
 
 #include <algorithm>
+#include <numeric>
 
+#include "dsattn/cache/cache_format.h"
 #include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/core/cuda_runtime.h"
 #include "dsattn/core/date.h"
 #include "dsattn/core/error.h"
 #include "dsattn/core/random.h"
 #include "dsattn/layer/attention_layer.h"
+#include "dsattn/ops/cache_ops.h"
+#include "dsattn/ops/latent_fp8.h"
+#include "dsattn/ops/quantize.h"
 
 namespace dsattn {
 
 namespace {
 
+// Writes positions [0, prefix) of every request straight to the cache: seeded random latents
+// (quantised for an FP8 cache) and indexer keys. What the rows hold does not change what the
+// timed forwards cost, and the forwards that would write them cost more than the timed ones
+// (on a CPU, most of a calibration).
+void write_random_prefix(const LayerCacheView& cache, const std::vector<BlockTable>& tables,
+                         std::int64_t prefix, const AttentionConfig& config, Device device) {
+  const std::int64_t rows = static_cast<std::int64_t>(tables.size()) * prefix;
+  const std::int64_t latent_width = config.kv_lora_rank + config.qk_rope_head_dim;
+  const std::int64_t d_index = config.index_head_dim;
+  Tensor slots = Tensor::empty({rows}, DType::i32);
+  std::vector<std::int32_t> positions(static_cast<std::size_t>(prefix));
+  std::iota(positions.begin(), positions.end(), 0);
+  for (std::size_t r = 0; r < tables.size(); ++r) {
+    ops::positions_to_slots(tables[r], cache.page_size, positions,
+                            {slots.ptr<std::int32_t>() + static_cast<std::int64_t>(r) * prefix,
+                             static_cast<std::size_t>(prefix)});
+  }
+  Tensor latent = Tensor::empty({rows, latent_width}, DType::bf16);
+  fill_uniform(latent, 98, 0, 1.0f);
+  Tensor keys = Tensor::empty({rows, d_index}, DType::bf16);
+  fill_uniform(keys, 98, 1, 1.0f);
+  const auto on_device = [&](const Tensor& t) { return device.is_cpu() ? t : t.to(device); };
+  const Tensor slots_dev = on_device(slots), latent_dev = on_device(latent);
+  if (cache.latent_format == LatentFormat::bf16) {
+    ops::scatter_rows(latent_dev, slots_dev, cache.latent);
+  } else {
+    Tensor q = Tensor::empty({rows, cache.latent.size(1)}, DType::u8, device);
+    ops::quantize_latent_fp8(latent_dev, config.kv_lora_rank, q);
+    ops::scatter_rows(q, slots_dev, cache.latent);
+  }
+  Tensor key_rows = Tensor::empty({rows, index_key_bytes(d_index)}, DType::u8, device);
+  ops::quantize_index_key_rows(on_device(keys), key_rows);
+  ops::write_index_keys(key_rows, slots_dev, cache.index_keys, cache.page_size,
+                        cache.index_key_layout);
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
-
-// Prefill batches of at most this many tokens write a shape's cached prefix (untimed).
-constexpr std::int64_t kPrefixBatchTokens = 16384;
 
 }  // namespace
 
@@ -96,17 +134,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
       layer.set_policy(policy);
       return layer.forward(batch, in, cache.layer(0), out).times;
     };
-    // The prefix, written by sparse forwards of whole requests in batches of bounded size.
-    if (s.prefix > 0) {
-      const std::int64_t per_batch = std::max<std::int64_t>(1, kPrefixBatchTokens / s.prefix);
-      for (std::int64_t r = 0; r < s.requests; r += per_batch) {
-        const std::int64_t count = std::min(per_batch, s.requests - r);
-        const Tensor in = hidden_states(count * s.prefix, 0);
-        const Tensor out =
-            Tensor::empty({count * s.prefix, config.hidden_size}, DType::bf16, device);
-        run(r, count, 0, s.prefix, Policy::parse("mla"), in, out);
-      }
-    }
+    if (s.prefix > 0) write_random_prefix(cache.layer(0), tables, s.prefix, config, device);
     // The timed forwards all take the same input (the new tokens of every request).
     const Tensor in = hidden_states(s.requests * s.extend, static_cast<std::uint64_t>(s.prefix));
     const Tensor out =
