@@ -116,29 +116,20 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     std::vector<BlockTable> tables(static_cast<std::size_t>(s.requests));
     for (BlockTable& t : tables) cache.reserve(t, context);
 
-    // Seeded hidden states for `rows` tokens on the device.
-    const auto hidden_states = [&](std::int64_t rows, std::uint64_t stream) {
-      Tensor hidden = Tensor::empty({rows, config.hidden_size}, DType::bf16);
-      fill_uniform(hidden, 99, stream, 1.0f);
-      return device.is_cpu() ? hidden : hidden.to(device);
-    };
-    // One forward of requests [first, first + count), each `extend` tokens after `prefix`;
-    // `in` and `out` hold count * extend rows.
-    const auto run = [&](std::int64_t first, std::int64_t count, std::int64_t prefix,
-                         std::int64_t extend, const Policy& policy, const Tensor& in,
-                         const Tensor& out) {
-      Batch batch;
-      for (std::int64_t r = first; r < first + count; ++r) {
-        batch.requests.push_back({prefix, extend, tables[static_cast<std::size_t>(r)]});
-      }
-      layer.set_policy(policy);
-      return layer.forward(batch, in, cache.layer(0), out).times;
-    };
     if (s.prefix > 0) write_random_prefix(cache.layer(0), tables, s.prefix, config, device);
-    // The timed forwards all take the same input (the new tokens of every request).
-    const Tensor in = hidden_states(s.requests * s.extend, static_cast<std::uint64_t>(s.prefix));
+    // The timed forwards: every request's new tokens after its prefix, all on the same seeded
+    // input.
+    Batch batch;
+    for (const BlockTable& t : tables) batch.requests.push_back({s.prefix, s.extend, t});
+    Tensor hidden = Tensor::empty({s.requests * s.extend, config.hidden_size}, DType::bf16);
+    fill_uniform(hidden, 99, static_cast<std::uint64_t>(s.prefix), 1.0f);
+    const Tensor in = device.is_cpu() ? hidden : hidden.to(device);
     const Tensor out =
         Tensor::empty({s.requests * s.extend, config.hidden_size}, DType::bf16, device);
+    const auto run = [&](const char* policy) {
+      layer.set_policy(Policy::parse(policy));
+      return layer.forward(batch, in, cache.layer(0), out).times;
+    };
     PathWork work;
     for (std::int64_t r = 0; r < s.requests; ++r) {
       work += path_work({s.prefix, s.extend, {}}, config);
@@ -146,10 +137,10 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
     // The path's own stage time under `policy`.
     const auto time_path = [&](const char* policy, double StageTimes::*stage) {
       // A warm-up forward on a GPU: library plans, kernel attributes, the allocator's blocks.
-      if (device.is_cuda()) run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
+      if (device.is_cuda()) run(policy);
       std::vector<double> seconds, shared_seconds;
       for (int i = 0; i < repeats; ++i) {
-        const StageTimes t = run(0, s.requests, s.prefix, s.extend, Policy::parse(policy), in, out);
+        const StageTimes t = run(policy);
         seconds.push_back(t.*stage);
         shared_seconds.push_back(t.projections + t.o_proj);
       }
