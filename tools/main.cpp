@@ -10,8 +10,11 @@
 
 #include "commands.h"
 #include "dsattn/core/error.h"
+#include "dsattn/ops/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {
+  // Before any output: this may run the program again, on faster OpenBLAS kernels.
+  dsattn::ops::cpu::reexec_with_best_blas_kernels(argv);
   CLI::App app{"dsattn: DeepSeek-V3.2 sparse attention along the cheapest exact path"};
   app.require_subcommand(1);
   std::map<CLI::App*, dsattn::tools::Command> commands;
