@@ -15,29 +15,29 @@ struct Builtin {
 };
 
 constexpr Builtin kBuiltins[] = {
-    // bench/results/cost-profile-cpu-2026-12-07.json: the 2-core build and CI machine.
+    // bench/results/cost-profile-cpu-2026-12-08.json: the 2-core build and CI machine.
     {"cpu", R"({
  "dense": {
-  "attention_s_per_flop": 1.4792978080387782e-11,
-  "decompress_s_per_flop": 1.349421585550429e-11,
-  "fixed_s": 0.06819240839130503
+  "attention_s_per_flop": 7.367289554854872e-12,
+  "decompress_s_per_flop": 5.285805649028462e-12,
+  "fixed_s": 0.026188244212649682
  },
  "device": "cpu",
  "masked": {
   "attention_s_per_flop": 0.0,
-  "fixed_s": 0.04271550004555283
+  "fixed_s": 0.05070166191440967
  },
  "shape": "H128 qk192 v128 r512 rope64 topk2048",
  "shared": {
-  "fixed_s": 0.6569344568759148,
-  "s_per_token": 0.0022663205272475885
+  "fixed_s": 0.08907812524318043,
+  "s_per_token": 0.0012552462954611605
  },
- "source": "dsattn calibrate, 2026-12-07, bf16 cache",
+ "source": "dsattn calibrate, 2026-12-08, bf16 cache",
  "sparse": {
-  "absorb_s_per_flop": 2.7339948348939577e-11,
-  "fixed_s": 0.06519134836362608,
-  "mla_s_per_flop": 1.1686024952516245e-12,
-  "score_s_per_pair": 2.1570684094955737e-06
+  "absorb_s_per_flop": 1.609342859851899e-11,
+  "fixed_s": 0.0,
+  "mla_s_per_flop": 7.324405118295393e-13,
+  "score_s_per_pair": 1.6828369033503364e-06
  }
 })"},
     // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-07.json (H100 SXM).

@@ -20,7 +20,7 @@ struct CalibrationShape {
 
 // The shapes calibrate() times: short and long prompts, prefix-heavy chunks, contexts past
 // index_topk for the sparse and masked paths. Full-size batches (up to 16K tokens) on a GPU
-// (seconds on an H200); small ones on the CPU backend (under three minutes on two cores).
+// (seconds on an H200); small ones on the CPU backend (about 40 s on two cores).
 std::vector<CalibrationShape> calibration_shapes(const AttentionConfig& config, Device device);
 
 // Times every shape on each exact path (the median of `repeats` forwards after a warm-up: dense
