@@ -19,7 +19,8 @@ class LayerOutput(NamedTuple):
     out: Any
     """[tokens, hidden_size] bf16, in the framework and on the device of the input."""
     paths: list[str]
-    """Per request, in the batch's order: "dense_mha", "sparse_mla" or "row_split"."""
+    """Per request, in the batch's order: "dense_mha", "sparse_mla", "row_split" or
+    "masked_mha"."""
     lse: Any = None
     """[tokens, num_heads] float32 when asked for (lse= or return_lse=True), else None: each new
     token's and head's log-sum-exp ln sum_j exp(scale * q.k_j) over the keys its path attends
@@ -261,6 +262,56 @@ class AttentionLayer:
             counts = int_list(num_tokens, "num_tokens", 1)
         return self._forward(True, hidden, prefix, counts, block_tables, out, stream,
                              sequence_ids, lse, return_lse)
+
+    def plan(
+        self,
+        prefix_lens: Sequence[int],
+        extend_lens: Sequence[int],
+        block_tables: BlockTables,
+        sequence_ids: Sequence[int] | None = None,
+        mode: str = "prefill",
+        stream: int | None = None,
+    ) -> _core.ForwardPlan:
+        """Plans a batch once, for run(): every check of a prefill (or, with mode="decode", of a
+        decode or verify) over these lengths and block tables, each request's path under the
+        layer's policy, and every table the forward reads (positions, cache slots, each path's
+        rows, offsets and key slots, block tables, score windows) built on the layer's device.
+        The plan claims the pages its new tokens go to, as a forward does.
+
+        prefix_lens, extend_lens, block_tables, sequence_ids: as prefill's (extend_lens are the
+        token counts of decode and verify too). Returns a ForwardPlan (.paths, .total_tokens).
+        A plan runs on this layer or on another of the same shape whose cache has the same
+        device, page size, page count and formats (the layers of one model: plan once per step,
+        run every layer); each run reads that layer's cache through the planned block tables.
+        """
+        if mode not in ("prefill", "decode"):
+            raise ValueError(f'mode: expected "prefill" or "decode", got {mode!r}')
+        prefix = int_list(prefix_lens, "prefix_lens", 0)
+        extend = int_list(extend_lens, "extend_lens", 1)
+        ids = None if sequence_ids is None else int_list(sequence_ids, "sequence_ids", 0)
+        return self._layer.plan(mode == "decode", prefix, extend, block_tables, stream, ids)
+
+    def run(
+        self,
+        plan: _core.ForwardPlan,
+        hidden: Any,
+        out: Any = None,
+        stream: int | None = None,
+        lse: Any = None,
+        return_lse: bool = False,
+    ) -> LayerOutput:
+        """The forward of a planned batch (see plan): the same result as prefill (or decode)
+        with the plan's arguments, with no planning, no upload and no synchronisation: only the
+        layer's kernels are launched, on `stream`. hidden: [plan.total_tokens, hidden_size]
+        bf16 (or uint16 bits), contiguous; out, lse, return_lse: as prefill's. A plan made for
+        another layer shape or cache geometry is refused, naming the difference."""
+        if out is None:
+            shape = shape_of(hidden, "hidden", "[tokens, hidden_size]")
+            out = empty_like(hidden, shape, "bf16")
+        if lse is None and return_lse:
+            lse = empty_like(hidden, (plan.total_tokens, self.config.num_heads), "f32")
+        paths = self._layer.run(plan, hidden, out, stream, lse)
+        return LayerOutput(out, paths, lse)
 
     def _forward(
         self,

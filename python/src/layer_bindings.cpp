@@ -198,7 +198,66 @@ class Layer {
                                    nb::handle block_tables, nb::handle stream,
                                    const std::optional<std::vector<std::int64_t>>& sequence_ids,
                                    nb::handle lse) {
-    const AttentionConfig& c = layer_.config();
+    check_lengths(prefix_lens, extend_lens, sequence_ids);
+    std::int64_t tokens = 0;
+    for (std::int64_t n : extend_lens) tokens += n;
+    const Outputs io = outputs(hidden, out, lse, tokens);
+    const std::uintptr_t s = resolve_stream(stream, hidden, device_);
+    CallScope scope(device_, s);
+    const std::vector<BlockTable> tables = read_block_tables(block_tables, prefix_lens.size());
+    const Batch batch = make_batch(decode, prefix_lens, extend_lens, tables, sequence_ids);
+    ForwardOptions options;
+    options.time_stages = false;
+    if (io.lse) options.lse = io.lse->view;
+    std::vector<std::string> paths;
+    {
+      nb::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      const ForwardResult r = layer_.forward(batch, io.in.view, cache_view(), io.out.view, options);
+      for (Path p : r.paths) paths.emplace_back(path_name(p));
+    }
+    return paths;
+  }
+
+  // The batch planned once (AttentionLayer::plan): checks, paths and tables, uploaded on `stream`.
+  ForwardPlan plan(bool decode, const std::vector<std::int64_t>& prefix_lens,
+                   const std::vector<std::int64_t>& extend_lens, nb::handle block_tables,
+                   nb::handle stream,
+                   const std::optional<std::vector<std::int64_t>>& sequence_ids) {
+    check_lengths(prefix_lens, extend_lens, sequence_ids);
+    CallScope scope(device_, resolve_stream(stream, block_tables, device_));
+    const std::vector<BlockTable> tables = read_block_tables(block_tables, prefix_lens.size());
+    const Batch batch = make_batch(decode, prefix_lens, extend_lens, tables, sequence_ids);
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    return layer_.plan(batch, cache_view());
+  }
+
+  // A plan's forward (AttentionLayer::run): no planning, no upload, no synchronisation.
+  std::vector<std::string> run(const ForwardPlan& plan, nb::handle hidden, nb::handle out,
+                               nb::handle stream, nb::handle lse) {
+    if (plan.empty()) fail("plan: this plan is empty (make one with AttentionLayer.plan)");
+    const Outputs io = outputs(hidden, out, lse, plan.total_tokens());
+    CallScope scope(device_, resolve_stream(stream, hidden, device_));
+    RunOptions options;
+    if (io.lse) options.lse = io.lse->view;
+    std::vector<std::string> paths;
+    {
+      nb::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      const ForwardResult r = layer_.run(plan, io.in.view, cache_view(), io.out.view, options);
+      for (Path p : r.paths) paths.emplace_back(path_name(p));
+    }
+    return paths;
+  }
+
+ private:
+  friend class Step;
+  LayerCacheView cache_view() const { return own_ ? own_->layer(0) : caller_->view; }
+
+  static void check_lengths(const std::vector<std::int64_t>& prefix_lens,
+                            const std::vector<std::int64_t>& extend_lens,
+                            const std::optional<std::vector<std::int64_t>>& sequence_ids) {
     if (prefix_lens.size() != extend_lens.size()) {
       throw nb::value_error(fmt::format("the batch has {} prefix lengths but {} token counts",
                                         prefix_lens.size(), extend_lens.size())
@@ -209,48 +268,44 @@ class Layer {
                                         prefix_lens.size(), sequence_ids->size())
                                 .c_str());
     }
-    const TensorArg in = tensor_arg(hidden, "hidden", {DType::bf16}, 2, "[tokens, hidden_size]");
-    const TensorArg dst =
-        tensor_arg(out, "out", {DType::bf16}, 2, "[tokens, hidden_size]", /*writable=*/true);
-    check_same_device({{"hidden", &in}, {"out", &dst}}, device_, "the layer's device");
-    std::int64_t tokens = 0;
-    for (std::int64_t n : extend_lens) tokens += n;
-    for (const auto& [name, t] : {std::pair{"hidden", &in}, std::pair{"out", &dst}}) {
-      check_shape(t->view, name, {tokens, c.hidden_size});
-      check_contiguous(t->view, name);
-    }
-    std::optional<TensorArg> lse_arg;
-    if (!lse.is_none()) {
-      // Its shape and layout are the layer's to check (ForwardOptions::lse).
-      lse_arg = tensor_arg(lse, "lse", {DType::f32}, 2, "[tokens, num_heads]", /*writable=*/true);
-      check_same_device({{"hidden", &in}, {"lse", &*lse_arg}}, device_, "the layer's device");
-    }
+  }
 
-    const std::uintptr_t s = resolve_stream(stream, hidden, device_);
-    CallScope scope(device_, s);
-    const std::vector<BlockTable> tables = read_block_tables(block_tables, prefix_lens.size());
+  static Batch make_batch(bool decode, const std::vector<std::int64_t>& prefix_lens,
+                          const std::vector<std::int64_t>& extend_lens,
+                          const std::vector<BlockTable>& tables,
+                          const std::optional<std::vector<std::int64_t>>& sequence_ids) {
     Batch batch;
     batch.mode = decode ? ForwardMode::decode : ForwardMode::prefill;
     for (std::size_t i = 0; i < prefix_lens.size(); ++i) {
       batch.requests.push_back(
           {prefix_lens[i], extend_lens[i], tables[i], sequence_ids ? (*sequence_ids)[i] : -1});
     }
-    ForwardOptions options;
-    options.time_stages = false;
-    if (lse_arg) options.lse = lse_arg->view;
-    std::vector<std::string> paths;
-    {
-      nb::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      const ForwardResult r = layer_.forward(batch, in.view, cache_view(), dst.view, options);
-      for (Path p : r.paths) paths.emplace_back(path_name(p));
-    }
-    return paths;
+    return batch;
   }
 
- private:
-  friend class Step;
-  LayerCacheView cache_view() const { return own_ ? own_->layer(0) : caller_->view; }
+  // A forward's tensors: hidden and out [tokens, hidden_size] bf16, contiguous, and lse when
+  // given (its shape and layout are the layer's to check), all on the layer's device.
+  struct Outputs {
+    TensorArg in, out;
+    std::optional<TensorArg> lse;
+  };
+  Outputs outputs(nb::handle hidden, nb::handle out, nb::handle lse, std::int64_t tokens) const {
+    const AttentionConfig& c = layer_.config();
+    Outputs io{tensor_arg(hidden, "hidden", {DType::bf16}, 2, "[tokens, hidden_size]"),
+               tensor_arg(out, "out", {DType::bf16}, 2, "[tokens, hidden_size]",
+                          /*writable=*/true),
+               std::nullopt};
+    check_same_device({{"hidden", &io.in}, {"out", &io.out}}, device_, "the layer's device");
+    for (const auto& [name, t] : {std::pair{"hidden", &io.in}, std::pair{"out", &io.out}}) {
+      check_shape(t->view, name, {tokens, c.hidden_size});
+      check_contiguous(t->view, name);
+    }
+    if (!lse.is_none()) {
+      io.lse = tensor_arg(lse, "lse", {DType::f32}, 2, "[tokens, num_heads]", /*writable=*/true);
+      check_same_device({{"hidden", &io.in}, {"lse", &*io.lse}}, device_, "the layer's device");
+    }
+    return io;
+  }
 
   // The layer's own cache, for the calls that manage its pages (`what`); a layer on the caller's
   // cache leaves its pages to the caller.
@@ -462,7 +517,32 @@ void bind_layer(nb::module_& m) {
       .def("forward", &Layer::forward, nb::arg("decode"), nb::arg("hidden"), nb::arg("out"),
            nb::arg("prefix_lens"), nb::arg("extend_lens"), nb::arg("block_tables"),
            nb::arg("stream") = nb::none(), nb::arg("sequence_ids") = nb::none(),
-           nb::arg("lse") = nb::none());
+           nb::arg("lse") = nb::none())
+      .def("plan", &Layer::plan, nb::arg("decode"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
+           nb::arg("block_tables"), nb::arg("stream") = nb::none(),
+           nb::arg("sequence_ids") = nb::none())
+      .def("run", &Layer::run, nb::arg("plan"), nb::arg("hidden"), nb::arg("out"),
+           nb::arg("stream") = nb::none(), nb::arg("lse") = nb::none());
+  nb::class_<ForwardPlan>(
+      m, "ForwardPlan",
+      "A batch planned once by AttentionLayer.plan: its checks done, each request's path chosen "
+      "and every table the forward reads built on the layer's device. AttentionLayer.run runs it "
+      "with no planning, no upload and no synchronisation, as often as wanted.")
+      .def_prop_ro(
+          "paths",
+          [](const ForwardPlan& p) {
+            std::vector<std::string> names;
+            for (Path path : p.paths()) names.emplace_back(path_name(path));
+            return names;
+          },
+          "The path of each request, in the batch's order (list of str).")
+      .def_prop_ro("num_requests", &ForwardPlan::num_requests, "The requests of the batch.")
+      .def_prop_ro("total_tokens", &ForwardPlan::total_tokens,
+                   "The rows of the hidden states a run takes (the sum of the token counts).")
+      .def("__repr__", [](const ForwardPlan& p) {
+        return fmt::format("ForwardPlan(requests={}, tokens={})", p.num_requests(),
+                           p.total_tokens());
+      });
   nb::class_<Step>(m, "DecodeStep",
                    "The engine behind dsattn.DecodeStep: run() takes every tensor, including out.")
       .def_prop_ro("batch_size", &Step::batch_size)

@@ -4,6 +4,7 @@
 
 #include "dsattn/core/checks.h"
 #include "dsattn/core/cuda_runtime.h"
+#include "dsattn/layer/forward_tables.h"
 #include "dsattn/layer/host_meta.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/layer/projections.h"
@@ -127,79 +128,182 @@ void AttentionLayer::forward_sparse_on_device(const SparseMeta& meta, const Tens
 ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidden_in,
                                       const LayerCacheView& cache, const TensorView& hidden_out,
                                       const ForwardOptions& options, SharedTopk* shared) const {
-  const AttentionConfig& c = ctx_.config;
-  // Every check first: nothing is written unless the whole forward can run.
-  check_layer_cache(cache, c);
-  validate_batch(batch, c, cache);
+  // Every check first: nothing is written (or recorded) unless the whole forward can run.
+  check_layer_cache(cache, ctx_.config);
+  validate_batch(batch, ctx_.config, cache);
   const std::int64_t T = batch.total_tokens();
+  check_dtype(hidden_in, "hidden_in", DType::bf16);
+  check_shape(hidden_in, "hidden_in", {T, ctx_.config.hidden_size});
+  const std::shared_ptr<const ForwardTables> t =
+      build_tables(batch, cache, options.max_score_bytes);
+  check_run(*t, hidden_in, cache, hidden_out, options.lse, shared);
+  record_writes(batch.requests, cache);
+  RunOptions run_options;
+  run_options.lse = options.lse;
+  run_options.time_stages = options.time_stages;
+  run_options.record_topk = options.record_topk;
+  return execute(*t, hidden_in, cache, hidden_out, run_options, shared);
+}
+
+ForwardPlan AttentionLayer::plan(const Batch& batch, const LayerCacheView& cache,
+                                 std::int64_t max_score_bytes) const {
+  check_layer_cache(cache, ctx_.config);
+  validate_batch(batch, ctx_.config, cache);
+  std::shared_ptr<const ForwardTables> t = build_tables(batch, cache, max_score_bytes);
+  record_writes(batch.requests, cache);
+  return ForwardPlan(std::move(t));
+}
+
+ForwardResult AttentionLayer::run(const ForwardPlan& plan, const TensorView& hidden_in,
+                                  const LayerCacheView& cache, const TensorView& hidden_out,
+                                  const RunOptions& options, SharedTopk* shared) const {
+  if (plan.empty()) fail("plan: this plan is empty (make one with AttentionLayer::plan)");
+  check_layer_cache(cache, ctx_.config);
+  check_run(plan.tables(), hidden_in, cache, hidden_out, options.lse, shared);
+  return execute(plan.tables(), hidden_in, cache, hidden_out, options, shared);
+}
+
+std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
+                                                            const LayerCacheView& cache,
+                                                            std::int64_t max_score_bytes) const {
+  const AttentionConfig& c = ctx_.config;
+  const Device dev = ctx_.weights.device();
+  for (auto [name, t] : {std::pair{"cache.latent", &cache.latent},
+                         std::pair{"cache.index_keys", &cache.index_keys}}) {
+    check_device(*t, name, dev);
+  }
+  DSATTN_CHECK(max_score_bytes >= 1, "max_score_bytes must be >= 1, got {}", max_score_bytes);
+  auto t = std::make_shared<ForwardTables>();
+  t->device = dev;
+  t->layer_shape = plan_signature(c);
+  t->page_size = cache.page_size;
+  t->num_pages = cache.num_pages;
+  t->latent_format = cache.latent_format;
+  t->index_key_layout = cache.index_key_layout;
+  t->paths = plan_batch(batch, c, policy_, profile_.get());
+  t->total_tokens = batch.total_tokens();
+  for (const RequestInput& r : batch.requests) {
+    t->prefix_lens.push_back(r.prefix_len);
+    t->extend_lens.push_back(r.extend_len);
+  }
+  // The requests the paths run: a row_split request becomes two, its dense rows and then its
+  // sparse rows (adjacent, as their hidden rows are), over the same block table.
+  const RowSplitBatch work = split_rows(batch, t->paths, c);
+  t->origin = work.origin;
+  for (std::size_t i = 0; i < work.batch.requests.size(); ++i) {
+    const Path p = work.paths[i];
+    (p == Path::dense_mha    ? t->dense
+     : p == Path::masked_mha ? t->masked
+                             : t->sparse)
+        .requests.push_back(i);
+  }
+
+  const std::int64_t T = t->total_tokens;
+  const std::vector<std::int64_t> offsets = batch.token_offsets();
+  std::vector<std::int32_t> positions(T), slots(T);
+  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
+    const RequestInput& r = batch.requests[i];
+    std::int32_t* pos = positions.data() + offsets[i];
+    for (std::int64_t j = 0; j < r.extend_len; ++j) {
+      pos[j] = static_cast<std::int32_t>(r.prefix_len + j);
+    }
+    ops::positions_to_slots(r.block_table, cache.page_size, {pos, std::size_t(r.extend_len)},
+                            {slots.data() + offsets[i], std::size_t(r.extend_len)});
+  }
+  t->positions = upload_i32(positions, dev);
+  t->new_slots = upload_i32(slots, dev);
+
+  const std::size_t n_work = work.batch.requests.size();
+  t->dense.build(work.batch, cache.page_size);
+  t->dense.upload(dev);
+  t->masked.build(work.batch, cache.page_size);
+  if (!t->masked.empty()) {
+    t->masked.upload(dev);
+    t->masked_meta = SparseMeta::build(work.batch, t->masked, t->masked.requests.size() == n_work,
+                                       dev, cache.page_size, max_score_bytes);
+  }
+  t->sparse.build(work.batch, cache.page_size);
+  if (!t->sparse.empty()) {
+    t->sparse_meta = SparseMeta::build(work.batch, t->sparse, t->sparse.requests.size() == n_work,
+                                       dev, cache.page_size, max_score_bytes);
+  }
+  return t;
+}
+
+void AttentionLayer::check_run(const ForwardTables& t, const TensorView& hidden_in,
+                               const LayerCacheView& cache, const TensorView& hidden_out,
+                               const TensorView& lse, const SharedTopk* shared) const {
+  const AttentionConfig& c = ctx_.config;
+  const Device dev = ctx_.weights.device();
+  if (t.device != dev) {
+    fail("plan: it was made for {}, this layer runs on {}", to_string(t.device), to_string(dev));
+  }
+  if (t.layer_shape != plan_signature(c)) {
+    fail("plan: it was made for a layer of shape {}, this layer is {}", t.layer_shape,
+         plan_signature(c));
+  }
+  if (cache.page_size != t.page_size || cache.num_pages != t.num_pages ||
+      cache.latent_format != t.latent_format || cache.index_key_layout != t.index_key_layout) {
+    fail(
+        "plan: it was made for a cache of {} pages of {} tokens ({} latents, {} index keys), "
+        "this cache has {} pages of {} tokens ({} latents, {} index keys)",
+        t.num_pages, t.page_size, latent_format_name(t.latent_format),
+        index_key_layout_name(t.index_key_layout), cache.num_pages, cache.page_size,
+        latent_format_name(cache.latent_format), index_key_layout_name(cache.index_key_layout));
+  }
+  const std::int64_t T = t.total_tokens;
   check_dtype(hidden_in, "hidden_in", DType::bf16);
   check_shape(hidden_in, "hidden_in", {T, c.hidden_size});
   check_contiguous(hidden_in, "hidden_in");
   check_dtype(hidden_out, "hidden_out", DType::bf16);
   check_shape(hidden_out, "hidden_out", {T, c.hidden_size});
   check_contiguous(hidden_out, "hidden_out");
-  const Device dev = ctx_.weights.device();
-  for (auto [name, t] : {std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out},
+  for (auto [name, v] : {std::pair{"hidden_in", &hidden_in}, std::pair{"hidden_out", &hidden_out},
                          std::pair{"cache.latent", &cache.latent},
                          std::pair{"cache.index_keys", &cache.index_keys}}) {
-    check_device(*t, name, dev);
+    check_device(*v, name, dev);
   }
-  if (!options.lse.empty()) {
-    check_dtype(options.lse, "lse", DType::f32);
-    check_shape(options.lse, "lse", {T, c.num_heads});
-    check_contiguous(options.lse, "lse");
-    check_device(options.lse, "lse", dev);
+  if (!lse.empty()) {
+    check_dtype(lse, "lse", DType::f32);
+    check_shape(lse, "lse", {T, c.num_heads});
+    check_contiguous(lse, "lse");
+    check_device(lse, "lse", dev);
   }
+  if (!has_indexer())
+    check_shared_topk(shared, t.sparse.requests, t.masked.requests, cache.page_size);
+}
+
+ForwardResult AttentionLayer::execute(const ForwardTables& t, const TensorView& hidden_in,
+                                      const LayerCacheView& cache, const TensorView& hidden_out,
+                                      const RunOptions& options, SharedTopk* shared) const {
+  const AttentionConfig& c = ctx_.config;
+  const Device dev = ctx_.weights.device();
+  const std::int64_t T = t.total_tokens;
   ForwardResult result;
-  result.paths = plan_batch(batch, c, policy_, profile_.get());
-  // The requests the paths run: a row_split request becomes two, its dense rows and then its
-  // sparse rows (adjacent, as their hidden rows are), over the same block table.
-  const RowSplitBatch work = split_rows(batch, result.paths, c);
-  PathGroup dense, sparse, masked;
-  for (std::size_t i = 0; i < work.batch.requests.size(); ++i) {
-    const Path p = work.paths[i];
-    (p == Path::dense_mha ? dense : p == Path::masked_mha ? masked : sparse).requests.push_back(i);
-  }
-  if (!has_indexer()) check_shared_topk(shared, sparse.requests, masked.requests, cache.page_size);
+  result.paths = t.paths;
   if (has_indexer() && shared) *shared = SharedTopk{};  // this layer's top-k replaces any older
-  record_writes(batch.requests, cache);
 
   StageClock clock(dev, options.time_stages);
-  const std::vector<std::int64_t> offsets = batch.token_offsets();
-  std::vector<std::int32_t> positions(T), slots(T);
-  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
-    const RequestInput& r = batch.requests[i];
-    std::int32_t* pos = positions.data() + offsets[i];
-    for (std::int64_t t = 0; t < r.extend_len; ++t)
-      pos[t] = static_cast<std::int32_t>(r.prefix_len + t);
-    ops::positions_to_slots(r.block_table, cache.page_size, {pos, std::size_t(r.extend_len)},
-                            {slots.data() + offsets[i], std::size_t(r.extend_len)});
-  }
-  const Tensor new_slots = upload_i32(slots, dev);
-  const TokenProjections proj = project_tokens(ctx_, hidden_in, upload_i32(positions, dev));
-  write_cache(proj, new_slots, cache);
+  const TokenProjections proj = project_tokens(ctx_, hidden_in, t.positions);
+  write_cache(proj, t.new_slots, cache);
   result.times.projections = clock.lap();
 
-  dense.build(work.batch, cache.page_size);
-  sparse.build(work.batch, cache.page_size);
-  masked.build(work.batch, cache.page_size);
-  const std::size_t n_work = work.batch.requests.size();
   // The selected positions of a group's rows, per request of the planned batch.
   const auto record = [&](const PathGroup& group, const Tensor& selected) {
     if (!options.record_topk) return;
-    result.topk_positions.resize(batch.requests.size());
+    result.topk_positions.resize(t.paths.size());
     const Tensor host = selected.to(Device::cpu());
     for (std::size_t g = 0; g < group.requests.size(); ++g) {
-      const std::size_t w = group.requests[g], i = work.origin[w];
+      const std::size_t i = t.origin[group.requests[g]];
       const std::int64_t first = group.cu_q[g], count = group.cu_q[g + 1] - first;
       // A row_split request's dense rows come first: top-k would select all their keys.
-      const std::int64_t head = batch.requests[i].extend_len - count;
+      const std::int64_t head = t.extend_lens[i] - count;
       Tensor mine = Tensor::empty({head + count, c.index_topk}, DType::i32);
       std::int32_t* rows = mine.ptr<std::int32_t>();
-      for (std::int64_t t = 0; t < head; ++t) {
-        const std::int64_t context = batch.requests[i].prefix_len + t + 1;
+      for (std::int64_t r = 0; r < head; ++r) {
+        const std::int64_t context = t.prefix_lens[i] + r + 1;
         for (std::int64_t j = 0; j < c.index_topk; ++j) {
-          rows[t * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
+          rows[r * c.index_topk + j] = j < context ? static_cast<std::int32_t>(j) : -1;
         }
       }
       copy(host.view().slice(0, first, first + count), mine.view().slice(0, head, head + count));
@@ -208,26 +312,22 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   };
 
   Tensor o = Tensor::empty({T, c.num_heads, c.v_head_dim}, DType::bf16, dev);
-  run_dense_mha(ctx_, dense, proj, cache, o, options.lse);
+  run_dense_mha(ctx_, t.dense, proj, cache, o, options.lse);
   result.times.dense_mha = clock.lap();
-  if (!masked.empty()) {
-    const SparseMeta meta = SparseMeta::build(work.batch, masked, masked.requests.size() == n_work,
-                                              dev, cache.page_size, options.max_score_bytes);
+  if (!t.masked.empty()) {
     Tensor selected;
-    run_masked_mha(ctx_, masked, meta, hidden_in, proj, cache, o,
+    run_masked_mha(ctx_, t.masked, t.masked_meta, hidden_in, proj, cache, o,
                    options.record_topk ? &selected : nullptr, shared, options.lse);
-    if (shared && has_indexer()) shared->masked_requests = masked.requests;
-    record(masked, selected);
+    if (shared && has_indexer()) shared->masked_requests = t.masked.requests;
+    record(t.masked, selected);
   }
   result.times.masked_mha = clock.lap();
-  if (!sparse.empty()) {
-    const SparseMeta meta = SparseMeta::build(work.batch, sparse, sparse.requests.size() == n_work,
-                                              dev, cache.page_size, options.max_score_bytes);
+  if (!t.sparse.empty()) {
     Tensor selected;
-    run_sparse_mla(ctx_, meta, hidden_in, proj, cache, o, options.record_topk ? &selected : nullptr,
-                   shared, options.lse);
-    if (shared && has_indexer()) shared->requests = sparse.requests;
-    record(sparse, selected);
+    run_sparse_mla(ctx_, t.sparse_meta, hidden_in, proj, cache, o,
+                   options.record_topk ? &selected : nullptr, shared, options.lse);
+    if (shared && has_indexer()) shared->requests = t.sparse.requests;
+    record(t.sparse, selected);
   }
   if (shared && has_indexer()) shared->page_size = cache.page_size;
   result.times.sparse_mla = clock.lap();

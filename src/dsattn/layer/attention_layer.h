@@ -5,6 +5,7 @@
 
 #include "dsattn/cache/paged_kv_cache.h"
 #include "dsattn/layer/batch.h"
+#include "dsattn/layer/forward_plan.h"
 #include "dsattn/layer/layer_context.h"
 #include "dsattn/layer/planner.h"
 
@@ -12,6 +13,7 @@ namespace dsattn {
 
 struct SparseMeta;        // layer/paths.h
 struct TokenProjections;  // layer/projections.h
+struct ForwardTables;     // layer/forward_tables.h
 
 // Wall-clock seconds per stage of one forward.
 struct StageTimes {
@@ -88,9 +90,28 @@ class AttentionLayer {
   // before anything is written, so a refused call leaves the cache and hidden_out untouched.
   // A layer without indexer weights (IndexShare) takes its sparse rows' top-k from `shared`,
   // which an earlier layer of the same forward filled; InvalidArgument if there is none.
+  // forward() is plan() then run().
   ForwardResult forward(const Batch& batch, const TensorView& hidden_in,
                         const LayerCacheView& cache, const TensorView& hidden_out,
                         const ForwardOptions& options = {}, SharedTopk* shared = nullptr) const;
+
+  // Plans `batch` on `cache` (layer/forward_plan.h): every check of forward() on the batch, each
+  // request's path under the layer's policy, every per-batch table built on the layer's device,
+  // and the writes recorded in the cache's allocator (as a forward records them: the plan claims
+  // the pages its new tokens go to). `max_score_bytes` as ForwardOptions'.
+  ForwardPlan plan(const Batch& batch, const LayerCacheView& cache,
+                   std::int64_t max_score_bytes = std::int64_t(1) << 30) const;
+
+  // Runs a plan of this layer or of another layer of the same shape (plan_signature) on a cache
+  // view of the same device, page size, page count and formats as the one it was planned on,
+  // whose block tables it then reads (the layers of one PagedKvCache): the forward of the planned
+  // batch, with no host-side planning, no upload and no synchronisation (unless `options` asks
+  // for times or the top-k); temporaries come from the device's caching allocator. Checks the
+  // tensors' shapes, dtypes and devices and the plan's geometry (InvalidArgument naming the
+  // difference) before anything is written. May be run again, on the same or another layer.
+  ForwardResult run(const ForwardPlan& plan, const TensorView& hidden_in,
+                    const LayerCacheView& cache, const TensorView& hidden_out,
+                    const RunOptions& options = {}, SharedTopk* shared = nullptr) const;
 
   // The sparse path for every row, with all metadata already on the device (positions, cache
   // slots of the new tokens, and `meta`): no host work and no synchronisation, so that a decode
@@ -103,6 +124,17 @@ class AttentionLayer {
   bool has_indexer() const { return ctx_.weights.has_indexer(); }
 
  private:
+  // The tables of `batch` (every batch check first; records nothing).
+  std::shared_ptr<ForwardTables> build_tables(const Batch& batch, const LayerCacheView& cache,
+                                              std::int64_t max_score_bytes) const;
+  // Every check of a run of `t`, before anything is written.
+  void check_run(const ForwardTables& t, const TensorView& hidden_in, const LayerCacheView& cache,
+                 const TensorView& hidden_out, const TensorView& lse,
+                 const SharedTopk* shared) const;
+  // The forward of `t`, unchecked.
+  ForwardResult execute(const ForwardTables& t, const TensorView& hidden_in,
+                        const LayerCacheView& cache, const TensorView& hidden_out,
+                        const RunOptions& options, SharedTopk* shared) const;
   // Writes the new tokens' latents (quantised for an FP8 cache) and indexer keys.
   void write_cache(const TokenProjections& proj, const TensorView& new_slots,
                    const LayerCacheView& cache) const;

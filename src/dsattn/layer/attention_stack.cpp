@@ -84,15 +84,27 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
         "lse: a stack's forward does not return log-sum-exps (one buffer per layer is needed: "
         "call AttentionLayer::forward with ForwardOptions::lse for the layers that need it)");
   }
+  // The plan records the batch's writes: the residual stream is checked before it.
+  const AttentionLayer& first = layers_.front();
+  check_dtype(hidden, "hidden", DType::bf16);
+  check_shape(hidden, "hidden", {batch.total_tokens(), first.config().hidden_size});
+  check_contiguous(hidden, "hidden");
+  check_device(hidden, "hidden", first.weights().device());
   const std::int64_t T = hidden.size(0), D = hidden.size(1);
   Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
   Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
+  // Every layer reads the same block tables: one plan serves them all (the first layer's policy
+  // chooses the paths; set_policy gives every layer the same).
+  const ForwardPlan plan = first.plan(batch, cache.layer(0), options.max_score_bytes);
+  RunOptions run_options;
+  run_options.time_stages = options.time_stages;
+  run_options.record_topk = options.record_topk;
   ForwardResult total;
   SharedTopk shared;  // IndexShare: carried from each layer with an indexer to those without
   for (std::int64_t l = 0; l < num_layers(); ++l) {
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
-    ForwardResult r = layers_[l].forward(batch, normed, cache.layer(l), attn, options, &shared);
+    ForwardResult r = layers_[l].run(plan, normed, cache.layer(l), attn, run_options, &shared);
     if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);
     total.paths = std::move(r.paths);

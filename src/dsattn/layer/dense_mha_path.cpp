@@ -1,4 +1,4 @@
-#include "dsattn/layer/host_meta.h"
+#include "dsattn/core/error.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/ops/attention.h"
 #include "dsattn/ops/cache_ops.h"
@@ -15,10 +15,11 @@ void run_dense_mha(const LayerContext& ctx, const PathGroup& group, const TokenP
   const std::int64_t H = c.num_heads, d_nope = c.qk_nope_head_dim, d_qk = c.qk_head_dim();
   const std::int64_t d_v = c.v_head_dim, r = c.kv_lora_rank;
   const Device dev = o.device();
-  const Tensor rows = upload_i32(group.rows, dev);
-  const Tensor key_slots = upload_i32(group.key_slots, dev);
-  const Tensor cu_q = upload_i32(group.cu_q, dev);
-  const Tensor cu_k = upload_i32(group.cu_k, dev);
+  if (!group.device_rows.defined()) fail("run_dense_mha: the group's tables were not uploaded");
+  const Tensor& rows = group.device_rows;
+  const Tensor& key_slots = group.device_key_slots;
+  const Tensor& cu_q = group.device_cu_q;
+  const Tensor& cu_k = group.device_cu_k;
   const std::int64_t total_k = key_slots.size(0);
 
   // The latent of every context position (prefix and new tokens alike), decompressed.

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "dsattn/layer/host_meta.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/ops/cache_ops.h"
 #include "dsattn/ops/latent_fp8.h"
@@ -23,6 +24,13 @@ void PathGroup::build(const Batch& batch, std::int64_t page_size) {
     ops::positions_to_slots(r.block_table, page_size, positions, slots);
     key_slots.insert(key_slots.end(), slots.begin(), slots.end());
   }
+}
+
+void PathGroup::upload(Device device) {
+  device_rows = upload_i32(rows, device);
+  device_key_slots = upload_i32(key_slots, device);
+  device_cu_q = upload_i32(cu_q, device);
+  device_cu_k = upload_i32(cu_k, device);
 }
 
 Tensor gather_group_rows(const TensorView& src, const TensorView& rows) {

@@ -25,15 +25,18 @@ struct PathGroup {
   std::vector<std::int32_t> cu_k{0};    // [requests + 1] offsets of their contexts
   std::vector<std::int32_t> key_slots;  // cache slots of every context position, request by request
   std::int64_t max_q = 0, max_k = 0;
+  // rows, key_slots, cu_q and cu_k on the layer's device (upload()), as dense MHA reads them.
+  Tensor device_rows, device_key_slots, device_cu_q, device_cu_k;
 
   void build(const Batch& batch, std::int64_t page_size);
+  void upload(Device device);
   bool empty() const { return requests.empty(); }
 };
 
 // Dense causal MHA over each request's whole context: gather the latent of every position,
 // decompress it with kv_b_proj into per-head keys and values, and run varlen flash attention
 // with bottom-right alignment. Exact only where dense_mha_is_exact holds, or under a key mask
-// (masked MHA).
+// (masked MHA). The group's tables must be uploaded.
 //   o: [T, H, d_v] bf16; rows of the group's requests are written (and of lse, [T, H] f32,
 //   when given: the rows' log-sum-exp)
 //   key_mask (optional): [group rows, W] i32, mha_varlen_causal's key mask of each row
