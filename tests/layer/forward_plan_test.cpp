@@ -37,7 +37,7 @@ struct Fixture {
   static CacheOptions options() {
     CacheOptions o;
     o.num_layers = 2;
-    o.num_pages = 8;
+    o.num_pages = 10;  // 8 for the batch, 2 spare
     o.page_size = 16;
     return o;
   }
@@ -154,11 +154,11 @@ TEST(ForwardPlan, PlansForAnotherCacheOrLayerAreRefusedBeforeAnyWrite) {
   // Another page size (the same tensors viewed as pages of 32 tokens).
   LayerCacheView other_pages = f.planned.layer(0);
   other_pages.page_size = 32;
-  other_pages.num_pages = 4;
+  other_pages.num_pages = 5;
   other_pages.allocator = nullptr;
   expect_refused(f.first, plan, other_pages, x,
-                 "it was made for a cache of 8 pages of 16 tokens (bf16 latents, rows index "
-                 "keys), this cache has 4 pages of 32 tokens");
+                 "it was made for a cache of 10 pages of 16 tokens (bf16 latents, rows index "
+                 "keys), this cache has 5 pages of 32 tokens");
 
   // A layer of another shape.
   AttentionConfig wider = f.config;
@@ -198,6 +198,32 @@ TEST(ForwardPlan, APlanClaimsItsPagesAsAForwardDoes) {
   Batch next;
   next.requests.push_back({8, 4, table, /*sequence_id=*/1});
   EXPECT_NO_THROW(layer.plan(next, cache.layer(0)));
+}
+
+// The pages a plan checked and claimed are one allocator's: another cache of the same geometry,
+// or the same cache once pages were released (they may be another request's by now), is refused.
+TEST(ForwardPlan, APlanRunsOnlyOnItsCacheWhileItsPagesStayAllocated) {
+  Fixture f;
+  const std::int64_t T = f.batch.total_tokens();
+  const ForwardPlan plan = f.first.plan(f.batch, f.planned.layer(0));
+  const Tensor x = testing::random_hidden(T, f.config.hidden_size, 24);
+  Tensor y = Tensor::empty({T, f.config.hidden_size}, DType::bf16);
+  try {
+    f.first.run(plan, x, f.forwarded.layer(0), y);
+    ADD_FAILURE() << "a plan ran on another cache of the same geometry";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("it was made on another cache"));
+  }
+  f.first.run(plan, x, f.planned.layer(1), y);  // another layer of its cache is fine
+  BlockTable spare;
+  f.planned.reserve(spare, 1);  // the cache's spare page...
+  f.planned.release(spare);     // ...given back
+  try {
+    f.first.run(plan, x, f.planned.layer(0), y);
+    ADD_FAILURE() << "a plan ran after pages of its cache were released";
+  } catch (const InvalidArgument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("pages of its cache were released since it was made"));
+  }
 }
 
 TEST(ForwardPlan, BadBatchesAreRefusedAtPlanTime) {

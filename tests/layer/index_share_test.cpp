@@ -121,7 +121,8 @@ TEST(IndexShare, MaskedAndSparseGroupsInOneForward) {
   const LayerWeights full_weights = LayerWeights::synthetic(config, 31);
   LayerWeights shared_weights = LayerWeights::synthetic(config, 32);
   shared_weights.drop_indexer();
-  AttentionLayer full(config, full_weights, automatic), shared_layer(config, shared_weights, automatic);
+  AttentionLayer full(config, full_weights, automatic),
+      shared_layer(config, shared_weights, automatic);
   CacheOptions opts;
   opts.num_layers = 2;
   opts.num_pages = 8;

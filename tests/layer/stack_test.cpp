@@ -1,7 +1,10 @@
 // The synthetic weights keep activations O(1) through a deep residual stack.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "dsattn/core/error.h"
 #include "dsattn/layer/attention_stack.h"
@@ -60,6 +63,61 @@ TEST(AttentionStack, LseIsRefused) {
   options.lse = lse.view();
   EXPECT_THROW(stack.forward(b, hidden, cache, options), InvalidArgument);
   EXPECT_EQ(testing::relative_difference(hidden, before), 0.0);
+}
+
+// A forward plans the batch once for its layers: a stack of layers of two shapes is refused.
+TEST(AttentionStack, LayersOfTwoShapesAreRefused) {
+  const AttentionConfig config = testing::small_config(32);
+  AttentionConfig wider = config;
+  wider.num_heads = 4;
+  std::vector<AttentionLayer> layers;
+  layers.emplace_back(config, LayerWeights::synthetic(config, 1));
+  layers.emplace_back(wider, LayerWeights::synthetic(wider, 2));
+  std::vector<Tensor> norms;
+  for (int l = 0; l < 2; ++l) {
+    Tensor n = Tensor::empty({config.hidden_size}, DType::bf16);
+    std::fill_n(n.ptr<bf16>(), config.hidden_size, bf16::from_float(1.0f));
+    norms.push_back(std::move(n));
+  }
+  try {
+    AttentionStack stack(std::move(layers), std::move(norms));
+    ADD_FAILURE() << "not refused";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("must have one shape: layer 1 is D96 H4"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Layers given with their own policies keep them: the stack plans again for a layer whose policy
+// differs from the layer before (the last layer's paths are its own policy's, not the first's).
+TEST(AttentionStack, LayersOfTwoPoliciesEachRunTheirOwn) {
+  const AttentionConfig config = testing::small_config(32);
+  const auto make = [&] {
+    std::vector<AttentionLayer> layers;
+    layers.emplace_back(config, LayerWeights::synthetic(config, 5), Policy::parse("mla"));
+    layers.emplace_back(config, LayerWeights::synthetic(config, 6), Policy::parse("per-request"));
+    std::vector<Tensor> norms;
+    for (int l = 0; l < 2; ++l) {
+      Tensor n = Tensor::empty({config.hidden_size}, DType::bf16);
+      std::fill_n(n.ptr<bf16>(), config.hidden_size, bf16::from_float(1.0f));
+      norms.push_back(std::move(n));
+    }
+    return AttentionStack(std::move(layers), std::move(norms));
+  };
+  const AttentionStack stack = make();
+  CacheOptions opts;
+  opts.num_layers = 2;
+  opts.num_pages = 1;
+  PagedKvCache cache(config, opts);
+  BlockTable table;
+  cache.reserve(table, 20);
+  Batch b;
+  b.requests.push_back({0, 20, table});
+  Tensor hidden = testing::random_hidden(20, config.hidden_size, 8);
+  const ForwardResult r = stack.forward(b, hidden, cache);
+  EXPECT_EQ(r.paths, std::vector<Path>{Path::dense_mha});  // the last layer's: per-request
+  EXPECT_GT(r.times.planning, 0.0);
 }
 
 }  // namespace

@@ -46,6 +46,7 @@ void PageAllocator::release(BlockTable& table) {
     holders_[page] = Holder{};
     free_.push_back(page);
   }
+  if (!table.empty()) ++releases_;
   table.clear();
 }
 

@@ -24,6 +24,9 @@ class PageAllocator {
   // Returns every page of `table` and clears it. Throws InvalidArgument on a page that is out of
   // range or already free (nothing is released then).
   void release(BlockTable& table);
+  // How many release() calls have returned pages: a plan made before a release may name pages
+  // that are another request's now (AttentionLayer::run refuses it).
+  std::uint64_t release_count() const { return releases_; }
 
   // Whose tokens a page holds, as the forwards that wrote it recorded: the first page of the
   // writer's block table (which names its sequence, except that requests sharing a prefix share
@@ -47,6 +50,7 @@ class PageAllocator {
   std::vector<std::int32_t> free_;  // a stack: the most recently freed page is reused first
   std::vector<bool> in_use_;
   mutable std::vector<Holder> holders_;
+  std::uint64_t releases_ = 0;
 };
 
 }  // namespace dsattn

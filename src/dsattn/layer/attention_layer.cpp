@@ -15,6 +15,7 @@
 namespace dsattn {
 
 StageTimes& StageTimes::operator+=(const StageTimes& o) {
+  planning += o.planning;
   projections += o.projections;
   dense_mha += o.dense_mha;
   sparse_mla += o.sparse_mla;
@@ -129,6 +130,7 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
                                       const LayerCacheView& cache, const TensorView& hidden_out,
                                       const ForwardOptions& options, SharedTopk* shared) const {
   // Every check first: nothing is written (or recorded) unless the whole forward can run.
+  StageClock clock(ctx_.weights.device(), options.time_stages);
   check_layer_cache(cache, ctx_.config);
   validate_batch(batch, ctx_.config, cache);
   const std::int64_t T = batch.total_tokens();
@@ -138,11 +140,14 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
       build_tables(batch, cache, options.max_score_bytes);
   check_run(*t, hidden_in, cache, hidden_out, options.lse, shared);
   record_writes(batch.requests, cache);
+  const double planning = clock.lap();
   RunOptions run_options;
   run_options.lse = options.lse;
   run_options.time_stages = options.time_stages;
   run_options.record_topk = options.record_topk;
-  return execute(*t, hidden_in, cache, hidden_out, run_options, shared);
+  ForwardResult result = execute(*t, hidden_in, cache, hidden_out, run_options, shared);
+  result.times.planning = planning;
+  return result;
 }
 
 ForwardPlan AttentionLayer::plan(const Batch& batch, const LayerCacheView& cache,
@@ -180,6 +185,8 @@ std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
   t->num_pages = cache.num_pages;
   t->latent_format = cache.latent_format;
   t->index_key_layout = cache.index_key_layout;
+  t->allocator = cache.allocator;
+  t->releases = cache.allocator ? cache.allocator->release_count() : 0;
   t->paths = plan_batch(batch, c, policy_, profile_.get());
   t->total_tokens = batch.total_tokens();
   for (const RequestInput& r : batch.requests) {
@@ -215,7 +222,7 @@ std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
 
   const std::size_t n_work = work.batch.requests.size();
   t->dense.build(work.batch, cache.page_size);
-  t->dense.upload(dev);
+  if (!t->dense.empty()) t->dense.upload(dev);
   t->masked.build(work.batch, cache.page_size);
   if (!t->masked.empty()) {
     t->masked.upload(dev);
@@ -250,6 +257,20 @@ void AttentionLayer::check_run(const ForwardTables& t, const TensorView& hidden_
         t.num_pages, t.page_size, latent_format_name(t.latent_format),
         index_key_layout_name(t.index_key_layout), cache.num_pages, cache.page_size,
         latent_format_name(cache.latent_format), index_key_layout_name(cache.index_key_layout));
+  }
+  // Its pages were checked and claimed in one allocator: only that cache's layers may run it, and
+  // only while none of its pages has been released (they may be another request's since).
+  if (cache.allocator != t.allocator) {
+    fail(
+        "plan: it was made on {}, this cache is {} (a plan runs on the layers of the cache whose "
+        "pages it checked and claimed)",
+        t.allocator ? "another cache" : "a cache without a page allocator (the caller's)",
+        cache.allocator ? "one with its own page allocator" : "the caller's");
+  }
+  if (t.allocator && t.allocator->release_count() != t.releases) {
+    fail(
+        "plan: pages of its cache were released since it was made, so the pages it names may hold "
+        "other requests' tokens now; plan the batch again");
   }
   const std::int64_t T = t.total_tokens;
   check_dtype(hidden_in, "hidden_in", DType::bf16);

@@ -17,13 +17,16 @@ struct ForwardTables;     // layer/forward_tables.h
 
 // Wall-clock seconds per stage of one forward.
 struct StageTimes {
+  double planning = 0;     // forward(): the checks, the paths, the tables (0 in run())
   double projections = 0;  // q, latent and indexer-key projections, cache writes
   double dense_mha = 0;    // the dense MHA path (gather, kv_b_proj, attention)
   double sparse_mla = 0;   // the sparse MLA path (indexer, top-k, absorb, attention, un-absorb)
   double masked_mha = 0;   // the masked MHA path (indexer, top-k, mask, kv_b_proj, attention)
   double o_proj = 0;
 
-  double total() const { return projections + dense_mha + sparse_mla + masked_mha + o_proj; }
+  double total() const {
+    return planning + projections + dense_mha + sparse_mla + masked_mha + o_proj;
+  }
   StageTimes& operator+=(const StageTimes& o);
 };
 

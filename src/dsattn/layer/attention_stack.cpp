@@ -1,6 +1,9 @@
 #include "dsattn/layer/attention_stack.h"
 
+#include <chrono>
+
 #include "dsattn/core/checks.h"
+#include "dsattn/layer/forward_tables.h"
 #include "dsattn/model/checkpoint_writer.h"
 #include "dsattn/ops/elementwise.h"
 #include "dsattn/ops/norm.h"
@@ -60,6 +63,21 @@ AttentionStack::AttentionStack(std::vector<AttentionLayer> layers, std::vector<T
     fail("an attention stack needs one input norm per layer ({}), got {}", layers_.size(),
          input_norms_.size());
   }
+  // A forward plans the batch once for every layer: the tables fit layers of one shape and device.
+  const std::string shape = plan_signature(layers_.front().config());
+  const Device device = layers_.front().weights().device();
+  for (std::size_t l = 1; l < layers_.size(); ++l) {
+    if (plan_signature(layers_[l].config()) != shape) {
+      fail("the layers of an attention stack must have one shape: layer {} is {}, layer 0 is {}", l,
+           plan_signature(layers_[l].config()), shape);
+    }
+    if (layers_[l].weights().device() != device) {
+      fail(
+          "the layers of an attention stack must be on one device: layer {} is on {}, layer 0 on "
+          "{}",
+          l, to_string(layers_[l].weights().device()), to_string(device));
+    }
+  }
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const std::string name = fmt::format("input norm of layer {}", l);
     check_dtype(input_norms_[l], name, DType::bf16);
@@ -93,17 +111,33 @@ ForwardResult AttentionStack::forward(const Batch& batch, const TensorView& hidd
   const std::int64_t T = hidden.size(0), D = hidden.size(1);
   Tensor normed = Tensor::empty({T, D}, DType::bf16, hidden.device());
   Tensor attn = Tensor::empty({T, D}, DType::bf16, hidden.device());
-  // Every layer reads the same block tables: one plan serves them all (the first layer's policy
-  // chooses the paths; set_policy gives every layer the same).
-  const ForwardPlan plan = first.plan(batch, cache.layer(0), options.max_score_bytes);
+  // Every layer reads the same block tables: one plan serves all the layers of one policy (a
+  // layer with another policy, which only the constructor's layers can have, plans again).
+  ForwardResult total;
+  // Planning is host work (its uploads wait for the copies): wall clock.
+  const auto timed_plan = [&](std::int64_t l) {
+    const auto start = std::chrono::steady_clock::now();
+    ForwardPlan p = layers_[l].plan(batch, cache.layer(l), options.max_score_bytes);
+    total.times.planning +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return p;
+  };
+  ForwardPlan plan = timed_plan(0);
+  const Policy* planned_under = &first.policy();
+  const auto same_policy = [](const Policy& a, const Policy& b) {
+    return a.kind == b.kind && a.threshold == b.threshold && a.profile == b.profile;
+  };
   RunOptions run_options;
   run_options.time_stages = options.time_stages;
   run_options.record_topk = options.record_topk;
-  ForwardResult total;
   SharedTopk shared;  // IndexShare: carried from each layer with an indexer to those without
   for (std::int64_t l = 0; l < num_layers(); ++l) {
     ops::rms_norm(hidden, input_norms_[l], static_cast<float>(layers_[l].config().rms_norm_eps),
                   normed);
+    if (!same_policy(layers_[l].policy(), *planned_under)) {
+      plan = timed_plan(l);
+      planned_under = &layers_[l].policy();
+    }
     ForwardResult r = layers_[l].run(plan, normed, cache.layer(l), attn, run_options, &shared);
     if (reduce_output_) reduce_output_(attn);
     ops::add(hidden, attn, hidden);

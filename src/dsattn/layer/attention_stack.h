@@ -18,7 +18,8 @@ class AttentionStack {
  public:
   // Given layers, each with its input RMSNorm weight ([hidden_size] bf16 on the layers' device).
   // With `reduce_output`, each layer's output goes through it before the residual add. Throws
-  // InvalidArgument when there is no layer or the norms do not fit the layers.
+  // InvalidArgument when there is no layer, the layers differ in shape (plan_signature) or device
+  // (a forward plans once for every layer of one policy), or the norms do not fit the layers.
   AttentionStack(std::vector<AttentionLayer> layers, std::vector<Tensor> input_norms,
                  OutputReduction reduce_output = {});
 

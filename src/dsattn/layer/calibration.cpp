@@ -142,7 +142,7 @@ CostProfile calibrate(const AttentionConfig& config, Device device, LatentFormat
       for (int i = 0; i < repeats; ++i) {
         const StageTimes t = run(policy);
         seconds.push_back(t.*stage);
-        shared_seconds.push_back(t.projections + t.o_proj);
+        shared_seconds.push_back(t.planning + t.projections + t.o_proj);
       }
       shared.push_back({static_cast<double>(s.requests * s.extend), median(shared_seconds)});
       return median(seconds);

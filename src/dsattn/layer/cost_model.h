@@ -48,9 +48,9 @@ struct CostProfile {
   double absorb_s_per_flop = 0;
   double score_s_per_pair = 0;
   double mla_s_per_flop = 0;
-  // The stages every path runs (the token projections and cache writes, o_proj), per forward
-  // and per new token: they do not change which path is cheaper, but a forward's predicted time
-  // needs them. 0 in profiles that do not record them (the "shared" group is optional).
+  // The stages every path runs (planning, the token projections and cache writes, o_proj), per
+  // forward and per new token: they do not change which path is cheaper, but a forward's predicted
+  // time needs them. 0 in profiles that do not record them (the "shared" group is optional).
   double shared_fixed_s = 0;
   double shared_s_per_token = 0;
   // Masked MHA runs the dense path's decompression and the sparse path's indexer and top-k (their

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dsattn/cache/cache_format.h"
+#include "dsattn/cache/page_allocator.h"
 #include "dsattn/core/tensor.h"
 #include "dsattn/layer/paths.h"
 #include "dsattn/layer/planner.h"
@@ -21,6 +22,10 @@ struct ForwardTables {
   std::int64_t page_size = 0, num_pages = 0;
   LatentFormat latent_format = LatentFormat::bf16;
   IndexKeyLayout index_key_layout = IndexKeyLayout::rows;
+  // The allocator the batch was checked against and its pages claimed in (null for a cache
+  // without one, the caller's), and its release count then.
+  const PageAllocator* allocator = nullptr;
+  std::uint64_t releases = 0;
 
   std::vector<Path> paths;  // per request of the planned batch
   // The planned batch's lengths, for ForwardResult::topk_positions.

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
-#include <initializer_list>
 
 namespace dsattn::ops::cpu {
 
@@ -16,20 +15,6 @@ std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
-}
-
-bool is_one_of(const std::string& name, std::initializer_list<const char*> names) {
-  return std::any_of(names.begin(), names.end(), [&](const char* n) { return name == n; });
-}
-
-// Whether OpenBLAS's family `current` (lower case) is at least `best`'s.
-bool covers(const std::string& current, const std::string& best) {
-  if (best == "SkylakeX") return is_one_of(current, {"skylakex", "cooperlake", "sapphirerapids"});
-  if (best == "Haswell") {
-    return is_one_of(current,
-                     {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids", "excavator"});
-  }
-  return true;
 }
 
 }  // namespace
@@ -54,14 +39,22 @@ std::string best_blas_kernel_family() {
 void reexec_with_best_blas_kernels(char** argv) noexcept {
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;  // chosen by the user, or done
   try {
+    // Only OpenBLAS's fallback is overridden: a family it detected stays, even where another
+    // might be faster (its rounding is the one the user gets everywhere else).
+    if (lower(blas_kernel_family()) != "prescott") return;
     const std::string best = best_blas_kernel_family();
-    if (best.empty() || covers(lower(blas_kernel_family()), best)) return;
+    if (best.empty()) return;
     if (setenv("OPENBLAS_CORETYPE", best.c_str(), 1) != 0) return;
+    if (setenv(kReexecMarker, best.c_str(), 1) != 0) {
+      unsetenv("OPENBLAS_CORETYPE");
+      return;
+    }
   } catch (...) {
     return;
   }
   execv("/proc/self/exe", argv);
   unsetenv("OPENBLAS_CORETYPE");  // not executed again: go on as loaded
+  unsetenv(kReexecMarker);
 }
 
 }  // namespace dsattn::ops::cpu

@@ -18,10 +18,15 @@ std::string blas_kernel_family();
 std::string best_blas_kernel_family();
 
 // For a program's main(), before anything else: when OPENBLAS_CORETYPE is unset and OpenBLAS
-// fell back to a family older than best_blas_kernel_family(), sets OPENBLAS_CORETYPE to that one
-// and executes the program again with the same arguments, so that OpenBLAS loads with it (the
-// second run finds the variable set and goes on). Returns when there is nothing to do, or when
-// the program cannot be executed again (then it runs on the kernels it has).
+// fell back to its SSE3 kernels ("Prescott") on a CPU that runs newer ones, sets
+// OPENBLAS_CORETYPE (and kReexecMarker) to best_blas_kernel_family() and executes the program
+// again with the same arguments, so that OpenBLAS loads with it (the second run finds the
+// variable set and goes on). Returns when there is nothing to do, or when the program cannot be
+// executed again (then it runs on the kernels it has). Programs that embed dsattn (Python among
+// them) can set OPENBLAS_CORETYPE themselves before OpenBLAS loads.
 void reexec_with_best_blas_kernels(char** argv) noexcept;
+
+// Set, to the family chosen, in a program that reexec_with_best_blas_kernels ran again.
+inline constexpr const char* kReexecMarker = "DSATTN_BLAS_REEXEC";
 
 }  // namespace dsattn::ops::cpu
