@@ -18,26 +18,26 @@ constexpr Builtin kBuiltins[] = {
     // bench/results/cost-profile-cpu-2026-12-08.json: the 2-core build and CI machine.
     {"cpu", R"({
  "dense": {
-  "attention_s_per_flop": 7.367289554854872e-12,
-  "decompress_s_per_flop": 5.285805649028462e-12,
-  "fixed_s": 0.026188244212649682
+  "attention_s_per_flop": 1.0420039749290237e-11,
+  "decompress_s_per_flop": 5.822563955662434e-12,
+  "fixed_s": 0.024051065245061915
  },
  "device": "cpu",
  "masked": {
-  "attention_s_per_flop": 0.0,
-  "fixed_s": 0.05070166191440967
+  "attention_s_per_flop": 3.0232024105689017e-13,
+  "fixed_s": 0.27581994396409676
  },
  "shape": "H128 qk192 v128 r512 rope64 topk2048",
  "shared": {
-  "fixed_s": 0.08907812524318043,
-  "s_per_token": 0.0012552462954611605
+  "fixed_s": 0.1228865026154358,
+  "s_per_token": 0.0012451761824683965
  },
  "source": "dsattn calibrate, 2026-12-08, bf16 cache",
  "sparse": {
-  "absorb_s_per_flop": 1.609342859851899e-11,
-  "fixed_s": 0.0,
-  "mla_s_per_flop": 7.324405118295393e-13,
-  "score_s_per_pair": 1.6828369033503364e-06
+  "absorb_s_per_flop": 1.5674181813073085e-11,
+  "fixed_s": 0.01784346559768893,
+  "mla_s_per_flop": 2.765619178098304e-12,
+  "score_s_per_pair": 1.195127103591821e-06
  }
 })"},
     // bench/results/cost-profile-nvidia-h100-80gb-hbm3-2026-12-07.json (H100 SXM).
