@@ -65,6 +65,17 @@ TEST(AttentionStack, LseIsRefused) {
   EXPECT_EQ(testing::relative_difference(hidden, before), 0.0);
 }
 
+// `layers` input norms of ones.
+std::vector<Tensor> unit_norms(const AttentionConfig& config, int layers) {
+  std::vector<Tensor> norms;
+  for (int l = 0; l < layers; ++l) {
+    Tensor n = Tensor::empty({config.hidden_size}, DType::bf16);
+    std::fill_n(n.ptr<bf16>(), config.hidden_size, bf16::from_float(1.0f));
+    norms.push_back(std::move(n));
+  }
+  return norms;
+}
+
 // A forward plans the batch once for its layers: a stack of layers of two shapes is refused.
 TEST(AttentionStack, LayersOfTwoShapesAreRefused) {
   const AttentionConfig config = testing::small_config(32);
@@ -73,14 +84,8 @@ TEST(AttentionStack, LayersOfTwoShapesAreRefused) {
   std::vector<AttentionLayer> layers;
   layers.emplace_back(config, LayerWeights::synthetic(config, 1));
   layers.emplace_back(wider, LayerWeights::synthetic(wider, 2));
-  std::vector<Tensor> norms;
-  for (int l = 0; l < 2; ++l) {
-    Tensor n = Tensor::empty({config.hidden_size}, DType::bf16);
-    std::fill_n(n.ptr<bf16>(), config.hidden_size, bf16::from_float(1.0f));
-    norms.push_back(std::move(n));
-  }
   try {
-    AttentionStack stack(std::move(layers), std::move(norms));
+    AttentionStack stack(std::move(layers), unit_norms(config, 2));
     ADD_FAILURE() << "not refused";
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("must have one shape: layer 1 is D96 H4"),
@@ -93,19 +98,10 @@ TEST(AttentionStack, LayersOfTwoShapesAreRefused) {
 // differs from the layer before (the last layer's paths are its own policy's, not the first's).
 TEST(AttentionStack, LayersOfTwoPoliciesEachRunTheirOwn) {
   const AttentionConfig config = testing::small_config(32);
-  const auto make = [&] {
-    std::vector<AttentionLayer> layers;
-    layers.emplace_back(config, LayerWeights::synthetic(config, 5), Policy::parse("mla"));
-    layers.emplace_back(config, LayerWeights::synthetic(config, 6), Policy::parse("per-request"));
-    std::vector<Tensor> norms;
-    for (int l = 0; l < 2; ++l) {
-      Tensor n = Tensor::empty({config.hidden_size}, DType::bf16);
-      std::fill_n(n.ptr<bf16>(), config.hidden_size, bf16::from_float(1.0f));
-      norms.push_back(std::move(n));
-    }
-    return AttentionStack(std::move(layers), std::move(norms));
-  };
-  const AttentionStack stack = make();
+  std::vector<AttentionLayer> layers;
+  layers.emplace_back(config, LayerWeights::synthetic(config, 5), Policy::parse("mla"));
+  layers.emplace_back(config, LayerWeights::synthetic(config, 6), Policy::parse("per-request"));
+  const AttentionStack stack(std::move(layers), unit_norms(config, 2));
   CacheOptions opts;
   opts.num_layers = 2;
   opts.num_pages = 1;
