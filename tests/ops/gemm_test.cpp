@@ -32,12 +32,11 @@ std::vector<GemmCase> gemm_cases() {
     std::int64_t m, n, k;
     float alpha;
   };
-  // m = 1 is the decode GEMV; odd sizes leave no vector-width remainder unexercised.
-  const Size sizes[] = {{1, 129, 257, 1.0f},
-                        {7, 13, 31, 0.37f},
-                        {33, 65, 17, 1.0f},
-                        {64, 96, 512, 1.0f},
-                        {5, 576, 128, -2.5f}};
+  // m = 1 is the decode GEMV; odd sizes leave no vector-width remainder unexercised. With
+  // k = 32768 the CPU backend copies a bf16 B to f32 in slices of 128 of C's columns (B's rows
+  // for nt, its columns for nn), the last one partial.
+  const Size sizes[] = {{1, 129, 257, 1.0f}, {7, 13, 31, 0.37f},   {33, 65, 17, 1.0f},
+                        {64, 96, 512, 1.0f}, {5, 576, 128, -2.5f}, {2, 300, 32768, 1.0f}};
   std::vector<GemmCase> cases;
   for (const Size& s : sizes) {
     for (ops::BLayout layout : {ops::BLayout::nt, ops::BLayout::nn}) {
