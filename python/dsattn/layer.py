@@ -271,6 +271,7 @@ class AttentionLayer:
         sequence_ids: Sequence[int] | None = None,
         mode: str = "prefill",
         stream: int | None = None,
+        on_device: bool = False,
     ) -> _core.ForwardPlan:
         """Plans a batch once, for run(): every check of a prefill (or, with mode="decode", of a
         decode or verify) over these lengths and block tables, each request's path under the
@@ -283,13 +284,19 @@ class AttentionLayer:
         A plan runs on this layer or on another of the same shape whose cache has the same
         device, page size, page count and formats (the layers of one model: plan once per step,
         run every layer); each run reads that layer's cache through the planned block tables.
+
+        on_device=True (the caller's cache tensors only): block_tables is an int32 [batch,
+        max_pages] tensor on the layer's device that is read on the device only, with no host
+        readback; the plan keeps a copy. Its entries cannot be checked on the host: one outside
+        the cache is read as page 0 and its tokens are not written, and plan.faults() says so.
         """
         if mode not in ("prefill", "decode"):
             raise ValueError(f'mode: expected "prefill" or "decode", got {mode!r}')
         prefix = int_list(prefix_lens, "prefix_lens", 0)
         extend = int_list(extend_lens, "extend_lens", 1)
         ids = None if sequence_ids is None else int_list(sequence_ids, "sequence_ids", 0)
-        return self._layer.plan(mode == "decode", prefix, extend, block_tables, stream, ids)
+        return self._layer.plan(mode == "decode", prefix, extend, block_tables, stream, ids,
+                                on_device)
 
     def run(
         self,

@@ -222,10 +222,24 @@ class Layer {
   // The batch planned once (AttentionLayer::plan): checks, paths and tables, uploaded on `stream`.
   ForwardPlan plan(bool decode, const std::vector<std::int64_t>& prefix_lens,
                    const std::vector<std::int64_t>& extend_lens, nb::handle block_tables,
-                   nb::handle stream,
-                   const std::optional<std::vector<std::int64_t>>& sequence_ids) {
+                   nb::handle stream, const std::optional<std::vector<std::int64_t>>& sequence_ids,
+                   bool on_device) {
     check_lengths(prefix_lens, extend_lens, sequence_ids);
     CallScope scope(device_, resolve_stream(stream, block_tables, device_));
+    if (on_device) {
+      // Read on the device only (AttentionLayer::plan with block_tables): no host readback.
+      if (sequence_ids) {
+        fail("sequence_ids: a plan over device block tables takes none (the caller's cache)");
+      }
+      const TensorArg tables =
+          tensor_arg(block_tables, "block_tables", {DType::i32}, 2, "[batch, max_pages]");
+      check_same_device({{"block_tables", &tables}}, device_, "the layer's device");
+      const std::vector<BlockTable> none(prefix_lens.size());
+      const Batch batch = make_batch(decode, prefix_lens, extend_lens, none, std::nullopt);
+      nb::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      return layer_.plan(batch, tables.view, cache_view());
+    }
     const std::vector<BlockTable> tables = read_block_tables(block_tables, prefix_lens.size());
     const Batch batch = make_batch(decode, prefix_lens, extend_lens, tables, sequence_ids);
     nb::gil_scoped_release release;
@@ -520,7 +534,7 @@ void bind_layer(nb::module_& m) {
            nb::arg("lse") = nb::none())
       .def("plan", &Layer::plan, nb::arg("decode"), nb::arg("prefix_lens"), nb::arg("extend_lens"),
            nb::arg("block_tables"), nb::arg("stream") = nb::none(),
-           nb::arg("sequence_ids") = nb::none())
+           nb::arg("sequence_ids") = nb::none(), nb::arg("on_device") = false)
       .def("run", &Layer::run, nb::arg("plan"), nb::arg("hidden"), nb::arg("out"),
            nb::arg("stream") = nb::none(), nb::arg("lse") = nb::none());
   nb::class_<ForwardPlan>(
@@ -539,6 +553,17 @@ void bind_layer(nb::module_& m) {
       .def_prop_ro("num_requests", &ForwardPlan::num_requests, "The requests of the batch.")
       .def_prop_ro("total_tokens", &ForwardPlan::total_tokens,
                    "The rows of the hidden states a run takes (the sum of the token counts).")
+      .def(
+          "faults",
+          [](const ForwardPlan& p, nb::handle stream) {
+            CallScope scope(p.device(), resolve_stream(stream, nb::none(), p.device()));
+            nb::gil_scoped_release release;
+            return p.faults();
+          },
+          nb::arg("stream") = nb::none(),
+          "A plan over device block tables (plan(..., on_device=True)): what their entries held "
+          "that was not a page of the cache, one sentence each (an empty list: nothing; such an "
+          "entry was read as page 0 and its tokens were not written). Waits for `stream`.")
       .def("__repr__", [](const ForwardPlan& p) {
         return fmt::format("ForwardPlan(requests={}, tokens={})", p.num_requests(),
                            p.total_tokens());

@@ -424,6 +424,54 @@ TEST(BuildDecodeTablesTest, RejectsBadArguments) {
                       "positions must have shape [4]", {watch(buf)}));
 }
 
+TEST(BuildPrefillTablesTest, CopiesEachRequestsPagesAndMakesBadEntriesHarmless) {
+  const std::int64_t page_size = 4, num_pages = 10, max_pages = 3;
+  // Rows wider than max_pages: the extra column is never read.
+  Tensor tables_in = i32_tensor({7, 2, 9, 99,  //
+                                 1, 3, 5, 99,  //
+                                 4, -3, 8, 99});
+  // Request 0: 2 cached + 3 new (positions 2..4, pages 7 and 2); request 1: 0 + 1; request 2:
+  // 3 + 3 (positions 3..5), its page entry 1 is -3: position 3 is written, 4 and 5 are not.
+  Tensor prefix = i32_tensor({2, 0, 3}), cu = i32_tensor({0, 3, 4, 7});
+  Tensor tables = Tensor::empty({3, max_pages}, DType::i32);
+  Tensor slots = Tensor::empty({7}, DType::i32);
+  std::fill_n(tables.ptr<std::int32_t>(), tables.numel(), kI32Poison);
+  std::fill_n(slots.ptr<std::int32_t>(), slots.numel(), kI32Poison);
+  Tensor faults = i32_tensor({0});
+  ops::build_prefill_tables(prefix, cu, tables_in.view().reshape({3, 4}), page_size, num_pages,
+                            tables.view().reshape({3, max_pages}), slots, faults);
+  EXPECT_EQ(std::vector<std::int32_t>(tables.ptr<std::int32_t>(), tables.ptr<std::int32_t>() + 9),
+            (std::vector<std::int32_t>{7, 2, 0, 1, 0, 0, 4, 0, 0}));
+  EXPECT_EQ(
+      std::vector<std::int32_t>(slots.ptr<std::int32_t>(), slots.ptr<std::int32_t>() + 7),
+      (std::vector<std::int32_t>{7 * 4 + 2, 7 * 4 + 3, 2 * 4 + 0, 1 * 4 + 0, 4 * 4 + 3, -1, -1}));
+  EXPECT_EQ(faults.ptr<std::int32_t>()[0], ops::kDecodeFaultPage);
+}
+
+TEST(BuildPrefillTablesTest, RejectsBadArguments) {
+  Tensor prefix = i32_tensor({0, 1}), cu = i32_tensor({0, 1, 2}), faults = i32_tensor({0});
+  Tensor tables_in = i32_tensor({0, 1, 2, 3});
+  Tensor out = Tensor::empty({6}, DType::i32), slots = Tensor::empty({2}, DType::i32);
+  const TensorView two_pages = tables_in.view().reshape({2, 2});
+  const TensorView three_pages = out.view().reshape({2, 3});
+  EXPECT_TRUE(rejects(
+      [&] { ops::build_prefill_tables(prefix, cu, two_pages, 4, 8, three_pages, slots, faults); },
+      "block_tables: expected at least 3 pages a row (the width of tables), got 2",
+      {watch(out), watch(slots)}));
+  EXPECT_TRUE(rejects(
+      [&] {
+        ops::build_prefill_tables(prefix, prefix, two_pages, 4, 8,
+                                  out.view().slice(0, 0, 4).reshape({2, 2}), slots, faults);
+      },
+      "cu_tokens must have shape [3]", {watch(out), watch(slots)}));
+  EXPECT_TRUE(rejects(
+      [&] {
+        ops::build_prefill_tables(prefix, cu, two_pages, 0, 8,
+                                  out.view().slice(0, 0, 4).reshape({2, 2}), slots, faults);
+      },
+      "page_size must be positive, got 0", {watch(out), watch(slots)}));
+}
+
 TEST(ScatterGatherTest, RejectsBadArguments) {
   const std::int64_t n = 3, w = 16, num_rows = 10;
   Tensor rows = random_tensor({n, w}, DType::bf16, 60, 1);

@@ -80,3 +80,32 @@ def test_a_plan_for_another_cache_or_batch_is_refused():
         layer.plan([0], [8], [[0]], mode="verify")
     with pytest.raises(ValueError, match="block table must cover 20 positions"):
         layer.plan([0], [20], [[0]])  # 20 positions, one page of 16
+
+
+def test_a_plan_over_device_block_tables_runs_as_the_host_tables_plan(rng):
+    # The tables as an int32 tensor on the layer's device (here the CPU), read only there.
+    config = small_config(32)
+    planned, forwarded = two_layer_model(config), two_layer_model(config)
+    tables = [[0, 1], [2, 3, 4], [5, 6, 7]]
+    prefix, extend = [12, 36, 30], [8, 4, 10]
+    first = random_bf16(rng, (sum(prefix), config.hidden_size))
+    for layer in (planned[0], forwarded[0]):
+        layer.prefill(first, [0, 0, 0], prefix, tables)
+    hidden = random_bf16(rng, (sum(extend), config.hidden_size))
+    device_tables = np.array([[0, 1, -1], [2, 3, 4], [5, 6, 7]], np.int32)
+    plan = planned[0].plan(prefix, extend, device_tables, on_device=True)
+    want = forwarded[0].prefill(hidden, prefix, extend, tables)
+    got = planned[0].run(plan, hidden)
+    assert got.paths == want.paths and plan.faults() == []
+    np.testing.assert_array_equal(got.out, want.out)
+
+    # An entry outside the cache: read as page 0, its tokens written nowhere, reported.
+    device_tables[1, 2] = PAGES
+    bad = planned[0].plan(prefix, extend, device_tables, on_device=True)
+    assert len(bad.faults()) == 1 and "outside the cache's pages [0, 8)" in bad.faults()[0]
+    with pytest.raises(ValueError, match="sequence_ids: a plan over device block tables"):
+        planned[0].plan(prefix, extend, device_tables, sequence_ids=[1, 2, 3], on_device=True)
+    own = dsattn.AttentionLayer(config, dsattn.LayerWeights.synthetic(config, seed=44),
+                                num_pages=PAGES, page_size=PAGE_SIZE)
+    with pytest.raises(ValueError, match="is for the caller's cache"):
+        own.plan(prefix, extend, device_tables, on_device=True)

@@ -168,9 +168,46 @@ ForwardResult AttentionLayer::run(const ForwardPlan& plan, const TensorView& hid
   return execute(plan.tables(), hidden_in, cache, hidden_out, options, shared);
 }
 
+ForwardPlan AttentionLayer::plan(const Batch& batch, const TensorView& block_tables,
+                                 const LayerCacheView& cache, std::int64_t max_score_bytes) const {
+  const AttentionConfig& c = ctx_.config;
+  check_layer_cache(cache, c);
+  if (cache.allocator) {
+    fail(
+        "block_tables: a plan over device block tables is for the caller's cache, whose pages the "
+        "caller manages; this cache has a page allocator, which checks pages on the host (pass the "
+        "block tables in the batch)");
+  }
+  DSATTN_CHECK(!batch.requests.empty(), "batch: expected at least one request, got none");
+  check_dtype(block_tables, "block_tables", DType::i32);
+  check_shape(block_tables, "block_tables",
+              {static_cast<std::int64_t>(batch.requests.size()), kAny});
+  check_inner_contiguous(block_tables, "block_tables");
+  check_device(block_tables, "block_tables", ctx_.weights.device());
+  const std::int64_t width = block_tables.size(1);
+  for (std::size_t i = 0; i < batch.requests.size(); ++i) {
+    const RequestInput& r = batch.requests[i];
+    if (!r.block_table.empty()) {
+      fail("request {}: its block table comes from block_tables; the batch's must be empty", i);
+    }
+    DSATTN_CHECK(r.prefix_len >= 0 && r.extend_len >= 1,
+                 "request {}: prefix_len must be >= 0 and extend_len >= 1, got {} and {}", i,
+                 r.prefix_len, r.extend_len);
+    DSATTN_CHECK(r.context_len() <= c.max_position_embeddings,
+                 "request {}: context {} exceeds max_position_embeddings {}", i, r.context_len(),
+                 c.max_position_embeddings);
+    if (pages_for(r.context_len(), cache.page_size) > width) {
+      fail("request {}: block_tables rows hold {} pages, its context of {} tokens needs {}", i,
+           width, r.context_len(), pages_for(r.context_len(), cache.page_size));
+    }
+  }
+  return ForwardPlan(build_tables(batch, cache, max_score_bytes, &block_tables));
+}
+
 std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
                                                             const LayerCacheView& cache,
-                                                            std::int64_t max_score_bytes) const {
+                                                            std::int64_t max_score_bytes,
+                                                            const TensorView* device_tables) const {
   const AttentionConfig& c = ctx_.config;
   const Device dev = ctx_.weights.device();
   for (auto [name, t] : {std::pair{"cache.latent", &cache.latent},
@@ -214,26 +251,52 @@ std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
     for (std::int64_t j = 0; j < r.extend_len; ++j) {
       pos[j] = static_cast<std::int32_t>(r.prefix_len + j);
     }
+    if (device_tables) continue;
     ops::positions_to_slots(r.block_table, cache.page_size, {pos, std::size_t(r.extend_len)},
                             {slots.data() + offsets[i], std::size_t(r.extend_len)});
   }
   t->positions = upload_i32(positions, dev);
-  t->new_slots = upload_i32(slots, dev);
+  if (device_tables) {
+    // The caller's tables, their entries checked on the device (build_prefill_tables), and the
+    // new tokens' slots from them.
+    std::int64_t max_pages = 1;
+    std::vector<std::int32_t> prefix, cu_tokens{0};
+    for (const RequestInput& r : batch.requests) {
+      max_pages = std::max(max_pages, pages_for(r.context_len(), cache.page_size));
+      prefix.push_back(static_cast<std::int32_t>(r.prefix_len));
+      cu_tokens.push_back(static_cast<std::int32_t>(cu_tokens.back() + r.extend_len));
+    }
+    t->device_tables = Tensor::empty({static_cast<std::int64_t>(batch.requests.size()), max_pages},
+                                     DType::i32, dev);
+    t->new_slots = Tensor::empty({T}, DType::i32, dev);
+    const std::int32_t zero = 0;
+    t->faults = upload_i32(std::span<const std::int32_t>(&zero, 1), dev);
+    ops::build_prefill_tables(upload_i32(prefix, dev), upload_i32(cu_tokens, dev), *device_tables,
+                              cache.page_size, cache.num_pages, t->device_tables, t->new_slots,
+                              t->faults);
+  } else {
+    t->new_slots = upload_i32(slots, dev);
+  }
 
+  const bool host_tables = device_tables == nullptr;
   const std::size_t n_work = work.batch.requests.size();
-  t->dense.build(work.batch, cache.page_size);
-  if (!t->dense.empty()) t->dense.upload(dev);
-  t->masked.build(work.batch, cache.page_size);
+  const auto key_slots = [&](PathGroup& group) {
+    group.upload(dev);
+    if (!host_tables) group.map_key_slots(work.batch, t->device_tables, t->origin, cache.page_size);
+  };
+  const auto meta = [&](const PathGroup& group) {
+    return SparseMeta::build(work.batch, group, group.requests.size() == n_work, dev,
+                             cache.page_size, max_score_bytes, t->device_tables, t->origin);
+  };
+  t->dense.build(work.batch, cache.page_size, host_tables);
+  if (!t->dense.empty()) key_slots(t->dense);
+  t->masked.build(work.batch, cache.page_size, host_tables);
   if (!t->masked.empty()) {
-    t->masked.upload(dev);
-    t->masked_meta = SparseMeta::build(work.batch, t->masked, t->masked.requests.size() == n_work,
-                                       dev, cache.page_size, max_score_bytes);
+    key_slots(t->masked);
+    t->masked_meta = meta(t->masked);
   }
-  t->sparse.build(work.batch, cache.page_size);
-  if (!t->sparse.empty()) {
-    t->sparse_meta = SparseMeta::build(work.batch, t->sparse, t->sparse.requests.size() == n_work,
-                                       dev, cache.page_size, max_score_bytes);
-  }
+  t->sparse.build(work.batch, cache.page_size, host_tables);
+  if (!t->sparse.empty()) t->sparse_meta = meta(t->sparse);
   return t;
 }
 

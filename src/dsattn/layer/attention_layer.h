@@ -105,6 +105,16 @@ class AttentionLayer {
   ForwardPlan plan(const Batch& batch, const LayerCacheView& cache,
                    std::int64_t max_score_bytes = std::int64_t(1) << 30) const;
 
+  // The same over block tables that live on the device, as an engine keeps them: `block_tables`
+  // [requests, >= pages] i32 on the layer's device (the batch's requests carry only their
+  // lengths, checked here). The tables are read on the device only, when planning (the plan keeps
+  // a copy): no host readback. Their entries cannot be checked on the host: one outside the cache
+  // is read as page 0 and its tokens are not written, so that no access leaves the cache, and
+  // ForwardPlan::take_faults() reports it. For the caller's cache only (a view without a page
+  // allocator): the caller owns which pages its requests write; prefix pages may be shared.
+  ForwardPlan plan(const Batch& batch, const TensorView& block_tables, const LayerCacheView& cache,
+                   std::int64_t max_score_bytes = std::int64_t(1) << 30) const;
+
   // Runs a plan of this layer or of another layer of the same shape (plan_signature) on a cache
   // view of the same device, page size, page count and formats as the one it was planned on,
   // whose block tables it then reads (the layers of one PagedKvCache): the forward of the planned
@@ -128,8 +138,10 @@ class AttentionLayer {
 
  private:
   // The tables of `batch` (every batch check first; records nothing).
+  // With `device_tables` the batch's block tables are that device tensor, read on the device.
   std::shared_ptr<ForwardTables> build_tables(const Batch& batch, const LayerCacheView& cache,
-                                              std::int64_t max_score_bytes) const;
+                                              std::int64_t max_score_bytes,
+                                              const TensorView* device_tables = nullptr) const;
   // Every check of a run of `t`, before anything is written.
   void check_run(const ForwardTables& t, const TensorView& hidden_in, const LayerCacheView& cache,
                  const TensorView& hidden_out, const TensorView& lse,

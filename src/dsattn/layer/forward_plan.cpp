@@ -4,6 +4,7 @@
 
 #include "dsattn/core/error.h"
 #include "dsattn/layer/forward_tables.h"
+#include "dsattn/ops/decode_request_tables.h"
 
 namespace dsattn {
 
@@ -21,6 +22,21 @@ std::int64_t ForwardPlan::num_requests() const {
 std::int64_t ForwardPlan::total_tokens() const { return tables().total_tokens; }
 
 Device ForwardPlan::device() const { return tables().device; }
+
+std::vector<std::string> ForwardPlan::faults() const {
+  const ForwardTables& t = tables();
+  if (!t.faults.defined()) return {};
+  std::int32_t bits = 0;
+  copy(t.faults, TensorView(&bits, DType::i32, Device::cpu(), {1}));
+  std::vector<std::string> found;
+  if (bits & ops::kDecodeFaultPage) {
+    found.push_back(fmt::format(
+        "a block-table entry a request needed lay outside the cache's pages [0, {}) (read as page "
+        "0, the new tokens on that page not written; that request's output is not meaningful)",
+        t.num_pages));
+  }
+  return found;
+}
 
 std::string plan_signature(const AttentionConfig& c) {
   return fmt::format(

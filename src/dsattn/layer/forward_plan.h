@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "dsattn/core/tensor.h"
@@ -27,6 +28,10 @@ class ForwardPlan {
   std::int64_t num_requests() const;
   std::int64_t total_tokens() const;  // the rows of hidden_in and hidden_out
   Device device() const;
+  // A plan over device block tables (AttentionLayer::plan with block_tables): what their entries
+  // held that was not a page of the cache, one sentence each (empty: nothing); empty for other
+  // plans. Reads the plan's fault word, waiting for the current stream.
+  std::vector<std::string> faults() const;
 
   const ForwardTables& tables() const;  // for the layer's executors
 

@@ -35,7 +35,10 @@ struct ForwardTables {
   std::vector<std::size_t> origin;
 
   Tensor positions;  // [T] i32: each new token's position
-  Tensor new_slots;  // [T] i32: its cache slot
+  Tensor new_slots;  // [T] i32: its cache slot (-1: not written)
+  // A plan over device block tables: its checked copy of them ([requests, pages] i32) and the
+  // fault bits build_prefill_tables found ([1] i32); undefined otherwise.
+  Tensor device_tables, faults;
   PathGroup dense, masked, sparse;
   SparseMeta masked_meta, sparse_meta;  // built when the group is not empty
 };

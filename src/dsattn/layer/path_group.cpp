@@ -8,7 +8,7 @@
 
 namespace dsattn {
 
-void PathGroup::build(const Batch& batch, std::int64_t page_size) {
+void PathGroup::build(const Batch& batch, std::int64_t page_size, bool host_tables) {
   const std::vector<std::int64_t> offsets = batch.token_offsets();
   for (std::size_t i : requests) {
     const RequestInput& r = batch.requests[i];
@@ -19,6 +19,7 @@ void PathGroup::build(const Batch& batch, std::int64_t page_size) {
     cu_k.push_back(cu_k.back() + static_cast<std::int32_t>(r.context_len()));
     max_q = std::max(max_q, r.extend_len);
     max_k = std::max(max_k, r.context_len());
+    if (!host_tables) continue;
     std::vector<std::int32_t> positions(r.context_len()), slots(r.context_len());
     std::iota(positions.begin(), positions.end(), 0);
     ops::positions_to_slots(r.block_table, page_size, positions, slots);
@@ -28,9 +29,25 @@ void PathGroup::build(const Batch& batch, std::int64_t page_size) {
 
 void PathGroup::upload(Device device) {
   device_rows = upload_i32(rows, device);
-  device_key_slots = upload_i32(key_slots, device);
+  if (!key_slots.empty()) device_key_slots = upload_i32(key_slots, device);
   device_cu_q = upload_i32(cu_q, device);
   device_cu_k = upload_i32(cu_k, device);
+}
+
+void PathGroup::map_key_slots(const Batch& batch, const Tensor& tables,
+                              const std::vector<std::size_t>& table_row, std::int64_t page_size) {
+  std::vector<std::int32_t> positions, key_request;
+  for (std::size_t w : requests) {
+    const std::int64_t context = batch.requests[w].context_len();
+    for (std::int64_t p = 0; p < context; ++p) {
+      positions.push_back(static_cast<std::int32_t>(p));
+      key_request.push_back(static_cast<std::int32_t>(table_row[w]));
+    }
+  }
+  const std::int64_t n = static_cast<std::int64_t>(positions.size());
+  device_key_slots = upload_i32(positions, tables.device());  // mapped in place
+  ops::map_positions_to_slots(device_key_slots.view().reshape({n, 1}),
+                              upload_i32(key_request, tables.device()), tables, page_size);
 }
 
 Tensor gather_group_rows(const TensorView& src, const TensorView& rows) {

@@ -28,8 +28,14 @@ struct PathGroup {
   // rows, key_slots, cu_q and cu_k on the layer's device (upload()), as dense MHA reads them.
   Tensor device_rows, device_key_slots, device_cu_q, device_cu_k;
 
-  void build(const Batch& batch, std::int64_t page_size);
+  // `key_slots` from the requests' host block tables, unless `host_tables` is false (a plan over
+  // device block tables: map_key_slots() makes device_key_slots instead).
+  void build(const Batch& batch, std::int64_t page_size, bool host_tables = true);
   void upload(Device device);
+  // device_key_slots from device block tables: `tables` [requests of the planned batch,
+  // max_pages] i32 (every entry a page of the cache), `table_row[w]` the row of work request w.
+  void map_key_slots(const Batch& batch, const Tensor& tables,
+                     const std::vector<std::size_t>& table_row, std::int64_t page_size);
   bool empty() const { return requests.empty(); }
 };
 
@@ -69,10 +75,14 @@ struct SparseMeta {
   std::vector<ScoreWindow> windows;
   std::vector<Tensor> storage;  // what the views point into, when built here
 
-  // Rows are scored in windows when n x max_k f32 scores exceed max_score_bytes.
+  // Rows are scored in windows when n x max_k f32 scores exceed max_score_bytes. The block tables
+  // come from the requests' host tables, or with `device_tables` ([requests of the planned batch,
+  // max_pages] i32 on `device`) from its rows table_row[w] for work request w.
   static SparseMeta build(const Batch& batch, const PathGroup& group, bool all_rows, Device device,
                           std::int64_t page_size,
-                          std::int64_t max_score_bytes = std::int64_t(1) << 30);
+                          std::int64_t max_score_bytes = std::int64_t(1) << 30,
+                          const Tensor& device_tables = {},
+                          const std::vector<std::size_t>& table_row = {});
 };
 
 // Sparse MLA: indexer scores and top-k per query, absorbed queries, sparse attention over the

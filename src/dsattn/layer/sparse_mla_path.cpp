@@ -112,14 +112,18 @@ Tensor select_topk(const LayerContext& ctx, const SparseMeta& meta, const Tensor
 }
 
 SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool all_rows,
-                             Device device, std::int64_t page_size, std::int64_t max_score_bytes) {
+                             Device device, std::int64_t page_size, std::int64_t max_score_bytes,
+                             const Tensor& device_tables,
+                             const std::vector<std::size_t>& table_row) {
+  const bool host_tables = !device_tables.defined();
   std::vector<std::int32_t> positions, visible, row_request, lens;
   std::int64_t max_pages = 1, max_k = 1;
   for (std::size_t i : group.requests) {
     max_pages = std::max(max_pages, pages_for(batch.requests[i].context_len(), page_size));
     max_k = std::max(max_k, batch.requests[i].context_len());
   }
-  std::vector<std::int32_t> tables(group.requests.size() * max_pages, 0);
+  std::vector<std::int32_t> tables(host_tables ? group.requests.size() * max_pages : 0, 0);
+  std::vector<std::int32_t> device_rows;  // of device_tables, per request of the group
   for (std::size_t g = 0; g < group.requests.size(); ++g) {
     const RequestInput& req = batch.requests[group.requests[g]];
     for (std::int64_t t = 0; t < req.extend_len; ++t) {
@@ -128,6 +132,10 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
       row_request.push_back(static_cast<std::int32_t>(g));
     }
     lens.push_back(static_cast<std::int32_t>(req.context_len()));
+    if (!host_tables) {
+      device_rows.push_back(static_cast<std::int32_t>(table_row[group.requests[g]]));
+      continue;
+    }
     const std::int64_t pages = pages_for(req.context_len(), page_size);
     std::copy(req.block_table.begin(), req.block_table.begin() + pages,
               tables.begin() + g * max_pages);
@@ -143,8 +151,12 @@ SparseMeta SparseMeta::build(const Batch& batch, const PathGroup& group, bool al
   m.row_request = keep(upload_i32(row_request, device));
   m.cu_q = keep(upload_i32(group.cu_q, device));
   m.context_lens = keep(upload_i32(lens, device));
-  m.block_tables =
-      keep(upload_i32(tables, static_cast<std::int64_t>(group.requests.size()), max_pages, device));
+  if (host_tables) {
+    m.block_tables = keep(
+        upload_i32(tables, static_cast<std::int64_t>(group.requests.size()), max_pages, device));
+  } else {  // the group's rows of the plan's device tables
+    m.block_tables = keep(gather_group_rows(device_tables.view(), upload_i32(device_rows, device)));
+  }
   m.n = static_cast<std::int64_t>(positions.size());
   m.max_k = max_k;
   const std::int64_t rows_per_window =

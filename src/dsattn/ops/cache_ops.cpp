@@ -124,6 +124,48 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
                   max_context, out);
 }
 
+void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_tokens,
+                          const TensorView& block_tables, std::int64_t page_size,
+                          std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
+                          const TensorView& faults) {
+  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
+  DSATTN_CHECK(num_pages > 0, "num_pages must be positive, got {}", num_pages);
+  constexpr std::int64_t kI32 = std::numeric_limits<std::int32_t>::max();
+  DSATTN_CHECK(checked_mul(num_pages, page_size, "cache slots") <= kI32,
+               "the cache's slots (num_pages x page_size = {} x {}) must fit int32", num_pages,
+               page_size);
+  check_dtype(prefix_lens, "prefix_lens", DType::i32);
+  check_shape(prefix_lens, "prefix_lens", {kAny});
+  check_contiguous(prefix_lens, "prefix_lens");
+  const std::int64_t batch = prefix_lens.size(0);
+  for (const auto& [name, t, n] :
+       {std::tuple{"cu_tokens", &cu_tokens, batch + 1}, std::tuple{"slots", &slots, kAny},
+        std::tuple{"faults", &faults, std::int64_t(1)}}) {
+    check_dtype(*t, name, DType::i32);
+    check_shape(*t, name, {n});
+    check_contiguous(*t, name);
+  }
+  check_dtype(block_tables, "block_tables", DType::i32);
+  check_shape(block_tables, "block_tables", {batch, kAny});
+  check_inner_contiguous(block_tables, "block_tables");
+  check_dtype(tables, "tables", DType::i32);
+  check_shape(tables, "tables", {batch, kAny});
+  check_contiguous(tables, "tables");
+  if (block_tables.size(1) < tables.size(1)) {
+    fail("block_tables: expected at least {} pages a row (the width of tables), got {}",
+         tables.size(1), block_tables.size(1));
+  }
+  const Device d = common_device({{"prefix_lens", &prefix_lens},
+                                  {"cu_tokens", &cu_tokens},
+                                  {"block_tables", &block_tables},
+                                  {"tables", &tables},
+                                  {"slots", &slots},
+                                  {"faults", &faults}});
+  if (batch == 0) return;
+  DSATTN_DISPATCH(d, build_prefill_tables, prefix_lens, cu_tokens, block_tables, page_size,
+                  num_pages, tables, slots, faults);
+}
+
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst) {
   check_row_copy(rows, "rows", dst, "dst");
   check_index(index, "index", rows.size(0), dst.size(0), /*allow_skip=*/true);

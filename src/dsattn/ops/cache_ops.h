@@ -45,6 +45,21 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
                          std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
                          std::int64_t max_context, const DecodeTables& out);
 
+// The tables a prefill plan over the caller's device block tables reads (AttentionLayer::plan
+// with device tables), built on the device: request b has the tokens cu_tokens[b] ..
+// cu_tokens[b + 1] at positions prefix_lens[b] + t. Its row of `tables` holds the first
+// pages_for(context) entries of its block-table row, an entry outside [0, num_pages) read as page 0
+// (and kDecodeFaultPage or-ed into faults), 0 past them; `slots` holds each new token's cache slot,
+// -1 (not written) where its page entry is outside the cache. No access leaves the cache whatever
+// the block tables hold. The lengths are the plan's, checked on the host.
+//   prefix_lens: [batch] i32; cu_tokens: [batch + 1] i32; block_tables: [batch, >= max_pages] i32,
+//   rows inner-contiguous; tables: [batch, max_pages] i32 with max_pages x page_size covering every
+//   context; slots: [tokens] i32; faults: [1] i32
+void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_tokens,
+                          const TensorView& block_tables, std::int64_t page_size,
+                          std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
+                          const TensorView& faults);
+
 // dst[index[t], :] = rows[t, :] for index[t] >= 0 (-1: row t is not written)
 //   rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst);

@@ -62,6 +62,31 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
   out.faults.ptr<std::int32_t>()[0] |= faults;
 }
 
+void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_tokens,
+                          const TensorView& block_tables, std::int64_t page_size,
+                          std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
+                          const TensorView& faults) {
+  const std::int64_t batch = prefix_lens.size(0), max_pages = tables.size(1);
+  const std::int32_t* prefix = prefix_lens.ptr<std::int32_t>();
+  const std::int32_t* cu = cu_tokens.ptr<std::int32_t>();
+  std::int32_t found = 0;
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const DecodeRequestTables r =
+        decode_request_tables(prefix[b], block_tables.row<std::int32_t>(b), cu[b + 1] - cu[b],
+                              page_size, num_pages, max_pages * page_size);
+    found |= r.faults;
+    std::int32_t* table = tables.row<std::int32_t>(b);
+    for (std::int64_t j = 0; j < max_pages; ++j) {
+      if (r.page_fault(j)) found |= kDecodeFaultPage;
+      table[j] = r.page(j);
+    }
+    for (std::int64_t t = 0; t < cu[b + 1] - cu[b]; ++t) {
+      slots.ptr<std::int32_t>()[cu[b] + t] = r.slot(t);
+    }
+  }
+  faults.ptr<std::int32_t>()[0] |= found;
+}
+
 void gather_rows(const TensorView& cache, const TensorView& slots, const TensorView& out) {
   const std::int64_t n = out.size(0);
   const std::size_t row_bytes = out.size(1) * dtype_size(out.dtype());

@@ -70,7 +70,28 @@ __global__ void decode_tables_kernel(DecodeTablesParams p) {
   if (faults) atomicOr(p.faults, faults);
 }
 
+// One block per request, as decode_tables_kernel, with each request's own token count.
+__global__ void prefill_tables_kernel(PrefillTablesParams p) {
+  const std::int64_t b = blockIdx.x;
+  const std::int64_t first = p.cu_tokens[b], tokens = p.cu_tokens[b + 1] - first;
+  const DecodeRequestTables r =
+      decode_request_tables(p.prefix_lens[b], p.tables_in + b * p.stride_in, tokens, p.page_size,
+                            p.num_pages, p.max_pages * p.page_size);
+  std::int32_t faults = threadIdx.x == 0 ? r.faults : 0;
+  for (std::int64_t j = threadIdx.x; j < p.max_pages; j += blockDim.x) {
+    if (r.page_fault(j)) faults |= kDecodeFaultPage;
+    p.tables[b * p.max_pages + j] = r.page(j);
+  }
+  for (std::int64_t t = threadIdx.x; t < tokens; t += blockDim.x) p.slots[first + t] = r.slot(t);
+  if (faults) atomicOr(p.faults, faults);
+}
+
 }  // namespace
+
+cudaError_t launch_prefill_tables(const PrefillTablesParams& p, cudaStream_t stream) {
+  prefill_tables_kernel<<<static_cast<unsigned>(p.batch), 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_decode_tables(const DecodeTablesParams& p, cudaStream_t stream) {
   if (p.batch == 0) {  // only the first offset to write

@@ -214,6 +214,18 @@ void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_
   check_launch(launch_decode_tables(p, stream()), "build_decode_tables");
 }
 
+void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_tokens,
+                          const TensorView& block_tables, std::int64_t page_size,
+                          std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
+                          const TensorView& faults) {
+  const auto i32 = [](const TensorView& t) { return static_cast<std::int32_t*>(t.data()); };
+  const PrefillTablesParams p{
+      i32(prefix_lens), i32(cu_tokens), i32(block_tables),   i32(tables),
+      i32(slots),       i32(faults),    prefix_lens.size(0), block_tables.stride(0),
+      page_size,        num_pages,      tables.size(1)};
+  check_launch(launch_prefill_tables(p, stream()), "build_prefill_tables");
+}
+
 namespace {
 
 LatentFp8Params latent_params(const TensorView& latent, const TensorView& rows,

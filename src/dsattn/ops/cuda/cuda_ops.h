@@ -31,6 +31,10 @@ void quantize_fp8_block128(const TensorView& x, const TensorView& q, const Tenso
 void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
                          std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
                          std::int64_t max_context, const DecodeTables& out);
+void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_tokens,
+                          const TensorView& block_tables, std::int64_t page_size,
+                          std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
+                          const TensorView& faults);
 // write_index_keys with IndexKeyLayout::page_major, its arguments checked.
 void write_index_keys_page_major(const TensorView& rows, const TensorView& slots,
                                  const TensorView& cache, std::int64_t page_size);

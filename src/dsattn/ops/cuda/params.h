@@ -93,6 +93,16 @@ struct DecodeTablesParams {
   std::int64_t batch, stride_in, tokens, page_size, num_pages, max_context, max_pages;
 };
 
+struct PrefillTablesParams {
+  const std::int32_t* prefix_lens;  // [batch]
+  const std::int32_t* cu_tokens;    // [batch + 1]
+  const std::int32_t* tables_in;    // [batch, >= max_pages], row stride stride_in
+  std::int32_t* tables;             // [batch, max_pages]
+  std::int32_t* slots;              // [cu_tokens[batch]]
+  std::int32_t* faults;             // [1], or-ed into
+  std::int64_t batch, stride_in, page_size, num_pages, max_pages;
+};
+
 struct LatentFp8Params {
   void* latent;  // [n, r + rope] bf16: read when quantising, written when dequantising
   void* rows;    // [n, latent_fp8_bytes] u8: written when quantising, read otherwise
@@ -190,6 +200,7 @@ cudaError_t launch_move_rows(const MoveRowsParams& p, cudaStream_t stream);
 cudaError_t launch_map_positions(const MapPositionsParams& p, cudaStream_t stream);
 cudaError_t launch_index_keys_page_major(const IndexKeysPageMajorParams& p, cudaStream_t stream);
 cudaError_t launch_decode_tables(const DecodeTablesParams& p, cudaStream_t stream);
+cudaError_t launch_prefill_tables(const PrefillTablesParams& p, cudaStream_t stream);
 cudaError_t launch_latent_fp8(const LatentFp8Params& p, cudaStream_t stream);
 cudaError_t launch_indexer_scores(const IndexerParams& p, cudaStream_t stream);
 // The FP8 tensor-core (wgmma) kernel for the model's indexer: 64 heads of 128, 16-byte aligned
