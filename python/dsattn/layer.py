@@ -277,7 +277,8 @@ class AttentionLayer:
         decode or verify) over these lengths and block tables, each request's path under the
         layer's policy, and every table the forward reads (positions, cache slots, each path's
         rows, offsets and key slots, block tables, score windows) built on the layer's device.
-        The plan claims the pages its new tokens go to, as a forward does.
+        On the layer's own cache the plan claims the pages its new tokens go to, as a forward
+        does.
 
         prefix_lens, extend_lens, block_tables, sequence_ids: as prefill's (extend_lens are the
         token counts of decode and verify too). Returns a ForwardPlan (.paths, .total_tokens).
@@ -288,7 +289,9 @@ class AttentionLayer:
         on_device=True (the caller's cache tensors only): block_tables is an int32 [batch,
         max_pages] tensor on the layer's device that is read on the device only, with no host
         readback; the plan keeps a copy. Its entries cannot be checked on the host: one outside
-        the cache is read as page 0 and its tokens are not written, and plan.faults() says so.
+        the cache is read as page 0, the new tokens on that page are not written, and
+        plan.faults() says so (it waits for the stream: not inside a graph capture). Pages listed
+        twice, or two requests writing one slot, are not refused: the caller's to avoid.
         """
         if mode not in ("prefill", "decode"):
             raise ValueError(f'mode: expected "prefill" or "decode", got {mode!r}')

@@ -143,8 +143,9 @@ TEST_F(ForwardPlanGpu, PrefillTablesMatchTheCpu) {
   EXPECT_EQ(cpu[2].ptr<std::int32_t>()[0], ops::kDecodeFaultPage);
 }
 
-// A plan over device block tables (the caller's cache: a view without an allocator) runs as the
-// plan over the same tables on the host, bit for bit.
+// A plan over device block tables (the caller's cache: a view without an allocator), run on
+// another stream than the one it was planned on, gives the plan over the same tables on the
+// host, bit for bit.
 TEST_F(ForwardPlanGpu, DeviceTablesPlanRunsAsTheHostTablesPlan) {
   const AttentionConfig c = gpu_test::decode_test_config(32);
   AttentionStack stack = AttentionStack::synthetic(c, 1, 33, Policy::parse("mla"), gpu());
@@ -174,7 +175,15 @@ TEST_F(ForwardPlanGpu, DeviceTablesPlanRunsAsTheHostTablesPlan) {
   EXPECT_EQ(device_plan.paths(), host_plan.paths());
   const Tensor got = test::poisoned({T, c.hidden_size}, DType::bf16).to(gpu());
   const Tensor want = Tensor::empty({T, c.hidden_size}, DType::bf16, gpu());
-  layer.run(device_plan, x, view_a, got);
+  // Planned on the default stream, run on another: the plan is complete when plan() returns.
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  {
+    cuda::StreamGuard on(stream);
+    layer.run(device_plan, x, view_a, got);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  }
+  cudaStreamDestroy(stream);
   layer.run(host_plan, x, view_b, want);
   EXPECT_TRUE(test::same_bytes(got.to(Device::cpu()), want.to(Device::cpu()), "output"));
   EXPECT_TRUE(device_plan.faults().empty());

@@ -132,21 +132,25 @@ TEST(DeviceTablesPlan, AnEntryOutsideTheCacheIsReportedAndWrittenNowhere) {
               0)
         << "rows from " << first;
   }
-  const std::vector<std::uint8_t> after = testing::snapshot(f.device_cache.layer(0));
-  const std::int64_t latent_row = f.device_cache.layer(0).latent.size(1) * 2;
-  for (std::int64_t p = 0; p < 4; ++p) {  // request 1's new positions 36..39: slots of page 12
-    SCOPED_TRACE("position " + std::to_string(36 + p));
-    // The only page they could have gone to inside the cache is page 0 (the fallback read).
-    const std::int64_t slot = 0 * 16 + (36 + p) % 16;
-    EXPECT_EQ(std::memcmp(after.data() + slot * latent_row, before.data() + slot * latent_row,
-                          latent_row),
-              0);
+  // The two caches agree everywhere (latents and index keys) except where the host-table run
+  // wrote request 1's positions 36..39 (page 5, offsets 4..7): there the device-table run wrote
+  // nothing, so those slots hold what they held before.
+  std::vector<std::uint8_t> expected = testing::snapshot(f.host_cache.layer(0));
+  const LayerCacheView v = f.host_cache.layer(0);
+  const std::int64_t latent_row = v.latent.size(1) * 2, key_row = v.index_keys.size(1);
+  const std::int64_t keys_at = v.latent.size(0) * latent_row;
+  for (std::int64_t slot = 5 * 16 + 4; slot < 5 * 16 + 8; ++slot) {
+    std::memcpy(expected.data() + slot * latent_row, before.data() + slot * latent_row, latent_row);
+    std::memcpy(expected.data() + keys_at + slot * key_row,
+                before.data() + keys_at + slot * key_row, key_row);
   }
+  EXPECT_TRUE(testing::snapshot(f.device_cache.layer(0)) == expected);
 }
 
 TEST(DeviceTablesPlan, RefusalsNameTheArgument) {
   Fixture f;
   const Tensor tables = f.device_tables();
+  const std::vector<std::uint8_t> untouched = testing::snapshot(f.device_cache.layer(0));
   const auto refused = [&](const Batch& b, const TensorView& t, const LayerCacheView& cache,
                            const std::string& message) {
     SCOPED_TRACE(message);
@@ -169,6 +173,17 @@ TEST(DeviceTablesPlan, RefusalsNameTheArgument) {
   bad.requests[2].extend_len = 0;
   refused(bad, tables.view(), Fixture::callers(f.device_cache),
           "request 2: prefix_len must be >= 0 and extend_len >= 1");
+  Batch with_id = f.lengths_only();
+  with_id.requests[1].sequence_id = 4;
+  refused(with_id, tables.view(), Fixture::callers(f.device_cache),
+          "request 1: sequence_id 4 is for a cache with a page allocator");
+  Batch too_long = f.lengths_only();
+  too_long.requests[0].prefix_len = f.config.max_position_embeddings;
+  refused(too_long, tables.view(), Fixture::callers(f.device_cache),
+          "exceeds max_position_embeddings");
+  refused(Batch{}, tables.view().slice(0, 0, 0), Fixture::callers(f.device_cache),
+          "expected at least one request");
+  EXPECT_TRUE(testing::snapshot(f.device_cache.layer(0)) == untouched) << "a refusal wrote";
 }
 
 }  // namespace

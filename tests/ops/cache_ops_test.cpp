@@ -470,6 +470,17 @@ TEST(BuildPrefillTablesTest, RejectsBadArguments) {
                                   out.view().slice(0, 0, 4).reshape({2, 2}), slots, faults);
       },
       "page_size must be positive, got 0", {watch(out), watch(slots)}));
+  // Offsets that would store past `slots`.
+  const TensorView two = out.view().slice(0, 0, 4).reshape({2, 2});
+  for (const auto& [offsets, message] :
+       {std::pair{std::vector<std::int32_t>{0, 2, 1}, "cu_tokens must be non-decreasing"},
+        std::pair{std::vector<std::int32_t>{0, 1, 3},
+                  "cu_tokens[2] must equal the 2 packed rows"}}) {
+    Tensor bad = i32_tensor(offsets);
+    EXPECT_TRUE(rejects(
+        [&] { ops::build_prefill_tables(prefix, bad, two_pages, 4, 8, two, slots, faults); },
+        message, {watch(out), watch(slots)}));
+  }
 }
 
 TEST(ScatterGatherTest, RejectsBadArguments) {

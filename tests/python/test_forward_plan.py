@@ -103,6 +103,10 @@ def test_a_plan_over_device_block_tables_runs_as_the_host_tables_plan(rng):
     device_tables[1, 2] = PAGES
     bad = planned[0].plan(prefix, extend, device_tables, on_device=True)
     assert len(bad.faults()) == 1 and "outside the cache's pages [0, 8)" in bad.faults()[0]
+    # It runs: requests 0 and 2 (rows 0-7 and 12-21) as before, request 1 reads page 0 instead.
+    rerun = planned[0].run(bad, hidden)
+    np.testing.assert_array_equal(rerun.out[:8], want.out[:8])
+    np.testing.assert_array_equal(rerun.out[12:], want.out[12:])
     with pytest.raises(ValueError, match="sequence_ids: a plan over device block tables"):
         planned[0].plan(prefix, extend, device_tables, sequence_ids=[1, 2, 3], on_device=True)
     own = dsattn.AttentionLayer(config, dsattn.LayerWeights.synthetic(config, seed=44),

@@ -190,6 +190,12 @@ ForwardPlan AttentionLayer::plan(const Batch& batch, const TensorView& block_tab
     if (!r.block_table.empty()) {
       fail("request {}: its block table comes from block_tables; the batch's must be empty", i);
     }
+    if (r.sequence_id != -1) {
+      fail(
+          "request {}: sequence_id {} is for a cache with a page allocator; over device block "
+          "tables the caller's cache takes none (-1)",
+          i, r.sequence_id);
+    }
     DSATTN_CHECK(r.prefix_len >= 0 && r.extend_len >= 1,
                  "request {}: prefix_len must be >= 0 and extend_len >= 1, got {} and {}", i,
                  r.prefix_len, r.extend_len);
@@ -297,6 +303,10 @@ std::shared_ptr<ForwardTables> AttentionLayer::build_tables(const Batch& batch,
   }
   t->sparse.build(work.batch, cache.page_size, host_tables);
   if (!t->sparse.empty()) t->sparse_meta = meta(t->sparse);
+  // The device-built tables read temporaries that return to the allocator here, and a run may
+  // come on another stream: the plan is complete when plan() returns, as a host-table plan is
+  // after its copies (a wait for the stream, not a readback).
+  if (device_tables && dev.is_cuda()) cuda::synchronize();
   return t;
 }
 

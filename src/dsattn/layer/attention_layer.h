@@ -107,11 +107,13 @@ class AttentionLayer {
 
   // The same over block tables that live on the device, as an engine keeps them: `block_tables`
   // [requests, >= pages] i32 on the layer's device (the batch's requests carry only their
-  // lengths, checked here). The tables are read on the device only, when planning (the plan keeps
-  // a copy): no host readback. Their entries cannot be checked on the host: one outside the cache
-  // is read as page 0 and its tokens are not written, so that no access leaves the cache, and
-  // ForwardPlan::take_faults() reports it. For the caller's cache only (a view without a page
-  // allocator): the caller owns which pages its requests write; prefix pages may be shared.
+  // lengths, checked here, and no sequence id). The tables are read on the device only, when
+  // planning (the plan keeps a copy, complete when plan() returns): no host readback. Their
+  // entries cannot be checked on the host: one outside the cache is read as page 0 and the new
+  // tokens on it are not written, so that no access leaves the cache, and ForwardPlan::faults()
+  // reports it. For the caller's cache only (a view without a page allocator): the caller owns
+  // which pages its requests write (a page listed twice, or two requests writing one slot, cannot
+  // be refused here); prefix pages may be shared.
   ForwardPlan plan(const Batch& batch, const TensorView& block_tables, const LayerCacheView& cache,
                    std::int64_t max_score_bytes = std::int64_t(1) << 30) const;
 

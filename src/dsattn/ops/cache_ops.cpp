@@ -145,6 +145,7 @@ void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_to
     check_shape(*t, name, {n});
     check_contiguous(*t, name);
   }
+  check_offsets(cu_tokens, "cu_tokens", batch, slots.size(0));
   check_dtype(block_tables, "block_tables", DType::i32);
   check_shape(block_tables, "block_tables", {batch, kAny});
   check_inner_contiguous(block_tables, "block_tables");

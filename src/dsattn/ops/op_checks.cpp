@@ -37,10 +37,6 @@ void check_index(const TensorView& index, const char* name, std::int64_t n, std:
   }
 }
 
-namespace {
-
-// cu: [batch + 1] i32 with cu[0] = 0, non-decreasing, cu[batch] = total. Entries are read only
-// on the CPU; CUDA offsets are built by the layer.
 void check_offsets(const TensorView& cu, const char* name, std::int64_t batch, std::int64_t total) {
   check_dtype(cu, name, DType::i32);
   check_shape(cu, name, {batch + 1});
@@ -55,8 +51,6 @@ void check_offsets(const TensorView& cu, const char* name, std::int64_t batch, s
   DSATTN_CHECK(c[batch] == total, "{}[{}] must equal the {} packed rows, got {}", name, batch,
                total, c[batch]);
 }
-
-}  // namespace
 
 void check_varlen_offsets(const TensorView& cu_q, const TensorView& cu_k, std::int64_t total_q,
                           std::int64_t total_k, std::int64_t max_k) {

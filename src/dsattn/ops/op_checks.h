@@ -31,6 +31,10 @@ void check_rows_bf16(const TensorView& t, const char* name, std::int64_t n);
 void check_index(const TensorView& index, const char* name, std::int64_t n, std::int64_t limit,
                  bool allow_skip = false);
 
+// cu: [batch + 1] i32 with cu[0] = 0, non-decreasing, cu[batch] = total. Entries are read only
+// on the CPU; CUDA offsets are built by the layer (and the kernels stay inside `total`).
+void check_offsets(const TensorView& cu, const char* name, std::int64_t batch, std::int64_t total);
+
 // Packed variable-length offsets: cu_q, cu_k [batch + 1] i32 starting at 0, non-decreasing,
 // ending at total_q / total_k, each request with at least as many keys as queries and (when
 // max_k >= 0) at most max_k keys. Entries are read only on the CPU.

@@ -82,13 +82,17 @@ __global__ void prefill_tables_kernel(PrefillTablesParams p) {
     if (r.page_fault(j)) faults |= kDecodeFaultPage;
     p.tables[b * p.max_pages + j] = r.page(j);
   }
-  for (std::int64_t t = threadIdx.x; t < tokens; t += blockDim.x) p.slots[first + t] = r.slot(t);
+  // Offsets from a device tensor: a store stays inside `slots` whatever they hold.
+  for (std::int64_t t = threadIdx.x; t < tokens; t += blockDim.x) {
+    if (first + t >= 0 && first + t < p.n_slots) p.slots[first + t] = r.slot(t);
+  }
   if (faults) atomicOr(p.faults, faults);
 }
 
 }  // namespace
 
 cudaError_t launch_prefill_tables(const PrefillTablesParams& p, cudaStream_t stream) {
+  if (p.batch == 0) return cudaSuccess;
   prefill_tables_kernel<<<static_cast<unsigned>(p.batch), 128, 0, stream>>>(p);
   return cudaGetLastError();
 }

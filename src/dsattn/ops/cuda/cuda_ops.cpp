@@ -222,7 +222,7 @@ void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_to
   const PrefillTablesParams p{
       i32(prefix_lens), i32(cu_tokens), i32(block_tables),   i32(tables),
       i32(slots),       i32(faults),    prefix_lens.size(0), block_tables.stride(0),
-      page_size,        num_pages,      tables.size(1)};
+      page_size,        num_pages,      tables.size(1),      slots.size(0)};
   check_launch(launch_prefill_tables(p, stream()), "build_prefill_tables");
 }
 

@@ -98,9 +98,9 @@ struct PrefillTablesParams {
   const std::int32_t* cu_tokens;    // [batch + 1]
   const std::int32_t* tables_in;    // [batch, >= max_pages], row stride stride_in
   std::int32_t* tables;             // [batch, max_pages]
-  std::int32_t* slots;              // [cu_tokens[batch]]
+  std::int32_t* slots;              // [n_slots]; cu_tokens past it are not written
   std::int32_t* faults;             // [1], or-ed into
-  std::int64_t batch, stride_in, page_size, num_pages, max_pages;
+  std::int64_t batch, stride_in, page_size, num_pages, max_pages, n_slots;
 };
 
 struct LatentFp8Params {
