@@ -70,21 +70,27 @@ void check_row_copy(const TensorView& rows, const char* rows_name, const TensorV
   }
 }
 
+// A paged cache's geometry as the table builders address it: slots as int32.
+void check_page_geometry(std::int64_t page_size, std::int64_t num_pages) {
+  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
+  DSATTN_CHECK(num_pages > 0, "num_pages must be positive, got {}", num_pages);
+  constexpr std::int64_t kI32 = std::numeric_limits<std::int32_t>::max();
+  DSATTN_CHECK(checked_mul(num_pages, page_size, "cache slots") <= kI32,
+               "the cache's slots (num_pages x page_size = {} x {}) must fit int32", num_pages,
+               page_size);
+}
+
 }  // namespace
 
 void build_decode_tables(const TensorView& prefix_lens, const TensorView& block_tables,
                          std::int64_t tokens, std::int64_t page_size, std::int64_t num_pages,
                          std::int64_t max_context, const DecodeTables& out) {
   DSATTN_CHECK(tokens >= 1, "tokens must be >= 1, got {}", tokens);
-  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
-  DSATTN_CHECK(num_pages > 0, "num_pages must be positive, got {}", num_pages);
+  check_page_geometry(page_size, num_pages);
   DSATTN_CHECK(max_context >= tokens, "max_context must be >= tokens ({}), got {}", tokens,
                max_context);
   constexpr std::int64_t kI32 = std::numeric_limits<std::int32_t>::max();
   DSATTN_CHECK(max_context <= kI32, "max_context must fit int32 ({}), got {}", kI32, max_context);
-  DSATTN_CHECK(checked_mul(num_pages, page_size, "cache slots") <= kI32,
-               "the cache's slots (num_pages x page_size = {} x {}) must fit int32", num_pages,
-               page_size);
   check_dtype(prefix_lens, "prefix_lens", DType::i32);
   check_shape(prefix_lens, "prefix_lens", {kAny});
   check_contiguous(prefix_lens, "prefix_lens");
@@ -128,12 +134,7 @@ void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_to
                           const TensorView& block_tables, std::int64_t page_size,
                           std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
                           const TensorView& faults) {
-  DSATTN_CHECK(page_size > 0, "page_size must be positive, got {}", page_size);
-  DSATTN_CHECK(num_pages > 0, "num_pages must be positive, got {}", num_pages);
-  constexpr std::int64_t kI32 = std::numeric_limits<std::int32_t>::max();
-  DSATTN_CHECK(checked_mul(num_pages, page_size, "cache slots") <= kI32,
-               "the cache's slots (num_pages x page_size = {} x {}) must fit int32", num_pages,
-               page_size);
+  check_page_geometry(page_size, num_pages);
   check_dtype(prefix_lens, "prefix_lens", DType::i32);
   check_shape(prefix_lens, "prefix_lens", {kAny});
   check_contiguous(prefix_lens, "prefix_lens");
