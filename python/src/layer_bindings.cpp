@@ -68,6 +68,13 @@ std::vector<BlockTable> read_block_tables(nb::handle obj, std::size_t batch) {
   return tables;
 }
 
+// Each path's name, in order: what Python receives for a batch's paths.
+std::vector<std::string> path_names(const std::vector<Path>& paths) {
+  std::vector<std::string> names;
+  for (Path p : paths) names.emplace_back(path_name(p));
+  return names;
+}
+
 // `text` as a policy; auto plans with `profile` when one is given.
 Policy policy_with_profile(const std::string& text,
                            const std::shared_ptr<const CostProfile>& profile) {
@@ -214,7 +221,7 @@ class Layer {
       nb::gil_scoped_release release;
       std::lock_guard<std::mutex> lock(mutex_);
       const ForwardResult r = layer_.forward(batch, io.in.view, cache_view(), io.out.view, options);
-      for (Path p : r.paths) paths.emplace_back(path_name(p));
+      paths = path_names(r.paths);
     }
     return paths;
   }
@@ -260,7 +267,7 @@ class Layer {
       nb::gil_scoped_release release;
       std::lock_guard<std::mutex> lock(mutex_);
       const ForwardResult r = layer_.run(plan, io.in.view, cache_view(), io.out.view, options);
-      for (Path p : r.paths) paths.emplace_back(path_name(p));
+      paths = path_names(r.paths);
     }
     return paths;
   }
@@ -437,11 +444,7 @@ std::vector<std::string> plan(const AttentionConfig& config,
   const Policy parsed = policy_with_profile(policy, load_profile(profile_path));
   const std::shared_ptr<const CostProfile> costs =
       planning_profile(parsed, parse_device(device), config);
-  std::vector<std::string> paths;
-  for (Path p : plan_batch(batch, config, parsed, costs.get())) {
-    paths.emplace_back(path_name(p));
-  }
-  return paths;
+  return path_names(plan_batch(batch, config, parsed, costs.get()));
 }
 
 // The cost model on its own: each request's predicted seconds per exact path (None where a path
@@ -543,12 +546,7 @@ void bind_layer(nb::module_& m) {
       "and every table the forward reads built on the layer's device. AttentionLayer.run runs it "
       "with no planning, no upload and no synchronisation, as often as wanted.")
       .def_prop_ro(
-          "paths",
-          [](const ForwardPlan& p) {
-            std::vector<std::string> names;
-            for (Path path : p.paths()) names.emplace_back(path_name(path));
-            return names;
-          },
+          "paths", [](const ForwardPlan& p) { return path_names(p.paths()); },
           "The path of each request, in the batch's order (list of str).")
       .def_prop_ro("num_requests", &ForwardPlan::num_requests, "The requests of the batch.")
       .def_prop_ro("total_tokens", &ForwardPlan::total_tokens,

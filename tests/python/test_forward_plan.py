@@ -99,7 +99,7 @@ def test_a_plan_over_device_block_tables_runs_as_the_host_tables_plan(rng):
     assert got.paths == want.paths and plan.faults() == []
     np.testing.assert_array_equal(got.out, want.out)
 
-    # An entry outside the cache: read as page 0, its tokens written nowhere, reported.
+    # An entry outside the cache: read as page 0, its page's new tokens not written, reported.
     device_tables[1, 2] = PAGES
     bad = planned[0].plan(prefix, extend, device_tables, on_device=True)
     assert len(bad.faults()) == 1 and "outside the cache's pages [0, 8)" in bad.faults()[0]

@@ -133,9 +133,6 @@ ForwardResult AttentionLayer::forward(const Batch& batch, const TensorView& hidd
   StageClock clock(ctx_.weights.device(), options.time_stages);
   check_layer_cache(cache, ctx_.config);
   validate_batch(batch, ctx_.config, cache);
-  const std::int64_t T = batch.total_tokens();
-  check_dtype(hidden_in, "hidden_in", DType::bf16);
-  check_shape(hidden_in, "hidden_in", {T, ctx_.config.hidden_size});
   const std::shared_ptr<const ForwardTables> t =
       build_tables(batch, cache, options.max_score_bytes);
   check_run(*t, hidden_in, cache, hidden_out, options.lse, shared);

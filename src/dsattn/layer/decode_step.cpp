@@ -106,12 +106,7 @@ std::vector<std::string> DecodeStep::take_faults() {
         "meaningful)",
         tokens_, max_context_));
   }
-  if (bits & ops::kDecodeFaultPage) {
-    found.push_back(fmt::format(
-        "a block-table entry a request needed lay outside the cache's pages [0, {}) (read as "
-        "page 0, its new tokens not written; that request's output is not meaningful)",
-        cache_.num_pages));
-  }
+  if (bits & ops::kDecodeFaultPage) found.push_back(ops::page_fault_sentence(cache_.num_pages));
   return found;
 }
 

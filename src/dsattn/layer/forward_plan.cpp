@@ -4,7 +4,7 @@
 
 #include "dsattn/core/error.h"
 #include "dsattn/layer/forward_tables.h"
-#include "dsattn/ops/decode_request_tables.h"
+#include "dsattn/ops/cache_ops.h"
 
 namespace dsattn {
 
@@ -29,12 +29,7 @@ std::vector<std::string> ForwardPlan::faults() const {
   std::int32_t bits = 0;
   copy(t.faults, TensorView(&bits, DType::i32, Device::cpu(), {1}));
   std::vector<std::string> found;
-  if (bits & ops::kDecodeFaultPage) {
-    found.push_back(fmt::format(
-        "a block-table entry a request needed lay outside the cache's pages [0, {}) (read as page "
-        "0, the new tokens on that page not written; that request's output is not meaningful)",
-        t.num_pages));
-  }
+  if (bits & ops::kDecodeFaultPage) found.push_back(ops::page_fault_sentence(t.num_pages));
   return found;
 }
 

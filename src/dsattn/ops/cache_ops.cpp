@@ -168,6 +168,13 @@ void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_to
                   num_pages, tables, slots, faults);
 }
 
+std::string page_fault_sentence(std::int64_t num_pages) {
+  return fmt::format(
+      "a block-table entry a request needed lay outside the cache's pages [0, {}) (read as page "
+      "0, the new tokens on that page not written; that request's output is not meaningful)",
+      num_pages);
+}
+
 void scatter_rows(const TensorView& rows, const TensorView& index, const TensorView& dst) {
   check_row_copy(rows, "rows", dst, "dst");
   check_index(index, "index", rows.size(0), dst.size(0), /*allow_skip=*/true);

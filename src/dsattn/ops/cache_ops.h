@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "dsattn/cache/cache_format.h"
 #include "dsattn/core/tensor.h"
@@ -59,6 +60,9 @@ void build_prefill_tables(const TensorView& prefix_lens, const TensorView& cu_to
                           const TensorView& block_tables, std::int64_t page_size,
                           std::int64_t num_pages, const TensorView& tables, const TensorView& slots,
                           const TensorView& faults);
+
+// What kDecodeFaultPage means for the caller, as DecodeStep and ForwardPlan report it.
+std::string page_fault_sentence(std::int64_t num_pages);
 
 // dst[index[t], :] = rows[t, :] for index[t] >= 0 (-1: row t is not written)
 //   rows: [n, w]; index: [n] i32; dst: [num_rows, w], same dtype
